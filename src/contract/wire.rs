@@ -1,0 +1,403 @@
+//! What the worker publishes: `ExecAssignmentAck`, `ExecResult`, `DeadLetter`,
+//! `ApprovalRequest`, heartbeat — field names and order as in the guide and the golden
+//! examples, plus the deployed Router's extra fields (CONTRACT.md, Compatibility).
+
+use std::cell::RefCell;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use serde::{Serialize, Serializer};
+
+use super::codes::{AckStatus, Status};
+use super::error::TaskError;
+
+pub const VERSION: &str = "1";
+
+/// `error` object of a result or rejected ack.
+#[derive(Debug, Serialize)]
+pub struct ErrorObject<'a> {
+    pub code: u16,
+    pub message: &'a str,
+    pub retryable: bool,
+}
+
+impl<'a> From<&'a TaskError> for ErrorObject<'a> {
+    fn from(e: &'a TaskError) -> Self {
+        ErrorObject {
+            code: e.code.code(),
+            message: &e.message,
+            retryable: e.retryable,
+        }
+    }
+}
+
+/// Ids every message echoes.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Ids<'a> {
+    pub assignment_id: Option<&'a str>,
+    pub request_id: Option<&'a str>,
+    pub tenant_id: Option<&'a str>,
+    pub trace_id: Option<&'a str>,
+    pub run_id: Option<&'a str>,
+    pub flow_id: Option<&'a str>,
+    pub step_id: Option<&'a str>,
+    pub provider_id: Option<&'a str>,
+}
+
+impl Ids<'_> {
+    /// The Router accepts run/flow/step at top level only all together.
+    fn all_three(&self) -> bool {
+        self.run_id.is_some() && self.flow_id.is_some() && self.step_id.is_some()
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct Ack<'a> {
+    pub version: &'static str,
+    pub assignment_id: &'a str,
+    pub status: &'static str,
+    pub message: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tenant_id: Option<&'a str>,
+    pub acknowledged_at: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorObject<'a>>,
+}
+
+impl<'a> Ack<'a> {
+    pub fn new(
+        ids: &Ids<'a>,
+        assignment_id: &'a str,
+        status: AckStatus,
+        message: &'a str,
+        error: Option<&'a TaskError>,
+        now_ms: u64,
+    ) -> Self {
+        Ack {
+            version: VERSION,
+            assignment_id,
+            status: status.as_str(),
+            message,
+            request_id: ids.request_id,
+            trace_id: ids.trace_id,
+            tenant_id: ids.tenant_id,
+            acknowledged_at: now_ms,
+            error: error.map(ErrorObject::from),
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct JobRef<'a> {
+    #[serde(rename = "type")]
+    pub kind: &'a str,
+}
+
+#[derive(Debug, Serialize, Default)]
+pub struct Metadata<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub block_type: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub provider_id: Option<&'a str>,
+    pub worker_id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub run_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device: Option<&'a str>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub sandbox: bool,
+}
+
+/// `ExecResult`. Optional parts are absent when the assignment could not supply them.
+#[derive(Debug, Serialize)]
+pub struct ExecResult<'a> {
+    pub version: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub assignment_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<&'a str>,
+    pub status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub provider_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub job: Option<JobRef<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub result: Option<&'a serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorObject<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error_code: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error_type: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error_message: Option<&'a str>,
+    pub attempts: u32,
+    pub latency_ms: u64,
+    #[serde(serialize_with = "number")]
+    pub cost: f64,
+    pub metadata: Metadata<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tenant_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub run_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub flow_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub step_id: Option<&'a str>,
+    pub timestamp: u64,
+    pub completed_at: u64,
+}
+
+/// What the block (or its failure) produced, ready to be written as a result.
+#[derive(Debug)]
+pub struct Outcome<'a> {
+    pub status: Status,
+    pub result: Option<&'a serde_json::Value>,
+    pub error: Option<&'a TaskError>,
+    pub attempts: u32,
+    pub latency_ms: u64,
+    pub cost: f64,
+    pub device: Option<&'a str>,
+}
+
+/// Per-worker facts every result carries.
+#[derive(Debug, Clone, Copy)]
+pub struct WorkerFacts<'a> {
+    pub worker_id: &'a str,
+    pub sandbox: bool,
+}
+
+impl<'a> ExecResult<'a> {
+    pub fn new(
+        ids: &Ids<'a>,
+        block_type: Option<&'a str>,
+        outcome: &Outcome<'a>,
+        worker: WorkerFacts<'a>,
+        now_ms: u64,
+    ) -> Self {
+        let top = ids.all_three();
+        let err = outcome.error;
+        ExecResult {
+            version: VERSION,
+            assignment_id: ids.assignment_id,
+            request_id: ids.request_id,
+            status: outcome.status.as_str(),
+            provider_id: ids.provider_id,
+            job: block_type.map(|kind| JobRef { kind }),
+            result: outcome.result,
+            error: err.map(ErrorObject::from),
+            error_code: err.map(|e| e.code.name()),
+            error_type: err.map(TaskError::error_type),
+            error_message: err.map(|e| e.message.as_str()),
+            attempts: outcome.attempts,
+            latency_ms: outcome.latency_ms,
+            cost: outcome.cost,
+            metadata: Metadata {
+                block_type,
+                provider_id: ids.provider_id,
+                worker_id: worker.worker_id,
+                run_id: if top { None } else { ids.run_id },
+                device: outcome.device,
+                sandbox: worker.sandbox,
+            },
+            trace_id: ids.trace_id,
+            tenant_id: ids.tenant_id,
+            run_id: ids.run_id.filter(|_| top),
+            flow_id: ids.flow_id.filter(|_| top),
+            step_id: ids.step_id.filter(|_| top),
+            timestamp: now_ms,
+            completed_at: now_ms,
+        }
+    }
+}
+
+/// Where the DLQ entry's copy of the original message goes.
+#[derive(Debug, Serialize)]
+pub enum Original<'a> {
+    #[serde(rename = "assignment")]
+    Assignment(&'a serde_json::value::RawValue),
+    #[serde(rename = "payload")]
+    Text(&'a str),
+    #[serde(rename = "payload_base64")]
+    Base64(String),
+}
+
+/// `DeadLetter`: the error result plus why it was dead-lettered and the original message.
+#[derive(Debug, Serialize)]
+pub struct DeadLetter<'a> {
+    #[serde(flatten)]
+    pub result: ExecResult<'a>,
+    pub dlq_reason: &'static str,
+    pub worker_id: &'a str,
+    pub failed_at: u64,
+    #[serde(flatten)]
+    pub original: Original<'a>,
+}
+
+/// Why something went to the DLQ.
+pub mod dlq_reason {
+    pub const UNPARSEABLE: &str = "unparseable";
+    pub const INVALID_ASSIGNMENT: &str = "invalid_assignment";
+    pub const NON_RETRYABLE: &str = "non_retryable";
+    pub const RETRIES_EXHAUSTED: &str = "retries_exhausted";
+    pub const OVERLOADED: &str = "overloaded";
+}
+
+#[derive(Debug, Serialize)]
+pub struct ApprovalRequest<'a> {
+    pub assignment_id: &'a str,
+    pub tenant_id: &'a str,
+    pub prompt: &'a str,
+    pub approvers: &'a [&'a str],
+    pub expires_at: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<&'a str>,
+}
+
+fn number<S: Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
+    if v.fract() == 0.0 && v.abs() < 9.0e15 {
+        s.serialize_i64(*v as i64)
+    } else {
+        s.serialize_f64(*v)
+    }
+}
+
+thread_local! {
+    // One growing buffer per thread: a message is written into its spare capacity and
+    // split off, so steady-state encoding reuses the same allocation.
+    static ENCODE_BUF: RefCell<BytesMut> = RefCell::new(BytesMut::with_capacity(64 * 1024));
+}
+
+/// Serialises `v` as JSON into the thread's reusable buffer.
+pub fn encode<T: Serialize>(v: &T) -> Bytes {
+    ENCODE_BUF.with(|cell| {
+        let mut buf = cell.borrow_mut();
+        if buf.capacity() < 4096 {
+            buf.reserve(64 * 1024);
+        }
+        let mut w = (&mut *buf).writer();
+        if serde_json::to_writer(&mut w, v).is_err() {
+            // Serialising our own wire structs cannot fail; keep the buffer clean anyway.
+            buf.clear();
+            return Bytes::from_static(b"{}");
+        }
+        buf.split().freeze()
+    })
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// ISO-8601 UTC with microseconds, as the health body and logs use.
+pub fn iso_now() -> String {
+    chrono::Utc::now()
+        .format("%Y-%m-%dT%H:%M:%S%.6fZ")
+        .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::contract::codes::ErrorCode;
+
+    fn golden(name: &str) -> serde_json::Value {
+        let path = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
+        let text = std::fs::read_to_string(&path).expect("fixture");
+        serde_json::from_str(&text).expect("fixture is JSON")
+    }
+
+    fn ids() -> Ids<'static> {
+        Ids {
+            assignment_id: Some("7f1c2e9a-3b4d-4e5f-8a6b-0c1d2e3f4a5b"),
+            request_id: Some("0a9b8c7d-6e5f-4a3b-9c2d-1e0f9a8b7c6d"),
+            tenant_id: Some("acme"),
+            trace_id: Some("4bf92f3577b34da6a3ce929d0e0e4736"),
+            provider_id: Some("openai:gpt-4o"),
+            ..Ids::default()
+        }
+    }
+
+    const WORKER: WorkerFacts<'static> = WorkerFacts {
+        worker_id: "worker-1",
+        sandbox: false,
+    };
+
+    #[test]
+    fn success_result_matches_the_golden_example() {
+        let body = serde_json::json!({"status_code": 200, "body": "{\"output\":\"processed\"}",
+            "headers": {"Content-Type": "application/json"}});
+        let outcome = Outcome {
+            status: Status::Success,
+            result: Some(&body),
+            error: None,
+            attempts: 1,
+            latency_ms: 150,
+            cost: 0.0,
+            device: None,
+        };
+        let r = ExecResult::new(&ids(), Some("http.request"), &outcome, WORKER, 1640995200150);
+        let got: serde_json::Value = serde_json::from_slice(&encode(&r)).expect("json");
+        assert_eq!(got, golden("result-success.json"));
+    }
+
+    #[test]
+    fn error_result_matches_the_golden_example() {
+        let body = serde_json::json!({"status_code": 503, "body": "{\"error\":\"busy\"}",
+            "headers": {"Content-Type": "application/json"}});
+        let err = TaskError::retryable(
+            ErrorCode::HttpError,
+            "upstream answered 503 Service Unavailable after 2 attempts",
+        )
+        .with_type("5xx");
+        let outcome = Outcome {
+            status: Status::Error,
+            result: Some(&body),
+            error: Some(&err),
+            attempts: 2,
+            latency_ms: 612,
+            cost: 0.0,
+            device: None,
+        };
+        let r = ExecResult::new(&ids(), Some("http.request"), &outcome, WORKER, 1640995200762);
+        let got: serde_json::Value = serde_json::from_slice(&encode(&r)).expect("json");
+        assert_eq!(got, golden("result-error.json"));
+    }
+
+    #[test]
+    fn run_id_goes_top_level_only_with_flow_and_step() {
+        let outcome = Outcome {
+            status: Status::Success,
+            result: None,
+            error: None,
+            attempts: 1,
+            latency_ms: 1,
+            cost: 0.5,
+            device: None,
+        };
+        let mut i = ids();
+        i.run_id = Some("run-1");
+        let v: serde_json::Value =
+            serde_json::from_slice(&encode(&ExecResult::new(&i, None, &outcome, WORKER, 1)))
+                .expect("json");
+        assert!(v.get("run_id").is_none());
+        assert_eq!(v["metadata"]["run_id"], "run-1");
+        assert_eq!(v["cost"], 0.5);
+        i.flow_id = Some("flow-1");
+        i.step_id = Some("step-1");
+        let v: serde_json::Value =
+            serde_json::from_slice(&encode(&ExecResult::new(&i, None, &outcome, WORKER, 1)))
+                .expect("json");
+        assert_eq!((&v["run_id"], &v["flow_id"], &v["step_id"]), (&"run-1".into(), &"flow-1".into(), &"step-1".into()));
+        assert!(v["metadata"].get("run_id").is_none());
+    }
+}

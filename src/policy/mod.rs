@@ -1,0 +1,3 @@
+//! Guards the blocks share: where HTTP may go, what SQL may do, what paths are.
+
+pub mod ssrf;

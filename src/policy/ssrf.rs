@@ -1,0 +1,1 @@
+//! SSRF policy for `http.request` (being written).
