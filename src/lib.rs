@@ -18,3 +18,7 @@ pub mod blocks;
 pub mod config;
 pub mod contract;
 pub mod policy;
+pub mod runtime;
+pub mod telemetry;
+pub mod transport;
+pub mod app;

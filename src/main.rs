@@ -1,1 +1,37 @@
-fn main() {}
+//! `beamline_worker`: parse the configuration, start telemetry, run until stopped.
+
+use mimalloc::MiMalloc;
+
+#[global_allocator]
+static GLOBAL: MiMalloc = MiMalloc;
+
+fn main() -> std::process::ExitCode {
+    let cfg = match beamline_worker::config::Config::from_env() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("beamline_worker: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    beamline_worker::telemetry::logs::init(cfg.log_format);
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("transport")
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("beamline_worker: starting the transport runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(beamline_worker::app::run(cfg)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "worker failed");
+            eprintln!("beamline_worker: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,27 +1,143 @@
-//! `sql` block (being written).
+//! `fs.put` / `fs.get` (and the original worker's `fs.blob_put` / `fs.blob_get`): tenant
+//! files under `<fs-root>/<tenant_id>/`, through the pinned io_uring shards of
+//! `beamline_io`. Resolution is done by the kernel beneath the tenant root (openat2
+//! `RESOLVE_BENEATH`), so `..`, absolute symlinks and symlinks out of the root fail with
+//! 2003 instead of being clamped. Writes are atomic (temp file + rename) and idempotent.
 
-use crate::config::Config;
-use crate::contract::{Fields, TaskError};
+use std::path::PathBuf;
+
+use base64::Engine as _;
+use beamline_io::{FsError, FsErrorKind, IoPool};
+use bytes::Bytes;
+use serde_json::json;
+
+use crate::contract::{ErrorCode, Fields, TaskError};
 
 use super::{Block, ExecCtx, Output};
 
 #[derive(Debug)]
-pub struct FsBlock {}
+pub struct FsBlock {
+    io: IoPool,
+    root: PathBuf,
+    max_bytes: u64,
+}
+
+/// A decoded `fs.*` job.
+#[derive(Debug)]
+pub enum FsJob<'a> {
+    Get { path: &'a str },
+    Put { path: &'a str, content: Bytes, content_type: Option<&'a str> },
+}
 
 impl FsBlock {
-    pub fn new(_config: &Config) -> Result<Self, String> {
-        Ok(Self {})
+    pub fn new(io: IoPool, root: PathBuf, max_bytes: u64) -> Self {
+        FsBlock { io, root, max_bytes }
     }
 }
 
-impl Block for FsBlock {
-    type Job<'a> = ();
+fn validate_path<'a>(job: &Fields<'a, 'a>) -> Result<&'a str, TaskError> {
+    let path = job.req_nonempty("path")?;
+    if path.contains('\0') {
+        return Err(TaskError::invalid("job.path", "contains a NUL byte"));
+    }
+    if path.ends_with('/') || path.trim_start_matches('/').is_empty() {
+        return Err(TaskError::invalid("job.path", "must name a file, not a directory"));
+    }
+    Ok(path)
+}
 
-    fn decode<'a>(&self, _job: Fields<'a, 'a>, _ctx: &ExecCtx<'_>) -> Result<(), TaskError> {
-        Err(TaskError::internal("not implemented yet"))
+impl Block for FsBlock {
+    type Job<'a> = FsJob<'a>;
+
+    fn decode<'a>(&self, job: Fields<'a, 'a>, _ctx: &ExecCtx<'_>) -> Result<FsJob<'a>, TaskError> {
+        let path = validate_path(&job)?;
+        let kind = job.req_str("type")?;
+        if matches!(kind, "fs.get" | "fs.blob_get") {
+            return Ok(FsJob::Get { path });
+        }
+        let content = match (job.opt_str("content")?, job.opt_str("content_base64")?) {
+            (Some(text), None) => Bytes::copy_from_slice(text.as_bytes()),
+            (None, Some(b64)) => Bytes::from(
+                base64::engine::general_purpose::STANDARD
+                    .decode(b64)
+                    .map_err(|e| TaskError::new(ErrorCode::InvalidFormat, format!("field `job.content_base64` is not base64: {e}")))?,
+            ),
+            (Some(_), Some(_)) => {
+                return Err(TaskError::invalid("job.content", "give either content or content_base64, not both"))
+            }
+            (None, None) => return Err(TaskError::missing("job.content")),
+        };
+        if content.len() as u64 > self.max_bytes {
+            return Err(TaskError::new(
+                ErrorCode::QuotaExceeded,
+                format!("content of {} bytes exceeds the {} byte file limit", content.len(), self.max_bytes),
+            ));
+        }
+        let content_type = job.opt_str("content_type")?;
+        if let Some(ct) = content_type {
+            if ct.len() > 255 || ct.bytes().any(|b| b.is_ascii_control()) {
+                return Err(TaskError::invalid("job.content_type", "must be a MIME type of at most 255 printable characters"));
+            }
+        }
+        Ok(FsJob::Put { path, content, content_type })
     }
 
-    async fn attempt(&self, _job: &Self::Job<'_>, _ctx: &ExecCtx<'_>) -> Result<Output, TaskError> {
-        Err(TaskError::internal("not implemented yet"))
+    async fn attempt(&self, job: &Self::Job<'_>, ctx: &ExecCtx<'_>) -> Result<Output, TaskError> {
+        let root = self.root.join(ctx.tenant);
+        match job {
+            FsJob::Get { path } => {
+                let data = self.io.get(&root, path).await.map_err(fs_error)?;
+                let content_type = data.content_type.unwrap_or_else(|| guess_content_type(path).to_owned());
+                let size = data.bytes.len();
+                let mut result = json!({"path": path, "size_bytes": size, "content_type": content_type});
+                match String::from_utf8(data.bytes) {
+                    Ok(text) => result["content"] = json!(text),
+                    Err(e) => {
+                        result["content_base64"] =
+                            json!(base64::engine::general_purpose::STANDARD.encode(e.as_bytes()))
+                    }
+                }
+                Ok(Output::new(result))
+            }
+            FsJob::Put { path, content, content_type } => {
+                let ct = content_type.unwrap_or_else(|| guess_content_type(path));
+                let info = self.io.put(&root, path, content.clone(), Some(ct)).await.map_err(fs_error)?;
+                Ok(Output::new(json!({"path": path, "size_bytes": info.size_bytes, "content_type": ct})))
+            }
+        }
+    }
+}
+
+/// Maps a file error to the contract's code.
+fn fs_error(e: FsError) -> TaskError {
+    let msg = e.to_string();
+    match e.kind {
+        FsErrorKind::NotFound => TaskError::new(ErrorCode::ResourceUnavailable, msg),
+        FsErrorKind::Escape => TaskError::new(ErrorCode::PermissionDenied, format!("{msg} (path leaves the tenant root)")),
+        FsErrorKind::PermissionDenied | FsErrorKind::ReadOnlyFs => TaskError::new(ErrorCode::PermissionDenied, msg),
+        FsErrorKind::TooLarge | FsErrorKind::NoSpace => TaskError::new(ErrorCode::QuotaExceeded, msg),
+        FsErrorKind::IsADirectory | FsErrorKind::InvalidPath => TaskError::new(ErrorCode::InvalidInput, msg),
+        FsErrorKind::Overloaded | FsErrorKind::Shutdown => TaskError::retryable(ErrorCode::SystemOverload, msg),
+        _ => TaskError::new(ErrorCode::ExecutionFailed, msg),
+    }
+}
+
+/// Content type from the file extension, for files stored without one.
+pub fn guess_content_type(path: &str) -> &'static str {
+    let ext = path.rsplit_once('.').map(|(_, e)| e.to_ascii_lowercase()).unwrap_or_default();
+    match ext.as_str() {
+        "json" => "application/json",
+        "txt" | "log" => "text/plain",
+        "csv" => "text/csv",
+        "html" | "htm" => "text/html",
+        "xml" => "application/xml",
+        "yaml" | "yml" => "application/yaml",
+        "md" => "text/markdown",
+        "png" => "image/png",
+        "jpg" | "jpeg" => "image/jpeg",
+        "gif" => "image/gif",
+        "pdf" => "application/pdf",
+        "safetensors" => "application/octet-stream",
+        _ => "application/octet-stream",
     }
 }

@@ -1,27 +1,632 @@
-//! `sql` block (being written).
+//! `sql.query`: one read-only statement on a SQLite database under `--sql-root`.
+//!
+//! # Job
+//! - `connection_string` (or `connection`): `sqlite://NAME` or `sqlite:NAME`, NAME a
+//!   relative path under `--sql-root`. Other schemes, `:memory:`, `file:` names and URI
+//!   parameters are 1001; an absolute NAME or one with a `..` component is 2003 (it would
+//!   leave the root), as is a NAME that resolves (through symlinks) outside the root.
+//! - `query`: one statement. Statements that write are 2003 `read-only: … is not allowed`
+//!   (see [`crate::policy::sql_guard`] for the layers that enforce it); more than one
+//!   statement is 1001.
+//! - `parameters` (or `params`): JSON scalars bound to the `?` placeholders in order:
+//!   string → TEXT, integer → INTEGER (beyond `i64` → REAL), other number → REAL,
+//!   boolean → 0/1, null → NULL. An object or array element is 1003; a count that does
+//!   not match the placeholders is 1001.
+//! - `max_rows`: at most `--sql-max-rows` (the default).
+//!
+//! # Result
+//! `{"rows": [{"col": value, …}], "row_count": n, "columns": ["col", …]}` plus
+//! `"truncated": true` when the query had more than `max_rows` rows (the first `max_rows`
+//! are returned). INTEGER and REAL are numbers (a non-finite REAL is `null`), TEXT a string
+//! (invalid UTF-8 replaced), BLOB a standard base64 string, NULL `null`. Row objects are
+//! keyed by column name (a repeated name keeps the later column's value); `columns` keeps
+//! the statement's order and every name.
+//!
+//! # Errors
+//! - missing database file (or not a regular file) → 2002, not retryable;
+//! - database busy or locked by a writer → 2002, retryable (the busy timeout is only
+//!   [`BUSY_TIMEOUT`], the runtime backs off between attempts);
+//! - syntax error, no such table or column, wrong parameter count → 1001 with SQLite's
+//!   message;
+//! - the query ran longer than `--sql-time-limit-ms` → 2001 `query exceeded the N ms time
+//!   limit`, not retryable (the same query would run as long again); when the job's own
+//!   deadline comes first it is 5002, and a cancel while the query runs is 5001;
+//! - anything else SQLite reports while running the query → 2001.
+//!
+//! # Execution model
+//! The query runs synchronously on the CPU thread that took the assignment: `attempt`
+//! never awaits. SQLite point selects take microseconds, and a progress handler (every
+//! [`PROGRESS_OPS`] VM steps) interrupts a query once the time limit, the job's deadline
+//! or a cancel comes, so the thread is held at most that long (plus up to [`BUSY_TIMEOUT`]
+//! waiting for a lock).
+//!
+//! Each block (one per CPU thread) keeps up to [`MAX_CONNECTIONS`] open connections keyed
+//! by path, least recently used evicted first, each with a cache of prepared statements
+//! (`prepare_cached`). On every use the file is `stat`ed and the connection reopened when
+//! the (device, inode) changed (the file was replaced) or dropped when it is gone.
+//! Sandbox mode changes nothing: reads have no side effects.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use rusqlite::types::{ToSqlOutput, ValueRef};
+use rusqlite::{params_from_iter, Connection, StatementStatus, ToSql};
+use serde_json::{Map, Value};
+use simd_json::prelude::*;
+use simd_json::BorrowedValue;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::contract::{Fields, TaskError};
+use crate::contract::{ErrorCode, Fields, TaskError};
+use crate::policy::sql_guard::{self, Denials, NameRefusal, StatementRefusal};
 
 use super::{Block, ExecCtx, Output};
 
+/// How long SQLite waits for a lock before answering "busy" (then 2002, retryable).
+pub const BUSY_TIMEOUT: Duration = Duration::from_millis(50);
+/// Open connections kept per block (per CPU thread).
+pub const MAX_CONNECTIONS: usize = 64;
+/// Prepared statements kept per connection.
+pub const STATEMENTS_PER_CONNECTION: usize = 32;
+/// VM steps between two checks of the time limit.
+pub const PROGRESS_OPS: i32 = 1000;
+
+const CONNECTION_FIELD: &str = "job.connection_string";
+const QUERY_FIELD: &str = "job.query";
+
+/// The `sql.query` block of one CPU thread.
 #[derive(Debug)]
-pub struct SqlBlock {}
+pub struct SqlBlock {
+    root: PathBuf,
+    max_rows: usize,
+    time_limit: Duration,
+    cache: RefCell<Cache>,
+    last_statement_runs: Cell<i32>,
+}
+
+/// A decoded `sql.query` job.
+#[derive(Debug)]
+pub struct SqlJob<'a> {
+    name: &'a str,
+    /// The one statement of `query` (without the terminating `;`).
+    statement: &'a str,
+    /// Where `statement` starts in `query` (for error offsets).
+    offset: usize,
+    params: Vec<SqlParam<'a>>,
+    max_rows: usize,
+}
+
+/// One bound parameter.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum SqlParam<'a> {
+    Null,
+    Integer(i64),
+    Real(f64),
+    Text(&'a str),
+}
+
+impl ToSql for SqlParam<'_> {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(ToSqlOutput::Borrowed(match *self {
+            SqlParam::Null => ValueRef::Null,
+            SqlParam::Integer(i) => ValueRef::Integer(i),
+            SqlParam::Real(f) => ValueRef::Real(f),
+            SqlParam::Text(s) => ValueRef::Text(s.as_bytes()),
+        }))
+    }
+}
+
+impl<'a> SqlParam<'a> {
+    fn from_json(v: &'a BorrowedValue<'a>) -> Option<Self> {
+        if v.is_null() {
+            return Some(SqlParam::Null);
+        }
+        if let Some(b) = v.as_bool() {
+            return Some(SqlParam::Integer(i64::from(b)));
+        }
+        if let Some(i) = v.as_i64() {
+            return Some(SqlParam::Integer(i));
+        }
+        if let Some(u) = v.as_u64() {
+            // Beyond i64: SQLite itself reads such a literal as REAL.
+            return Some(SqlParam::Real(u as f64));
+        }
+        if let Some(f) = v.as_f64() {
+            return Some(SqlParam::Real(f));
+        }
+        v.as_str().map(SqlParam::Text)
+    }
+}
+
+#[derive(Debug, Default)]
+struct Cache {
+    entries: HashMap<PathBuf, Entry>,
+    tick: u64,
+}
+
+#[derive(Debug)]
+struct Entry {
+    conn: Connection,
+    denials: Denials,
+    watch: Arc<Watch>,
+    /// (device, inode) of the file when it was opened.
+    file: (u64, u64),
+    last_used: u64,
+}
+
+/// Why the progress handler stopped a query.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+enum Stop {
+    TimeLimit = 1,
+    Deadline = 2,
+    Cancelled = 3,
+}
+
+#[derive(Debug)]
+struct Run {
+    until: Instant,
+    cause: Stop,
+    cancel: CancellationToken,
+}
+
+/// What the progress handler of one connection checks (it must be `Send`).
+#[derive(Debug, Default)]
+struct Watch {
+    run: Mutex<Option<Run>>,
+    fired: AtomicU8,
+}
+
+impl Watch {
+    fn should_stop(&self) -> bool {
+        let run = self.run.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(run) = run.as_ref() else {
+            return false;
+        };
+        let stop = if run.cancel.is_cancelled() {
+            Stop::Cancelled
+        } else if Instant::now() >= run.until {
+            run.cause
+        } else {
+            return false;
+        };
+        self.fired.store(stop as u8, Ordering::Relaxed);
+        true
+    }
+
+    fn arm(&self, run: Run) -> Armed<'_> {
+        self.fired.store(0, Ordering::Relaxed);
+        *self.run.lock().unwrap_or_else(PoisonError::into_inner) = Some(run);
+        Armed(self)
+    }
+
+    fn fired(&self) -> Option<Stop> {
+        match self.fired.load(Ordering::Relaxed) {
+            1 => Some(Stop::TimeLimit),
+            2 => Some(Stop::Deadline),
+            3 => Some(Stop::Cancelled),
+            _ => None,
+        }
+    }
+}
+
+/// Disarms the watch when the query is done.
+struct Armed<'w>(&'w Watch);
+
+impl Drop for Armed<'_> {
+    fn drop(&mut self) {
+        *self.0.run.lock().unwrap_or_else(PoisonError::into_inner) = None;
+    }
+}
+
+/// Where a SQLite error came from: preparing and binding (the input is wrong) or running.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Prepare,
+    Step,
+}
+
+enum Failure {
+    Sql(rusqlite::Error, Phase),
+    Task(TaskError),
+}
+
+fn not_found(name: &str) -> TaskError {
+    TaskError::new(
+        ErrorCode::ResourceUnavailable,
+        format!("database {name} not found"),
+    )
+}
+
+fn read_only(what: &str) -> TaskError {
+    TaskError::new(
+        ErrorCode::PermissionDenied,
+        format!("read-only: {what} is not allowed"),
+    )
+}
+
+fn file_id(meta: &std::fs::Metadata) -> (u64, u64) {
+    (meta.dev(), meta.ino())
+}
+
+fn json_value(v: ValueRef<'_>) -> Value {
+    match v {
+        ValueRef::Null => Value::Null,
+        ValueRef::Integer(i) => Value::from(i),
+        ValueRef::Real(f) => serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number),
+        ValueRef::Text(t) => Value::String(String::from_utf8_lossy(t).into_owned()),
+        ValueRef::Blob(b) => Value::String(base64::engine::general_purpose::STANDARD.encode(b)),
+    }
+}
 
 impl SqlBlock {
-    pub fn new(_config: &Config) -> Result<Self, String> {
-        Ok(Self {})
+    pub fn new(config: &Config) -> Result<Self, String> {
+        Ok(SqlBlock {
+            root: config.sql_root.clone(),
+            max_rows: config.sql_max_rows.max(1),
+            time_limit: config.sql_time_limit,
+            cache: RefCell::new(Cache::default()),
+            last_statement_runs: Cell::new(0),
+        })
+    }
+
+    /// Open connections in this block's cache.
+    #[doc(hidden)]
+    pub fn cached_connections(&self) -> usize {
+        self.cache.borrow().entries.len()
+    }
+
+    /// How many times the statement of the last successful query has run
+    /// (`SQLITE_STMTSTATUS_RUN`): above 1 when the prepared statement was reused.
+    #[doc(hidden)]
+    pub fn last_statement_runs(&self) -> i32 {
+        self.last_statement_runs.get()
+    }
+
+    /// The open connection to `name`, opened (and checked to be inside the root) on a miss
+    /// or when the file was replaced since.
+    fn connection<'c>(&self, cache: &'c mut Cache, name: &str) -> Result<&'c mut Entry, TaskError> {
+        let path = self.root.join(name);
+        let meta = match std::fs::metadata(&path) {
+            Ok(meta) => meta,
+            Err(e) => {
+                cache.entries.remove(&path);
+                return Err(if e.kind() == std::io::ErrorKind::NotFound {
+                    not_found(name)
+                } else {
+                    TaskError::new(
+                        ErrorCode::ResourceUnavailable,
+                        format!("database {name} cannot be read: {e}"),
+                    )
+                });
+            }
+        };
+        if !meta.is_file() {
+            cache.entries.remove(&path);
+            return Err(TaskError::new(
+                ErrorCode::ResourceUnavailable,
+                format!("database {name} is not a file"),
+            ));
+        }
+        let id = file_id(&meta);
+        if cache.entries.get(&path).is_some_and(|e| e.file != id) {
+            cache.entries.remove(&path);
+        }
+        if !cache.entries.contains_key(&path) {
+            let entry = self.open(&path, name, id)?;
+            if cache.entries.len() >= MAX_CONNECTIONS {
+                let oldest = cache
+                    .entries
+                    .iter()
+                    .min_by_key(|(_, e)| e.last_used)
+                    .map(|(p, _)| p.clone());
+                if let Some(oldest) = oldest {
+                    cache.entries.remove(&oldest);
+                }
+            }
+            cache.entries.insert(path.clone(), entry);
+        }
+        cache.tick += 1;
+        let tick = cache.tick;
+        let entry = cache
+            .entries
+            .get_mut(&path)
+            .ok_or_else(|| TaskError::internal("sql connection cache lost an entry"))?;
+        entry.last_used = tick;
+        Ok(entry)
+    }
+
+    fn open(&self, path: &Path, name: &str, id: (u64, u64)) -> Result<Entry, TaskError> {
+        let root = self.root.canonicalize().map_err(|_| not_found(name))?;
+        let real = path.canonicalize().map_err(|_| not_found(name))?;
+        if !real.starts_with(&root) {
+            return Err(TaskError::new(
+                ErrorCode::PermissionDenied,
+                format!("database {name} resolves outside the SQL root"),
+            ));
+        }
+        let (conn, denials) = sql_guard::open_read_only(&real, BUSY_TIMEOUT).map_err(|e| {
+            match e.sqlite_error_code() {
+                Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) => {
+                    TaskError::retryable(
+                        ErrorCode::ResourceUnavailable,
+                        format!("database {name} is locked: {e}"),
+                    )
+                }
+                _ => TaskError::new(
+                    ErrorCode::ResourceUnavailable,
+                    format!("database {name} cannot be opened: {e}"),
+                ),
+            }
+        })?;
+        // Checked by path, opened by path: make sure it is still the file that was checked.
+        match std::fs::metadata(&real) {
+            Ok(meta) if file_id(&meta) == id => {}
+            _ => {
+                return Err(TaskError::retryable(
+                    ErrorCode::ResourceUnavailable,
+                    format!("database {name} changed while it was being opened"),
+                ))
+            }
+        }
+        conn.set_prepared_statement_cache_capacity(STATEMENTS_PER_CONNECTION);
+        let watch = Arc::new(Watch::default());
+        let check = Arc::clone(&watch);
+        conn.progress_handler(PROGRESS_OPS, Some(move || check.should_stop()));
+        Ok(Entry {
+            conn,
+            denials,
+            watch,
+            file: id,
+            last_used: 0,
+        })
+    }
+
+    fn execute(&self, job: &SqlJob<'_>, ctx: &ExecCtx<'_>) -> Result<Value, TaskError> {
+        if ctx.cancel.is_cancelled() {
+            return Err(TaskError::new(ErrorCode::CancelledByUser, "cancelled"));
+        }
+        let started = Instant::now();
+        if started >= ctx.deadline {
+            return Err(TaskError::new(
+                ErrorCode::CancelledByTimeout,
+                "the job's deadline passed before the query ran",
+            ));
+        }
+        let mut cache = self
+            .cache
+            .try_borrow_mut()
+            .map_err(|_| TaskError::internal("sql connection cache is in use"))?;
+        let path_key = self.root.join(job.name);
+        let entry = self.connection(&mut cache, job.name)?;
+        let limit_end = started + self.time_limit;
+        let (until, cause) = if ctx.deadline < limit_end {
+            (ctx.deadline, Stop::Deadline)
+        } else {
+            (limit_end, Stop::TimeLimit)
+        };
+        let run = Run {
+            until,
+            cause,
+            cancel: ctx.cancel.clone(),
+        };
+        match self.query(entry, job, run) {
+            Ok(v) => Ok(v),
+            Err(Failure::Task(e)) => Err(e),
+            Err(Failure::Sql(e, phase)) => {
+                let fired = entry.watch.fired();
+                let denial = entry.denials.take();
+                if matches!(
+                    e.sqlite_error_code(),
+                    Some(
+                        rusqlite::ErrorCode::NotADatabase
+                            | rusqlite::ErrorCode::DatabaseCorrupt
+                            | rusqlite::ErrorCode::CannotOpen
+                            | rusqlite::ErrorCode::SystemIoFailure
+                    )
+                ) {
+                    cache.entries.remove(&path_key);
+                }
+                Err(self.sql_error(e, phase, job, fired, denial))
+            }
+        }
+    }
+
+    fn query(&self, entry: &Entry, job: &SqlJob<'_>, run: Run) -> Result<Value, Failure> {
+        entry.denials.clear();
+        let _armed = entry.watch.arm(run);
+        let prepare = |e| Failure::Sql(e, Phase::Prepare);
+        let mut stmt = entry.conn.prepare_cached(job.statement).map_err(prepare)?;
+        if !stmt.readonly() {
+            return Err(Failure::Task(read_only("a statement that writes")));
+        }
+        let columns: Vec<String> = stmt.column_names().into_iter().map(str::to_owned).collect();
+        let mut out = Vec::new();
+        let mut truncated = false;
+        {
+            let mut rows = stmt.query(params_from_iter(job.params.iter())).map_err(prepare)?;
+            while let Some(row) = rows.next().map_err(|e| Failure::Sql(e, Phase::Step))? {
+                if out.len() == job.max_rows {
+                    truncated = true;
+                    break;
+                }
+                let mut obj = Map::new();
+                for (i, name) in columns.iter().enumerate() {
+                    let v = row.get_ref(i).map_err(|e| Failure::Sql(e, Phase::Step))?;
+                    obj.insert(name.clone(), json_value(v));
+                }
+                out.push(Value::Object(obj));
+            }
+        }
+        self.last_statement_runs
+            .set(stmt.get_status(StatementStatus::Run));
+        let mut result = Map::new();
+        result.insert("row_count".into(), Value::from(out.len()));
+        result.insert("rows".into(), Value::Array(out));
+        result.insert(
+            "columns".into(),
+            Value::Array(columns.into_iter().map(Value::String).collect()),
+        );
+        if truncated {
+            result.insert("truncated".into(), Value::Bool(true));
+        }
+        Ok(Value::Object(result))
+    }
+
+    fn sql_error(
+        &self,
+        e: rusqlite::Error,
+        phase: Phase,
+        job: &SqlJob<'_>,
+        fired: Option<Stop>,
+        denial: Option<String>,
+    ) -> TaskError {
+        use rusqlite::ErrorCode as C;
+        let name = job.name;
+        let input = |msg: String| {
+            if phase == Phase::Prepare {
+                TaskError::invalid(QUERY_FIELD, msg)
+            } else {
+                TaskError::new(ErrorCode::ExecutionFailed, msg)
+            }
+        };
+        match e {
+            rusqlite::Error::InvalidParameterCount(given, expected) => TaskError::invalid(
+                "job.parameters",
+                format!("the query has {expected} placeholder(s) but {given} parameter(s) were given"),
+            ),
+            rusqlite::Error::MultipleStatement => {
+                TaskError::invalid(QUERY_FIELD, "must be a single statement")
+            }
+            rusqlite::Error::NulError(_) => TaskError::invalid(QUERY_FIELD, "contains a NUL byte"),
+            rusqlite::Error::SqlInputError {
+                error, msg, offset, ..
+            } => match error.code {
+                C::AuthorizationForStatementDenied => {
+                    read_only(denial.as_deref().unwrap_or("this statement"))
+                }
+                _ => {
+                    let at = usize::try_from(offset).map_or(0, |o| o + job.offset);
+                    input(format!("{msg} (at byte {at})"))
+                }
+            },
+            rusqlite::Error::SqliteFailure(error, msg) => {
+                let msg = msg.unwrap_or_else(|| error.to_string());
+                match error.code {
+                    C::AuthorizationForStatementDenied => {
+                        read_only(denial.as_deref().unwrap_or("this statement"))
+                    }
+                    C::ReadOnly => read_only("writing"),
+                    C::DatabaseBusy | C::DatabaseLocked => TaskError::retryable(
+                        ErrorCode::ResourceUnavailable,
+                        format!("database {name} is locked by a writer ({msg})"),
+                    ),
+                    C::OperationInterrupted => match fired {
+                        Some(Stop::TimeLimit) | None => TaskError::new(
+                            ErrorCode::ExecutionFailed,
+                            format!(
+                                "query exceeded the {} ms time limit",
+                                self.time_limit.as_millis()
+                            ),
+                        ),
+                        Some(Stop::Deadline) => TaskError::new(
+                            ErrorCode::CancelledByTimeout,
+                            "the job's deadline passed while the query ran",
+                        ),
+                        Some(Stop::Cancelled) => TaskError::new(
+                            ErrorCode::CancelledByUser,
+                            "cancelled while the query ran",
+                        ),
+                    },
+                    C::NotADatabase => TaskError::new(
+                        ErrorCode::ExecutionFailed,
+                        format!("{name} is not a SQLite database"),
+                    ),
+                    C::DatabaseCorrupt => TaskError::new(
+                        ErrorCode::ExecutionFailed,
+                        format!("database {name} is corrupt ({msg})"),
+                    ),
+                    C::CannotOpen => TaskError::new(
+                        ErrorCode::ResourceUnavailable,
+                        format!("database {name} cannot be opened ({msg})"),
+                    ),
+                    C::TooBig if phase == Phase::Prepare => {
+                        TaskError::invalid(QUERY_FIELD, format!("too long ({msg})"))
+                    }
+                    C::Unknown
+                    | C::TypeMismatch
+                    | C::ParameterOutOfRange
+                    | C::ConstraintViolation => input(msg),
+                    _ => TaskError::new(ErrorCode::ExecutionFailed, format!("query failed: {msg}")),
+                }
+            }
+            other => TaskError::new(ErrorCode::ExecutionFailed, format!("query failed: {other}")),
+        }
     }
 }
 
 impl Block for SqlBlock {
-    type Job<'a> = ();
+    type Job<'a> = SqlJob<'a>;
 
-    fn decode<'a>(&self, _job: Fields<'a, 'a>, _ctx: &ExecCtx<'_>) -> Result<(), TaskError> {
-        Err(TaskError::internal("not implemented yet"))
+    fn decode<'a>(&self, job: Fields<'a, 'a>, _ctx: &ExecCtx<'_>) -> Result<SqlJob<'a>, TaskError> {
+        let connection = job
+            .opt_str_any(&["connection_string", "connection"])?
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| TaskError::missing(CONNECTION_FIELD))?;
+        let name = sql_guard::database_name(connection).map_err(|r| match r {
+            NameRefusal::Unsupported(why) => TaskError::invalid(CONNECTION_FIELD, why),
+            NameRefusal::Escapes(why) => TaskError::new(
+                ErrorCode::PermissionDenied,
+                format!("field `{CONNECTION_FIELD}`: {why}"),
+            ),
+        })?;
+        let query = job.req_nonempty("query")?;
+        let range = sql_guard::check_statement(query).map_err(|r| match r {
+            StatementRefusal::Empty => TaskError::invalid(QUERY_FIELD, "contains no SQL statement"),
+            StatementRefusal::Multiple => TaskError::invalid(
+                QUERY_FIELD,
+                "must be a single statement (text follows the first `;`)",
+            ),
+            StatementRefusal::Write(keyword) => read_only(&keyword),
+        })?;
+        let key = if job.has("parameters") {
+            "parameters"
+        } else {
+            "params"
+        };
+        let params = job
+            .opt_array(key)?
+            .unwrap_or(&[])
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                SqlParam::from_json(v).ok_or_else(|| {
+                    TaskError::format(&format!("job.{key}[{i}]"), "a string, number, boolean or null")
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let max_rows = match job.opt_u64("max_rows")? {
+            None => self.max_rows,
+            Some(0) => return Err(TaskError::invalid("job.max_rows", "must be at least 1")),
+            Some(n) => usize::try_from(n).unwrap_or(usize::MAX).min(self.max_rows),
+        };
+        Ok(SqlJob {
+            name,
+            statement: &query[range.clone()],
+            offset: range.start,
+            params,
+            max_rows,
+        })
     }
 
-    async fn attempt(&self, _job: &Self::Job<'_>, _ctx: &ExecCtx<'_>) -> Result<Output, TaskError> {
-        Err(TaskError::internal("not implemented yet"))
+    /// Runs the query synchronously on this thread (see the module docs): it never awaits.
+    async fn attempt(&self, job: &Self::Job<'_>, ctx: &ExecCtx<'_>) -> Result<Output, TaskError> {
+        self.execute(job, ctx).map(Output::new)
     }
 }

@@ -1,0 +1,280 @@
+//! Wiring: builds every component from the [`Config`] and runs until SIGTERM/SIGINT.
+
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, ConsumerMode, FsBackend};
+use crate::contract::ParseLimits;
+use crate::runtime::{Approvals, Cancels, Dedupe, Runtime, Shared};
+use crate::telemetry::http::{Indicator, Probe};
+use crate::telemetry::Metrics;
+use crate::transport::{self, Publisher};
+
+/// Health indicators of a running worker.
+#[derive(Debug)]
+struct WorkerProbe {
+    publisher: Publisher,
+    runtime: OnceLock<Arc<Runtime>>,
+    metrics: Arc<Metrics>,
+    max_memory_mb: u64,
+    /// (panics seen, when the count last grew)
+    critical: Mutex<(u64, Option<Instant>)>,
+}
+
+const CRITICAL_WINDOW: Duration = Duration::from_secs(60);
+
+impl Probe for WorkerProbe {
+    fn indicators(&self) -> Vec<Indicator> {
+        let nats = self.publisher.is_connected();
+        let (pools_ok, pools_detail) = match self.runtime.get() {
+            None => (false, "starting".to_owned()),
+            Some(rt) if rt.saturated() => (false, format!("cpu queues full ({} queued)", rt.queue_depth())),
+            Some(rt) => (true, format!("{} queued, {} running", rt.queue_depth(), rt.in_flight())),
+        };
+        let rss_mb = crate::telemetry::metrics::process_usage().map_or(0, |(_, rss)| rss >> 20);
+        let mem_ok = rss_mb <= self.max_memory_mb;
+        let panics = self.metrics.panics.get();
+        let critical_ok = {
+            let mut c = self.critical.lock().unwrap_or_else(|p| p.into_inner());
+            if panics > c.0 {
+                *c = (panics, Some(Instant::now()));
+            }
+            c.1.is_none_or(|at| at.elapsed() > CRITICAL_WINDOW)
+        };
+        vec![
+            Indicator {
+                name: "nats_connection",
+                ok: nats,
+                detail: if nats { "connected".into() } else { "not connected".into() },
+            },
+            Indicator { name: "resource_pools", ok: pools_ok, detail: pools_detail },
+            Indicator {
+                name: "memory",
+                ok: mem_ok,
+                detail: format!("{rss_mb} MiB of {} MiB", self.max_memory_mb),
+            },
+            Indicator {
+                name: "critical_errors",
+                ok: critical_ok,
+                detail: if critical_ok { "none recently".into() } else { "a block panicked in the last 60 s".into() },
+            },
+        ]
+    }
+
+    fn sample(&self) {
+        if let Some(rt) = self.runtime.get() {
+            rt.sample();
+        }
+    }
+}
+
+/// Runs the worker until a stop signal; returns when it has drained.
+pub async fn run(cfg: Config) -> Result<(), String> {
+    let cfg = Arc::new(cfg);
+    let metrics = Arc::new(Metrics::new());
+    let stop = CancellationToken::new();
+
+    // Sandbox mode: files go to a throw-away root, removed at exit.
+    let sandbox_dir = if cfg.sandbox {
+        Some(tempfile::Builder::new().prefix("beamline-sandbox-").tempdir().map_err(|e| format!("sandbox root: {e}"))?)
+    } else {
+        None
+    };
+    let fs_root = match &sandbox_dir {
+        Some(d) => d.path().to_path_buf(),
+        None => cfg.fs_root.clone(),
+    };
+    std::fs::create_dir_all(&fs_root).map_err(|e| format!("--fs-root {}: {e}", fs_root.display()))?;
+
+    let io = beamline_io::IoPool::start(beamline_io::IoConfig {
+        threads: cfg.io_pool_size,
+        cores: cfg.io_cores.clone(),
+        queue_capacity: cfg.queue_capacity,
+        ring_entries: 256,
+        force_backend: match cfg.fs_backend {
+            FsBackend::Auto => None,
+            FsBackend::IoUring => Some(beamline_io::Backend::Uring),
+            FsBackend::Threads => Some(beamline_io::Backend::Threads),
+        },
+        max_file_bytes: cfg.fs_max_bytes,
+    })
+    .map_err(|e| format!("starting the IO pool: {e}"))?;
+    if cfg.fs_backend == FsBackend::IoUring && io.backend() != beamline_io::Backend::Uring {
+        return Err("--fs-backend io_uring: io_uring is not available on this kernel".into());
+    }
+    metrics.fs_backend.with_label_values(&[io.backend().as_str()]).set(1);
+
+    let client = transport::connect(&cfg, metrics.clone()).await?;
+    let js_ctx = async_nats::jetstream::new(client.clone());
+    let publisher_js = (cfg.consumer == ConsumerMode::Jetstream).then(|| js_ctx.clone());
+    let publisher = Publisher::new(client.clone(), publisher_js, cfg.subjects.clone(), metrics.clone());
+
+    let probe = Arc::new(WorkerProbe {
+        publisher: publisher.clone(),
+        runtime: OnceLock::new(),
+        metrics: metrics.clone(),
+        max_memory_mb: cfg.max_memory_mb,
+        critical: Mutex::new((0, None)),
+    });
+    let metrics_addr = crate::telemetry::http::serve(cfg.prometheus_endpoint, Some(metrics.clone()), probe.clone(), stop.clone())
+        .await
+        .map_err(|e| format!("--prometheus-endpoint {}: {e}", cfg.prometheus_endpoint))?;
+    let health_addr = match cfg.health_endpoint {
+        Some(a) => Some(
+            crate::telemetry::http::serve(a, None, probe.clone(), stop.clone())
+                .await
+                .map_err(|e| format!("--health-endpoint {a}: {e}"))?,
+        ),
+        None => None,
+    };
+
+    // JetStream objects: NATS may still be coming up, so retry until bound or stopped.
+    let js = if cfg.consumer == ConsumerMode::Jetstream {
+        let mut delay = Duration::from_millis(100);
+        loop {
+            match transport::bind_jetstream(&cfg, js_ctx.clone()).await {
+                Ok(h) => break Some(h),
+                Err(e) => {
+                    tracing::warn!(error = %e, "binding JetStream failed; retrying");
+                    tokio::select! {
+                        _ = shutdown_signal() => return Ok(()),
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                    delay = (delay * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+    } else {
+        None
+    };
+    let publisher = match &js {
+        Some(h) if !h.outputs_durable => Publisher::new(client.clone(), None, cfg.subjects.clone(), metrics.clone()),
+        _ => publisher,
+    };
+
+    let slots = (cfg.cpu_pool_size * cfg.max_in_flight + cfg.queue_capacity / 2).max(1);
+    let kv = js.as_ref().and_then(|h| h.results.clone());
+    let shared = Arc::new(Shared {
+        config: cfg.clone(),
+        metrics: metrics.clone(),
+        publisher: publisher.clone(),
+        dedupe: Dedupe::new(kv.clone(), cfg.dedupe_ttl, 100_000),
+        cancels: Cancels::default(),
+        approvals: Approvals::default(),
+        approval_kv: kv,
+        io: io.clone(),
+        fs_root,
+        limits: ParseLimits { default_timeout: cfg.default_timeout, max_timeout: cfg.max_job_time },
+        stopping: CancellationToken::new(),
+        hard_stop: CancellationToken::new(),
+        slots: Arc::new(Semaphore::new(slots)),
+    });
+    let runtime = Runtime::start(shared.clone())?;
+    let _ = probe.runtime.set(runtime.clone());
+
+    tracing::info!(
+        worker_id = %cfg.worker_id,
+        consumer = ?cfg.consumer,
+        nats_url = %cfg.nats_url,
+        cpu_pool_size = cfg.cpu_pool_size,
+        cpu_cores = ?cfg.cpu_cores,
+        io_pool_size = cfg.io_pool_size,
+        io_cores = ?cfg.io_cores,
+        fs_backend = io.backend().as_str(),
+        metrics_endpoint = %metrics_addr,
+        health_endpoint = ?health_addr,
+        profile = ?cfg.profile_name,
+        sandbox = cfg.sandbox,
+        "worker started"
+    );
+
+    let intake_stop = CancellationToken::new();
+    let consumer = tokio::spawn(transport::consume(
+        cfg.clone(),
+        client.clone(),
+        js.clone(),
+        runtime.clone(),
+        shared.slots.clone(),
+        metrics.clone(),
+        intake_stop.clone(),
+    ));
+    let control = tokio::spawn(transport::consume_control(
+        client.clone(),
+        cfg.subjects.clone(),
+        js.clone(),
+        runtime.clone(),
+        stop.clone(),
+    ));
+    let heartbeat = tokio::spawn(heartbeats(cfg.clone(), publisher.clone(), runtime.clone(), probe.clone(), stop.clone()));
+
+    shutdown_signal().await;
+    tracing::info!(grace_ms = cfg.shutdown_grace.as_millis() as u64, "stop requested: draining");
+    intake_stop.cancel();
+    let _ = consumer.await;
+    let rt = runtime.clone();
+    let grace = cfg.shutdown_grace;
+    let _ = tokio::task::spawn_blocking(move || rt.shutdown(grace)).await;
+    stop.cancel();
+    let _ = tokio::join!(control, heartbeat);
+    io.shutdown();
+    let _ = client.flush().await;
+    tracing::info!("worker stopped");
+    drop(sandbox_dir);
+    Ok(())
+}
+
+async fn heartbeats(cfg: Arc<Config>, publisher: Publisher, rt: Arc<Runtime>, probe: Arc<WorkerProbe>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(cfg.heartbeat_interval);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let healthy = probe.indicators().iter().all(|i| i.ok);
+        let in_flight = rt.in_flight();
+        let capacity = cfg.cpu_pool_size * cfg.max_in_flight;
+        let status = if !healthy {
+            "degraded"
+        } else if in_flight * 10 >= capacity * 8 {
+            "busy"
+        } else {
+            "ready"
+        };
+        let rss = crate::telemetry::metrics::process_usage().map_or(0, |(_, r)| r);
+        let body = serde_json::json!({
+            "version": "1",
+            "worker_id": cfg.worker_id,
+            "timestamp": crate::contract::wire::iso_now(),
+            "status": status,
+            "resources": {
+                "cpu": cfg.cpu_pool_size,
+                "gpu": cfg.gpu_pool_size,
+                "mem_bytes": rss,
+                "jobs_in_flight": in_flight,
+            },
+            "metadata": {
+                "consumer": format!("{:?}", cfg.consumer).to_lowercase(),
+                "io_pool_size": cfg.io_pool_size,
+                "max_memory_mb": cfg.max_memory_mb,
+                "queue_depth": rt.queue_depth(),
+                "version": env!("CARGO_PKG_VERSION"),
+            },
+        });
+        let _ = publisher.publish_core(&cfg.subjects.heartbeat, bytes::Bytes::from(body.to_string())).await;
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        let _ = tokio::signal::ctrl_c().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

@@ -1,0 +1,212 @@
+//! Pending human approvals and the decisions that answer them. Decisions carry no tenant,
+//! so they are matched by assignment_id and checked against the request's approvers; a
+//! decision that arrives before (or while no worker holds) its request is kept for a while
+//! and answers the request when it is (re)registered.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+use tokio::sync::mpsc;
+
+/// `ApprovalDecision`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct Decision {
+    pub assignment_id: String,
+    pub approver: String,
+    pub approved: bool,
+    #[serde(default)]
+    pub comment: Option<String>,
+    /// When the decision was taken (ms); the worker fills it in when absent.
+    #[serde(default)]
+    pub decided_at: Option<u64>,
+}
+
+const KEPT: Duration = Duration::from_secs(7 * 24 * 3600);
+const KEPT_CAP: usize = 100_000;
+
+#[derive(Debug)]
+struct Pending {
+    approvers: Vec<String>,
+    tx: mpsc::UnboundedSender<Decision>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    pending: HashMap<String, Pending>,
+    kept: HashMap<String, Vec<(Instant, Decision)>>,
+    kept_order: VecDeque<String>,
+}
+
+/// What became of a decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Routed {
+    Delivered,
+    /// From someone not in the request's approvers: ignored (and counted).
+    NotAnApprover,
+    /// No request waiting here: kept for a later (re)registration.
+    Kept,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Approvals {
+    inner: Arc<Mutex<Inner>>,
+}
+
+/// A registered wait; unregisters on drop.
+#[derive(Debug)]
+pub struct Waiter {
+    approvals: Approvals,
+    id: String,
+    pub rx: mpsc::UnboundedReceiver<Decision>,
+}
+
+impl Approvals {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Registers a wait; a kept decision from a listed approver is delivered at once.
+    /// Returns the waiter and how many kept decisions were ignored (not an approver).
+    pub fn wait(&self, assignment_id: &str, approvers: &[&str]) -> (Waiter, usize) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut g = self.lock();
+        let mut ignored = 0;
+        if let Some(kept) = g.kept.get(assignment_id) {
+            for (at, d) in kept {
+                if at.elapsed() >= KEPT {
+                    continue;
+                }
+                if approvers.iter().any(|a| *a == d.approver) {
+                    let _ = tx.send(d.clone());
+                } else {
+                    ignored += 1;
+                }
+            }
+        }
+        g.pending.insert(
+            assignment_id.to_owned(),
+            Pending {
+                approvers: approvers.iter().map(|a| (*a).to_owned()).collect(),
+                tx,
+            },
+        );
+        (
+            Waiter {
+                approvals: self.clone(),
+                id: assignment_id.to_owned(),
+                rx,
+            },
+            ignored,
+        )
+    }
+
+    /// Routes one decision.
+    pub fn decide(&self, d: Decision) -> Routed {
+        let mut g = self.lock();
+        if let Some(p) = g.pending.get(&d.assignment_id) {
+            if !p.approvers.iter().any(|a| *a == d.approver) {
+                return Routed::NotAnApprover;
+            }
+            let _ = p.tx.send(d);
+            return Routed::Delivered;
+        }
+        if g.kept_order.len() >= KEPT_CAP {
+            if let Some(old) = g.kept_order.pop_front() {
+                g.kept.remove(&old);
+            }
+        }
+        let id = d.assignment_id.clone();
+        let list = g.kept.entry(id.clone()).or_default();
+        // The same decision replayed from the stream is kept once.
+        if !list.iter().any(|(_, k)| *k == d) {
+            list.push((Instant::now(), d));
+        }
+        g.kept_order.push_back(id);
+        Routed::Kept
+    }
+
+    pub fn pending(&self) -> usize {
+        self.lock().pending.len()
+    }
+}
+
+impl Drop for Waiter {
+    fn drop(&mut self) {
+        self.approvals.lock().pending.remove(&self.id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn d(id: &str, who: &str, ok: bool) -> Decision {
+        Decision {
+            assignment_id: id.into(),
+            approver: who.into(),
+            approved: ok,
+            comment: None,
+            decided_at: None,
+        }
+    }
+
+    #[test]
+    fn decisions_reach_listed_approvers_only() {
+        let a = Approvals::default();
+        let (mut w, _) = a.wait("x", &["u1@example.com"]);
+        assert_eq!(a.decide(d("x", "mallory", true)), Routed::NotAnApprover);
+        assert!(w.rx.try_recv().is_err());
+        assert_eq!(a.decide(d("x", "u1@example.com", false)), Routed::Delivered);
+        assert_eq!(w.rx.try_recv().ok(), Some(d("x", "u1@example.com", false)));
+    }
+
+    #[test]
+    fn an_early_decision_is_kept_for_the_request() {
+        let a = Approvals::default();
+        assert_eq!(a.decide(d("y", "u1", true)), Routed::Kept);
+        assert_eq!(a.decide(d("y", "u1", true)), Routed::Kept);
+        let (mut w, ignored) = a.wait("y", &["u1"]);
+        assert_eq!(ignored, 0);
+        assert_eq!(w.rx.try_recv().ok(), Some(d("y", "u1", true)));
+        assert!(w.rx.try_recv().is_err(), "a replayed decision is kept once");
+        drop(w);
+        assert_eq!(a.pending(), 0);
+    }
+}
+
+/// What the `human.approval` block needs of the worker: the registry, a way to publish the
+/// request, and (JetStream mode) a durable note of each request's `expires_at`, so that a
+/// redelivered approval keeps its original clock.
+#[derive(Debug, Clone)]
+pub struct ApprovalPort {
+    pub approvals: Approvals,
+    pub publisher: crate::transport::Publisher,
+    pub kv: Option<async_nats::jetstream::kv::Store>,
+    pub metrics: Arc<crate::telemetry::Metrics>,
+    pub sandbox: bool,
+}
+
+impl ApprovalPort {
+    /// The request's `expires_at`: the one first recorded for (tenant, id), else `proposed`
+    /// (recorded now).
+    pub async fn expires_at(&self, tenant: &str, id: &str, proposed: u64) -> u64 {
+        let Some(kv) = &self.kv else { return proposed };
+        use base64::Engine as _;
+        let e = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let key = format!("a.{}.{}", e.encode(tenant), e.encode(id));
+        match kv.create(&key, proposed.to_string().into()).await {
+            Ok(_) => proposed,
+            Err(_) => match kv.get(&key).await {
+                Ok(Some(v)) => std::str::from_utf8(&v).ok().and_then(|s| s.parse().ok()).unwrap_or(proposed),
+                _ => proposed,
+            },
+        }
+    }
+
+    pub async fn request(&self, body: bytes::Bytes) -> Result<(), String> {
+        let subject = self.publisher.subjects().approval_request.clone();
+        self.publisher.publish_core(&subject, body).await
+    }
+}

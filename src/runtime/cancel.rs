@@ -1,0 +1,136 @@
+//! Cancellation by `caf.exec.cancel.v1`: a token per queued or running assignment, keyed
+//! by (tenant, assignment_id) so that one tenant can never cancel another's work. A cancel
+//! that arrives before its assignment (still in the stream or a queue) is remembered for a
+//! while and applied on arrival.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+
+type Key = (Box<str>, Box<str>);
+
+/// How long an early cancel is remembered, and how many.
+const EARLY_TTL: Duration = Duration::from_secs(600);
+const EARLY_CAP: usize = 10_000;
+
+#[derive(Debug, Default)]
+struct Inner {
+    live: HashMap<Key, (CancellationToken, Option<String>)>,
+    early: HashMap<Key, (Instant, String)>,
+    early_order: VecDeque<Key>,
+}
+
+/// What a cancel request did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Effect {
+    /// A queued or running assignment was cancelled.
+    Cancelled,
+    /// Not here (yet): remembered in case it arrives.
+    Remembered,
+}
+
+impl Effect {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Effect::Cancelled => "cancelled",
+            Effect::Remembered => "remembered",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Cancels {
+    inner: Arc<Mutex<Inner>>,
+}
+
+/// Keeps an assignment registered while it runs.
+#[derive(Debug)]
+pub struct Registration {
+    cancels: Cancels,
+    key: Key,
+    pub token: CancellationToken,
+}
+
+impl Registration {
+    /// The reason given by the cancel request, once cancelled.
+    pub fn reason(&self) -> Option<String> {
+        self.cancels.lock().live.get(&self.key).and_then(|(_, r)| r.clone())
+    }
+}
+
+impl Cancels {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Registers an assignment; its token is already cancelled when a cancel came first.
+    pub fn register(&self, tenant: &str, id: &str, parent: &CancellationToken) -> Registration {
+        let key: Key = (tenant.into(), id.into());
+        let token = parent.child_token();
+        let mut g = self.lock();
+        let early = g.early.remove(&key).filter(|(at, _)| at.elapsed() < EARLY_TTL);
+        let reason = early.map(|(_, r)| {
+            token.cancel();
+            r
+        });
+        g.live.insert(key.clone(), (token.clone(), reason));
+        Registration {
+            cancels: self.clone(),
+            key,
+            token,
+        }
+    }
+
+    pub fn cancel(&self, tenant: &str, id: &str, reason: &str) -> Effect {
+        let key: Key = (tenant.into(), id.into());
+        let mut g = self.lock();
+        if let Some((token, r)) = g.live.get_mut(&key) {
+            *r = Some(reason.to_owned());
+            token.cancel();
+            return Effect::Cancelled;
+        }
+        if g.early.len() >= EARLY_CAP {
+            if let Some(old) = g.early_order.pop_front() {
+                g.early.remove(&old);
+            }
+        }
+        g.early.insert(key.clone(), (Instant::now(), reason.to_owned()));
+        g.early_order.push_back(key);
+        Effect::Remembered
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.cancels.lock().live.remove(&self.key);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_same_tenant_cancels() {
+        let c = Cancels::default();
+        let root = CancellationToken::new();
+        let r = c.register("a", "x", &root);
+        assert_eq!(c.cancel("b", "x", "nope"), Effect::Remembered);
+        assert!(!r.token.is_cancelled());
+        assert_eq!(c.cancel("a", "x", "user"), Effect::Cancelled);
+        assert!(r.token.is_cancelled());
+        assert_eq!(r.reason().as_deref(), Some("user"));
+    }
+
+    #[test]
+    fn an_early_cancel_applies_on_arrival() {
+        let c = Cancels::default();
+        let root = CancellationToken::new();
+        assert_eq!(c.cancel("a", "y", "early"), Effect::Remembered);
+        let r = c.register("a", "y", &root);
+        assert!(r.token.is_cancelled());
+        assert_eq!(r.reason().as_deref(), Some("early"));
+    }
+}

@@ -1,0 +1,249 @@
+//! "Not executed twice": completed results by (tenant, assignment_id), in memory (bounded,
+//! with a TTL) and, in JetStream mode, in a key-value bucket that survives restarts and is
+//! shared by every instance. A duplicate that arrives while the first copy still runs waits
+//! for its result instead of running the block again.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::kv;
+use base64::Engine as _;
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use tokio::sync::watch;
+
+/// What was published for a finished assignment; re-published byte for byte on a duplicate.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Record {
+    pub ack: Bytes,
+    pub result: Bytes,
+}
+
+impl Record {
+    fn encode(&self) -> Bytes {
+        let mut b = BytesMut::with_capacity(8 + self.ack.len() + self.result.len());
+        b.put_u32(self.ack.len() as u32);
+        b.put_slice(&self.ack);
+        b.put_slice(&self.result);
+        b.freeze()
+    }
+
+    fn decode(mut b: Bytes) -> Option<Record> {
+        if b.len() < 4 {
+            return None;
+        }
+        let n = b.get_u32() as usize;
+        if b.len() < n {
+            return None;
+        }
+        let ack = b.split_to(n);
+        Some(Record { ack, result: b })
+    }
+}
+
+type Key = (Box<str>, Box<str>);
+
+#[derive(Debug)]
+enum Entry {
+    Running(watch::Sender<Option<Arc<Record>>>),
+    Done(Arc<Record>, Instant),
+}
+
+/// What [`Dedupe::begin`] found.
+#[derive(Debug)]
+pub enum Begin {
+    /// First sight: run it; the guard must be completed (or dropped to give up).
+    New(Guard),
+    /// Already finished: re-publish this.
+    Done(Arc<Record>),
+    /// Running right now in this process: wait for it.
+    Running(watch::Receiver<Option<Arc<Record>>>),
+}
+
+#[derive(Debug)]
+struct Inner {
+    map: HashMap<Key, Entry>,
+    order: VecDeque<(Key, Instant)>,
+}
+
+/// The dedupe store.
+#[derive(Debug, Clone)]
+pub struct Dedupe {
+    inner: Arc<Mutex<Inner>>,
+    kv: Option<kv::Store>,
+    ttl: Duration,
+    capacity: usize,
+}
+
+/// Holds the "running" mark of one assignment.
+#[derive(Debug)]
+pub struct Guard {
+    store: Dedupe,
+    key: Option<Key>,
+}
+
+fn kv_key(tenant: &str, id: &str) -> String {
+    let e = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    // Both parts encoded: key-value keys allow only [-/_=.a-zA-Z0-9].
+    format!("r.{}.{}", e.encode(tenant), e.encode(id))
+}
+
+impl Dedupe {
+    pub fn new(kv: Option<kv::Store>, ttl: Duration, capacity: usize) -> Dedupe {
+        Dedupe {
+            inner: Arc::new(Mutex::new(Inner {
+                map: HashMap::new(),
+                order: VecDeque::new(),
+            })),
+            kv,
+            ttl,
+            capacity: capacity.max(16),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn is_durable(&self) -> bool {
+        self.kv.is_some()
+    }
+
+    /// Looks the assignment up; marks it running when it is new.
+    pub async fn begin(&self, tenant: &str, id: &str) -> Begin {
+        let key: Key = (tenant.into(), id.into());
+        {
+            let mut g = self.lock();
+            match g.map.get(&key) {
+                Some(Entry::Done(r, at)) if at.elapsed() < self.ttl => return Begin::Done(r.clone()),
+                Some(Entry::Running(tx)) => return Begin::Running(tx.subscribe()),
+                _ => {}
+            }
+            let (tx, _) = watch::channel(None);
+            g.map.insert(key.clone(), Entry::Running(tx));
+        }
+        if let Some(kv) = &self.kv {
+            match kv.get(kv_key(tenant, id)).await {
+                Ok(Some(bytes)) => {
+                    if let Some(r) = Record::decode(bytes) {
+                        let r = Arc::new(r);
+                        self.finish(&key, r.clone());
+                        return Begin::Done(r);
+                    }
+                }
+                Ok(None) => {}
+                // The bucket is unreachable: run it (at-least-once) rather than stall.
+                Err(e) => tracing::warn!(error = %e, "dedupe lookup failed"),
+            }
+        }
+        Begin::New(Guard {
+            store: self.clone(),
+            key: Some(key),
+        })
+    }
+
+    fn finish(&self, key: &Key, record: Arc<Record>) {
+        let now = Instant::now();
+        let mut g = self.lock();
+        if let Some(Entry::Running(tx)) = g.map.insert(key.clone(), Entry::Done(record.clone(), now)) {
+            let _ = tx.send(Some(record));
+        }
+        g.order.push_back((key.clone(), now));
+        // Bounded: evict the oldest finished entries past capacity or TTL. An entry that was
+        // finished again later carries a newer instant and stays.
+        while g.order.len() > self.capacity
+            || g.order.front().is_some_and(|(_, at)| at.elapsed() >= self.ttl)
+        {
+            let Some((k, at)) = g.order.pop_front() else { break };
+            if matches!(g.map.get(&k), Some(Entry::Done(_, done)) if *done == at) {
+                g.map.remove(&k);
+            }
+        }
+    }
+
+    /// Number of assignments remembered in memory (tests, metrics).
+    pub fn len(&self) -> usize {
+        self.lock().map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl Guard {
+    /// Stores the finished record: memory first (waiters released), then the bucket.
+    pub async fn complete(mut self, record: Record) {
+        let Some(key) = self.key.take() else { return };
+        let record = Arc::new(record);
+        if let Some(kv) = &self.store.kv {
+            let k = kv_key(&key.0, &key.1);
+            if let Err(e) = kv.put(k, record.encode()).await {
+                tracing::warn!(error = %e, "storing the result for dedupe failed");
+            }
+        }
+        self.store.finish(&key, record);
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        // Given up (shutdown, nak): forget the running mark so a redelivery runs it.
+        if let Some(key) = self.key.take() {
+            let mut g = self.store.lock();
+            if matches!(g.map.get(&key), Some(Entry::Running(_))) {
+                g.map.remove(&key);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(n: u8) -> Record {
+        Record {
+            ack: Bytes::from(vec![n; 3]),
+            result: Bytes::from(vec![n; 5]),
+        }
+    }
+
+    #[test]
+    fn record_round_trips() {
+        let r = rec(7);
+        assert_eq!(Record::decode(r.encode()), Some(r));
+        assert_eq!(Record::decode(Bytes::from_static(b"\0\0")), None);
+    }
+
+    #[tokio::test]
+    async fn second_sight_gets_the_stored_record_and_tenants_are_separate() {
+        let d = Dedupe::new(None, Duration::from_secs(60), 100);
+        let Begin::New(g) = d.begin("t1", "a").await else { panic!("new") };
+        let Begin::Running(mut rx) = d.begin("t1", "a").await else { panic!("running") };
+        let Begin::New(_other_tenant) = d.begin("t2", "a").await else { panic!("tenant isolation") };
+        g.complete(rec(1)).await;
+        rx.changed().await.expect("released");
+        assert_eq!(rx.borrow().as_deref(), Some(&rec(1)));
+        let Begin::Done(r) = d.begin("t1", "a").await else { panic!("done") };
+        assert_eq!(*r, rec(1));
+    }
+
+    #[tokio::test]
+    async fn a_dropped_guard_lets_the_next_delivery_run() {
+        let d = Dedupe::new(None, Duration::from_secs(60), 100);
+        let Begin::New(g) = d.begin("t", "a").await else { panic!("new") };
+        drop(g);
+        assert!(matches!(d.begin("t", "a").await, Begin::New(_)));
+    }
+
+    #[tokio::test]
+    async fn memory_is_bounded() {
+        let d = Dedupe::new(None, Duration::from_secs(60), 16);
+        for i in 0..100 {
+            let Begin::New(g) = d.begin("t", &i.to_string()).await else { panic!("new") };
+            g.complete(rec(0)).await;
+        }
+        assert!(d.len() <= 17, "{}", d.len());
+    }
+}

@@ -1,0 +1,276 @@
+//! The thread-per-core runtime. `cpu_pool_size` OS threads, each pinned to its core and
+//! each running its own current-thread tokio runtime, own the assignments they take: parse,
+//! execute (HTTP and SQL on the thread itself, files through the pinned io_uring shards of
+//! `beamline_io`), publish. Queues between the transport and the threads are bounded;
+//! JetStream intake is bounded by slots so a full worker stops pulling.
+
+pub mod approvals;
+pub mod cancel;
+pub mod dedupe;
+mod pipeline;
+
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::contract::ParseLimits;
+use crate::telemetry::Metrics;
+use crate::transport::{Delivery, Publisher, Sink};
+
+pub use approvals::{ApprovalPort, Approvals, Decision};
+pub use cancel::Cancels;
+pub use dedupe::Dedupe;
+pub use pipeline::Blocks;
+
+/// What every CPU thread shares.
+#[derive(Debug)]
+pub struct Shared {
+    pub config: Arc<Config>,
+    pub metrics: Arc<Metrics>,
+    pub publisher: Publisher,
+    pub dedupe: Dedupe,
+    pub cancels: Cancels,
+    pub approvals: Approvals,
+    /// Key-value bucket for approval clocks (JetStream mode).
+    pub approval_kv: Option<async_nats::jetstream::kv::Store>,
+    pub io: beamline_io::IoPool,
+    /// The FS root in use (a throw-away one in sandbox mode).
+    pub fs_root: PathBuf,
+    pub limits: ParseLimits,
+    /// Cancelled when the worker stops taking work (SIGTERM/SIGINT).
+    pub stopping: CancellationToken,
+    /// Cancelled when the grace period after a stop request is over.
+    pub hard_stop: CancellationToken,
+    /// JetStream intake slots (one per assignment taken and not finished).
+    pub slots: Arc<Semaphore>,
+}
+
+impl Shared {
+    pub fn approval_port(&self) -> ApprovalPort {
+        ApprovalPort {
+            approvals: self.approvals.clone(),
+            publisher: self.publisher.clone(),
+            kv: self.approval_kv.clone(),
+            metrics: self.metrics.clone(),
+            sandbox: self.config.sandbox,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Shard {
+    tx: flume::Sender<Delivery>,
+    in_flight: Arc<AtomicUsize>,
+}
+
+/// The CPU pool.
+#[derive(Debug)]
+pub struct Runtime {
+    shared: Arc<Shared>,
+    shards: Vec<Shard>,
+    next: AtomicUsize,
+    threads: std::sync::Mutex<Vec<std::thread::JoinHandle<()>>>,
+}
+
+impl Runtime {
+    /// Starts the pinned CPU threads. Fails when a thread cannot build its blocks.
+    pub fn start(shared: Arc<Shared>) -> Result<Arc<Runtime>, String> {
+        let cfg = shared.config.clone();
+        let mut shards = Vec::new();
+        let mut threads = Vec::new();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
+        for i in 0..cfg.cpu_pool_size {
+            let (tx, rx) = flume::bounded::<Delivery>(cfg.queue_capacity);
+            let in_flight = Arc::new(AtomicUsize::new(0));
+            let core = (!cfg.cpu_cores.is_empty()).then(|| cfg.cpu_cores[i % cfg.cpu_cores.len()]);
+            let (shared, ready, inf) = (shared.clone(), ready_tx.clone(), in_flight.clone());
+            let handle = std::thread::Builder::new()
+                .name(format!("cpu-{i}"))
+                .spawn(move || cpu_thread(shared, rx, core, ready, inf))
+                .map_err(|e| format!("spawning cpu thread {i}: {e}"))?;
+            shards.push(Shard { tx, in_flight });
+            threads.push(handle);
+        }
+        drop(ready_tx);
+        for _ in 0..cfg.cpu_pool_size {
+            ready_rx
+                .recv()
+                .map_err(|_| "a cpu thread died while starting".to_owned())??;
+        }
+        Ok(Arc::new(Runtime {
+            shared,
+            shards,
+            next: AtomicUsize::new(0),
+            threads: std::sync::Mutex::new(threads),
+        }))
+    }
+
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// Tasks queued (not yet started) across the CPU threads.
+    pub fn queue_depth(&self) -> usize {
+        self.shards.iter().map(|s| s.tx.len()).sum()
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.shards.iter().map(|s| s.in_flight.load(Ordering::Relaxed)).sum()
+    }
+
+    /// Whether every queue is at more than 90 % of its bound.
+    pub fn saturated(&self) -> bool {
+        let cap = self.shared.config.queue_capacity;
+        self.shards.iter().all(|s| s.tx.len() * 10 > cap * 9)
+    }
+
+    /// Updates the pool gauges (called on scrape).
+    pub fn sample(&self) {
+        let m = &self.shared.metrics;
+        m.queue_depth.with_label_values(&["cpu"]).set(self.queue_depth() as i64);
+        m.in_flight.with_label_values(&["cpu"]).set(self.in_flight() as i64);
+        m.queue_depth.with_label_values(&["io"]).set(self.shared.io.queue_depth() as i64);
+        m.approvals_pending.set(self.shared.approvals.pending() as i64);
+    }
+
+    /// Stops taking work and waits up to `grace` for the threads to finish what they hold
+    /// (queued work included); then cancels what is left (JetStream: nak'ed for redelivery,
+    /// core: answered 4002) and joins.
+    pub fn shutdown(&self, grace: Duration) {
+        let threads: Vec<_> = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|p| p.into_inner()));
+        self.shared.stopping.cancel();
+        let deadline = std::time::Instant::now() + grace;
+        while std::time::Instant::now() < deadline && threads.iter().any(|t| !t.is_finished()) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.shared.hard_stop.cancel();
+        for t in threads {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Sink for Runtime {
+    fn submit(&self, d: Delivery) -> Result<(), Delivery> {
+        if self.shared.stopping.is_cancelled() {
+            return Err(d);
+        }
+        let n = self.shards.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let mut d = d;
+        for k in 0..n {
+            match self.shards[(start + k) % n].tx.try_send(d) {
+                Ok(()) => return Ok(()),
+                Err(flume::TrySendError::Full(back)) | Err(flume::TrySendError::Disconnected(back)) => d = back,
+            }
+        }
+        Err(d)
+    }
+
+    fn refuse(&self, d: Delivery) {
+        let shared = self.shared.clone();
+        tokio::spawn(async move { pipeline::refuse(shared, d).await });
+    }
+
+    fn cancel(&self, payload: &[u8]) {
+        #[derive(serde::Deserialize)]
+        struct CancelRequest {
+            assignment_id: String,
+            tenant_id: String,
+            #[serde(default)]
+            reason: Option<String>,
+        }
+        let m = &self.shared.metrics;
+        match serde_json::from_slice::<CancelRequest>(payload) {
+            Ok(c) => {
+                let reason = c.reason.as_deref().unwrap_or("cancel requested");
+                let effect = self.shared.cancels.cancel(&c.tenant_id, &c.assignment_id, reason);
+                m.cancels.with_label_values(&[effect.as_str()]).inc();
+                tracing::info!(assignment_id = %c.assignment_id, tenant_id = %c.tenant_id, effect = effect.as_str(), "cancel request");
+            }
+            Err(e) => {
+                m.cancels.with_label_values(&["malformed"]).inc();
+                tracing::warn!(error = %e, "malformed cancel request ignored");
+            }
+        }
+    }
+
+    fn decision(&self, payload: &[u8]) {
+        let m = &self.shared.metrics;
+        match serde_json::from_slice::<Decision>(payload) {
+            Ok(d) => {
+                let id = d.assignment_id.clone();
+                let routed = self.shared.approvals.decide(d);
+                if routed == approvals::Routed::NotAnApprover {
+                    m.approval_decisions_ignored.inc();
+                    tracing::warn!(assignment_id = %id, "approval decision from someone not in approvers ignored");
+                }
+            }
+            Err(e) => {
+                m.approval_decisions_ignored.inc();
+                tracing::warn!(error = %e, "malformed approval decision ignored");
+            }
+        }
+    }
+}
+
+fn cpu_thread(
+    shared: Arc<Shared>,
+    rx: flume::Receiver<Delivery>,
+    core: Option<usize>,
+    ready: std::sync::mpsc::Sender<Result<(), String>>,
+    in_flight: Arc<AtomicUsize>,
+) {
+    if let Some(id) = core {
+        if !core_affinity::set_for_current(core_affinity::CoreId { id }) {
+            tracing::warn!(core = id, "could not pin cpu thread");
+        }
+    }
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            let _ = ready.send(Err(format!("building a cpu thread runtime: {e}")));
+            return;
+        }
+    };
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&rt, async move {
+        let blocks = match Blocks::new(&shared) {
+            Ok(b) => Rc::new(b),
+            Err(e) => {
+                let _ = ready.send(Err(e));
+                return;
+            }
+        };
+        let _ = ready.send(Ok(()));
+        let max = shared.config.max_in_flight;
+        let limit = Arc::new(Semaphore::new(max));
+        loop {
+            let d = tokio::select! {
+                biased;
+                d = rx.recv_async() => match d { Ok(d) => d, Err(_) => break },
+                // Stopping: what is already queued still runs (within the grace period).
+                _ = shared.stopping.cancelled() => match rx.try_recv() { Ok(d) => d, Err(_) => break },
+            };
+            let Ok(permit) = limit.clone().acquire_owned().await else { break };
+            let (shared, blocks, inf) = (shared.clone(), blocks.clone(), in_flight.clone());
+            inf.fetch_add(1, Ordering::Relaxed);
+            tokio::task::spawn_local(async move {
+                let js = d.is_jetstream();
+                pipeline::handle(shared.clone(), blocks, d).await;
+                if js {
+                    shared.slots.add_permits(1);
+                }
+                inf.fetch_sub(1, Ordering::Relaxed);
+                drop(permit);
+            });
+        }
+        let _ = limit.acquire_many(max as u32).await;
+    });
+}

@@ -1,0 +1,7 @@
+//! Metrics, logs, spans and the HTTP endpoints that expose them.
+
+pub mod http;
+pub mod logs;
+pub mod metrics;
+
+pub use metrics::{Intake, Metrics};

@@ -1,0 +1,479 @@
+//! The only module that knows NATS: connecting (auth, TLS, reconnects), binding the
+//! JetStream stream, durable consumer, output streams and result bucket, consuming in
+//! either mode, and publishing acks, results, DLQ entries and heartbeats.
+
+mod setup;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, AckKind};
+use async_nats::{Client, HeaderMap};
+use bytes::Bytes;
+use futures::StreamExt;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, ConsumerMode, Subjects};
+use crate::contract::AssignmentHeaders;
+use crate::telemetry::Metrics;
+
+pub use setup::{bind_jetstream, JetStreamHandles};
+
+/// Connects with the configured auth and TLS; keeps reconnecting forever, and counts it.
+pub async fn connect(cfg: &Config, metrics: Arc<Metrics>) -> Result<Client, String> {
+    let m = metrics.clone();
+    let mut opts = async_nats::ConnectOptions::new()
+        .name(format!("beamline_worker {}", cfg.worker_id))
+        .retry_on_initial_connect()
+        .max_reconnects(None)
+        .connection_timeout(Duration::from_secs(5))
+        .ping_interval(Duration::from_secs(10))
+        .client_capacity(65_536)
+        .subscription_capacity(65_536)
+        .reconnect_delay_callback(|attempts| {
+            Duration::from_millis((50u64 << attempts.min(6)).min(2_000))
+        })
+        .event_callback(move |event| {
+            let m = m.clone();
+            async move {
+                match event {
+                    async_nats::Event::Connected => {
+                        m.nats_connected.set(1);
+                        m.nats_reconnects.inc();
+                        tracing::info!(event = "nats_connected", "NATS connection up");
+                    }
+                    async_nats::Event::Disconnected => {
+                        m.nats_connected.set(0);
+                        tracing::warn!(event = "nats_disconnected", "NATS connection lost; reconnecting");
+                    }
+                    other => tracing::warn!(event = %other, "NATS event"),
+                }
+            }
+        });
+    let auth = &cfg.nats_auth;
+    if let (Some(u), Some(p)) = (&auth.user, &auth.password) {
+        opts = opts.user_and_password(u.clone(), p.clone());
+    }
+    if let Some(t) = &auth.token {
+        opts = opts.token(t.clone());
+    }
+    if let Some(seed) = &auth.nkey_seed {
+        opts = opts.nkey(seed.clone());
+    }
+    if let Some(f) = &auth.creds_file {
+        opts = opts
+            .credentials_file(f)
+            .await
+            .map_err(|e| format!("--nats-creds {}: {e}", f.display()))?;
+    }
+    if let Some(ca) = &auth.tls_ca {
+        opts = opts.add_root_certificates(ca.clone()).require_tls(true);
+    }
+    let client = opts
+        .connect(cfg.nats_url.as_str())
+        .await
+        .map_err(|e| format!("connecting to {}: {e}", cfg.nats_url))?;
+    // The first Connected event counted as a reconnect; start from zero.
+    Ok(client)
+}
+
+/// Which kind of message is published (also the `Nats-Msg-Id` prefix).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Ack,
+    Result,
+    Dlq,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Ack => "ack",
+            Kind::Result => "result",
+            Kind::Dlq => "dlq",
+        }
+    }
+}
+
+/// Publishes the worker's messages. In JetStream mode acks, results and DLQ entries go
+/// through JetStream with `Nats-Msg-Id` and wait for the stream's publish-ack; plain
+/// subscribers see them as core messages either way.
+#[derive(Debug, Clone)]
+pub struct Publisher {
+    client: Client,
+    js: Option<jetstream::Context>,
+    subjects: Subjects,
+    metrics: Arc<Metrics>,
+}
+
+/// Gives up on a publish after this long (the caller then naks or logs).
+const PUBLISH_PATIENCE: Duration = Duration::from_secs(60);
+
+impl Publisher {
+    pub fn new(client: Client, js: Option<jetstream::Context>, subjects: Subjects, metrics: Arc<Metrics>) -> Self {
+        Publisher { client, js, subjects, metrics }
+    }
+
+    pub fn subjects(&self) -> &Subjects {
+        &self.subjects
+    }
+
+    fn subject(&self, kind: Kind) -> &str {
+        match kind {
+            Kind::Ack => &self.subjects.ack,
+            Kind::Result => &self.subjects.result,
+            Kind::Dlq => &self.subjects.dlq,
+        }
+    }
+
+    /// Publishes and, in JetStream mode, waits until the stream stored it. Retries through
+    /// NATS outages (with backoff) for up to a minute.
+    pub async fn publish(&self, kind: Kind, msg_id: Option<&str>, body: Bytes) -> Result<(), String> {
+        let subject = self.subject(kind).to_owned();
+        let deadline = tokio::time::Instant::now() + PUBLISH_PATIENCE;
+        let mut delay = Duration::from_millis(50);
+        loop {
+            let r = match (&self.js, msg_id) {
+                (Some(js), Some(id)) => {
+                    let msg = jetstream::message::PublishMessage::build()
+                        .payload(body.clone())
+                        .message_id(format!("{}:{id}", kind.as_str()));
+                    match js.send_publish(subject.clone(), msg).await {
+                        Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
+                        Err(e) => Err(e.to_string()),
+                    }
+                }
+                _ => self
+                    .client
+                    .publish(subject.clone(), body.clone())
+                    .await
+                    .map_err(|e| e.to_string()),
+            };
+            match r {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    self.metrics.publish_failures.with_label_values(&[kind.as_str()]).inc();
+                    if tokio::time::Instant::now() + delay > deadline {
+                        return Err(format!("publishing {} to {subject}: {e}", kind.as_str()));
+                    }
+                    tracing::warn!(kind = kind.as_str(), error = %e, "publish failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+    }
+
+    /// A core publish on any subject (approval requests, heartbeats).
+    pub async fn publish_core(&self, subject: &str, body: Bytes) -> Result<(), String> {
+        self.client
+            .publish(subject.to_owned(), body)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.client.connection_state() == async_nats::connection::State::Connected
+    }
+
+    /// The server's max_payload (bytes), for the size check of results.
+    pub fn max_payload(&self) -> usize {
+        self.client.server_info().max_payload
+    }
+}
+
+/// How an assignment is settled with the broker.
+enum Settle {
+    /// Core NATS: nothing to settle.
+    Core,
+    Js(jetstream::message::Acker),
+}
+
+impl std::fmt::Debug for Settle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Settle::Core => "Core",
+            Settle::Js(_) => "JetStream",
+        })
+    }
+}
+
+/// One assignment as delivered, with what is needed to settle it.
+#[derive(Debug)]
+pub struct Delivery {
+    pub payload: Bytes,
+    pub headers: AssignmentHeaders,
+    /// JetStream delivery count (1 for core NATS).
+    pub delivered: i64,
+    settle: Settle,
+}
+
+impl Delivery {
+    pub fn redelivered(&self) -> bool {
+        self.delivered > 1
+    }
+
+    pub fn is_jetstream(&self) -> bool {
+        matches!(self.settle, Settle::Js(_))
+    }
+
+    /// Done with it: the result is stored.
+    pub async fn ack(&self) {
+        if let Settle::Js(a) = &self.settle {
+            if let Err(e) = a.ack().await {
+                tracing::warn!(error = %e, "JetStream ack failed; the assignment will be redelivered and deduplicated");
+            }
+        }
+    }
+
+    /// Not now: redeliver after `delay` (JetStream only).
+    pub async fn nak(&self, delay: Duration) {
+        if let Settle::Js(a) = &self.settle {
+            if let Err(e) = a.ack_with(AckKind::Nak(Some(delay))).await {
+                tracing::warn!(error = %e, "JetStream nak failed");
+            }
+        }
+    }
+
+    /// Still working: extend the ack wait.
+    pub async fn in_progress(&self) {
+        if let Settle::Js(a) = &self.settle {
+            let _ = a.ack_with(AckKind::Progress).await;
+        }
+    }
+}
+
+fn headers_of(h: Option<&HeaderMap>) -> AssignmentHeaders {
+    let Some(h) = h else {
+        return AssignmentHeaders::default();
+    };
+    let get = |k: &str| h.get(k).map(|v| v.as_str().to_owned());
+    AssignmentHeaders {
+        tenant_id: get("tenant_id"),
+        version: get("version"),
+        trace_id: get("trace_id"),
+        traceparent: get("traceparent"),
+    }
+}
+
+/// Where the transport hands what it receives.
+pub trait Sink: Send + Sync + 'static {
+    /// Queues an assignment; gives it back when every queue is full.
+    fn submit(&self, d: Delivery) -> Result<(), Delivery>;
+    /// Answers an assignment the worker has no room for (core mode: 4002).
+    fn refuse(&self, d: Delivery);
+    fn cancel(&self, payload: &[u8]);
+    fn decision(&self, payload: &[u8]);
+}
+
+/// Consumes assignments until `stop`, in the configured mode. `slots` bounds what is taken
+/// off the broker and not yet finished (JetStream); a permit travels with each delivery.
+pub async fn consume(
+    cfg: Arc<Config>,
+    client: Client,
+    js: Option<JetStreamHandles>,
+    sink: Arc<dyn Sink>,
+    slots: Arc<Semaphore>,
+    metrics: Arc<Metrics>,
+    stop: CancellationToken,
+) {
+    match (cfg.consumer, js) {
+        (ConsumerMode::Jetstream, Some(js)) => consume_jetstream(cfg, js, sink, slots, metrics, stop).await,
+        _ => consume_core(cfg, client, sink, stop).await,
+    }
+}
+
+async fn consume_core(cfg: Arc<Config>, client: Client, sink: Arc<dyn Sink>, stop: CancellationToken) {
+    let mut sub = loop {
+        match client
+            .queue_subscribe(cfg.subjects.assign.clone(), cfg.queue_group.clone())
+            .await
+        {
+            Ok(s) => break s,
+            Err(e) => {
+                tracing::error!(error = %e, "subscribing to assignments failed; retrying");
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                }
+            }
+        }
+    };
+    tracing::info!(subject = %cfg.subjects.assign, queue_group = %cfg.queue_group, "consuming (core NATS queue group)");
+    loop {
+        let msg = tokio::select! {
+            _ = stop.cancelled() => break,
+            m = sub.next() => m,
+        };
+        let Some(msg) = msg else { break };
+        let d = Delivery {
+            headers: headers_of(msg.headers.as_ref()),
+            payload: msg.payload,
+            delivered: 1,
+            settle: Settle::Core,
+        };
+        if let Err(d) = sink.submit(d) {
+            sink.refuse(d);
+        }
+    }
+    let _ = sub.unsubscribe().await;
+}
+
+async fn consume_jetstream(
+    cfg: Arc<Config>,
+    js: JetStreamHandles,
+    sink: Arc<dyn Sink>,
+    slots: Arc<Semaphore>,
+    metrics: Arc<Metrics>,
+    stop: CancellationToken,
+) {
+    let mut failures = 0u32;
+    'rebind: loop {
+        if stop.is_cancelled() {
+            return;
+        }
+        let consumer = match js.assign_consumer(&cfg).await {
+            Ok(c) => c,
+            Err(e) => {
+                failures += 1;
+                tracing::error!(error = %e, "binding the JetStream consumer failed; retrying");
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_millis((100 * failures as u64).min(2000))) => {}
+                }
+                continue;
+            }
+        };
+        let batch = (slots.available_permits().clamp(1, 256)) as usize;
+        let mut messages = match consumer
+            .stream()
+            .max_messages_per_batch(batch)
+            .heartbeat(Duration::from_secs(5))
+            .expires(Duration::from_secs(30))
+            .messages()
+            .await
+        {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::error!(error = %e, "starting the pull consumer failed; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+        };
+        tracing::info!(stream = %js.stream_name, durable = %cfg.js.durable, "consuming (JetStream durable pull consumer)");
+        let mut errors_in_row = 0u32;
+        loop {
+            // Take a slot before the next message, so a full worker stops pulling.
+            let permit = tokio::select! {
+                _ = stop.cancelled() => return,
+                p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+            };
+            let next = tokio::select! {
+                _ = stop.cancelled() => return,
+                n = messages.next() => n,
+            };
+            match next {
+                Some(Ok(msg)) => {
+                    errors_in_row = 0;
+                    failures = 0;
+                    let delivered = msg.info().map(|i| i.delivered).unwrap_or(1);
+                    let (m, acker) = msg.split();
+                    let d = Delivery {
+                        headers: headers_of(m.headers.as_ref()),
+                        payload: m.payload,
+                        delivered,
+                        settle: Settle::Js(acker),
+                    };
+                    permit.forget();
+                    if let Err(d) = sink.submit(d) {
+                        slots.add_permits(1);
+                        // The permits bound intake below the queues, so this is rare: let
+                        // JetStream hold it a moment.
+                        d.nak(Duration::from_millis(500)).await;
+                    }
+                }
+                Some(Err(e)) => {
+                    drop(permit);
+                    errors_in_row += 1;
+                    tracing::warn!(error = %e, errors_in_row, "pull consumer error");
+                    // nats.rs#1584: a consumer the server lost keeps yielding errors
+                    // instead of ending; rebind it.
+                    if errors_in_row >= 3 {
+                        metrics.js_consumer_recreated.inc();
+                        tokio::time::sleep(Duration::from_millis(250)).await;
+                        continue 'rebind;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                None => {
+                    drop(permit);
+                    metrics.js_consumer_recreated.inc();
+                    continue 'rebind;
+                }
+            }
+        }
+    }
+}
+
+/// Cancel requests reach every instance (plain subscription, no queue group).
+pub async fn consume_control(
+    client: Client,
+    subjects: Subjects,
+    js: Option<JetStreamHandles>,
+    sink: Arc<dyn Sink>,
+    stop: CancellationToken,
+) {
+    let cancels = async {
+        loop {
+            match client.subscribe(subjects.cancel.clone()).await {
+                Ok(mut sub) => {
+                    while let Some(m) = sub.next().await {
+                        sink.cancel(&m.payload);
+                    }
+                }
+                Err(e) => tracing::error!(error = %e, "subscribing to cancels failed"),
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    };
+    let decisions = async {
+        match js {
+            // Decisions are kept in a stream so that none is lost while a worker restarts;
+            // every instance replays them through its own ordered consumer.
+            Some(js) if js.approvals.is_some() => loop {
+                match js.decisions().await {
+                    Ok(mut msgs) => {
+                        while let Some(m) = msgs.next().await {
+                            match m {
+                                Ok(m) => sink.decision(&m.payload),
+                                Err(e) => {
+                                    tracing::warn!(error = %e, "approval decision stream error");
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "reading approval decisions failed"),
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            },
+            _ => loop {
+                match client.subscribe(subjects.approval_decision.clone()).await {
+                    Ok(mut sub) => {
+                        while let Some(m) = sub.next().await {
+                            sink.decision(&m.payload);
+                        }
+                    }
+                    Err(e) => tracing::error!(error = %e, "subscribing to approval decisions failed"),
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            },
+        }
+    };
+    tokio::select! {
+        _ = stop.cancelled() => {}
+        _ = cancels => {}
+        _ = decisions => {}
+    }
+}

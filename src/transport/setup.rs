@@ -1,0 +1,179 @@
+//! Binding (or, when allowed, creating) the JetStream objects the worker uses. Names come
+//! from the config; defaults are documented in docs/ARCHITECTURE.md.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer, kv, stream};
+
+use crate::config::Config;
+
+/// What JetStream mode works with.
+#[derive(Debug, Clone)]
+pub struct JetStreamHandles {
+    pub ctx: jetstream::Context,
+    /// The stream that captures the assign subject (ours or one that already existed).
+    pub stream_name: String,
+    /// Completed results, for dedupe across restarts and instances.
+    pub results: Option<kv::Store>,
+    /// The stream that keeps approval decisions.
+    pub approvals: Option<String>,
+    /// Whether the ack/result/DLQ subjects are captured by a stream.
+    pub outputs_durable: bool,
+    approval_subject: String,
+}
+
+fn err(what: &str, e: impl std::fmt::Display) -> String {
+    format!("{what}: {e}")
+}
+
+/// Binds every JetStream object, creating what is missing when `--js-create` allows.
+pub async fn bind_jetstream(cfg: &Config, ctx: jetstream::Context) -> Result<JetStreamHandles, String> {
+    let s = &cfg.subjects;
+    let js = &cfg.js;
+    // The assignment stream: an existing stream that captures the subject wins (a Router
+    // deployment may own one); else ours.
+    let stream_name = match ctx.stream_by_subject(s.assign.clone()).await {
+        Ok(name) => name,
+        Err(_) if js.create => {
+            ctx.get_or_create_stream(stream::Config {
+                name: js.stream.clone(),
+                subjects: vec![s.assign.clone()],
+                retention: stream::RetentionPolicy::WorkQueue,
+                storage: stream::StorageType::File,
+                num_replicas: js.replicas,
+                duplicate_window: Duration::from_secs(120),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| err("creating the assignment stream", e))?;
+            js.stream.clone()
+        }
+        Err(e) => return Err(err("no stream captures the assign subject and --js-create is off", e)),
+    };
+
+    // Outputs: every subject already captured somewhere is fine; the rest go in ours.
+    let mut missing = Vec::new();
+    for subject in [&s.ack, &s.result, &s.dlq] {
+        if ctx.stream_by_subject(subject.clone()).await.is_err() {
+            missing.push(subject.clone());
+        }
+    }
+    let mut outputs_durable = missing.is_empty();
+    if !missing.is_empty() && js.create {
+        let r = ctx
+            .get_or_create_stream(stream::Config {
+                name: js.output_stream.clone(),
+                subjects: missing.clone(),
+                retention: stream::RetentionPolicy::Limits,
+                storage: stream::StorageType::File,
+                num_replicas: js.replicas,
+                max_age: Duration::from_secs(7 * 24 * 3600),
+                duplicate_window: Duration::from_secs(120),
+                ..Default::default()
+            })
+            .await;
+        match r {
+            Ok(_) => outputs_durable = true,
+            Err(e) => tracing::warn!(error = %e, "could not create the output stream; acks/results go out as core messages"),
+        }
+    }
+
+    let results = match ctx.get_key_value(js.results_bucket.clone()).await {
+        Ok(kv) => Some(kv),
+        Err(_) if js.create => Some(
+            ctx.create_key_value(kv::Config {
+                bucket: js.results_bucket.clone(),
+                description: "beamline_worker completed results (dedupe)".into(),
+                history: 1,
+                max_age: cfg.dedupe_ttl,
+                storage: stream::StorageType::File,
+                num_replicas: js.replicas,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| err("creating the results bucket", e))?,
+        ),
+        Err(e) => {
+            tracing::warn!(error = %e, "no results bucket; dedupe is per process only");
+            None
+        }
+    };
+
+    let approvals = match ctx.stream_by_subject(s.approval_decision.clone()).await {
+        Ok(name) => Some(name),
+        Err(_) if js.create => {
+            ctx.get_or_create_stream(stream::Config {
+                name: js.approval_stream.clone(),
+                subjects: vec![s.approval_decision.clone()],
+                retention: stream::RetentionPolicy::Limits,
+                storage: stream::StorageType::File,
+                num_replicas: js.replicas,
+                max_age: Duration::from_secs(7 * 24 * 3600),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| err("creating the approval decision stream", e))?;
+            Some(js.approval_stream.clone())
+        }
+        Err(_) => None,
+    };
+
+    Ok(JetStreamHandles {
+        ctx,
+        stream_name,
+        results,
+        approvals,
+        outputs_durable,
+        approval_subject: s.approval_decision.clone(),
+    })
+}
+
+impl JetStreamHandles {
+    /// The durable pull consumer every instance shares (bound again after losses).
+    pub async fn assign_consumer(&self, cfg: &Config) -> Result<consumer::PullConsumer, String> {
+        let stream = self
+            .ctx
+            .get_stream(&self.stream_name)
+            .await
+            .map_err(|e| err("getting the assignment stream", e))?;
+        let config = consumer::pull::Config {
+            durable_name: Some(cfg.js.durable.clone()),
+            description: Some("beamline_worker assignments".into()),
+            ack_policy: consumer::AckPolicy::Explicit,
+            ack_wait: cfg.js.ack_wait,
+            filter_subject: cfg.subjects.assign.clone(),
+            max_ack_pending: (cfg.max_in_flight * cfg.cpu_pool_size * 4).max(1024) as i64,
+            ..Default::default()
+        };
+        if cfg.js.create {
+            stream
+                .get_or_create_consumer(&cfg.js.durable, config)
+                .await
+                .map_err(|e| err("binding the durable consumer", e))
+        } else {
+            stream
+                .get_consumer(&cfg.js.durable)
+                .await
+                .map_err(|e| err("getting the durable consumer", e))
+        }
+    }
+
+    /// Every approval decision still kept, then new ones as they come.
+    pub async fn decisions(&self) -> Result<consumer::pull::Ordered, String> {
+        let name = self.approvals.as_deref().unwrap_or_default();
+        let stream = self
+            .ctx
+            .get_stream(name)
+            .await
+            .map_err(|e| err("getting the approval stream", e))?;
+        let consumer = stream
+            .create_consumer(consumer::pull::OrderedConfig {
+                filter_subject: self.approval_subject.clone(),
+                deliver_policy: consumer::DeliverPolicy::All,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| err("creating the approval consumer", e))?;
+        consumer.messages().await.map_err(|e| err("reading approval decisions", e))
+    }
+}
