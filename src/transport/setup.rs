@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer, kv, stream};
 
+
 use crate::config::Config;
 
 /// What JetStream mode works with.
@@ -80,19 +81,32 @@ pub async fn bind_jetstream(cfg: &Config, ctx: jetstream::Context) -> Result<Jet
 
     let results = match ctx.get_key_value(js.results_bucket.clone()).await {
         Ok(kv) => Some(kv),
-        Err(_) if js.create => Some(
-            ctx.create_key_value(kv::Config {
-                bucket: js.results_bucket.clone(),
-                description: "beamline_worker completed results (dedupe)".into(),
-                history: 1,
+        Err(_) if js.create => {
+            // A key-value bucket is a stream of this shape. It is created directly because
+            // the client's create_key_value first reads account info in a form that
+            // nats-server 2.9 (Debian's) does not send.
+            ctx.get_or_create_stream(stream::Config {
+                name: format!("KV_{}", js.results_bucket),
+                description: Some("beamline_worker completed results (dedupe)".into()),
+                subjects: vec![format!("$KV.{}.>", js.results_bucket)],
+                max_messages_per_subject: 1,
                 max_age: cfg.dedupe_ttl,
                 storage: stream::StorageType::File,
                 num_replicas: js.replicas,
+                allow_rollup: true,
+                deny_delete: true,
+                allow_direct: true,
+                discard: stream::DiscardPolicy::New,
                 ..Default::default()
             })
             .await
-            .map_err(|e| err("creating the results bucket", e))?,
-        ),
+            .map_err(|e| err("creating the results bucket", e))?;
+            Some(
+                ctx.get_key_value(js.results_bucket.clone())
+                    .await
+                    .map_err(|e| err("binding the results bucket", e))?,
+            )
+        }
         Err(e) => {
             tracing::warn!(error = %e, "no results bucket; dedupe is per process only");
             None

@@ -1,0 +1,79 @@
+//! fs.put / fs.get end to end over NATS, both consumer modes and both file backends.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::json;
+
+async fn round_trip(mode: &str, backend: &str) {
+    let nats = Nats::start();
+    let worker = Worker::builder(&nats.url())
+        .arg(&format!("--consumer={mode}"))
+        .arg(&format!("--fs-backend={backend}"))
+        .start();
+    let router = Router::connect(&nats.url()).await;
+    ready(&router).await;
+
+    let put = assignment("put-1", "acme", json!({"type": "fs.put", "path": "/data/output.json",
+        "content": "{\"data\":\"value\"}", "content_type": "application/json"}));
+    router.assign(&put).await;
+    let ack = router.ack("put-1").await;
+    assert_eq!(ack["status"], "accepted", "{ack}");
+    assert_eq!(ack["tenant_id"], "acme");
+    assert_eq!(ack["request_id"], "req-put-1");
+    assert_eq!(ack["version"], "1");
+    let r = router.result("put-1").await;
+    assert_result_shape(&r);
+    assert_eq!(r["status"], "success", "{r}\n{}", worker.logs());
+    assert_eq!(r["result"]["size_bytes"], 16);
+    assert_eq!(r["result"]["path"], "/data/output.json");
+    let on_disk = worker.fs_root.join("acme/data/output.json");
+    assert_eq!(std::fs::read_to_string(&on_disk).expect("written"), "{\"data\":\"value\"}");
+
+    router.assign(&assignment("get-1", "acme", json!({"type": "fs.get", "path": "/data/output.json"}))).await;
+    let r = router.result("get-1").await;
+    assert_eq!(r["status"], "success", "{r}");
+    assert_eq!(r["result"]["content"], "{\"data\":\"value\"}");
+    assert_eq!(r["result"]["content_type"], "application/json");
+    assert_eq!(r["result"]["size_bytes"], 16);
+
+    // Binary content comes back as base64; the original worker's names work.
+    router.assign(&assignment("put-bin", "acme", json!({"type": "fs.blob_put", "path": "b.bin", "content_base64": "AP8A/w=="}))).await;
+    assert_eq!(router.result("put-bin").await["status"], "success");
+    router.assign(&assignment("get-bin", "acme", json!({"type": "fs.blob_get", "path": "b.bin"}))).await;
+    let r = router.result("get-bin").await;
+    assert_eq!(r["result"]["content_base64"], "AP8A/w==", "{r}");
+    assert_eq!(r["job"]["type"], "fs.blob_get");
+
+    // Missing file → 2002, escapes → 2003, another tenant's file is not visible.
+    router.assign(&assignment("get-missing", "acme", json!({"type": "fs.get", "path": "/nope.json"}))).await;
+    let r = router.result("get-missing").await;
+    assert_eq!((r["status"].as_str(), r["error"]["code"].as_u64()), (Some("error"), Some(2002)), "{r}");
+    router.assign(&assignment("get-escape", "acme", json!({"type": "fs.get", "path": "../other/data/output.json"}))).await;
+    let r = router.result("get-escape").await;
+    assert_eq!(r["error"]["code"], 2003, "{r}");
+    assert_eq!(r["error_code"], "PERMISSION_DENIED");
+    router.assign(&assignment("get-other", "other", json!({"type": "fs.get", "path": "/data/output.json"}))).await;
+    assert_eq!(router.result("get-other").await["error"]["code"], 2002);
+    let dlq = router.dlq("get-escape").await;
+    assert_eq!(dlq["dlq_reason"], "non_retryable");
+    assert_eq!(dlq["assignment"]["job"]["path"], "../other/data/output.json");
+
+    let metrics = worker.metrics().await;
+    assert!(metrics.contains(&format!("worker_fs_backend{{backend=\"{}\"}} 1", if backend == "threads" { "threads" } else { "io_uring" })), "{metrics}");
+    assert!(metrics.contains("worker_tasks_total{status=\"success\",type=\"fs.put\"}"), "{metrics}");
+    drop(router);
+    tokio::time::sleep(Duration::from_millis(10)).await;
+}
+
+#[tokio::test]
+async fn fs_round_trip_jetstream_io_uring() {
+    round_trip("jetstream", "io_uring").await;
+}
+
+#[tokio::test]
+async fn fs_round_trip_core_threads_fallback() {
+    round_trip("core", "threads").await;
+}
