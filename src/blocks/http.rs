@@ -54,7 +54,12 @@ const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 const POOL_MAX_IDLE_PER_HOST: usize = 32;
 
 /// Header values that never appear in logs or `Debug` output.
-const SECRET_HEADERS: [&str; 4] = ["authorization", "cookie", "proxy-authorization", "x-api-key"];
+const SECRET_HEADERS: [&str; 4] = [
+    "authorization",
+    "cookie",
+    "proxy-authorization",
+    "x-api-key",
+];
 
 type Connector = HttpsConnector<HttpConnector<SsrfResolver>>;
 
@@ -116,7 +121,8 @@ fn tls_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, String> {
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     if let Some(path) = ca_file {
         let shown = path.display();
-        let pem = std::fs::read(path).map_err(|e| format!("cannot read HTTP CA file {shown}: {e}"))?;
+        let pem =
+            std::fs::read(path).map_err(|e| format!("cannot read HTTP CA file {shown}: {e}"))?;
         let mut added = 0usize;
         for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
             let cert = cert.map_err(|e| format!("HTTP CA file {shown}: {e}"))?;
@@ -206,7 +212,9 @@ impl Block for HttpBlock {
             Some(ms) => Some(Duration::from_millis(ms)),
             None => None,
         };
-        if !headers.contains_key(IDEMPOTENCY_KEY) && HeaderValue::from_str(ctx.assignment_id).is_err() {
+        if !headers.contains_key(IDEMPOTENCY_KEY)
+            && HeaderValue::from_str(ctx.assignment_id).is_err()
+        {
             return Err(TaskError::invalid(
                 "assignment_id",
                 "cannot be sent as an Idempotency-Key header (control characters)",
@@ -405,7 +413,10 @@ fn parse_headers(value: &BorrowedValue<'_>) -> Result<HeaderMap, TaskError> {
 
 fn add_header(map: &mut HeaderMap, name: &str, value: &str) -> Result<(), TaskError> {
     let header = HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
-        TaskError::invalid("job.headers", format!("{name:?} is not a valid header name"))
+        TaskError::invalid(
+            "job.headers",
+            format!("{name:?} is not a valid header name"),
+        )
     })?;
     let value = HeaderValue::from_str(value).map_err(|_| {
         TaskError::invalid(
@@ -500,7 +511,9 @@ fn response_json(
         Ok(text) => out.insert("body".into(), text.into()),
         Err(_) => out.insert(
             "body_base64".into(),
-            base64::engine::general_purpose::STANDARD.encode(body).into(),
+            base64::engine::general_purpose::STANDARD
+                .encode(body)
+                .into(),
         ),
     };
     out.insert("headers".into(), names.into());
@@ -569,7 +582,10 @@ fn chain<'e>(err: &'e (dyn StdError + 'static)) -> Vec<&'e (dyn StdError + 'stat
             break;
         }
         out.push(e);
-        next = match e.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref()) {
+        next = match e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
             Some(inner) => Some(inner as &(dyn StdError + 'static)),
             None => e.source(),
         };
@@ -604,7 +620,10 @@ fn client_error(err: &hyper_util::client::legacy::Error, host: &str) -> TaskErro
             return denied(d.clone());
         }
     }
-    if let Some(tls) = errors.iter().find_map(|e| e.downcast_ref::<rustls::Error>()) {
+    if let Some(tls) = errors
+        .iter()
+        .find_map(|e| e.downcast_ref::<rustls::Error>())
+    {
         return TaskError::new(
             ErrorCode::NetworkError,
             format!("TLS handshake with `{host}` failed: {tls}"),
@@ -624,6 +643,9 @@ fn client_error(err: &hyper_util::client::legacy::Error, host: &str) -> TaskErro
         .with_type("timeout"),
         Some(std::io::ErrorKind::ConnectionRefused) => {
             network(format!("connection to `{host}` refused"))
+        }
+        Some(std::io::ErrorKind::ConnectionReset) => {
+            network(format!("connection to `{host}` was reset"))
         }
         _ if err.is_connect() => network(format!(
             "cannot connect to `{host}`: {}",
@@ -719,7 +741,10 @@ mod tests {
     fn methods_accept_tokens_and_fold_standard_names() {
         assert_eq!(parse_method(None).expect("default"), Method::GET);
         assert_eq!(parse_method(Some("post")).expect("post"), Method::POST);
-        assert_eq!(parse_method(Some("PURGE")).expect("token").as_str(), "PURGE");
+        assert_eq!(
+            parse_method(Some("PURGE")).expect("token").as_str(),
+            "PURGE"
+        );
         for bad in ["", "GE T", "G\"ET", "CONNECT"] {
             let err = parse_method(Some(bad)).expect_err(bad);
             assert_eq!(err.code, ErrorCode::InvalidInput, "{bad}");
@@ -729,7 +754,10 @@ mod tests {
     #[test]
     fn job_debug_redacts_secret_headers() {
         let mut headers = HeaderMap::new();
-        headers.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer s3cret"));
+        headers.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer s3cret"),
+        );
         headers.insert("x-api-key", HeaderValue::from_static("k3y"));
         headers.insert(header::COOKIE, HeaderValue::from_static("sid=c00kie"));
         headers.insert(header::ACCEPT, HeaderValue::from_static("text/plain"));

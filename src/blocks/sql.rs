@@ -44,7 +44,9 @@
 //! by path, least recently used evicted first, each with a cache of prepared statements
 //! (`prepare_cached`). On every use the file is `stat`ed and the connection reopened when
 //! the (device, inode) changed (the file was replaced) or dropped when it is gone.
-//! Sandbox mode changes nothing: reads have no side effects.
+//! Sandbox mode changes nothing: reads have no side effects. (Reading a WAL-mode database
+//! makes SQLite create its empty `-wal`/`-shm` coordination files next to it when no other
+//! connection has; the database file itself is never created or written.)
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -351,20 +353,21 @@ impl SqlBlock {
                 format!("database {name} resolves outside the SQL root"),
             ));
         }
-        let (conn, denials) = sql_guard::open_read_only(&real, BUSY_TIMEOUT).map_err(|e| {
-            match e.sqlite_error_code() {
-                Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) => {
-                    TaskError::retryable(
+        let (conn, denials) =
+            sql_guard::open_read_only(&real, BUSY_TIMEOUT).map_err(|e| {
+                match e.sqlite_error_code() {
+                    Some(
+                        rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked,
+                    ) => TaskError::retryable(
                         ErrorCode::ResourceUnavailable,
                         format!("database {name} is locked: {e}"),
-                    )
+                    ),
+                    _ => TaskError::new(
+                        ErrorCode::ResourceUnavailable,
+                        format!("database {name} cannot be opened: {e}"),
+                    ),
                 }
-                _ => TaskError::new(
-                    ErrorCode::ResourceUnavailable,
-                    format!("database {name} cannot be opened: {e}"),
-                ),
-            }
-        })?;
+            })?;
         // Checked by path, opened by path: make sure it is still the file that was checked.
         match std::fs::metadata(&real) {
             Ok(meta) if file_id(&meta) == id => {}
@@ -450,7 +453,9 @@ impl SqlBlock {
         let mut out = Vec::new();
         let mut truncated = false;
         {
-            let mut rows = stmt.query(params_from_iter(job.params.iter())).map_err(prepare)?;
+            let mut rows = stmt
+                .query(params_from_iter(job.params.iter()))
+                .map_err(prepare)?;
             while let Some(row) = rows.next().map_err(|e| Failure::Sql(e, Phase::Step))? {
                 if out.len() == job.max_rows {
                     truncated = true;
@@ -496,10 +501,17 @@ impl SqlBlock {
                 TaskError::new(ErrorCode::ExecutionFailed, msg)
             }
         };
+        // Functions are denied with SQLITE_ERROR ("not authorized to use function"), the
+        // other actions with SQLITE_AUTH: whatever the code, a denial makes it a 2003.
+        if let (Phase::Prepare, Some(what)) = (phase, denial.as_deref()) {
+            return read_only(what);
+        }
         match e {
             rusqlite::Error::InvalidParameterCount(given, expected) => TaskError::invalid(
                 "job.parameters",
-                format!("the query has {expected} placeholder(s) but {given} parameter(s) were given"),
+                format!(
+                    "the query has {expected} placeholder(s) but {given} parameter(s) were given"
+                ),
             ),
             rusqlite::Error::MultipleStatement => {
                 TaskError::invalid(QUERY_FIELD, "must be a single statement")
@@ -607,7 +619,10 @@ impl Block for SqlBlock {
             .enumerate()
             .map(|(i, v)| {
                 SqlParam::from_json(v).ok_or_else(|| {
-                    TaskError::format(&format!("job.{key}[{i}]"), "a string, number, boolean or null")
+                    TaskError::format(
+                        &format!("job.{key}[{i}]"),
+                        "a string, number, boolean or null",
+                    )
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;

@@ -75,7 +75,10 @@ impl SsrfPolicy {
     }
 
     pub fn from_config(config: &Config) -> Self {
-        SsrfPolicy::new(config.http_deny_cidrs.clone(), config.http_allow_hosts.clone())
+        SsrfPolicy::new(
+            config.http_deny_cidrs.clone(),
+            config.http_allow_hosts.clone(),
+        )
     }
 
     /// Why `ip` may not be reached, or `None` when it may.
@@ -147,7 +150,10 @@ pub enum ResolveError {
     /// Every answer was denied by the policy (→ 2003).
     Denied(PolicyDenied),
     /// The lookup itself failed or found nothing (→ 3001).
-    Lookup { host: String, source: std::io::Error },
+    Lookup {
+        host: String,
+        source: std::io::Error,
+    },
 }
 
 impl fmt::Display for ResolveError {
@@ -267,18 +273,34 @@ mod tests {
     #[test]
     fn loopback_names_and_public_literals_are_allowed_by_default() {
         let p = default_policy();
-        for host in ["127.0.0.1", "[::1]", "localhost", "example.com", "8.8.8.8", "[2001:db8::1]"] {
+        for host in [
+            "127.0.0.1",
+            "[::1]",
+            "localhost",
+            "example.com",
+            "8.8.8.8",
+            "[2001:db8::1]",
+        ] {
             p.check_host(host).expect(host);
         }
     }
 
     #[test]
     fn allow_list_is_exact_and_case_insensitive() {
-        let p = SsrfPolicy::new(Vec::new(), vec!["API.example.com".into(), "127.0.0.1".into()]);
+        let p = SsrfPolicy::new(
+            Vec::new(),
+            vec!["API.example.com".into(), "127.0.0.1".into()],
+        );
         p.check_host("api.example.com").expect("listed");
-        p.check_host("Api.Example.Com.").expect("listed, any case, trailing dot");
+        p.check_host("Api.Example.Com.")
+            .expect("listed, any case, trailing dot");
         p.check_host("127.0.0.1").expect("listed literal");
-        for host in ["example.com", "evil-api.example.com", "api.example.com.evil", "localhost"] {
+        for host in [
+            "example.com",
+            "evil-api.example.com",
+            "api.example.com.evil",
+            "localhost",
+        ] {
             let err = p.check_host(host).expect_err(host);
             assert!(err.reason.contains("allowed hosts"), "{err}");
         }
@@ -289,11 +311,17 @@ mod tests {
         let p = SsrfPolicy::new(nets(&["10.0.0.0/8", "::1/128"]), Vec::new());
         let a = |s: &str| -> SocketAddr { s.parse().expect("addr") };
         let kept = p
-            .filter_addrs("mixed", [a("10.1.2.3:0"), a("93.184.216.34:0"), a("[::1]:0")])
+            .filter_addrs(
+                "mixed",
+                [a("10.1.2.3:0"), a("93.184.216.34:0"), a("[::1]:0")],
+            )
             .expect("one address left");
         assert_eq!(kept, vec![a("93.184.216.34:0")]);
         let err = p
-            .filter_addrs("Internal.Example", [a("10.1.2.3:0"), a("[::ffff:10.9.9.9]:0")])
+            .filter_addrs(
+                "Internal.Example",
+                [a("10.1.2.3:0"), a("[::ffff:10.9.9.9]:0")],
+            )
             .expect_err("all denied");
         assert_eq!(err.host, "internal.example");
         assert!(err.reason.contains("10.0.0.0/8"), "{}", err.reason);
