@@ -107,7 +107,7 @@ impl SsrfPolicy {
             host: name.clone(),
             reason,
         };
-        if !self.allow_hosts.is_empty() && !self.allow_hosts.iter().any(|h| *h == name) {
+        if !self.allow_hosts.is_empty() && !self.allow_hosts.contains(&name) {
             return Err(deny("not in the allowed hosts list".to_owned()));
         }
         if let Ok(ip) = name.parse::<IpAddr>() {

@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# The whole test suite: unit, integration (each test starts its own nats-server -js on a
+# free port and its own HTTP/HTTPS servers), both FS backends, the contract fixtures.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./scripts/ensure-nats.sh
+# Integration tests start a nats-server and a worker each: two at a time fit 2 cores.
+cargo test --workspace --all-targets -- --test-threads="${TEST_THREADS:-2}"
