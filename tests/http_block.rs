@@ -792,6 +792,15 @@ async fn responses_over_the_cap_are_quota_errors() {
             assert!(!err.retryable);
             assert_eq!(err.message, "response larger than 1000 bytes");
         }
+        // HEAD: the Content-Length of the body not sent is no reason to refuse.
+        let out = run(
+            &b,
+            &json!({"type": "http.request", "method": "HEAD", "url": server.http("/sized/5000")}),
+        )
+        .await
+        .expect("HEAD has no body");
+        assert_eq!(out.result["headers"]["Content-Length"], "5000");
+        assert_eq!(out.result["body"], "");
         for path in ["/stream/1000", "/sized/1000"] {
             let out = run(
                 &b,

@@ -1,0 +1,149 @@
+//! Faults in JetStream mode: the worker killed with SIGKILL mid-run, nats-server killed and
+//! restarted mid-run, SIGTERM drain. Every assignment ends with a result; none runs twice
+//! once its result was published.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use common::*;
+use futures::StreamExt;
+use serde_json::{json, Value};
+
+const N: usize = 300;
+
+async fn publish_batch(router: &Router, prefix: &str, n: usize) {
+    for i in 0..n {
+        let a = assignment(&format!("{prefix}-{i}"), "t", json!({"type":"fs.put","path":format!("out/{prefix}-{i}.json"),"content":"{\"n\":1}"}));
+        router.client.publish(ASSIGN, serde_json::to_vec(&a).expect("json").into()).await.expect("publish");
+    }
+    router.client.flush().await.expect("flush");
+}
+
+/// Distinct assignment ids with a result kept in the output stream.
+async fn stored_results(router: &Router, prefix: &str) -> HashSet<String> {
+    let js = async_nats::jetstream::new(router.client.clone());
+    let Ok(name) = js.stream_by_subject(RESULT).await else { return HashSet::new() };
+    let Ok(stream) = js.get_stream(&name).await else { return HashSet::new() };
+    let Ok(consumer) = stream
+        .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig {
+            filter_subject: RESULT.to_owned(),
+            ..Default::default()
+        })
+        .await
+    else {
+        return HashSet::new();
+    };
+    let mut ids = HashSet::new();
+    let Ok(mut msgs) = consumer.messages().await else { return ids };
+    loop {
+        match tokio::time::timeout(Duration::from_millis(500), msgs.next()).await {
+            Ok(Some(Ok(m))) => {
+                let v: Value = serde_json::from_slice(&m.payload).unwrap_or_default();
+                if let Some(id) = v["assignment_id"].as_str().filter(|id| id.starts_with(prefix)) {
+                    ids.insert(id.to_owned());
+                }
+            }
+            _ => break,
+        }
+    }
+    ids
+}
+
+#[tokio::test]
+async fn nats_restart_mid_run_loses_nothing() {
+    let mut nats = Nats::start();
+    let worker = Worker::builder(&nats.url()).start();
+    let router = Router::connect(&nats.url()).await;
+    ready(&router).await;
+    publish_batch(&router, "nr", N).await;
+    // Let some work finish, then take the broker away under load.
+    let end = Instant::now() + Duration::from_secs(20);
+    while router.seen.on(RESULT).len() < 30 {
+        assert!(Instant::now() < end, "no progress");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    nats.kill();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    nats.restart();
+    let end = Instant::now() + Duration::from_secs(60);
+    let ids = loop {
+        let ids = stored_results(&router, "nr-").await;
+        if ids.len() == N || Instant::now() > end {
+            break ids;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert_eq!(ids.len(), N, "every assignment has a stored result; worker log:\n{}", worker.logs());
+    let m = worker.metrics().await;
+    assert!(m.contains("worker_nats_connected 1"), "reconnected: {m}");
+}
+
+#[tokio::test]
+async fn worker_killed_mid_run_then_restarted_runs_nothing_twice() {
+    let nats = Nats::start();
+    let mut worker = Worker::builder(&nats.url()).args(&["--js-ack-wait-ms=2000"]).start();
+    let router = Router::connect(&nats.url()).await;
+    ready(&router).await;
+    publish_batch(&router, "k9", N).await;
+    let end = Instant::now() + Duration::from_secs(20);
+    while router.seen.on(RESULT).len() < 40 {
+        assert!(Instant::now() < end, "no progress");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    worker.kill9();
+    worker.restart();
+    let end = Instant::now() + Duration::from_secs(60);
+    loop {
+        let ids: HashSet<String> = router
+            .seen
+            .on(RESULT)
+            .iter()
+            .filter_map(|r| r["assignment_id"].as_str().filter(|s| s.starts_with("k9-")).map(str::to_owned))
+            .collect();
+        if ids.len() == N {
+            break;
+        }
+        assert!(Instant::now() < end, "only {} of {N} results; log:\n{}", ids.len(), worker.logs());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A result seen twice is the stored one re-published, never a second execution.
+    let mut by_id: HashMap<String, Vec<Value>> = HashMap::new();
+    for r in router.seen.on(RESULT) {
+        if let Some(id) = r["assignment_id"].as_str().filter(|s| s.starts_with("k9-")) {
+            by_id.entry(id.to_owned()).or_default().push(r.clone());
+        }
+    }
+    for (id, rs) in &by_id {
+        assert!(rs.iter().all(|r| r == &rs[0]), "{id} executed twice: {rs:?}");
+        assert_eq!(rs[0]["status"], "success", "{id}: {}", rs[0]);
+    }
+}
+
+#[tokio::test]
+async fn sigterm_drains_in_flight_work_and_exits_zero() {
+    let nats = Nats::start();
+    let mut worker = Worker::builder(&nats.url()).args(&["--shutdown-grace-ms=5000"]).start();
+    let router = Router::connect(&nats.url()).await;
+    ready(&router).await;
+    router.assign(&assignment("drain-1", "t", json!({"type":"human.approval","prompt":"p","approvers":["a"],"timeout_ms":60000}))).await;
+    router.seen.wait_for(APPROVAL_REQUEST, "drain-1", Duration::from_secs(10)).await;
+    let started = Instant::now();
+    // The decision lands during the grace period: the in-flight approval still completes.
+    let client = router.client.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let _ = client.publish(APPROVAL_DECISION, r#"{"assignment_id":"drain-1","approver":"a","approved":true}"#.into()).await;
+    });
+    let status = tokio::task::spawn_blocking(move || {
+        let st = worker.terminate(Duration::from_secs(10));
+        (st, worker)
+    })
+    .await
+    .expect("join");
+    assert!(status.0.is_some_and(|s| s.success()), "exit 0 within the grace period: {:?}", status.0);
+    assert!(started.elapsed() < Duration::from_secs(6));
+    let r = router.result("drain-1").await;
+    assert_eq!(r["status"], "success", "{r}");
+}
