@@ -242,7 +242,8 @@ impl Block for HttpBlock {
         }
         let request = build_request(job, ctx);
         let started = Instant::now();
-        let (status, headers, body) = tokio::time::timeout(budget, self.exchange(request, host))
+        let exchange = self.exchange(request, job.method == Method::HEAD, host);
+        let (status, headers, body) = tokio::time::timeout(budget, exchange)
             .await
             .map_err(|_elapsed| timed_out(host, budget))??;
         let latency_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
@@ -266,6 +267,7 @@ impl HttpBlock {
     async fn exchange(
         &self,
         request: Request<Full<Bytes>>,
+        head: bool,
         host: &str,
     ) -> Result<(StatusCode, HeaderMap, Bytes), TaskError> {
         let response = self
@@ -281,11 +283,16 @@ impl HttpBlock {
                 format!("response larger than {cap} bytes"),
             )
         };
+        // A HEAD, 204 or 304 answer has no body, whatever its Content-Length says.
+        let bodiless = head
+            || parts.status == StatusCode::NO_CONTENT
+            || parts.status == StatusCode::NOT_MODIFIED;
         let declared = parts
             .headers
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok());
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .filter(|_| !bodiless);
         if declared.is_some_and(|n| n > cap as u64) {
             return Err(too_large());
         }

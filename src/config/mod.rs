@@ -154,6 +154,15 @@ pub struct Cli {
     pub shutdown_grace_ms: Option<u64>,
     #[arg(long, env = "WORKER_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
+    /// Dynamic batching: most inference requests run as one batch.
+    #[arg(long, env = "WORKER_GPU_MAX_BATCH_SIZE")]
+    pub gpu_max_batch_size: Option<usize>,
+    /// Dynamic batching: how long a request may wait for others to join its batch.
+    #[arg(long, env = "WORKER_GPU_MAX_QUEUE_DELAY_US")]
+    pub gpu_max_queue_delay_us: Option<u64>,
+    /// Device memory the weight cache may use per device (LRU beyond it).
+    #[arg(long, env = "WORKER_GPU_MEMORY_BUDGET_MB")]
+    pub gpu_memory_budget_mb: Option<u64>,
     #[arg(long, env = "NATS_USER")]
     pub nats_user: Option<String>,
     #[arg(long, env = "NATS_PASSWORD", hide_env_values = true)]
@@ -276,6 +285,9 @@ pub struct Config {
     pub shutdown_grace: Duration,
     pub log_format: LogFormat,
     pub profile_name: Option<String>,
+    pub gpu_max_batch_size: usize,
+    pub gpu_max_queue_delay: Duration,
+    pub gpu_memory_budget_mb: u64,
 }
 
 /// A start-up configuration error; the message names the flag.
@@ -479,6 +491,9 @@ impl Config {
             shutdown_grace: Duration::from_millis(pick!(shutdown_grace_ms, 10_000)),
             log_format: pick!(log_format, LogFormat::Json),
             profile_name: p.name.clone(),
+            gpu_max_batch_size: positive("gpu-max-batch-size", pick!(gpu_max_batch_size, 64))?,
+            gpu_max_queue_delay: Duration::from_micros(pick!(gpu_max_queue_delay_us, 500)),
+            gpu_memory_budget_mb: positive_u64("gpu-memory-budget-mb", pick!(gpu_memory_budget_mb, 4096))?,
         })
     }
 }

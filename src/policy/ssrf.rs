@@ -327,15 +327,28 @@ mod tests {
         assert!(err.reason.contains("10.0.0.0/8"), "{}", err.reason);
     }
 
+    /// System lookups are bounded so that a slow resolver fails the test, not hangs it.
+    async fn lookup(
+        policy: &SsrfPolicy,
+        host: &str,
+    ) -> Result<std::vec::IntoIter<SocketAddr>, ResolveError> {
+        tokio::time::timeout(
+            std::time::Duration::from_secs(20),
+            SsrfResolver::resolve(policy, host),
+        )
+        .await
+        .expect("lookup finished in time")
+    }
+
     #[tokio::test]
     async fn resolver_denies_a_name_that_resolves_into_a_denied_range() {
         let p = SsrfPolicy::new(nets(&["127.0.0.0/8", "::1/128"]), Vec::new());
-        match SsrfResolver::resolve(&p, "localhost").await {
+        match lookup(&p, "localhost").await {
             Err(ResolveError::Denied(d)) => assert_eq!(d.host, "localhost"),
             other => panic!("expected a denial, got {other:?}"),
         }
         let open = SsrfPolicy::default();
-        let addrs: Vec<_> = SsrfResolver::resolve(&open, "localhost")
+        let addrs: Vec<_> = lookup(&open, "localhost")
             .await
             .expect("localhost resolves")
             .collect();
@@ -345,7 +358,7 @@ mod tests {
     #[tokio::test]
     async fn resolver_reports_lookup_failures_apart_from_denials() {
         let p = SsrfPolicy::default();
-        match SsrfResolver::resolve(&p, "no-such-host.invalid").await {
+        match lookup(&p, "no-such-host.invalid").await {
             Err(ResolveError::Lookup { host, .. }) => assert_eq!(host, "no-such-host.invalid"),
             other => panic!("expected a lookup failure, got {other:?}"),
         }

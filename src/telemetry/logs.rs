@@ -1,14 +1,776 @@
-//! Log set-up (placeholder until the guide-shaped formatter lands).
+//! Log lines in the guide's shape, one JSON object per line on stderr:
+//! `{"timestamp","level","component":"worker","message","fields":{..},"trace_id","tenant_id",
+//! "run_id","flow_id","step_id"}`, valid against `platform-logging.schema.json`.
+//!
+//! The correlation ids are lifted to the top level from the event or, failing that, from
+//! its nearest enclosing span; every other field of the event and its spans goes under
+//! `fields`. Values are redacted when they are recorded (spans included), so nothing
+//! sensitive is ever held, let alone written: see [`redact_value`] and [`scrub`].
+//! `--log-format text` writes the same content as one readable line for local runs.
+
+use std::borrow::Cow;
+use std::fmt::{self, Write as _};
+use std::io::Write as _;
+
+use tracing::field::{Field, Visit};
+use tracing::{Event, Level, Subscriber};
+use tracing_log::NormalizeEvent;
+use tracing_subscriber::filter::{EnvFilter, LevelFilter};
+use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
+use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::config::LogFormat;
 
-/// Installs the global subscriber. `RUST_LOG` filters (default `info`).
-pub fn init(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Json => b.json().try_init(),
-        LogFormat::Text => b.try_init(),
+use super::trace::Traces;
+
+/// What every redacted value is written as.
+pub const REDACTED: &str = "[REDACTED]";
+
+/// Field names whose values are never written (also as a suffix: `db_password`, `x-api-key`,
+/// `accessToken`). The platform schema's `pii_filtering` list plus what the worker handles.
+pub const SENSITIVE_KEYS: [&str; 14] = [
+    "password",
+    "api_key",
+    "apikey",
+    "secret",
+    "token",
+    "access_token",
+    "refresh_token",
+    "authorization",
+    "cookie",
+    "credit_card",
+    "ssn",
+    "email",
+    "phone",
+    "comment",
+];
+
+/// Correlation ids: written at the top level, never under `fields`.
+const CORRELATION: [&str; 5] = ["trace_id", "tenant_id", "run_id", "flow_id", "step_id"];
+
+/// Dependencies that are chatty below WARN; quieted unless `RUST_LOG` names them.
+const NOISY: [&str; 12] = [
+    "async_nats",
+    "h2",
+    "hyper",
+    "hyper_util",
+    "hyper_rustls",
+    "rustls",
+    "tokio_rustls",
+    "tower",
+    "opentelemetry",
+    "opentelemetry_sdk",
+    "opentelemetry_otlp",
+    "opentelemetry_http",
+];
+
+/// Installs the global subscriber: the log layer on stderr (filtered by `RUST_LOG`, default
+/// `info`) and, when [`Traces`] exports, the OpenTelemetry layer. Idempotent: a second call
+/// (or a subscriber set by someone else) leaves the first in place.
+pub fn init(format: LogFormat, traces: &Traces) {
+    let logs = LogLayer::new(format, std::io::stderr).with_filter(env_filter());
+    let installed = tracing_subscriber::registry().with(logs).with(traces.layer()).try_init().is_ok();
+    if installed {
+        if let Some(problem) = traces.problem() {
+            tracing::warn!(error = %problem, "trace export disabled");
+        }
+    }
+}
+
+/// `RUST_LOG` (default `info`), with [`NOISY`] dependencies held at WARN unless named.
+pub fn env_filter() -> EnvFilter {
+    let spec = std::env::var("RUST_LOG").unwrap_or_default();
+    let mut filter = EnvFilter::builder().with_default_directive(LevelFilter::INFO.into()).parse_lossy(&spec);
+    let global = filter.max_level_hint().unwrap_or(LevelFilter::TRACE);
+    if global > LevelFilter::WARN {
+        for dep in NOISY.iter().filter(|d| !spec.contains(*d)) {
+            if let Ok(d) = format!("{dep}=warn").parse() {
+                filter = filter.add_directive(d);
+            }
+        }
+    }
+    filter
+}
+
+// ---------------------------------------------------------------------------------------
+// Redaction
+
+/// Whether values under `key` are never written: one of [`SENSITIVE_KEYS`], compared
+/// ignoring case and treating `-` as `_`, alone or as the last word of the key.
+pub fn is_sensitive_key(key: &str) -> bool {
+    let k = key.as_bytes();
+    SENSITIVE_KEYS.iter().any(|name| {
+        let n = name.as_bytes();
+        if k.len() < n.len() {
+            return false;
+        }
+        let at = k.len() - n.len();
+        if !eq_key(&k[at..], n) {
+            return false;
+        }
+        // `x_api_key`, `x-api-key`, `db.password`; or camelCase: `accessToken`.
+        at == 0 || !k[at - 1].is_ascii_alphanumeric() || (k[at].is_ascii_uppercase() && k[at - 1].is_ascii_lowercase())
+    })
+}
+
+fn eq_key(a: &[u8], b: &[u8]) -> bool {
+    let norm = |c: u8| if c == b'-' { b'_' } else { c.to_ascii_lowercase() };
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| norm(*x) == norm(*y))
+}
+
+/// What may be written for `value` recorded under `key`: [`REDACTED`] for a sensitive key,
+/// else the value with any credential inside it masked (see [`scrub`]).
+pub fn redact_value(key: &str, value: &str) -> String {
+    if is_sensitive_key(key) {
+        REDACTED.to_owned()
+    } else {
+        scrub(value).into_owned()
+    }
+}
+
+/// Masks credentials inside free text: `Bearer <token>` / `Basic <credentials>`, the
+/// password of a URL's userinfo (`postgres://u:pw@h` → `postgres://u:[REDACTED]@h`), and
+/// `key=value` / `"key": "value"` pairs whose key is sensitive (connection strings, JSON
+/// and Debug dumps). Borrows when there is nothing to mask.
+pub fn scrub(text: &str) -> Cow<'_, str> {
+    let mut out = Cow::Borrowed(text);
+    for pass in [auth_schemes as fn(&str) -> Vec<(usize, usize)>, url_passwords, sensitive_pairs] {
+        let spans = pass(&out);
+        if !spans.is_empty() {
+            out = Cow::Owned(replace(&out, &spans));
+        }
+    }
+    out
+}
+
+/// Replaces each (start, end) byte range (sorted, disjoint) with [`REDACTED`].
+fn replace(text: &str, spans: &[(usize, usize)]) -> String {
+    let mut s = String::with_capacity(text.len() + spans.len() * REDACTED.len());
+    let mut at = 0;
+    for &(a, b) in spans {
+        s.push_str(&text[at..a]);
+        s.push_str(REDACTED);
+        at = b;
+    }
+    s.push_str(&text[at..]);
+    s
+}
+
+fn find_ci(hay: &[u8], needle: &[u8], from: usize) -> Option<usize> {
+    if needle.is_empty() || hay.len() < needle.len() {
+        return None;
+    }
+    (from..=hay.len() - needle.len()).find(|&i| eq_key(&hay[i..i + needle.len()], needle))
+}
+
+fn is_token_byte(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || b"-._~+/=".contains(&c)
+}
+
+fn already_redacted(b: &[u8], at: usize) -> bool {
+    b[at..].starts_with(REDACTED.as_bytes())
+}
+
+/// `Bearer abc.def` → the token's range.
+fn auth_schemes(text: &str) -> Vec<(usize, usize)> {
+    let b = text.as_bytes();
+    let mut spans = Vec::new();
+    for scheme in [&b"bearer"[..], b"basic"] {
+        let mut from = 0;
+        while let Some(i) = find_ci(b, scheme, from) {
+            from = i + scheme.len();
+            if i > 0 && b[i - 1].is_ascii_alphanumeric() {
+                continue;
+            }
+            let mut j = from;
+            while j < b.len() && (b[j] == b' ' || b[j] == b'\t') {
+                j += 1;
+            }
+            if j == from || already_redacted(b, j) {
+                continue;
+            }
+            let start = j;
+            while j < b.len() && is_token_byte(b[j]) {
+                j += 1;
+            }
+            if j > start {
+                spans.push((start, j));
+                from = j;
+            }
+        }
+    }
+    normalize(spans)
+}
+
+/// `scheme://user:secret@host` → the range of `secret`.
+fn url_passwords(text: &str) -> Vec<(usize, usize)> {
+    let b = text.as_bytes();
+    let mut spans = Vec::new();
+    let mut from = 0;
+    while let Some(i) = find_ci(b, b"://", from) {
+        let start = i + 3;
+        from = start;
+        let mut j = start;
+        let mut colon = None;
+        while j < b.len() && !b"/?#@ \t\r\n\"'<>\\".contains(&b[j]) {
+            if b[j] == b':' && colon.is_none() {
+                colon = Some(j);
+            }
+            j += 1;
+        }
+        if let (Some(c), true) = (colon, j < b.len() && b[j] == b'@') {
+            if c + 1 < j && !already_redacted(b, c + 1) {
+                spans.push((c + 1, j));
+            }
+            from = j;
+        }
+    }
+    normalize(spans)
+}
+
+/// `password=x`, `"api_key": "x"`, `Password = 'x';`, `\"token\":\"x\"` → the value's range.
+fn sensitive_pairs(text: &str) -> Vec<(usize, usize)> {
+    let b = text.as_bytes();
+    if !b.iter().any(|&c| c == b'=' || c == b':') {
+        return Vec::new();
+    }
+    let mut spans = Vec::new();
+    for name in SENSITIVE_KEYS {
+        let n = name.as_bytes();
+        let mut from = 0;
+        while let Some(i) = find_ci(b, n, from) {
+            from = i + n.len();
+            if let Some(range) = pair_value(b, i, n.len()) {
+                from = range.1.max(from);
+                spans.push(range);
+            }
+        }
+    }
+    normalize(spans)
+}
+
+/// The value after a key found at `i..i + len`, when it is one (key ends a word, then an
+/// optional closing quote, `=` or `:`, an optional opening quote, the value).
+fn pair_value(b: &[u8], i: usize, len: usize) -> Option<(usize, usize)> {
+    let end_of_key = i + len;
+    if end_of_key < b.len() && (b[end_of_key].is_ascii_alphanumeric() || b[end_of_key] == b'_') {
+        return None;
+    }
+    let skip_ws = |mut j: usize| {
+        while j < b.len() && (b[j] == b' ' || b[j] == b'\t') {
+            j += 1;
+        }
+        j
     };
+    let mut j = end_of_key;
+    // Closing quote of the key: `"`, `'` or an escaped `\"`.
+    if j < b.len() && b[j] == b'\\' && j + 1 < b.len() && b[j + 1] == b'"' {
+        j += 2;
+    } else if j < b.len() && (b[j] == b'"' || b[j] == b'\'') {
+        j += 1;
+    }
+    j = skip_ws(j);
+    if j >= b.len() || (b[j] != b'=' && b[j] != b':') {
+        return None;
+    }
+    // `scheme://` is a URL, not a pair.
+    if b[j] == b':' && b.get(j + 1..j + 3) == Some(b"//") {
+        return None;
+    }
+    j = skip_ws(j + 1);
+    // Opening quote of the value, and what closes it.
+    let (start, close): (usize, &[u8]) = if b.get(j..j + 2) == Some(b"\\\"") {
+        (j + 2, b"\\\"")
+    } else if j < b.len() && (b[j] == b'"' || b[j] == b'\'') {
+        (j + 1, if b[j] == b'"' { b"\"" } else { b"'" })
+    } else {
+        (j, b"")
+    };
+    if start >= b.len() || already_redacted(b, start) {
+        return None;
+    }
+    let end = if close.is_empty() {
+        // Unquoted: up to a separator; `Bearer x` keeps its scheme word (the token is
+        // masked by the scheme pass).
+        let mut k = start;
+        while k < b.len() && !b" \t\r\n;,&})]\"'".contains(&b[k]) {
+            k += 1;
+        }
+        let word = &b[start..k];
+        if eq_key(word, b"bearer") || eq_key(word, b"basic") {
+            return None;
+        }
+        k
+    } else {
+        let mut k = start;
+        while k < b.len() && !b[k..].starts_with(close) {
+            // A backslash escapes the next byte inside a quoted value.
+            k += if b[k] == b'\\' && close.len() == 1 { 2 } else { 1 };
+        }
+        k.min(b.len())
+    };
+    if end == start {
+        return None;
+    }
+    let value = &b[start..end];
+    if eq_prefix(value, b"bearer ") || eq_prefix(value, b"basic ") {
+        // `"authorization": "Bearer x"`: mask the credential, keep the scheme.
+        let sp = value.iter().position(|&c| c == b' ').unwrap_or(0) + 1;
+        let s = start + sp;
+        return (!already_redacted(b, s) && s < end).then_some((s, end));
+    }
+    Some((start, end))
+}
+
+fn eq_prefix(v: &[u8], p: &[u8]) -> bool {
+    v.len() >= p.len() && eq_key(&v[..p.len()], p)
+}
+
+/// Sorts and merges overlapping ranges; keeps char boundaries (all delimiters are ASCII).
+fn normalize(mut spans: Vec<(usize, usize)>) -> Vec<(usize, usize)> {
+    spans.sort_unstable();
+    let mut out: Vec<(usize, usize)> = Vec::with_capacity(spans.len());
+    for (a, b) in spans {
+        match out.last_mut() {
+            Some(last) if a <= last.1 => last.1 = last.1.max(b),
+            _ => out.push((a, b)),
+        }
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------
+// Recording
+
+/// One recorded value, redacted already.
+#[derive(Debug, Clone, PartialEq)]
+enum Val {
+    Str(String),
+    I64(i64),
+    U64(u64),
+    F64(f64),
+    Bool(bool),
+}
+
+impl Val {
+    fn write_json(&self, out: &mut String) {
+        match self {
+            Val::Str(s) => json_str(out, s),
+            Val::I64(v) => {
+                let _ = write!(out, "{v}");
+            }
+            Val::U64(v) => {
+                let _ = write!(out, "{v}");
+            }
+            Val::F64(v) if v.is_finite() => {
+                let _ = write!(out, "{v}");
+            }
+            Val::F64(v) => json_str(out, &v.to_string()),
+            Val::Bool(v) => out.push_str(if *v { "true" } else { "false" }),
+        }
+    }
+
+    fn write_text(&self, out: &mut String) {
+        match self {
+            Val::Str(s) if s.is_empty() || s.contains([' ', '"', '=', '\n']) => {
+                let _ = write!(out, "{s:?}");
+            }
+            Val::Str(s) => out.push_str(s),
+            Val::I64(v) => {
+                let _ = write!(out, "{v}");
+            }
+            Val::U64(v) => {
+                let _ = write!(out, "{v}");
+            }
+            Val::F64(v) => {
+                let _ = write!(out, "{v}");
+            }
+            Val::Bool(v) => {
+                let _ = write!(out, "{v}");
+            }
+        }
+    }
+
+    fn as_id(&self) -> Option<String> {
+        let s = match self {
+            Val::Str(s) => s.clone(),
+            Val::I64(v) => v.to_string(),
+            Val::U64(v) => v.to_string(),
+            Val::F64(v) => v.to_string(),
+            Val::Bool(_) => return None,
+        };
+        (!s.is_empty()).then_some(s)
+    }
+}
+
+/// The fields recorded on a span, kept in its extensions.
+#[derive(Debug, Default)]
+struct SpanFields(Vec<(&'static str, Val)>);
+
+impl SpanFields {
+    fn set(&mut self, key: &'static str, v: Val) {
+        match self.0.iter_mut().find(|(k, _)| *k == key) {
+            Some(slot) => slot.1 = v,
+            None => self.0.push((key, v)),
+        }
+    }
+}
+
+struct Recorder<'a> {
+    fields: &'a mut SpanFields,
+    message: Option<&'a mut Option<String>>,
+}
+
+impl Recorder<'_> {
+    fn put(&mut self, field: &Field, v: Val) {
+        let name = field.name();
+        if name.starts_with("log.") {
+            return; // tracing-log's own bookkeeping
+        }
+        if name == "message" {
+            if let Some(m) = self.message.as_mut() {
+                let text = match v {
+                    Val::Str(s) => s,
+                    other => {
+                        let mut s = String::new();
+                        other.write_text(&mut s);
+                        s
+                    }
+                };
+                **m = Some(text);
+                return;
+            }
+        }
+        let v = if is_sensitive_key(name) { Val::Str(REDACTED.to_owned()) } else { v };
+        self.fields.set(name, v);
+    }
+
+    fn text(&mut self, field: &Field, s: &str) {
+        let v = if is_sensitive_key(field.name()) {
+            REDACTED.to_owned()
+        } else {
+            scrub(s).into_owned()
+        };
+        self.put(field, Val::Str(v));
+    }
+}
+
+impl Visit for Recorder<'_> {
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        self.text(field, &format!("{value:?}"));
+    }
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.text(field, value);
+    }
+    fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
+        self.text(field, &value.to_string());
+    }
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.put(field, Val::I64(value));
+    }
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.put(field, Val::U64(value));
+    }
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        self.put(field, Val::F64(value));
+    }
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.put(field, Val::Bool(value));
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The layer
+
+/// Writes each event as one line (JSON or text) to `W`; records span fields for them.
+#[derive(Debug)]
+pub struct LogLayer<W> {
+    format: LogFormat,
+    writer: W,
+}
+
+impl<W> LogLayer<W>
+where
+    W: for<'a> MakeWriter<'a> + 'static,
+{
+    /// A layer writing `format` lines to `writer` (stderr in the binary; a buffer in tests).
+    pub fn new(format: LogFormat, writer: W) -> LogLayer<W> {
+        LogLayer { format, writer }
+    }
+}
+
+fn level_name(l: &Level) -> &'static str {
+    match *l {
+        Level::ERROR => "ERROR",
+        Level::WARN => "WARN",
+        Level::INFO => "INFO",
+        // The platform has four levels; TRACE is DEBUG there.
+        _ => "DEBUG",
+    }
+}
+
+fn json_str(out: &mut String, s: &str) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 || c == '\u{2028}' || c == '\u{2029}' => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+impl<S, W> Layer<S> for LogLayer<W>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    W: for<'a> MakeWriter<'a> + 'static,
+{
+    fn on_new_span(&self, attrs: &tracing::span::Attributes<'_>, id: &tracing::span::Id, ctx: Context<'_, S>) {
+        let Some(span) = ctx.span(id) else { return };
+        let mut fields = SpanFields::default();
+        attrs.record(&mut Recorder { fields: &mut fields, message: None });
+        span.extensions_mut().insert(fields);
+    }
+
+    fn on_record(&self, id: &tracing::span::Id, values: &tracing::span::Record<'_>, ctx: Context<'_, S>) {
+        let Some(span) = ctx.span(id) else { return };
+        let mut ext = span.extensions_mut();
+        if let Some(fields) = ext.get_mut::<SpanFields>() {
+            values.record(&mut Recorder { fields, message: None });
+        }
+    }
+
+    fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
+        let meta = event.normalized_metadata();
+        let meta = meta.as_ref().unwrap_or_else(|| event.metadata());
+        let mut own = SpanFields::default();
+        let mut message = None;
+        event.record(&mut Recorder { fields: &mut own, message: Some(&mut message) });
+
+        // Span fields root first, then the event's own: the nearest value of a key wins.
+        let mut all = SpanFields::default();
+        if let Some(scope) = ctx.event_scope(event) {
+            for span in scope.from_root() {
+                if let Some(f) = span.extensions().get::<SpanFields>() {
+                    for (k, v) in &f.0 {
+                        all.set(k, v.clone());
+                    }
+                }
+            }
+        }
+        for (k, v) in own.0 {
+            all.set(k, v);
+        }
+        let ids: Vec<(&str, String)> = CORRELATION
+            .iter()
+            .filter_map(|name| {
+                let v = all.0.iter().find(|(k, _)| k == name)?;
+                Some((*name, v.1.as_id()?))
+            })
+            .collect();
+        all.0.retain(|(k, _)| !CORRELATION.contains(k));
+        let message = message.unwrap_or_else(|| meta.target().to_owned());
+
+        let mut line = String::with_capacity(256);
+        let ts = chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.6fZ");
+        match self.format {
+            LogFormat::Json => {
+                let _ = write!(line, "{{\"timestamp\":\"{ts}\",\"level\":\"{}\",\"component\":\"worker\",\"message\":", level_name(meta.level()));
+                json_str(&mut line, &message);
+                line.push_str(",\"fields\":{");
+                for (i, (k, v)) in all.0.iter().enumerate() {
+                    if i > 0 {
+                        line.push(',');
+                    }
+                    json_str(&mut line, k);
+                    line.push(':');
+                    v.write_json(&mut line);
+                }
+                line.push('}');
+                for (k, v) in &ids {
+                    line.push(',');
+                    json_str(&mut line, k);
+                    line.push(':');
+                    json_str(&mut line, v);
+                }
+                line.push('}');
+            }
+            LogFormat::Text => {
+                let _ = write!(line, "{ts} {:>5} {}: {}", level_name(meta.level()), meta.target(), message.replace('\n', "\\n"));
+                for (k, v) in all.0.iter().chain(ids.iter().map(|(k, v)| (*k, Val::Str(v.clone()))).collect::<Vec<_>>().iter()) {
+                    let _ = write!(line, " {k}=");
+                    v.write_text(&mut line);
+                }
+            }
+        }
+        line.push('\n');
+        // One write per line, so lines from different threads never interleave.
+        let _ = self.writer.make_writer_for(meta).write_all(line.as_bytes());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    #[derive(Clone, Default)]
+    struct Buf(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Buf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap_or_else(|p| p.into_inner()).extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl<'a> MakeWriter<'a> for Buf {
+        type Writer = Buf;
+        fn make_writer(&'a self) -> Buf {
+            self.clone()
+        }
+    }
+
+    fn capture(format: LogFormat, f: impl FnOnce()) -> Vec<String> {
+        let buf = Buf::default();
+        let sub = tracing_subscriber::registry().with(LogLayer::new(format, buf.clone()));
+        tracing::subscriber::with_default(sub, f);
+        let bytes = buf.0.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        String::from_utf8(bytes).unwrap_or_default().lines().map(str::to_owned).collect()
+    }
+
+    fn json(line: &str) -> serde_json::Value {
+        serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"))
+    }
+
+    #[test]
+    fn the_outcome_line_has_the_guides_shape() {
+        let lines = capture(LogFormat::Json, || {
+            let span = tracing::info_span!("worker.assignment.receive", tenant_id = "tenant-789", run_id = "run-def", worker_id = "w-1");
+            let _e = span.enter();
+            tracing::info!(
+                assignment_id = "assign-123", block_type = "http.request", status = "success",
+                latency_ms = 150u64, trace_id = "trace-abc", "Step execution completed");
+        });
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        let v = json(&lines[0]);
+        let ts = v["timestamp"].as_str().unwrap_or_default();
+        assert_eq!(ts.len(), "2025-01-27T12:00:00.123456Z".len(), "{ts}");
+        assert!(ts.ends_with('Z') && ts.as_bytes()[19] == b'.', "{ts}");
+        assert_eq!(v["level"], "INFO");
+        assert_eq!(v["component"], "worker");
+        assert_eq!(v["message"], "Step execution completed");
+        assert_eq!(v["fields"]["assignment_id"], "assign-123");
+        assert_eq!(v["fields"]["block_type"], "http.request");
+        assert_eq!(v["fields"]["status"], "success");
+        assert_eq!(v["fields"]["latency_ms"], 150);
+        assert_eq!(v["fields"]["worker_id"], "w-1");
+        assert_eq!(v["trace_id"], "trace-abc");
+        assert_eq!(v["tenant_id"], "tenant-789");
+        assert_eq!(v["run_id"], "run-def");
+        assert!(v.get("flow_id").is_none());
+        for id in CORRELATION {
+            assert!(v["fields"].get(id).is_none(), "{id} repeated in fields: {v}");
+        }
+    }
+
+    #[test]
+    fn trace_becomes_debug_and_empty_ids_are_left_out() {
+        let lines = capture(LogFormat::Json, || {
+            tracing::trace!(tenant_id = "", n = -3i64, ok = true, x = 1.5f64, "fine");
+            tracing::error!(error = %std::io::Error::other("boom\nline"), "failed");
+        });
+        let v = json(&lines[0]);
+        assert_eq!(v["level"], "DEBUG");
+        assert!(v.get("tenant_id").is_none(), "{v}");
+        assert_eq!(v["fields"]["n"], -3);
+        assert_eq!(v["fields"]["ok"], true);
+        assert_eq!(v["fields"]["x"], 1.5);
+        let e = json(&lines[1]);
+        assert_eq!(e["level"], "ERROR");
+        assert_eq!(e["fields"]["error"], "boom\nline");
+    }
+
+    #[test]
+    fn sensitive_keys_are_redacted_also_as_suffixes() {
+        for k in [
+            "password", "PASSWORD", "db_password", "x_api_key", "x-api-key", "apiKey", "accessToken",
+            "refresh_token", "Authorization", "proxy-authorization", "set-cookie", "credit_card",
+            "ssn", "email", "phone", "comment", "client_secret", "token",
+        ] {
+            assert!(is_sensitive_key(k), "{k}");
+            assert_eq!(redact_value(k, "v"), REDACTED, "{k}");
+        }
+        for k in ["assignment_id", "tokens", "passwords_checked", "phoneme", "trace_id", "status"] {
+            assert!(!is_sensitive_key(k), "{k}");
+        }
+        assert_eq!(redact_value("status", "success"), "success");
+    }
+
+    #[test]
+    fn credentials_inside_text_are_masked() {
+        for (input, want) in [
+            ("Authorization: Bearer s3cr3t-token", "Authorization: Bearer [REDACTED]"),
+            ("bearer abc.def", "bearer [REDACTED]"),
+            ("postgres://u:pw@h:5432/db", "postgres://u:[REDACTED]@h:5432/db"),
+            ("see http://user:p4ss@127.0.0.1:9/x and http://h/y", "see http://user:[REDACTED]@127.0.0.1:9/x and http://h/y"),
+            ("host=db user=u password=hunter2 port=5", "host=db user=u password=[REDACTED] port=5"),
+            ("Server=x;Password=hunter2;", "Server=x;Password=[REDACTED];"),
+            (r#"{"api_key": "k-123", "n": 1}"#, r#"{"api_key": "[REDACTED]", "n": 1}"#),
+            (r#"{\"token\":\"t-9\"}"#, r#"{\"token\":\"[REDACTED]\"}"#),
+            (r#"{"Authorization":"Bearer zz"}"#, r#"{"Authorization":"Bearer [REDACTED]"}"#),
+            ("plain text with a token bucket", "plain text with a token bucket"),
+            ("http://example.com/a@b", "http://example.com/a@b"),
+            ("mailto user@example.com", "mailto user@example.com"),
+        ] {
+            assert_eq!(scrub(input), want, "{input}");
+        }
+        // Idempotent.
+        let once = scrub("password=x Bearer y http://a:b@c").into_owned();
+        assert_eq!(scrub(&once), once);
+        assert!(matches!(scrub("nothing here"), Cow::Borrowed(_)));
+    }
+
+    #[test]
+    fn secrets_never_reach_a_log_line() {
+        let lines = capture(LogFormat::Json, || {
+            let span = tracing::info_span!("s", password = "hunter2");
+            let _e = span.enter();
+            tracing::debug!(
+                authorization = "Bearer s3cr3t-token", url = "http://u:pa55w0rd@h/", headers = ?[("Authorization", "Bearer s3cr3t-token")],
+                "calling http://u:pa55w0rd@h/ with Bearer s3cr3t-token");
+        });
+        let all = lines.join("\n");
+        for secret in ["hunter2", "s3cr3t-token", "pa55w0rd"] {
+            assert!(!all.contains(secret), "{secret} leaked: {all}");
+        }
+        let v = json(&lines[0]);
+        assert_eq!(v["fields"]["password"], REDACTED);
+        assert_eq!(v["fields"]["authorization"], REDACTED);
+        assert_eq!(v["fields"]["url"], "http://u:[REDACTED]@h/");
+    }
+
+    #[test]
+    fn text_format_is_one_readable_line() {
+        let lines = capture(LogFormat::Text, || {
+            tracing::info!(assignment_id = "a-1", tenant_id = "t", secret = "x", note = "two words", "Step execution completed");
+        });
+        assert_eq!(lines.len(), 1);
+        let l = &lines[0];
+        assert!(l.contains(" INFO ") && l.contains("Step execution completed"), "{l}");
+        assert!(l.contains("assignment_id=a-1") && l.contains("tenant_id=t"), "{l}");
+        assert!(l.contains("secret=[REDACTED]") && l.contains("note=\"two words\""), "{l}");
+    }
 }
