@@ -1,0 +1,605 @@
+//! File I/O backend of the worker's `fs.put` / `fs.get` blocks.
+//!
+//! # Prerequisites
+//! * Linux with `openat2(2)` and `RESOLVE_BENEATH` (5.6+). Without it [`IoPool::start`] fails:
+//!   tenant paths are never resolved without the kernel's containment check.
+//! * For the io_uring backend, Linux ≥ 5.15: it submits `IORING_OP_OPENAT`, `OPENAT2`, `STATX`,
+//!   `READ`, `WRITE`, `FSYNC`, `CLOSE`, `MKDIRAT` (5.15), `RENAMEAT`, `UNLINKAT` and
+//!   `ASYNC_CANCEL`. At start the pool creates a probe ring, checks those opcodes and runs one
+//!   real `OPENAT2` with `RESOLVE_BENEATH`; if any of that fails (old kernel, io_uring
+//!   disabled by sysctl, blocked by seccomp as in Docker's default profile) it falls back to
+//!   [`Backend::Threads`], unless [`IoConfig::force_backend`] asks for a specific one.
+//! * Content types are kept in the user xattr `user.beamline.content_type`; a filesystem
+//!   without user xattrs (`ENOTSUP`) simply does not keep them.
+//!
+//! # Design
+//! * `threads` IO threads, thread *i* pinned to `cores[i % cores.len()]`, each the only
+//!   consumer of one bounded queue (a shard). Callers pick a shard round-robin and never
+//!   block: a full queue (all shards full) is [`FsErrorKind::Overloaded`].
+//! * [`Backend::Uring`]: each thread owns ONE io_uring. It drains its queue into free
+//!   request slots, pushes the first submission of every new request, submits the whole
+//!   batch with one `io_uring_enter`, and completes requests from the completion queue.
+//!   Each request is a small state machine (`machine.rs`) keyed by the slot index in the
+//!   SQE's `user_data`:
+//!   - get: open root → `openat2(rel)` → `statx` → read… → reply → close;
+//!   - put: open root (mkdir if missing) → open/create parent dirs → `openat2(tmp,
+//!     O_CREAT|O_EXCL)` → write… → xattr → (`fsync` if durable) → close → `renameat` →
+//!     (`fsync` dir if durable) → reply → close; on failure the temp file is unlinked first.
+//!
+//!   Buffers handed to the kernel (paths, `open_how`, statx buffer, read buffer, write
+//!   payload) belong to the request's boxed machine, which stays in its slot, unmoved,
+//!   until every completion for it has been reaped.
+//! * [`Backend::Threads`]: the same state machines, each op run as a plain blocking syscall
+//!   (`openat2` via `syscall(2)`, `pread`/`pwrite`, `renameat`, …) on the same pinned threads,
+//!   one request at a time.
+//! * Where io_uring has no opcode we can use on 5.15, the IO thread makes the syscall inline
+//!   (both backends): `fgetxattr` / `fsetxattr` (the xattr opcodes need 5.19 and run on
+//!   io-wq anyway) and `fcntl(F_SETFL)`.
+//! * Replies travel back on a `tokio::sync::oneshot`; the crate uses only tokio's `sync`
+//!   feature and works under any executor.
+//!
+//! # Sandbox
+//! `rel` is made relative by stripping leading `/`, then resolved ONLY by
+//! `openat2(root_fd, rel, RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS)`: `..` above the root,
+//! absolute symlinks and symlinks leading out of the root fail with `EXDEV` and are reported
+//! as [`FsErrorKind::Escape`]; symlinks that stay inside are followed. The root directory is
+//! opened per request (`O_PATH|O_DIRECTORY`, no cache, so a replaced root is never served
+//! from a stale fd). A hard link inside the root to a file outside it cannot be told apart
+//! by path resolution, so reads refuse every file with `st_nlink > 1` (Escape), including
+//! hard links whose other name is inside the root. Writes replace the directory entry by
+//! `renameat` and never write through an existing link.
+
+#![deny(unsafe_op_in_unsafe_fn)]
+
+mod error;
+mod machine;
+mod path;
+mod sys;
+mod uring;
+
+use std::fmt;
+use std::io;
+use std::path::Path;
+use std::sync::atomic::{fence, AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::thread::JoinHandle;
+
+use bytes::Bytes;
+use flume::{Receiver, Sender, TrySendError};
+use tokio::sync::oneshot;
+
+pub use error::{FsError, FsErrorKind};
+pub use sys::probe_uring;
+
+use machine::{GetMachine, Machine, PutMachine};
+
+/// Which implementation runs the file operations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Backend {
+    /// One io_uring per IO thread, batched submissions.
+    Uring,
+    /// Blocking syscalls on the IO threads.
+    Threads,
+}
+
+impl Backend {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Backend::Uring => "io_uring",
+            Backend::Threads => "threads",
+        }
+    }
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Pool configuration.
+#[derive(Debug, Clone)]
+pub struct IoConfig {
+    /// Number of IO threads (shards), at least 1.
+    pub threads: usize,
+    /// Core ids; thread *i* is pinned to `cores[i % cores.len()]`. Empty: no pinning. A core
+    /// that cannot be pinned to is ignored (the thread runs unpinned).
+    pub cores: Vec<usize>,
+    /// Bound of each shard's queue (≥ 1). Requests beyond it are refused with `Overloaded`.
+    pub queue_capacity: usize,
+    /// Submission-queue size of each ring (8..=32768, rounded up to a power of two by the
+    /// kernel). A thread keeps at most `(entries - 2) / 4` requests in flight.
+    pub ring_entries: u32,
+    /// `None`: io_uring when the probe succeeds, otherwise threads. `Some(b)`: exactly `b`;
+    /// `start` fails if `Uring` is forced but unusable.
+    pub force_backend: Option<Backend>,
+    /// Largest file `get` reads or `put` writes.
+    pub max_file_bytes: u64,
+}
+
+impl Default for IoConfig {
+    fn default() -> Self {
+        IoConfig {
+            threads: 2,
+            cores: Vec::new(),
+            queue_capacity: 1024,
+            ring_entries: 256,
+            force_backend: None,
+            max_file_bytes: 64 << 20,
+        }
+    }
+}
+
+/// What `get` returns.
+#[derive(Clone, PartialEq, Eq)]
+pub struct FileData {
+    pub bytes: Vec<u8>,
+    /// From the `user.beamline.content_type` xattr, if set.
+    pub content_type: Option<String>,
+}
+
+impl fmt::Debug for FileData {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FileData")
+            .field("len", &self.bytes.len())
+            .field("content_type", &self.content_type)
+            .finish()
+    }
+}
+
+/// What `put` returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PutInfo {
+    pub size_bytes: u64,
+}
+
+/// Per-call options of [`IoPool::put_with`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PutOptions {
+    /// fsync the file before the rename and its directory after it. Off by default: a
+    /// crash may then lose a recent write, but never leaves a partial file under the
+    /// target name.
+    pub durable: bool,
+}
+
+/// State shared between the pool handle and one IO thread.
+#[derive(Debug)]
+pub(crate) struct Shard {
+    /// Requests queued or in flight on this shard.
+    pub(crate) depth: AtomicUsize,
+    /// The ring thread is (about to be) blocked waiting; producers must signal `wake`.
+    pub(crate) sleeping: AtomicBool,
+    /// eventfd the ring thread keeps a read on (io_uring backend only).
+    pub(crate) wake: Option<std::os::fd::OwnedFd>,
+}
+
+struct Inner {
+    backend: Backend,
+    shards: Vec<Arc<Shard>>,
+    /// `None` once shut down. Dropping the senders disconnects the queues; each thread then
+    /// finishes what was queued and exits. Submissions hold the read lock while they push, so
+    /// nothing can be queued after the disconnection.
+    senders: RwLock<Option<Vec<Sender<Machine>>>>,
+    next: AtomicUsize,
+    max_file_bytes: u64,
+    handles: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Inner {
+    fn shutdown(&self) {
+        let senders = match self.senders.write() {
+            Ok(mut g) => g.take(),
+            Err(poisoned) => poisoned.into_inner().take(),
+        };
+        if senders.is_some() {
+            drop(senders);
+            for s in &self.shards {
+                if let Some(fd) = &s.wake {
+                    sys::eventfd_signal(fd);
+                }
+            }
+        }
+    }
+
+    fn submit(&self, m: Machine, op: &'static str, path: &str) -> Result<(), FsError> {
+        let guard = match self.senders.read() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let Some(senders) = guard.as_ref() else {
+            return Err(FsError::new(FsErrorKind::Shutdown, op, path));
+        };
+        let n = senders.len();
+        let first = self.next.fetch_add(1, Ordering::Relaxed);
+        let mut msg = m;
+        let mut all_disconnected = true;
+        // Round-robin; a full shard spills to the next one; all full → Overloaded.
+        for k in 0..n {
+            let i = first.wrapping_add(k) % n;
+            let shard = &self.shards[i];
+            shard.depth.fetch_add(1, Ordering::AcqRel);
+            match senders[i].try_send(msg) {
+                Ok(()) => {
+                    if let Some(fd) = &shard.wake {
+                        // Pairs with the fence in the ring loop: either the thread sees our
+                        // message before sleeping, or we see its `sleeping` flag.
+                        fence(Ordering::SeqCst);
+                        if shard.sleeping.load(Ordering::Relaxed) {
+                            sys::eventfd_signal(fd);
+                        }
+                    }
+                    return Ok(());
+                }
+                Err(TrySendError::Full(back)) => {
+                    shard.depth.fetch_sub(1, Ordering::AcqRel);
+                    all_disconnected = false;
+                    msg = back;
+                }
+                Err(TrySendError::Disconnected(back)) => {
+                    shard.depth.fetch_sub(1, Ordering::AcqRel);
+                    msg = back;
+                }
+            }
+        }
+        drop(msg);
+        let kind = if all_disconnected {
+            FsErrorKind::Shutdown
+        } else {
+            FsErrorKind::Overloaded
+        };
+        Err(FsError::new(kind, op, path))
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.shutdown();
+        let handles = match self.handles.get_mut() {
+            Ok(h) => std::mem::take(h),
+            Err(poisoned) => std::mem::take(poisoned.into_inner()),
+        };
+        for h in handles {
+            // A panicked IO thread has nothing left to clean up.
+            let _ = h.join();
+        }
+    }
+}
+
+/// The IO thread pool. Cheap to clone; the threads stop when [`IoPool::shutdown`] is called
+/// or the last clone is dropped (which also waits for them to finish what was queued).
+#[derive(Clone)]
+pub struct IoPool {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for IoPool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IoPool")
+            .field("backend", &self.inner.backend)
+            .field("threads", &self.inner.shards.len())
+            .field("queue_depth", &self.queue_depth())
+            .finish()
+    }
+}
+
+fn invalid_cfg(msg: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, msg.to_owned())
+}
+
+fn pin(cores: &[usize], i: usize) {
+    if cores.is_empty() {
+        return;
+    }
+    let id = cores[i % cores.len()];
+    // Returns false when the core does not exist or is not allowed; the thread then simply
+    // runs unpinned.
+    let _ = core_affinity::set_for_current(core_affinity::CoreId { id });
+}
+
+/// The running IO threads: their shared state, queue ends and join handles.
+struct Spawned {
+    shards: Vec<Arc<Shard>>,
+    senders: Vec<Sender<Machine>>,
+    handles: Vec<JoinHandle<()>>,
+}
+
+/// Spawns the IO threads; `Err` if any of them could not start (e.g. ring creation failed).
+fn spawn_threads(cfg: &IoConfig, backend: Backend) -> io::Result<Spawned> {
+    let mut shards = Vec::with_capacity(cfg.threads);
+    let mut senders = Vec::with_capacity(cfg.threads);
+    let mut handles = Vec::with_capacity(cfg.threads);
+    let mut readies = Vec::with_capacity(cfg.threads);
+    let mut first_err = None;
+    for i in 0..cfg.threads {
+        let wake = match backend {
+            Backend::Uring => match sys::eventfd() {
+                Ok(fd) => Some(fd),
+                Err(e) => {
+                    first_err = Some(e);
+                    break;
+                }
+            },
+            Backend::Threads => None,
+        };
+        let shard = Arc::new(Shard {
+            depth: AtomicUsize::new(0),
+            sleeping: AtomicBool::new(false),
+            wake,
+        });
+        let (tx, rx): (Sender<Machine>, Receiver<Machine>) = flume::bounded(cfg.queue_capacity);
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<io::Result<()>>();
+        let cores = cfg.cores.clone();
+        let entries = cfg.ring_entries;
+        let thread_shard = Arc::clone(&shard);
+        let spawned = std::thread::Builder::new()
+            .name(format!("beamline-io-{i}"))
+            .spawn(move || {
+                pin(&cores, i);
+                match backend {
+                    Backend::Uring => match uring::build_ring(entries) {
+                        Ok(ring) => {
+                            let _ = ready_tx.send(Ok(()));
+                            uring::run(ring, rx, thread_shard);
+                        }
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(e));
+                        }
+                    },
+                    Backend::Threads => {
+                        let _ = ready_tx.send(Ok(()));
+                        run_threads(rx, &thread_shard);
+                    }
+                }
+            });
+        match spawned {
+            Ok(h) => handles.push(h),
+            Err(e) => {
+                first_err = Some(e);
+                break;
+            }
+        }
+        shards.push(shard);
+        senders.push(tx);
+        readies.push(ready_rx);
+    }
+    for r in readies {
+        match r.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                first_err.get_or_insert(e);
+            }
+            Err(_) => {
+                first_err.get_or_insert_with(|| io::Error::other("IO thread died at start"));
+            }
+        }
+    }
+    if let Some(e) = first_err {
+        drop(senders);
+        for s in &shards {
+            if let Some(fd) = &s.wake {
+                sys::eventfd_signal(fd);
+            }
+        }
+        for h in handles {
+            let _ = h.join();
+        }
+        return Err(e);
+    }
+    Ok(Spawned {
+        shards,
+        senders,
+        handles,
+    })
+}
+
+/// The threads backend: one request at a time, blocking syscalls.
+fn run_threads(rx: Receiver<Machine>, shard: &Shard) {
+    while let Ok(mut m) = rx.recv() {
+        machine::run_blocking(&mut m);
+        shard.depth.fetch_sub(1, Ordering::AcqRel);
+        // Closing the remaining fds (dropping them) after the reply is sent.
+        drop(m.finish());
+    }
+}
+
+impl IoPool {
+    /// Probes the backend, spawns and pins the IO threads.
+    ///
+    /// Fails if the configuration is invalid, if `openat2` with `RESOLVE_BENEATH` is not
+    /// available (no sandboxed resolution possible), or if `Uring` is forced but unusable.
+    pub fn start(cfg: IoConfig) -> io::Result<IoPool> {
+        if cfg.threads == 0 {
+            return Err(invalid_cfg("IoConfig::threads must be at least 1"));
+        }
+        if cfg.queue_capacity == 0 {
+            return Err(invalid_cfg("IoConfig::queue_capacity must be at least 1"));
+        }
+        if !(8..=32768).contains(&cfg.ring_entries) {
+            return Err(invalid_cfg("IoConfig::ring_entries must be in 8..=32768"));
+        }
+        sys::probe_openat2().map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("openat2(RESOLVE_BENEATH) unavailable (Linux >= 5.6 needed): {e}"),
+            )
+        })?;
+        let backend = match cfg.force_backend {
+            Some(Backend::Uring) => {
+                probe_uring().map_err(|e| {
+                    io::Error::new(e.kind(), format!("io_uring forced but unusable: {e}"))
+                })?;
+                Backend::Uring
+            }
+            Some(Backend::Threads) => Backend::Threads,
+            None => match probe_uring() {
+                Ok(()) => Backend::Uring,
+                Err(_) => Backend::Threads,
+            },
+        };
+        let (
+            backend,
+            Spawned {
+                shards,
+                senders,
+                handles,
+            },
+        ) = match spawn_threads(&cfg, backend) {
+            Ok(t) => (backend, t),
+            Err(e) if backend == Backend::Uring && cfg.force_backend.is_none() => {
+                // A per-thread ring could not be created (e.g. memlock limit): fall back.
+                let _ = e;
+                (Backend::Threads, spawn_threads(&cfg, Backend::Threads)?)
+            }
+            Err(e) => return Err(e),
+        };
+        Ok(IoPool {
+            inner: Arc::new(Inner {
+                backend,
+                shards,
+                senders: RwLock::new(Some(senders)),
+                next: AtomicUsize::new(0),
+                max_file_bytes: cfg.max_file_bytes,
+                handles: Mutex::new(handles),
+            }),
+        })
+    }
+
+    /// The backend in use.
+    pub fn backend(&self) -> Backend {
+        self.inner.backend
+    }
+
+    /// Requests queued or in flight, over all shards.
+    pub fn queue_depth(&self) -> usize {
+        self.inner
+            .shards
+            .iter()
+            .map(|s| s.depth.load(Ordering::Acquire))
+            .sum()
+    }
+
+    /// Number of IO threads.
+    pub fn threads(&self) -> usize {
+        self.inner.shards.len()
+    }
+
+    /// Reads `rel` beneath the directory `root` (an absolute path; the tenant root, e.g.
+    /// `/srv/fs/acme`). Leading `/` in `rel` are stripped.
+    ///
+    /// If the returned future is dropped before completion the read still runs to the end on
+    /// the IO thread; its result is discarded.
+    pub async fn get(&self, root: &Path, rel: &str) -> Result<FileData, FsError> {
+        let path = path::parse_get(rel)?;
+        let display = path.display.clone();
+        let root_c = path::root_cstring(root, &display)?;
+        let (tx, rx) = oneshot::channel();
+        let m = Machine::Get(Box::new(GetMachine::new(
+            root_c,
+            path,
+            self.inner.max_file_bytes,
+            tx,
+        )));
+        self.inner.submit(m, "get", &display)?;
+        match rx.await {
+            Ok(r) => r,
+            Err(_) => Err(FsError::new(FsErrorKind::Shutdown, "get", &display)),
+        }
+    }
+
+    /// Atomically writes `data` to `rel` beneath `root`: missing parent directories are
+    /// created beneath the root (and the root itself, one level, if missing), the bytes go to
+    /// a temp file `.<name>.tmp.<random>` in the target's directory, which is then renamed
+    /// over the target. `content_type` is stored in the xattr `user.beamline.content_type`
+    /// (silently not stored where the filesystem has no user xattrs).
+    ///
+    /// `data` is a [`Bytes`] so a payload received from the network is handed to the kernel
+    /// without a copy. If the future is dropped, the write still completes.
+    pub async fn put(
+        &self,
+        root: &Path,
+        rel: &str,
+        data: Bytes,
+        content_type: Option<&str>,
+    ) -> Result<PutInfo, FsError> {
+        self.put_with(root, rel, data, content_type, PutOptions::default())
+            .await
+    }
+
+    /// [`IoPool::put`] with options (e.g. `durable`).
+    pub async fn put_with(
+        &self,
+        root: &Path,
+        rel: &str,
+        data: Bytes,
+        content_type: Option<&str>,
+        opts: PutOptions,
+    ) -> Result<PutInfo, FsError> {
+        let path = path::parse_put(rel)?;
+        let display = path.display.clone();
+        if data.len() as u64 > self.inner.max_file_bytes {
+            return Err(FsError::new(FsErrorKind::TooLarge, "write", &display));
+        }
+        let root_c = path::root_cstring(root, &display)?;
+        let (tx, rx) = oneshot::channel();
+        let m = Machine::Put(Box::new(PutMachine::new(
+            root_c,
+            path,
+            data,
+            content_type,
+            opts.durable,
+            tx,
+        )));
+        self.inner.submit(m, "put", &display)?;
+        match rx.await {
+            Ok(r) => r,
+            Err(_) => Err(FsError::new(FsErrorKind::Shutdown, "put", &display)),
+        }
+    }
+
+    /// Stops accepting requests; the threads finish everything already queued, then exit.
+    /// Idempotent; does not wait (dropping the last clone waits).
+    pub fn shutdown(&self) {
+        self.inner.shutdown();
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pool_is_send_sync_clone_debug() {
+        fn check<T: Send + Sync + Clone + fmt::Debug>() {}
+        check::<IoPool>();
+        check::<IoConfig>();
+        check::<Backend>();
+    }
+
+    #[test]
+    fn backend_names() {
+        assert_eq!(Backend::Uring.as_str(), "io_uring");
+        assert_eq!(Backend::Threads.as_str(), "threads");
+    }
+
+    #[test]
+    fn rejects_bad_config() {
+        for cfg in [
+            IoConfig {
+                threads: 0,
+                ..IoConfig::default()
+            },
+            IoConfig {
+                queue_capacity: 0,
+                ..IoConfig::default()
+            },
+            IoConfig {
+                ring_entries: 4,
+                ..IoConfig::default()
+            },
+        ] {
+            let e = IoPool::start(cfg).unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+        }
+    }
+}

@@ -1,0 +1,886 @@
+//! End-to-end tests on real files, written once and run for each backend (`uring::*`,
+//! `threads::*`).
+//!
+//! The io_uring variants are skipped (with a message) where io_uring is unusable, unless
+//! `BEAMLINE_IO_REQUIRE_URING=1` is set, which turns the skip into a failure.
+
+#![allow(clippy::unwrap_used)]
+
+use std::fs;
+use std::os::unix::fs::{symlink, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use beamline_io::{Backend, FsErrorKind, IoConfig, IoPool, PutOptions};
+use bytes::Bytes;
+
+fn config(backend: Backend) -> IoConfig {
+    IoConfig {
+        threads: 2,
+        cores: Vec::new(),
+        queue_capacity: 4096,
+        ring_entries: 64,
+        force_backend: Some(backend),
+        max_file_bytes: 4 << 20,
+    }
+}
+
+/// Starts a pool, or `None` when io_uring is unusable here (skip).
+fn start(cfg: IoConfig) -> Option<IoPool> {
+    let backend = cfg.force_backend;
+    match IoPool::start(cfg) {
+        Ok(p) => Some(p),
+        Err(e) if backend == Some(Backend::Uring) => {
+            if std::env::var_os("BEAMLINE_IO_REQUIRE_URING").is_some() {
+                panic!("io_uring required but unusable: {e}");
+            }
+            eprintln!("SKIP: io_uring unusable here: {e}");
+            None
+        }
+        Err(e) => panic!("pool start failed: {e}"),
+    }
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// A temp dir with `root/` (the tenant root) and `outside/` next to it.
+struct Env {
+    _dir: tempfile::TempDir,
+    root: PathBuf,
+    outside: PathBuf,
+}
+
+fn env() -> Env {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    let outside = dir.path().join("outside");
+    fs::create_dir(&root).unwrap();
+    fs::create_dir(&outside).unwrap();
+    fs::write(outside.join("secret.txt"), b"top secret").unwrap();
+    Env {
+        _dir: dir,
+        root,
+        outside,
+    }
+}
+
+fn tmp_leftovers(dir: &Path) -> Vec<String> {
+    let mut v = Vec::new();
+    for e in walk(dir) {
+        let name = e.file_name().unwrap().to_string_lossy().into_owned();
+        if name.contains(".tmp.") {
+            v.push(e.display().to_string());
+        }
+    }
+    v
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(rd) = fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                out.extend(walk(&p));
+            }
+            out.push(p);
+        }
+    }
+    out
+}
+
+macro_rules! for_each_backend {
+    ($($name:ident),* $(,)?) => {
+        mod uring {
+            $( #[test] fn $name() { super::$name(beamline_io::Backend::Uring) } )*
+        }
+        mod threads {
+            $( #[test] fn $name() { super::$name(beamline_io::Backend::Threads) } )*
+        }
+    };
+}
+
+for_each_backend!(
+    round_trip,
+    nested_dirs_and_root_created,
+    overwrite_is_atomic,
+    dot_dot_escape,
+    absolute_path_is_stripped,
+    symlinks_out_are_escapes,
+    symlinks_inside_are_followed,
+    hard_links_are_refused,
+    special_files_are_refused,
+    missing_and_directory,
+    size_cap,
+    invalid_paths,
+    read_only_dir,
+    failed_put_leaves_no_temp_file,
+    durable_put,
+    many_concurrent_requests,
+    overloaded_when_queue_full,
+    shutdown_completes_or_refuses,
+    backend_is_reported,
+);
+
+fn round_trip(b: Backend) {
+    let Some(pool) = start(config(b)) else { return };
+    let e = env();
+    rt().block_on(async {
+        let text = Bytes::from_static(b"{\"hello\": \"world\"}\n");
+        let info = pool
+            .put(
+                &e.root,
+                "/data/x.json",
+                text.clone(),
+                Some("application/json"),
+            )
+            .await
+            .unwrap();
+        assert_eq!(info.size_bytes, text.len() as u64);
+        // Leading '/' or not: the same file.
+        let got = pool.get(&e.root, "data/x.json").await.unwrap();
+        assert_eq!(got.bytes, text.as_ref());
+        assert_eq!(got.content_type.as_deref(), Some("application/json"));
+        assert_eq!(fs::read(e.root.join("data/x.json")).unwrap(), text.as_ref());
+
+        let binary: Vec<u8> = (0..=255u8).cycle().take(4099).collect();
+        pool.put(&e.root, "bin", Bytes::from(binary.clone()), None)
+            .await
+            .unwrap();
+        let got = pool.get(&e.root, "/bin").await.unwrap();
+        assert_eq!(got.bytes, binary);
+        assert_eq!(got.content_type, None);
+
+        let info = pool
+            .put(&e.root, "empty", Bytes::new(), Some("text/plain"))
+            .await
+            .unwrap();
+        assert_eq!(info.size_bytes, 0);
+        let got = pool.get(&e.root, "empty").await.unwrap();
+        assert!(got.bytes.is_empty());
+        assert_eq!(got.content_type.as_deref(), Some("text/plain"));
+
+        let big: Vec<u8> = (0..(1u32 << 20))
+            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+            .collect();
+        pool.put(
+            &e.root,
+            "big.bin",
+            Bytes::from(big.clone()),
+            Some("application/octet-stream"),
+        )
+        .await
+        .unwrap();
+        let got = pool.get(&e.root, "big.bin").await.unwrap();
+        assert_eq!(got.bytes.len(), 1 << 20);
+        assert!(got.bytes == big);
+
+        // Overwriting without a content type drops the old one (fresh inode).
+        pool.put(&e.root, "data/x.json", Bytes::from_static(b"2"), None)
+            .await
+            .unwrap();
+        let got = pool.get(&e.root, "data/x.json").await.unwrap();
+        assert_eq!(got.bytes, b"2");
+        assert_eq!(got.content_type, None);
+        assert_eq!(pool.queue_depth(), 0);
+    });
+    assert!(tmp_leftovers(&e.root).is_empty());
+}
+
+fn nested_dirs_and_root_created(b: Backend) {
+    let Some(pool) = start(config(b)) else { return };
+    let e = env();
+    rt().block_on(async {
+        pool.put(&e.root, "a/b/c/d/e.txt", Bytes::from_static(b"deep"), None)
+            .await
+            .unwrap();
+        assert_eq!(fs::read(e.root.join("a/b/c/d/e.txt")).unwrap(), b"deep");
+        // Partly existing chain, odd spellings.
+        pool.put(&e.root, "a//b/./x/y.txt", Bytes::from_static(b"y"), None)
+            .await
+            .unwrap();
+        assert_eq!(fs::read(e.root.join("a/b/x/y.txt")).unwrap(), b"y");
+        // `..` that stays inside the root is fine.
+        pool.put(&e.root, "a/b/../z.txt", Bytes::from_static(b"z"), None)
+            .await
+            .unwrap();
+        assert_eq!(fs::read(e.root.join("a/z.txt")).unwrap(), b"z");
+        pool.put(
+            &e.root,
+            "new/../also/../n.txt",
+            Bytes::from_static(b"n"),
+            None,
+        )
+        .await
+        .unwrap();
+        assert_eq!(fs::read(e.root.join("n.txt")).unwrap(), b"n");
+
+        // A missing tenant root is created (one level).
+        let fresh = e.root.parent().unwrap().join("fresh-tenant");
+        pool.put(&fresh, "f.txt", Bytes::from_static(b"f"), None)
+            .await
+            .unwrap();
+        assert_eq!(fs::read(fresh.join("f.txt")).unwrap(), b"f");
+        // ...but only one level.
+        let deep = e.root.parent().unwrap().join("no/such/tenant");
+        let err = pool
+            .put(&deep, "f.txt", Bytes::from_static(b"f"), None)
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind, FsErrorKind::NotFound, "{err}");
+        // A get under a missing root is NotFound, and creates nothing.
+        let missing = e.root.parent().unwrap().join("missing-tenant");
+        let err = pool.get(&missing, "f.txt").await.unwrap_err();
+        assert_eq!(err.kind, FsErrorKind::NotFound);
+        assert!(!missing.exists());
+        // A regular file in the middle of the path.
+        let err = pool
+            .put(&e.root, "a/z.txt/under", Bytes::from_static(b"x"), None)
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind, FsErrorKind::InvalidPath, "{err}");
+    });
+}
+
+fn overwrite_is_atomic(b: Backend) {
+    let Some(pool) = start(config(b)) else { return };
+    let e = env();
+    let a = Bytes::from(vec![b'a'; 64 * 1024]);
+    let bb = Bytes::from(vec![b'b'; 192 * 1024]);
+    let runtime = rt();
+    runtime.block_on(async {
+        pool.put(&e.root, "hot/file", a.clone(), Some("text/a"))
+            .await
+            .unwrap();
+    });
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let pool = pool.clone();
+        let root = e.root.clone();
+        let stop = Arc::clone(&stop);
+        let (a, bb) = (a.clone(), bb.clone());
+        runtime.spawn(async move {
+            let mut n = 0u32;
+            while !stop.load(Ordering::Relaxed) || n < 50 {
+                let (data, ct) = if n & 1 == 0 {
+                    (&bb, "text/b")
+                } else {
+                    (&a, "text/a")
+                };
+                pool.put(&root, "hot/file", data.clone(), Some(ct))
+                    .await
+                    .unwrap();
+                n += 1;
+                if n >= 2000 {
+                    break;
+                }
+            }
+            n
+        })
+    };
+    let reads = runtime.block_on(async {
+        let mut reads = 0;
+        for _ in 0..400 {
+            let got = pool.get(&e.root, "hot/file").await.unwrap();
+            let first = got.bytes[0];
+            let want_len = if first == b'a' { a.len() } else { bb.len() };
+            assert_eq!(got.bytes.len(), want_len, "partial file seen");
+            assert!(got.bytes.iter().all(|&c| c == first), "mixed content seen");
+            // The content type travels with the inode, so it always matches.
+            let want_ct = if first == b'a' { "text/a" } else { "text/b" };
+            assert_eq!(got.content_type.as_deref(), Some(want_ct));
+            reads += 1;
+        }
+        reads
+    });
+    stop.store(true, Ordering::Relaxed);
+    let writes = runtime.block_on(writer).unwrap();
+    assert_eq!(reads, 400);
+    assert!(writes >= 50);
+    assert!(tmp_leftovers(&e.root).is_empty());
+}
+
+fn dot_dot_escape(b: Backend) {
+    let Some(pool) = start(config(b)) else { return };
+    let e = env();
+    fs::create_dir(e.root.join("sub")).unwrap();
+    rt().block_on(async {
+        for p in [
+            "../outside/secret.txt",
+            "sub/../../outside/secret.txt",
+            "/../outside/secret.txt",
+        ] {
+            let err = pool.get(&e.root, p).await.unwrap_err();
+            assert_eq!(err.kind, FsErrorKind::Escape, "{p}: {err}");
+        }
+        for p in [
+            "../outside/new.txt",
+            "sub/../../outside/new.txt",
+            "../evil/new.txt",
+        ] {
+            let err = pool
+                .put(&e.root, p, Bytes::from_static(b"x"), None)
+                .await
+                .unwrap_err();
+            assert_eq!(err.kind, FsErrorKind::Escape, "{p}: {err}");
+        }
+        let err = pool
+            .get(&e.root, "../outside/secret.txt")
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "open ../outside/secret.txt: escapes the tenant root"
+        );
+    });
+    assert!(!e.outside.join("new.txt").exists());
+    assert!(!e.root.parent().unwrap().join("evil").exists());
+    assert_eq!(
+        fs::read(e.outside.join("secret.txt")).unwrap(),
+        b"top secret"
+    );
+}
+
+fn absolute_path_is_stripped(b: Backend) {
+    let Some(pool) = start(config(b)) else { return };
+    let e = env();
+    let real = fs::read("/etc/passwd").ok();
+    rt().block_on(async {
+        // Stripped to "etc/passwd" beneath the root: does not exist there.
+        let err = pool.get(&e.root, "/etc/passwd").await.unwrap_err();
+        assert_eq!(err.kind, FsErrorKind::NotFound, "{err}");
+        pool.put(
+            &e.root,
+            "/etc/passwd",
+            Bytes::from_static(b"tenant data"),
+            None,
+        )
+        .await
+        .unwrap();
+        let got = pool.get(&e.root, "/etc/passwd").await.unwrap();
+        assert_eq!(got.bytes, b"tenant data");
+        if let Some(real) = &real {
+            assert_ne!(&got.bytes, real);
+        }
+    });
+    assert_eq!(fs::read(e.root.join("etc/passwd")).unwrap(), b"tenant data");
+    assert_eq!(
+        fs::read("/etc/passwd").ok(),
+        real,
+        "real /etc/passwd changed"
+    );
+}
+
+fn symlinks_out_are_escapes(b: Backend) {
+    let Some(pool) = start(config(b)) else { return };
+    let e = env();
+    // Relative link to a directory outside, absolute link to a directory outside, link to an
+    // outside file, absolute link to a file that IS inside the root (absolute links are
+    // refused wholesale under RESOLVE_BENEATH), and a dangling absolute link.
+    symlink("../outside", e.root.join("reldir")).unwrap();
+    symlink(&e.outside, e.root.join("absdir")).unwrap();
+    symlink(e.outside.join("secret.txt"), e.root.join("secretlink")).unwrap();
+    fs::write(e.root.join("inside.txt"), b"in").unwrap();
+    symlink(e.root.join("inside.txt"), e.root.join("abs-inside")).unwrap();
+    symlink("/nonexistent/dir", e.root.join("dangling")).unwrap();
+    rt().block_on(async {
+        for p in [
+            "reldir/secret.txt",
+            "absdir/secret.txt",
+            "secretlink",
+            "abs-inside",
+            "dangling/x",
+        ] {
+            let err = pool.get(&e.root, p).await.unwrap_err();
+            assert_eq!(err.kind, FsErrorKind::Escape, "{p}: {err}");
+        }
+        for p in [
+            "reldir/new.txt",
+            "absdir/new.txt",
+            "absdir/deeper/new.txt",
+            "dangling/x",
+        ] {
+            let err = pool
+                .put(&e.root, p, Bytes::from_static(b"x"), None)
+                .await
+                .unwrap_err();
+            assert_eq!(err.kind, FsErrorKind::Escape, "{p}: {err}");
+        }
+        // A put onto a symlink replaces the link itself (rename never follows it), so it
+        // cannot write through to the outside file.
+        pool.put(&e.root, "secretlink", Bytes::from_static(b"replaced"), None)
+            .await
+            .unwrap();
+    });
+    assert_eq!(
+        fs::read(e.outside.join("secret.txt")).unwrap(),
+        b"top secret"
+    );
+    assert!(!e.outside.join("new.txt").exists());
+    assert!(!e.outside.join("deeper").exists());
+    let meta = fs::symlink_metadata(e.root.join("secretlink")).unwrap();
+    assert!(meta.file_type().is_file());
+    assert_eq!(fs::read(e.root.join("secretlink")).unwrap(), b"replaced");
+}
+
+fn symlinks_inside_are_followed(b: Backend) {
+    let Some(pool) = start(config(b)) else { return };
+    let e = env();
+    fs::create_dir(e.root.join("real")).unwrap();
+    fs::write(e.root.join("real/file.txt"), b"real content").unwrap();
+    symlink("real/file.txt", e.root.join("alias")).unwrap();
+    symlink("real", e.root.join("dirlink")).unwrap();
+    fs::create_dir(e.root.join("sub")).unwrap();
+    symlink("../real", e.root.join("sub/up")).unwrap();
+    rt().block_on(async {
+        assert_eq!(
+            pool.get(&e.root, "alias").await.unwrap().bytes,
+            b"real content"
+        );
+        assert_eq!(
+            pool.get(&e.root, "dirlink/file.txt").await.unwrap().bytes,
+            b"real content"
+        );
+        assert_eq!(
+            pool.get(&e.root, "sub/up/file.txt").await.unwrap().bytes,
+            b"real content"
+        );
+        pool.put(
+            &e.root,
+            "dirlink/new.txt",
+            Bytes::from_static(b"via link"),
+            None,
+        )
+        .await
+        .unwrap();
+        pool.put(
+            &e.root,
+            "sub/up/newdir/n.txt",
+            Bytes::from_static(b"n"),
+            None,
+        )
+        .await
+        .unwrap();
+    });
+    assert_eq!(fs::read(e.root.join("real/new.txt")).unwrap(), b"via link");
+    assert_eq!(fs::read(e.root.join("real/newdir/n.txt")).unwrap(), b"n");
+}
+
+fn hard_links_are_refused(b: Backend) {
+    let Some(pool) = start(config(b)) else { return };
+    let e = env();
+    // Same filesystem (one tempdir), so the hard link can be made.
+    fs::hard_link(e.outside.join("secret.txt"), e.root.join("hl")).unwrap();
+    fs::write(e.root.join("a.txt"), b"a").unwrap();
+    fs::hard_link(e.root.join("a.txt"), e.root.join("b.txt")).unwrap();
+    rt().block_on(async {
+        let err = pool.get(&e.root, "hl").await.unwrap_err();
+        assert_eq!(err.kind, FsErrorKind::Escape, "{err}");
+        // Documented: every multiply-linked file is refused, even with both names inside.
+        let err = pool.get(&e.root, "a.txt").await.unwrap_err();
+        assert_eq!(err.kind, FsErrorKind::Escape, "{err}");
+        // Writing over a hard link replaces the entry and never touches the other name.
+        pool.put(&e.root, "hl", Bytes::from_static(b"mine"), None)
+            .await
+            .unwrap();
+        assert_eq!(pool.get(&e.root, "hl").await.unwrap().bytes, b"mine");
+    });
+    assert_eq!(
+        fs::read(e.outside.join("secret.txt")).unwrap(),
+        b"top secret"
+    );
+}
+
+fn special_files_are_refused(b: Backend) {
+    let Some(pool) = start(config(b)) else { return };
+    let e = env();
+    let fifo = std::ffi::CString::new(e.root.join("fifo").to_str().unwrap()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
+    symlink("fifo", e.root.join("to-fifo")).unwrap();
+    symlink("loop-b", e.root.join("loop-a")).unwrap();
+    symlink("loop-a", e.root.join("loop-b")).unwrap();
+    rt().block_on(async {
+        // Opening a FIFO with no writer must not block the IO thread.
+        let got = tokio::time::timeout(Duration::from_secs(10), async {
+            (
+                pool.get(&e.root, "fifo").await,
+                pool.get(&e.root, "to-fifo").await,
+            )
+        })
+        .await
+        .expect("reading a FIFO blocked");
+        for r in [got.0, got.1] {
+            let err = r.unwrap_err();
+            assert_eq!(err.kind, FsErrorKind::InvalidPath, "{err}");
+        }
+        // A symlink loop is reported like an escape (ELOOP).
+        let err = pool.get(&e.root, "loop-a").await.unwrap_err();
+        assert_eq!(err.kind, FsErrorKind::Escape, "{err}");
+        // The pool still works afterwards.
+        pool.put(&e.root, "ok", Bytes::from_static(b"ok"), None)
+            .await
+            .unwrap();
+        assert_eq!(pool.get(&e.root, "ok").await.unwrap().bytes, b"ok");
+    });
+}
+
+fn missing_and_directory(b: Backend) {
+    let Some(pool) = start(config(b)) else { return };
+    let e = env();
+    fs::create_dir_all(e.root.join("d/inner")).unwrap();
+    fs::write(e.root.join("d/f.txt"), b"f").unwrap();
+    rt().block_on(async {
+        for p in ["nope.txt", "no/such/dir.txt", "d/f.txt/child"] {
+            let err = pool.get(&e.root, p).await.unwrap_err();
+            assert_eq!(err.kind, FsErrorKind::NotFound, "{p}: {err}");
+        }
+        let err = pool.get(&e.root, "d").await.unwrap_err();
+        assert_eq!(err.kind, FsErrorKind::IsADirectory, "{err}");
+        let err = pool.get(&e.root, "d/inner").await.unwrap_err();
+        assert_eq!(err.kind, FsErrorKind::IsADirectory, "{err}");
+        let err = pool
+            .put(&e.root, "d", Bytes::from_static(b"x"), None)
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind, FsErrorKind::IsADirectory, "{err}");
+    });
+    assert!(e.root.join("d/inner").is_dir());
+    assert!(tmp_leftovers(&e.root).is_empty());
+}
+
+fn size_cap(b: Backend) {
+    let Some(pool) = start(IoConfig {
+        max_file_bytes: 1024,
+        ..config(b)
+    }) else {
+        return;
+    };
+    let e = env();
+    fs::write(e.root.join("big"), vec![0u8; 2048]).unwrap();
+    fs::write(e.root.join("exact"), vec![7u8; 1024]).unwrap();
+    rt().block_on(async {
+        let err = pool
+            .put(&e.root, "x", Bytes::from(vec![0u8; 1025]), None)
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind, FsErrorKind::TooLarge);
+        pool.put(&e.root, "x", Bytes::from(vec![1u8; 1024]), None)
+            .await
+            .unwrap();
+        let err = pool.get(&e.root, "big").await.unwrap_err();
+        assert_eq!(err.kind, FsErrorKind::TooLarge, "{err}");
+        assert_eq!(pool.get(&e.root, "exact").await.unwrap().bytes.len(), 1024);
+    });
+}
+
+fn invalid_paths(b: Backend) {
+    let Some(pool) = start(config(b)) else { return };
+    let e = env();
+    rt().block_on(async {
+        for p in ["", "/", "//", "a/", "a\0b", ".", "..", "a/.", "a/.."] {
+            let err = pool.get(&e.root, p).await.unwrap_err();
+            assert_eq!(err.kind, FsErrorKind::InvalidPath, "get {p:?}: {err}");
+            let err = pool
+                .put(&e.root, p, Bytes::from_static(b"x"), None)
+                .await
+                .unwrap_err();
+            assert_eq!(err.kind, FsErrorKind::InvalidPath, "put {p:?}: {err}");
+        }
+        let long = "n".repeat(300);
+        let err = pool
+            .put(&e.root, &long, Bytes::from_static(b"x"), None)
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind, FsErrorKind::InvalidPath);
+        // A 255-byte name works, its temp name is shortened.
+        let max = "m".repeat(255);
+        pool.put(&e.root, &max, Bytes::from_static(b"x"), None)
+            .await
+            .unwrap();
+        assert_eq!(pool.get(&e.root, &max).await.unwrap().bytes, b"x");
+    });
+    assert_eq!(fs::read_dir(&e.root).unwrap().count(), 1);
+}
+
+fn read_only_dir(b: Backend) {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        // Root (CAP_DAC_OVERRIDE) ignores a 0555 mode, and a read-only bind mount would need
+        // CAP_SYS_ADMIN plus a private mount namespace; rather than fake the error, the
+        // PermissionDenied / ReadOnlyFs paths are only covered when not running as root (the
+        // errno mapping itself is unit-tested).
+        eprintln!("SKIP read_only_dir: running as root, permission bits are not enforced");
+        return;
+    }
+    let Some(pool) = start(config(b)) else { return };
+    let e = env();
+    let ro = e.root.join("ro");
+    fs::create_dir(&ro).unwrap();
+    fs::write(ro.join("f"), b"f").unwrap();
+    fs::set_permissions(&ro, fs::Permissions::from_mode(0o555)).unwrap();
+    rt().block_on(async {
+        let err = pool
+            .put(&e.root, "ro/new", Bytes::from_static(b"x"), None)
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind, FsErrorKind::PermissionDenied, "{err}");
+        let err = pool
+            .put(&e.root, "ro/sub/new", Bytes::from_static(b"x"), None)
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind, FsErrorKind::PermissionDenied, "{err}");
+        // Reading still works.
+        assert_eq!(pool.get(&e.root, "ro/f").await.unwrap().bytes, b"f");
+    });
+    fs::set_permissions(&ro, fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+fn failed_put_leaves_no_temp_file(b: Backend) {
+    let Some(pool) = start(config(b)) else { return };
+    let e = env();
+    fs::create_dir_all(e.root.join("dir/full")).unwrap();
+    fs::write(e.root.join("dir/full/x"), b"x").unwrap();
+    rt().block_on(async {
+        // The temp file is created and written; the rename over a non-empty directory fails.
+        let err = pool
+            .put(
+                &e.root,
+                "dir/full",
+                Bytes::from(vec![5u8; 10_000]),
+                Some("a/b"),
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind, FsErrorKind::IsADirectory, "{err}");
+        assert_eq!(err.op, "rename");
+    });
+    assert!(
+        tmp_leftovers(&e.root).is_empty(),
+        "{:?}",
+        tmp_leftovers(&e.root)
+    );
+    assert_eq!(fs::read(e.root.join("dir/full/x")).unwrap(), b"x");
+}
+
+fn durable_put(b: Backend) {
+    let Some(pool) = start(config(b)) else { return };
+    let e = env();
+    rt().block_on(async {
+        let opts = PutOptions { durable: true };
+        pool.put_with(
+            &e.root,
+            "d/u/r.txt",
+            Bytes::from_static(b"durable"),
+            Some("text/plain"),
+            opts,
+        )
+        .await
+        .unwrap();
+        pool.put_with(&e.root, "top.txt", Bytes::from_static(b"top"), None, opts)
+            .await
+            .unwrap();
+        let got = pool.get(&e.root, "d/u/r.txt").await.unwrap();
+        assert_eq!(got.bytes, b"durable");
+        assert_eq!(got.content_type.as_deref(), Some("text/plain"));
+        assert_eq!(pool.get(&e.root, "top.txt").await.unwrap().bytes, b"top");
+    });
+}
+
+fn many_concurrent_requests(b: Backend) {
+    let Some(pool) = start(config(b)) else { return };
+    let e = env();
+    let runtime = rt();
+    runtime.block_on(async {
+        for i in 0..20 {
+            pool.put(
+                &e.root,
+                &format!("f/{i}.txt"),
+                Bytes::from(format!("file {i}")),
+                None,
+            )
+            .await
+            .unwrap();
+        }
+        let mut set = tokio::task::JoinSet::new();
+        for i in 0..2000usize {
+            let pool = pool.clone();
+            let root = e.root.clone();
+            set.spawn(async move {
+                let k = i % 20;
+                if i % 10 == 0 {
+                    // A few writes mixed in (to other files).
+                    pool.put(
+                        &root,
+                        &format!("w/{i}.txt"),
+                        Bytes::from(vec![1u8; 100]),
+                        None,
+                    )
+                    .await
+                    .map(|_| ())
+                } else {
+                    let got = pool.get(&root, &format!("f/{k}.txt")).await?;
+                    assert_eq!(got.bytes, format!("file {k}").as_bytes());
+                    Ok(())
+                }
+            });
+        }
+        let mut ok = 0;
+        while let Some(r) = set.join_next().await {
+            r.unwrap().unwrap();
+            ok += 1;
+        }
+        assert_eq!(ok, 2000);
+        assert_eq!(pool.queue_depth(), 0);
+    });
+    assert_eq!(fs::read_dir(e.root.join("w")).unwrap().count(), 200);
+}
+
+fn overloaded_when_queue_full(b: Backend) {
+    let Some(pool) = start(IoConfig {
+        threads: 1,
+        queue_capacity: 1,
+        ring_entries: 8,
+        ..config(b)
+    }) else {
+        return;
+    };
+    let e = env();
+    fs::write(e.root.join("f"), vec![3u8; 1000]).unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let mut set = tokio::task::JoinSet::new();
+        for _ in 0..2000 {
+            let pool = pool.clone();
+            let root = e.root.clone();
+            set.spawn(async move { pool.get(&root, "f").await });
+        }
+        let (mut ok, mut overloaded) = (0, 0);
+        while let Some(r) = set.join_next().await {
+            match r.unwrap() {
+                Ok(d) => {
+                    assert_eq!(d.bytes.len(), 1000);
+                    ok += 1;
+                }
+                Err(err) => {
+                    assert_eq!(err.kind, FsErrorKind::Overloaded, "{err}");
+                    assert_eq!(err.to_string(), "get f: I/O queue full");
+                    overloaded += 1;
+                }
+            }
+        }
+        assert_eq!(ok + overloaded, 2000);
+        assert!(overloaded > 0, "queue of 1 never overflowed (ok={ok})");
+        assert!(ok > 0);
+    });
+}
+
+fn shutdown_completes_or_refuses(b: Backend) {
+    let Some(pool) = start(config(b)) else { return };
+    let e = env();
+    fs::write(e.root.join("f"), b"data").unwrap();
+    let runtime = rt();
+    runtime.block_on(async {
+        let mut set = tokio::task::JoinSet::new();
+        for i in 0..500 {
+            let pool = pool.clone();
+            let root = e.root.clone();
+            set.spawn(async move {
+                if i % 5 == 0 {
+                    pool.put(&root, &format!("p/{i}"), Bytes::from_static(b"p"), None)
+                        .await
+                        .map(|_| ())
+                } else {
+                    pool.get(&root, "f")
+                        .await
+                        .map(|d| assert_eq!(d.bytes, b"data"))
+                }
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        pool.shutdown();
+        pool.shutdown(); // idempotent
+        let (mut ok, mut shut) = (0, 0);
+        let all = tokio::time::timeout(Duration::from_secs(30), async {
+            while let Some(r) = set.join_next().await {
+                match r.unwrap() {
+                    Ok(()) => ok += 1,
+                    Err(err) => {
+                        assert_eq!(err.kind, FsErrorKind::Shutdown, "{err}");
+                        shut += 1;
+                    }
+                }
+            }
+        })
+        .await;
+        assert!(all.is_ok(), "requests hung after shutdown");
+        assert_eq!(ok + shut, 500);
+        let err = pool.get(&e.root, "f").await.unwrap_err();
+        assert_eq!(err.kind, FsErrorKind::Shutdown);
+        let err = pool
+            .put(&e.root, "g", Bytes::from_static(b"g"), None)
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind, FsErrorKind::Shutdown);
+        assert_eq!(pool.queue_depth(), 0);
+    });
+    // Every put that reported success is on disk in full.
+    for p in walk(&e.root.join("p")) {
+        assert_eq!(fs::read(&p).unwrap(), b"p");
+    }
+    assert!(tmp_leftovers(&e.root).is_empty());
+    // Dropping the last handle joins the (already stopped) threads.
+    drop(pool);
+
+    // Dropping the last handle with work queued also completes it.
+    let Some(pool) = start(config(b)) else { return };
+    let rx = {
+        let pool2 = pool.clone();
+        let root = e.root.clone();
+        let handle = runtime.spawn(async move { pool2.get(&root, "f").await });
+        drop(pool);
+        handle
+    };
+    let r = runtime.block_on(rx).unwrap();
+    match r {
+        Ok(d) => assert_eq!(d.bytes, b"data"),
+        Err(err) => assert_eq!(err.kind, FsErrorKind::Shutdown),
+    }
+}
+
+fn backend_is_reported(b: Backend) {
+    let Some(pool) = start(config(b)) else { return };
+    assert_eq!(pool.backend(), b);
+    assert_eq!(pool.threads(), 2);
+    assert!(
+        format!("{pool:?}").contains(b.as_str())
+            || format!("{pool:?}").contains("Uring")
+            || format!("{pool:?}").contains("Threads")
+    );
+    // With no forced backend, the probe decides.
+    let auto = IoPool::start(IoConfig {
+        force_backend: None,
+        ..config(b)
+    })
+    .unwrap();
+    let want = if beamline_io::probe_uring().is_ok() {
+        Backend::Uring
+    } else {
+        Backend::Threads
+    };
+    assert_eq!(auto.backend(), want);
+    if std::env::var_os("BEAMLINE_IO_REQUIRE_URING").is_some() {
+        assert_eq!(auto.backend(), Backend::Uring);
+    }
+}
