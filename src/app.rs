@@ -171,6 +171,8 @@ pub async fn run(cfg: Config) -> Result<(), String> {
         stopping: CancellationToken::new(),
         hard_stop: CancellationToken::new(),
         slots: Arc::new(Semaphore::new(slots)),
+        over_memory: std::sync::atomic::AtomicBool::new(false),
+        quotas: crate::runtime::quota::Quotas::new(cfg.tenant_max_in_flight),
     });
     let runtime = Runtime::start(shared.clone())?;
     let _ = probe.runtime.set(runtime.clone());
@@ -208,6 +210,7 @@ pub async fn run(cfg: Config) -> Result<(), String> {
         runtime.clone(),
         stop.clone(),
     ));
+    let memory = tokio::spawn(watch_memory(shared.clone(), stop.clone()));
     let heartbeat = tokio::spawn(heartbeats(cfg.clone(), publisher.clone(), runtime.clone(), probe.clone(), stop.clone()));
 
     shutdown_signal().await;
@@ -218,12 +221,35 @@ pub async fn run(cfg: Config) -> Result<(), String> {
     let grace = cfg.shutdown_grace;
     let _ = tokio::task::spawn_blocking(move || rt.shutdown(grace)).await;
     stop.cancel();
-    let _ = tokio::join!(control, heartbeat);
+    let _ = tokio::join!(control, heartbeat, memory);
     io.shutdown();
     let _ = client.flush().await;
     tracing::info!("worker stopped");
     drop(sandbox_dir);
     Ok(())
+}
+
+/// Samples RSS; over `--max-memory-mb` the worker stops pulling (JetStream) or answers
+/// 4002 (core) until it is back under 90 % of the budget.
+async fn watch_memory(shared: Arc<Shared>, stop: CancellationToken) {
+    use std::sync::atomic::Ordering;
+    let budget = shared.config.max_memory_mb << 20;
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let Some((_, rss)) = crate::telemetry::metrics::process_usage() else { continue };
+        let over = shared.over_memory.load(Ordering::Relaxed);
+        if !over && rss > budget {
+            tracing::warn!(rss_mb = rss >> 20, budget_mb = budget >> 20, "over the memory budget: intake paused");
+            shared.over_memory.store(true, Ordering::Relaxed);
+        } else if over && rss < budget / 10 * 9 {
+            tracing::info!(rss_mb = rss >> 20, "back under the memory budget: intake resumed");
+            shared.over_memory.store(false, Ordering::Relaxed);
+        }
+    }
 }
 
 async fn heartbeats(cfg: Arc<Config>, publisher: Publisher, rt: Arc<Runtime>, probe: Arc<WorkerProbe>, stop: CancellationToken) {

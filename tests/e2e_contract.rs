@@ -345,3 +345,17 @@ async fn results_and_acks_are_kept_in_jetstream_with_msg_ids() {
     assert_eq!(v["assignment_id"], "js-1");
     drop(n);
 }
+
+#[tokio::test]
+async fn a_tenant_over_its_quota_gets_2004_and_other_tenants_still_run() {
+    let (_n, _w, router) = setup("core", &["--tenant-max-in-flight=1"]).await;
+    router.assign(&approval("q-a1", "flood", 30_000)).await;
+    router.seen.wait_for(APPROVAL_REQUEST, "q-a1", Duration::from_secs(10)).await;
+    router.assign(&approval("q-a2", "flood", 30_000)).await;
+    let r = router.result("q-a2").await;
+    assert_eq!((r["status"].as_str(), code(&r)), (Some("error"), 2004), "{r}");
+    assert_eq!(r["error_code"], "QUOTA_EXCEEDED");
+    assert_eq!(router.dlq("q-a2").await["dlq_reason"], "quota_exceeded");
+    router.assign(&approval("q-b1", "quiet", 30_000)).await;
+    router.seen.wait_for(APPROVAL_REQUEST, "q-b1", Duration::from_secs(10)).await;
+}

@@ -154,6 +154,10 @@ pub struct Cli {
     pub shutdown_grace_ms: Option<u64>,
     #[arg(long, env = "WORKER_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
+    /// Most assignments one tenant may have running at once on this worker (0: no limit);
+    /// beyond it → 2004.
+    #[arg(long, env = "WORKER_TENANT_MAX_IN_FLIGHT")]
+    pub tenant_max_in_flight: Option<usize>,
     /// Dynamic batching: most inference requests run as one batch.
     #[arg(long, env = "WORKER_GPU_MAX_BATCH_SIZE")]
     pub gpu_max_batch_size: Option<usize>,
@@ -285,6 +289,7 @@ pub struct Config {
     pub shutdown_grace: Duration,
     pub log_format: LogFormat,
     pub profile_name: Option<String>,
+    pub tenant_max_in_flight: usize,
     pub gpu_max_batch_size: usize,
     pub gpu_max_queue_delay: Duration,
     pub gpu_memory_budget_mb: u64,
@@ -491,6 +496,7 @@ impl Config {
             shutdown_grace: Duration::from_millis(pick!(shutdown_grace_ms, 10_000)),
             log_format: pick!(log_format, LogFormat::Json),
             profile_name: p.name.clone(),
+            tenant_max_in_flight: pick!(tenant_max_in_flight, 0),
             gpu_max_batch_size: positive("gpu-max-batch-size", pick!(gpu_max_batch_size, 64))?,
             gpu_max_queue_delay: Duration::from_micros(pick!(gpu_max_queue_delay_us, 500)),
             gpu_memory_budget_mb: positive_u64("gpu-memory-budget-mb", pick!(gpu_memory_budget_mb, 4096))?,

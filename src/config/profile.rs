@@ -100,6 +100,7 @@ pub struct WorkerSection {
     pub heartbeat_interval_ms: Option<u64>,
     pub shutdown_grace_ms: Option<u64>,
     pub log_format: Option<LogFormat>,
+    pub tenant_max_in_flight: Option<usize>,
     pub gpu_max_batch_size: Option<usize>,
     pub gpu_max_queue_delay_us: Option<u64>,
     pub gpu_memory_budget_mb: Option<u64>,

@@ -246,6 +246,7 @@ pub mod dlq_reason {
     pub const NON_RETRYABLE: &str = "non_retryable";
     pub const RETRIES_EXHAUSTED: &str = "retries_exhausted";
     pub const OVERLOADED: &str = "overloaded";
+    pub const QUOTA_EXCEEDED: &str = "quota_exceeded";
 }
 
 #[derive(Debug, Serialize)]

@@ -8,6 +8,7 @@ pub mod approvals;
 pub mod cancel;
 pub mod dedupe;
 mod pipeline;
+pub mod quota;
 
 use std::path::PathBuf;
 use std::rc::Rc;
@@ -49,6 +50,10 @@ pub struct Shared {
     pub hard_stop: CancellationToken,
     /// JetStream intake slots (one per assignment taken and not finished).
     pub slots: Arc<Semaphore>,
+    /// Set while the process is over `--max-memory-mb` (sampled by the app).
+    pub over_memory: std::sync::atomic::AtomicBool,
+    /// Per-tenant concurrency quota.
+    pub quotas: quota::Quotas,
 }
 
 impl Shared {
@@ -158,7 +163,7 @@ impl Runtime {
 
 impl Sink for Runtime {
     fn submit(&self, d: Delivery) -> Result<(), Delivery> {
-        if self.shared.stopping.is_cancelled() {
+        if self.shared.stopping.is_cancelled() || !self.accepting() {
             return Err(d);
         }
         let n = self.shards.len();
@@ -199,6 +204,10 @@ impl Sink for Runtime {
                 tracing::warn!(error = %e, "malformed cancel request ignored");
             }
         }
+    }
+
+    fn accepting(&self) -> bool {
+        !self.shared.over_memory.load(Ordering::Relaxed)
     }
 
     fn decision(&self, payload: &[u8]) {

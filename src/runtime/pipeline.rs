@@ -102,7 +102,11 @@ impl Task<'_> {
         let m = &shared.metrics;
         let (result, error, attempts, cost, device, reason) = match f {
             Finished::Rejected(e) => {
-                let reason = if e.code == ErrorCode::SystemOverload { dlq_reason::OVERLOADED } else { dlq_reason::INVALID_ASSIGNMENT };
+                let reason = match e.code {
+                    ErrorCode::SystemOverload => dlq_reason::OVERLOADED,
+                    ErrorCode::QuotaExceeded => dlq_reason::QUOTA_EXCEEDED,
+                    _ => dlq_reason::INVALID_ASSIGNMENT,
+                };
                 (e.result.clone(), Some(e), 0, 0.0, None, reason)
             }
             Finished::Done { result, error, attempts, cost, device, reason } => {
@@ -276,6 +280,14 @@ async fn handle_parsed(
     };
     let Some(job) = a.job else {
         return reject(&task, Some(guard), Some(kind), TaskError::missing("job")).await;
+    };
+    let Some(_quota) = shared.quotas.take(tenant) else {
+        drop(guard);
+        let e = TaskError::new(
+            ErrorCode::QuotaExceeded,
+            format!("tenant {tenant:?} already has {} assignments running on this worker", shared.quotas.limit()),
+        );
+        return reject(&task, None, Some(kind), e).await;
     };
     let reg = shared.cancels.register(tenant, a.assignment_id, &shared.hard_stop);
     let traceparent = a.trace_id.as_deref().and_then(traceparent_for);

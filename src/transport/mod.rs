@@ -265,6 +265,10 @@ pub trait Sink: Send + Sync + 'static {
     fn refuse(&self, d: Delivery);
     fn cancel(&self, payload: &[u8]);
     fn decision(&self, payload: &[u8]);
+    /// Whether to take more work now (false while over the memory budget).
+    fn accepting(&self) -> bool {
+        true
+    }
 }
 
 /// Consumes assignments until `stop`, in the configured mode. `slots` bounds what is taken
@@ -364,6 +368,13 @@ async fn consume_jetstream(
         tracing::info!(stream = %js.stream_name, durable = %cfg.js.durable, "consuming (JetStream durable pull consumer)");
         let mut errors_in_row = 0u32;
         loop {
+            // Over the memory budget: stop pulling until it is back under.
+            while !sink.accepting() {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+                }
+            }
             // Take a slot before the next message, so a full worker stops pulling.
             let permit = tokio::select! {
                 _ = stop.cancelled() => return,
