@@ -37,15 +37,10 @@ async fn stored_results(router: &Router, prefix: &str) -> HashSet<String> {
     };
     let mut ids = HashSet::new();
     let Ok(mut msgs) = consumer.messages().await else { return ids };
-    loop {
-        match tokio::time::timeout(Duration::from_millis(500), msgs.next()).await {
-            Ok(Some(Ok(m))) => {
-                let v: Value = serde_json::from_slice(&m.payload).unwrap_or_default();
-                if let Some(id) = v["assignment_id"].as_str().filter(|id| id.starts_with(prefix)) {
-                    ids.insert(id.to_owned());
-                }
-            }
-            _ => break,
+    while let Ok(Some(Ok(m))) = tokio::time::timeout(Duration::from_millis(500), msgs.next()).await {
+        let v: Value = serde_json::from_slice(&m.payload).unwrap_or_default();
+        if let Some(id) = v["assignment_id"].as_str().filter(|id| id.starts_with(prefix)) {
+            ids.insert(id.to_owned());
         }
     }
     ids

@@ -11,16 +11,20 @@ use common::*;
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
+/// One scripted answer: status, body, extra headers.
+type Answer = (u16, String, Vec<(String, String)>);
+
 /// A scripted HTTP/1.1 upstream: answers each request with the next (status, body,
 /// extra headers), repeating the last; records every request's head.
 #[derive(Clone)]
 struct Upstream {
     port: u16,
-    script: Arc<Mutex<VecDeque<(u16, String, Vec<(String, String)>)>>>,
+    script: Arc<Mutex<VecDeque<Answer>>>,
     requests: Arc<Mutex<Vec<String>>>,
 }
 
 impl Upstream {
+    #[allow(clippy::type_complexity)]
     async fn start(script: Vec<(u16, &str, Vec<(&str, &str)>)>) -> Upstream {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let up = Upstream {

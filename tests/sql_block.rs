@@ -690,3 +690,25 @@ fn sandbox_mode_reads_normally() {
         ErrorCode::PermissionDenied,
     );
 }
+
+#[test]
+fn connection_cache_is_bounded() {
+    use beamline_worker::blocks::sql::MAX_CONNECTIONS;
+    let f = Fixture::new(&[]);
+    for i in 0..=MAX_CONNECTIONS {
+        let name = format!("db{i}.db");
+        Connection::open(f.root.join(&name))
+            .expect("create")
+            .execute_batch("CREATE TABLE t(a); INSERT INTO t VALUES (1);")
+            .expect("fill");
+        let out = f
+            .run(json!({"connection_string": format!("sqlite://{name}"), "query": "SELECT a FROM t"}))
+            .expect("runs");
+        assert_eq!(out["rows"], json!([{"a": 1}]));
+    }
+    assert_eq!(f.block.cached_connections(), MAX_CONNECTIONS);
+    // The least recently used (db0) was evicted; it reopens on demand.
+    f.run(json!({"connection_string": "sqlite://db0.db", "query": "SELECT a FROM t"}))
+        .expect("reopens");
+    assert_eq!(f.block.cached_connections(), MAX_CONNECTIONS);
+}

@@ -18,7 +18,8 @@ pub struct TaskError {
     /// Minimum delay before the next attempt (HTTP `Retry-After`).
     pub retry_after: Option<Duration>,
     /// What the block produced anyway (an HTTP 4xx/5xx response stays in `result`).
-    pub result: Option<serde_json::Value>,
+    /// Boxed: errors travel in `Result`s everywhere and should stay small.
+    pub result: Option<Box<serde_json::Value>>,
 }
 
 impl TaskError {
@@ -48,7 +49,7 @@ impl TaskError {
     }
 
     pub fn with_result(mut self, result: serde_json::Value) -> Self {
-        self.result = Some(result);
+        self.result = Some(Box::new(result));
         self
     }
 

@@ -106,7 +106,7 @@ impl Approvals {
     pub fn decide(&self, d: Decision) -> Routed {
         let mut g = self.lock();
         if let Some(p) = g.pending.get(&d.assignment_id) {
-            if !p.approvers.iter().any(|a| *a == d.approver) {
+            if !p.approvers.contains(&d.approver) {
                 return Routed::NotAnApprover;
             }
             let _ = p.tx.send(d);

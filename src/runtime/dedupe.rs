@@ -53,7 +53,7 @@ enum Entry {
 #[derive(Debug)]
 pub enum Begin {
     /// First sight: run it; the guard must be completed (or dropped to give up).
-    New(Guard),
+    New(Box<Guard>),
     /// Already finished: re-publish this.
     Done(Arc<Record>),
     /// Running right now in this process: wait for it.
@@ -136,10 +136,10 @@ impl Dedupe {
                 Err(e) => tracing::warn!(error = %e, "dedupe lookup failed"),
             }
         }
-        Begin::New(Guard {
+        Begin::New(Box::new(Guard {
             store: self.clone(),
             key: Some(key),
-        })
+        }))
     }
 
     fn finish(&self, key: &Key, record: Arc<Record>) {

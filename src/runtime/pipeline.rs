@@ -101,13 +101,13 @@ impl Task<'_> {
         let shared = self.shared;
         let m = &shared.metrics;
         let (result, error, attempts, cost, device, reason) = match f {
-            Finished::Rejected(e) => {
+            Finished::Rejected(mut e) => {
                 let reason = match e.code {
                     ErrorCode::SystemOverload => dlq_reason::OVERLOADED,
                     ErrorCode::QuotaExceeded => dlq_reason::QUOTA_EXCEEDED,
                     _ => dlq_reason::INVALID_ASSIGNMENT,
                 };
-                (e.result.clone(), Some(e), 0, 0.0, None, reason)
+                (e.result.take().map(|b| *b), Some(e), 0, 0.0, None, reason)
             }
             Finished::Done { result, error, attempts, cost, device, reason } => {
                 (result, error, attempts, cost, device, reason)
@@ -251,7 +251,7 @@ async fn handle_parsed(
         msg_id: format!("{tenant}:{}", a.assignment_id),
     };
     let guard = match shared.dedupe.begin(tenant, a.assignment_id).instrument(span.clone()).await {
-        Begin::New(g) => g,
+        Begin::New(g) => *g,
         Begin::Done(record) => return republish(&task, &record).await,
         Begin::Running(mut rx) => {
             // The same assignment is running here now: answer with its result when it lands.
@@ -381,6 +381,10 @@ impl Run<'_, '_> {
                 _ = tokio::time::sleep_until(deadline) => return timed_out(attempts, ctx),
                 r = AssertUnwindSafe(block.attempt(job, ctx)).catch_unwind() => r,
             };
+            if ctx.cancel.is_cancelled() {
+                // Whatever the block made of it, a cancel (or the hard stop) decides.
+                return self.stopped(attempts);
+            }
             let e = match r {
                 Ok(Ok(Output { result, cost, device })) => {
                     return Finished::Done { result: Some(result), error: None, attempts, cost, device, reason: "" }
@@ -396,15 +400,15 @@ impl Run<'_, '_> {
             }
             if !e.retryable || attempts >= self.retry.max_attempts {
                 let reason = if e.retryable { dlq_reason::RETRIES_EXHAUSTED } else { dlq_reason::NON_RETRYABLE };
-                let e = with_attempts(e, attempts);
-                return Finished::Done { result: e.result.clone(), error: Some(e), attempts, cost: 0.0, device: None, reason };
+                let mut e = with_attempts(e, attempts);
+                return Finished::Done { result: e.result.take().map(|b| *b), error: Some(e), attempts, cost: 0.0, device: None, reason };
             }
             let delay = self.retry.backoff(attempts + 1).max(e.retry_after.unwrap_or_default());
             if tokio::time::Instant::now() + delay >= deadline {
                 // Waiting would run into the deadline: return the last error instead.
-                let e = with_attempts(e, attempts);
+                let mut e = with_attempts(e, attempts);
                 return Finished::Done {
-                    result: e.result.clone(), error: Some(e), attempts, cost: 0.0, device: None,
+                    result: e.result.take().map(|b| *b), error: Some(e), attempts, cost: 0.0, device: None,
                     reason: dlq_reason::RETRIES_EXHAUSTED,
                 };
             }

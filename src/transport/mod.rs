@@ -187,7 +187,7 @@ impl Publisher {
 enum Settle {
     /// Core NATS: nothing to settle.
     Core,
-    Js(jetstream::message::Acker),
+    Js(Box<jetstream::message::Acker>),
 }
 
 impl std::fmt::Debug for Settle {
@@ -260,6 +260,7 @@ fn headers_of(h: Option<&HeaderMap>) -> AssignmentHeaders {
 /// Where the transport hands what it receives.
 pub trait Sink: Send + Sync + 'static {
     /// Queues an assignment; gives it back when every queue is full.
+    #[allow(clippy::result_large_err)] // hands ownership back; boxing it would cost an allocation per message
     fn submit(&self, d: Delivery) -> Result<(), Delivery>;
     /// Answers an assignment the worker has no room for (core mode: 4002).
     fn refuse(&self, d: Delivery);
@@ -349,7 +350,7 @@ async fn consume_jetstream(
                 continue;
             }
         };
-        let batch = (slots.available_permits().clamp(1, 256)) as usize;
+        let batch = slots.available_permits().clamp(1, 256);
         let mut messages = match consumer
             .stream()
             .max_messages_per_batch(batch)
@@ -394,7 +395,7 @@ async fn consume_jetstream(
                         headers: headers_of(m.headers.as_ref()),
                         payload: m.payload,
                         delivered,
-                        settle: Settle::Js(acker),
+                        settle: Settle::Js(Box::new(acker)),
                     };
                     permit.forget();
                     if let Err(d) = sink.submit(d) {

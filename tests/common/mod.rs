@@ -1,6 +1,6 @@
 //! Test harness: a real `nats-server -js` per test on a free port (killed on drop), the
 //! worker binary as a child process, and a NATS client that collects what the worker says.
-#![allow(dead_code)]
+#![allow(dead_code, unreachable_pub)] // shared by several test crates, each using part of it
 
 use std::collections::HashMap;
 use std::net::TcpListener;
@@ -274,10 +274,13 @@ pub async fn http_get(port: u16, path: &str) -> (u16, String, String) {
     (status, ctype, body.to_owned())
 }
 
+/// One message the worker published: subject, JSON body, headers.
+type Published = (String, Value, Option<async_nats::HeaderMap>);
+
 /// Everything the worker published, by subject, with headers.
 #[derive(Clone, Default)]
 pub struct Seen {
-    inner: Arc<Mutex<Vec<(String, Value, Option<async_nats::HeaderMap>)>>>,
+    inner: Arc<Mutex<Vec<Published>>>,
 }
 
 impl Seen {
