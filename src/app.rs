@@ -75,6 +75,7 @@ impl Probe for WorkerProbe {
 pub async fn run(cfg: Config) -> Result<(), String> {
     let cfg = Arc::new(cfg);
     let metrics = Arc::new(Metrics::new());
+    crate::telemetry::trace::bind_metrics(&metrics);
     let stop = CancellationToken::new();
 
     // Sandbox mode: files go to a throw-away root, removed at exit.
@@ -179,7 +180,7 @@ pub async fn run(cfg: Config) -> Result<(), String> {
 
     tracing::info!(
         worker_id = %cfg.worker_id,
-        consumer = ?cfg.consumer,
+        consumer = if cfg.consumer == ConsumerMode::Jetstream { "jetstream" } else { "core" },
         nats_url = %cfg.nats_url,
         cpu_pool_size = cfg.cpu_pool_size,
         cpu_cores = ?cfg.cpu_cores,
@@ -187,8 +188,8 @@ pub async fn run(cfg: Config) -> Result<(), String> {
         io_cores = ?cfg.io_cores,
         fs_backend = io.backend().as_str(),
         metrics_endpoint = %metrics_addr,
-        health_endpoint = ?health_addr,
-        profile = ?cfg.profile_name,
+        health_endpoint = health_addr.map(|a| a.to_string()),
+        profile = cfg.profile_name.as_deref(),
         sandbox = cfg.sandbox,
         "worker started"
     );

@@ -13,7 +13,8 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
-    beamline_worker::telemetry::logs::init(cfg.log_format);
+    let traces = beamline_worker::telemetry::trace::Traces::start(&cfg);
+    beamline_worker::telemetry::logs::init(cfg.log_format, &traces);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .thread_name("transport")
@@ -26,12 +27,15 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    match rt.block_on(beamline_worker::app::run(cfg)) {
+    let code = match rt.block_on(beamline_worker::app::run(cfg)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "worker failed");
             eprintln!("beamline_worker: {e}");
             std::process::ExitCode::FAILURE
         }
-    }
+    };
+    // Flush queued spans (bounded) before the process goes.
+    traces.shutdown();
+    code
 }

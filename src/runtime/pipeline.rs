@@ -241,6 +241,7 @@ async fn handle_parsed(
         tenant_id = tenant, trace_id = a.trace_id.as_deref(), run_id = a.run_id,
         block_type = a.job_type, worker_id = %shared.config.worker_id,
         assignment_id = a.assignment_id);
+    crate::telemetry::trace::continue_trace(&span, a.trace_id.as_deref());
     let task = Task {
         shared,
         d,
@@ -271,15 +272,15 @@ async fn handle_parsed(
     };
 
     if let Some(e) = problem {
-        return reject(&task, Some(guard), None, e).await;
+        return reject(&task, Some(guard), None, e).instrument(span).await;
     }
     let job_type = a.job_type.unwrap_or_default();
     let Some(kind) = BlockKind::parse(job_type) else {
         let e = TaskError::invalid("job.type", format!("unknown block type {job_type:?}"));
-        return reject(&task, Some(guard), None, e).await;
+        return reject(&task, Some(guard), None, e).instrument(span).await;
     };
     let Some(job) = a.job else {
-        return reject(&task, Some(guard), Some(kind), TaskError::missing("job")).await;
+        return reject(&task, Some(guard), Some(kind), TaskError::missing("job")).instrument(span).await;
     };
     let Some(_quota) = shared.quotas.take(tenant) else {
         drop(guard);
@@ -287,7 +288,7 @@ async fn handle_parsed(
             ErrorCode::QuotaExceeded,
             format!("tenant {tenant:?} already has {} assignments running on this worker", shared.quotas.limit()),
         );
-        return reject(&task, None, Some(kind), e).await;
+        return reject(&task, None, Some(kind), e).instrument(span).await;
     };
     let reg = shared.cancels.register(tenant, a.assignment_id, &shared.hard_stop);
     let traceparent = a.trace_id.as_deref().and_then(traceparent_for);
@@ -328,7 +329,7 @@ async fn handle_parsed(
         }
         f => f,
     };
-    task.finish(Some(guard), ack, Some(kind), finished).await;
+    task.finish(Some(guard), ack, Some(kind), finished).instrument(span).await;
 }
 
 struct Run<'t, 'a> {

@@ -15,7 +15,7 @@ use std::io::Write as _;
 use tracing::field::{Field, Visit};
 use tracing::{Event, Level, Subscriber};
 use tracing_log::NormalizeEvent;
-use tracing_subscriber::filter::{EnvFilter, LevelFilter};
+use tracing_subscriber::filter::{Directive, EnvFilter, LevelFilter};
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
 use tracing_subscriber::registry::LookupSpan;
@@ -70,20 +70,41 @@ const NOISY: [&str; 12] = [
 /// `info`) and, when [`Traces`] exports, the OpenTelemetry layer. Idempotent: a second call
 /// (or a subscriber set by someone else) leaves the first in place.
 pub fn init(format: LogFormat, traces: &Traces) {
-    let logs = LogLayer::new(format, std::io::stderr).with_filter(env_filter());
-    let installed = tracing_subscriber::registry().with(logs).with(traces.layer()).try_init().is_ok();
+    let spec = std::env::var("RUST_LOG").unwrap_or_default();
+    let (filter, rejected) = env_filter(&spec);
+    let logs = LogLayer::new(format, std::io::stderr).with_filter(filter);
+    let installed = tracing_subscriber::registry()
+        .with(logs)
+        .with(traces.layer())
+        .try_init()
+        .is_ok();
     if installed {
+        for r in rejected {
+            tracing::warn!(directive = %r, "RUST_LOG directive ignored");
+        }
         if let Some(problem) = traces.problem() {
             tracing::warn!(error = %problem, "trace export disabled");
         }
     }
 }
 
-/// `RUST_LOG` (default `info`), with [`NOISY`] dependencies held at WARN unless named.
-pub fn env_filter() -> EnvFilter {
-    let spec = std::env::var("RUST_LOG").unwrap_or_default();
-    let mut filter = EnvFilter::builder().with_default_directive(LevelFilter::INFO.into()).parse_lossy(&spec);
-    let global = filter.max_level_hint().unwrap_or(LevelFilter::TRACE);
+/// The filter for `spec` (`RUST_LOG` syntax; default `info`), with [`NOISY`] dependencies
+/// held at WARN unless `spec` names them or sets a quieter global level; and the directives
+/// it could not parse (reported as a log line rather than as bare text on stderr).
+pub fn env_filter(spec: &str) -> (EnvFilter, Vec<String>) {
+    let (valid, rejected): (Vec<&str>, Vec<&str>) = spec
+        .split(',')
+        .map(str::trim)
+        .filter(|d| !d.is_empty())
+        .partition(|d| d.parse::<Directive>().is_ok());
+    let global = valid
+        .iter()
+        .rev()
+        .find_map(|d| d.parse::<LevelFilter>().ok())
+        .unwrap_or(LevelFilter::INFO);
+    let mut filter = EnvFilter::builder()
+        .with_default_directive(LevelFilter::INFO.into())
+        .parse_lossy(valid.join(","));
     if global > LevelFilter::WARN {
         for dep in NOISY.iter().filter(|d| !spec.contains(*d)) {
             if let Ok(d) = format!("{dep}=warn").parse() {
@@ -91,7 +112,19 @@ pub fn env_filter() -> EnvFilter {
             }
         }
     }
-    filter
+    let rejected = rejected
+        .into_iter()
+        .map(|d| {
+            format!(
+                "{d}: {}",
+                d.parse::<Directive>()
+                    .err()
+                    .map(|e| e.to_string())
+                    .unwrap_or_default()
+            )
+        })
+        .collect();
+    (filter, rejected)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -111,12 +144,20 @@ pub fn is_sensitive_key(key: &str) -> bool {
             return false;
         }
         // `x_api_key`, `x-api-key`, `db.password`; or camelCase: `accessToken`.
-        at == 0 || !k[at - 1].is_ascii_alphanumeric() || (k[at].is_ascii_uppercase() && k[at - 1].is_ascii_lowercase())
+        at == 0
+            || !k[at - 1].is_ascii_alphanumeric()
+            || (k[at].is_ascii_uppercase() && k[at - 1].is_ascii_lowercase())
     })
 }
 
 fn eq_key(a: &[u8], b: &[u8]) -> bool {
-    let norm = |c: u8| if c == b'-' { b'_' } else { c.to_ascii_lowercase() };
+    let norm = |c: u8| {
+        if c == b'-' {
+            b'_'
+        } else {
+            c.to_ascii_lowercase()
+        }
+    };
     a.len() == b.len() && a.iter().zip(b).all(|(x, y)| norm(*x) == norm(*y))
 }
 
@@ -136,7 +177,11 @@ pub fn redact_value(key: &str, value: &str) -> String {
 /// and Debug dumps). Borrows when there is nothing to mask.
 pub fn scrub(text: &str) -> Cow<'_, str> {
     let mut out = Cow::Borrowed(text);
-    for pass in [auth_schemes as fn(&str) -> Vec<(usize, usize)>, url_passwords, sensitive_pairs] {
+    for pass in [
+        auth_schemes as fn(&str) -> Vec<(usize, usize)>,
+        url_passwords,
+        sensitive_pairs,
+    ] {
         let spans = pass(&out);
         if !spans.is_empty() {
             out = Cow::Owned(replace(&out, &spans));
@@ -307,7 +352,11 @@ fn pair_value(b: &[u8], i: usize, len: usize) -> Option<(usize, usize)> {
         let mut k = start;
         while k < b.len() && !b[k..].starts_with(close) {
             // A backslash escapes the next byte inside a quoted value.
-            k += if b[k] == b'\\' && close.len() == 1 { 2 } else { 1 };
+            k += if b[k] == b'\\' && close.len() == 1 {
+                2
+            } else {
+                1
+            };
         }
         k.min(b.len())
     };
@@ -443,7 +492,11 @@ impl Recorder<'_> {
                 return;
             }
         }
-        let v = if is_sensitive_key(name) { Val::Str(REDACTED.to_owned()) } else { v };
+        let v = if is_sensitive_key(name) {
+            Val::Str(REDACTED.to_owned())
+        } else {
+            v
+        };
         self.fields.set(name, v);
     }
 
@@ -534,18 +587,34 @@ where
     S: Subscriber + for<'a> LookupSpan<'a>,
     W: for<'a> MakeWriter<'a> + 'static,
 {
-    fn on_new_span(&self, attrs: &tracing::span::Attributes<'_>, id: &tracing::span::Id, ctx: Context<'_, S>) {
+    fn on_new_span(
+        &self,
+        attrs: &tracing::span::Attributes<'_>,
+        id: &tracing::span::Id,
+        ctx: Context<'_, S>,
+    ) {
         let Some(span) = ctx.span(id) else { return };
         let mut fields = SpanFields::default();
-        attrs.record(&mut Recorder { fields: &mut fields, message: None });
+        attrs.record(&mut Recorder {
+            fields: &mut fields,
+            message: None,
+        });
         span.extensions_mut().insert(fields);
     }
 
-    fn on_record(&self, id: &tracing::span::Id, values: &tracing::span::Record<'_>, ctx: Context<'_, S>) {
+    fn on_record(
+        &self,
+        id: &tracing::span::Id,
+        values: &tracing::span::Record<'_>,
+        ctx: Context<'_, S>,
+    ) {
         let Some(span) = ctx.span(id) else { return };
         let mut ext = span.extensions_mut();
         if let Some(fields) = ext.get_mut::<SpanFields>() {
-            values.record(&mut Recorder { fields, message: None });
+            values.record(&mut Recorder {
+                fields,
+                message: None,
+            });
         }
     }
 
@@ -554,7 +623,10 @@ where
         let meta = meta.as_ref().unwrap_or_else(|| event.metadata());
         let mut own = SpanFields::default();
         let mut message = None;
-        event.record(&mut Recorder { fields: &mut own, message: Some(&mut message) });
+        event.record(&mut Recorder {
+            fields: &mut own,
+            message: Some(&mut message),
+        });
 
         // Span fields root first, then the event's own: the nearest value of a key wins.
         let mut all = SpanFields::default();
@@ -605,10 +677,20 @@ where
                 line.push('}');
             }
             LogFormat::Text => {
-                let _ = write!(line, "{ts} {:>5} {}: {}", level_name(meta.level()), meta.target(), message.replace('\n', "\\n"));
-                for (k, v) in all.0.iter().chain(ids.iter().map(|(k, v)| (*k, Val::Str(v.clone()))).collect::<Vec<_>>().iter()) {
+                let _ = write!(
+                    line,
+                    "{ts} {:>5} {}: {}",
+                    level_name(meta.level()),
+                    meta.target(),
+                    message.replace('\n', "\\n")
+                );
+                for (k, v) in &all.0 {
                     let _ = write!(line, " {k}=");
                     v.write_text(&mut line);
+                }
+                for (k, v) in &ids {
+                    let _ = write!(line, " {k}=");
+                    Val::Str(v.clone()).write_text(&mut line);
                 }
             }
         }
@@ -628,7 +710,10 @@ mod tests {
 
     impl std::io::Write for Buf {
         fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap_or_else(|p| p.into_inner()).extend_from_slice(b);
+            self.0
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend_from_slice(b);
             Ok(b.len())
         }
         fn flush(&mut self) -> std::io::Result<()> {
@@ -648,7 +733,11 @@ mod tests {
         let sub = tracing_subscriber::registry().with(LogLayer::new(format, buf.clone()));
         tracing::subscriber::with_default(sub, f);
         let bytes = buf.0.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        String::from_utf8(bytes).unwrap_or_default().lines().map(str::to_owned).collect()
+        String::from_utf8(bytes)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect()
     }
 
     fn json(line: &str) -> serde_json::Value {
@@ -658,11 +747,21 @@ mod tests {
     #[test]
     fn the_outcome_line_has_the_guides_shape() {
         let lines = capture(LogFormat::Json, || {
-            let span = tracing::info_span!("worker.assignment.receive", tenant_id = "tenant-789", run_id = "run-def", worker_id = "w-1");
+            let span = tracing::info_span!(
+                "worker.assignment.receive",
+                tenant_id = "tenant-789",
+                run_id = "run-def",
+                worker_id = "w-1"
+            );
             let _e = span.enter();
             tracing::info!(
-                assignment_id = "assign-123", block_type = "http.request", status = "success",
-                latency_ms = 150u64, trace_id = "trace-abc", "Step execution completed");
+                assignment_id = "assign-123",
+                block_type = "http.request",
+                status = "success",
+                latency_ms = 150u64,
+                trace_id = "trace-abc",
+                "Step execution completed"
+            );
         });
         assert_eq!(lines.len(), 1, "{lines:?}");
         let v = json(&lines[0]);
@@ -682,7 +781,10 @@ mod tests {
         assert_eq!(v["run_id"], "run-def");
         assert!(v.get("flow_id").is_none());
         for id in CORRELATION {
-            assert!(v["fields"].get(id).is_none(), "{id} repeated in fields: {v}");
+            assert!(
+                v["fields"].get(id).is_none(),
+                "{id} repeated in fields: {v}"
+            );
         }
     }
 
@@ -706,14 +808,36 @@ mod tests {
     #[test]
     fn sensitive_keys_are_redacted_also_as_suffixes() {
         for k in [
-            "password", "PASSWORD", "db_password", "x_api_key", "x-api-key", "apiKey", "accessToken",
-            "refresh_token", "Authorization", "proxy-authorization", "set-cookie", "credit_card",
-            "ssn", "email", "phone", "comment", "client_secret", "token",
+            "password",
+            "PASSWORD",
+            "db_password",
+            "x_api_key",
+            "x-api-key",
+            "apiKey",
+            "accessToken",
+            "refresh_token",
+            "Authorization",
+            "proxy-authorization",
+            "set-cookie",
+            "credit_card",
+            "ssn",
+            "email",
+            "phone",
+            "comment",
+            "client_secret",
+            "token",
         ] {
             assert!(is_sensitive_key(k), "{k}");
             assert_eq!(redact_value(k, "v"), REDACTED, "{k}");
         }
-        for k in ["assignment_id", "tokens", "passwords_checked", "phoneme", "trace_id", "status"] {
+        for k in [
+            "assignment_id",
+            "tokens",
+            "passwords_checked",
+            "phoneme",
+            "trace_id",
+            "status",
+        ] {
             assert!(!is_sensitive_key(k), "{k}");
         }
         assert_eq!(redact_value("status", "success"), "success");
@@ -722,16 +846,40 @@ mod tests {
     #[test]
     fn credentials_inside_text_are_masked() {
         for (input, want) in [
-            ("Authorization: Bearer s3cr3t-token", "Authorization: Bearer [REDACTED]"),
+            (
+                "Authorization: Bearer s3cr3t-token",
+                "Authorization: Bearer [REDACTED]",
+            ),
             ("bearer abc.def", "bearer [REDACTED]"),
-            ("postgres://u:pw@h:5432/db", "postgres://u:[REDACTED]@h:5432/db"),
-            ("see http://user:p4ss@127.0.0.1:9/x and http://h/y", "see http://user:[REDACTED]@127.0.0.1:9/x and http://h/y"),
-            ("host=db user=u password=hunter2 port=5", "host=db user=u password=[REDACTED] port=5"),
-            ("Server=x;Password=hunter2;", "Server=x;Password=[REDACTED];"),
-            (r#"{"api_key": "k-123", "n": 1}"#, r#"{"api_key": "[REDACTED]", "n": 1}"#),
+            (
+                "postgres://u:pw@h:5432/db",
+                "postgres://u:[REDACTED]@h:5432/db",
+            ),
+            (
+                "see http://user:p4ss@127.0.0.1:9/x and http://h/y",
+                "see http://user:[REDACTED]@127.0.0.1:9/x and http://h/y",
+            ),
+            (
+                "host=db user=u password=hunter2 port=5",
+                "host=db user=u password=[REDACTED] port=5",
+            ),
+            (
+                "Server=x;Password=hunter2;",
+                "Server=x;Password=[REDACTED];",
+            ),
+            (
+                r#"{"api_key": "k-123", "n": 1}"#,
+                r#"{"api_key": "[REDACTED]", "n": 1}"#,
+            ),
             (r#"{\"token\":\"t-9\"}"#, r#"{\"token\":\"[REDACTED]\"}"#),
-            (r#"{"Authorization":"Bearer zz"}"#, r#"{"Authorization":"Bearer [REDACTED]"}"#),
-            ("plain text with a token bucket", "plain text with a token bucket"),
+            (
+                r#"{"Authorization":"Bearer zz"}"#,
+                r#"{"Authorization":"Bearer [REDACTED]"}"#,
+            ),
+            (
+                "plain text with a token bucket",
+                "plain text with a token bucket",
+            ),
             ("http://example.com/a@b", "http://example.com/a@b"),
             ("mailto user@example.com", "mailto user@example.com"),
         ] {
@@ -763,14 +911,66 @@ mod tests {
     }
 
     #[test]
+    fn rust_log_filters_and_quiets_noisy_dependencies() {
+        let enabled = |spec: &str, level: Level| {
+            let (filter, _) = env_filter(spec);
+            let sub = tracing_subscriber::registry().with(filter);
+            tracing::subscriber::with_default(sub, || {
+                if level == Level::DEBUG {
+                    tracing::enabled!(Level::DEBUG)
+                } else {
+                    tracing::enabled!(Level::INFO)
+                }
+            })
+        };
+        assert!(enabled("", Level::INFO));
+        assert!(!enabled("", Level::DEBUG));
+        assert!(enabled("debug", Level::DEBUG));
+        assert!(!enabled("warn", Level::INFO));
+        let (_, rejected) = env_filter("info,beamline_worker=bogus");
+        assert_eq!(rejected.len(), 1, "{rejected:?}");
+        let (f, _) = env_filter("debug");
+        let text = f.to_string();
+        assert!(
+            text.contains("async_nats=warn") && text.contains("debug"),
+            "{text}"
+        );
+        let (f, _) = env_filter("debug,async_nats=trace");
+        assert!(
+            f.to_string().contains("async_nats=trace")
+                && !f.to_string().contains("async_nats=warn")
+        );
+        let (f, _) = env_filter("error");
+        assert!(
+            !f.to_string().contains("async_nats"),
+            "a quiet global level is not raised: {f}"
+        );
+    }
+
+    #[test]
     fn text_format_is_one_readable_line() {
         let lines = capture(LogFormat::Text, || {
-            tracing::info!(assignment_id = "a-1", tenant_id = "t", secret = "x", note = "two words", "Step execution completed");
+            tracing::info!(
+                assignment_id = "a-1",
+                tenant_id = "t",
+                secret = "x",
+                note = "two words",
+                "Step execution completed"
+            );
         });
         assert_eq!(lines.len(), 1);
         let l = &lines[0];
-        assert!(l.contains(" INFO ") && l.contains("Step execution completed"), "{l}");
-        assert!(l.contains("assignment_id=a-1") && l.contains("tenant_id=t"), "{l}");
-        assert!(l.contains("secret=[REDACTED]") && l.contains("note=\"two words\""), "{l}");
+        assert!(
+            l.contains(" INFO ") && l.contains("Step execution completed"),
+            "{l}"
+        );
+        assert!(
+            l.contains("assignment_id=a-1") && l.contains("tenant_id=t"),
+            "{l}"
+        );
+        assert!(
+            l.contains("secret=[REDACTED]") && l.contains("note=\"two words\""),
+            "{l}"
+        );
     }
 }

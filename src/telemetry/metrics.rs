@@ -156,6 +156,25 @@ impl Metrics {
             .iter()
             .map(|c| retries_vec.with_label_values(&[&c.code().to_string()]))
             .collect();
+        let dlq = counter_vec(&r, "worker_dlq_published_total", "DLQ entries published, by reason", &["reason"]);
+        let publish_failures = counter_vec(
+            &r,
+            "worker_publish_failures_total",
+            "Publishes that failed (and were retried or nak'ed), by message kind",
+            &["kind"],
+        );
+        let cancels = counter_vec(&r, "worker_cancel_requests_total", "Cancel requests, by effect", &["effect"]);
+        // Series exist from the start (at 0), so absent() alerts and rate() see them.
+        use crate::contract::wire::dlq_reason as why;
+        for reason in [why::UNPARSEABLE, why::INVALID_ASSIGNMENT, why::NON_RETRYABLE, why::RETRIES_EXHAUSTED, why::OVERLOADED, why::QUOTA_EXCEEDED] {
+            dlq.with_label_values(&[reason]);
+        }
+        for kind in ["ack", "result", "dlq"] {
+            publish_failures.with_label_values(&[kind]);
+        }
+        for effect in ["cancelled", "remembered", "malformed"] {
+            cancels.with_label_values(&[effect]);
+        }
         Metrics {
             tasks,
             latency,
@@ -163,7 +182,7 @@ impl Metrics {
             queue_depth,
             in_flight,
             intake,
-            dlq: counter_vec(&r, "worker_dlq_published_total", "DLQ entries published, by reason", &["reason"]),
+            dlq,
             retries,
             nats_connected: gauge(&r, "worker_nats_connected", "1 while the NATS connection is up"),
             nats_reconnects: counter(&r, "worker_nats_reconnects_total", "NATS reconnections"),
@@ -177,19 +196,14 @@ impl Metrics {
                 "worker_jetstream_consumer_recreated_total",
                 "Times the pull consumer was rebound after it stopped yielding messages",
             ),
-            publish_failures: counter_vec(
-                &r,
-                "worker_publish_failures_total",
-                "Publishes that failed (and were retried or nak'ed), by message kind",
-                &["kind"],
-            ),
+            publish_failures,
             approvals_pending: gauge(&r, "worker_approvals_pending", "Approval requests awaiting a decision"),
             approval_decisions_ignored: counter(
                 &r,
                 "worker_approval_decisions_ignored_total",
                 "Approval decisions ignored (approver not listed, unknown or malformed)",
             ),
-            cancels: counter_vec(&r, "worker_cancel_requests_total", "Cancel requests, by effect", &["effect"]),
+            cancels,
             fs_backend: gauge_vec(&r, "worker_fs_backend", "File backend in use (1 for the active one)", &["backend"]),
             gpu_devices: gauge(&r, "worker_gpu_devices", "GPU devices discovered (0: CPU fallback)"),
             spans_dropped: counter(&r, "worker_spans_dropped_total", "Trace spans dropped (exporter down or queue full)"),
