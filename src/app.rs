@@ -158,6 +158,20 @@ pub async fn run(cfg: Config) -> Result<(), String> {
 
     let slots = (cfg.cpu_pool_size * cfg.max_in_flight + cfg.queue_capacity / 2).max(1);
     let kv = js.as_ref().and_then(|h| h.results.clone());
+    // Device discovery: no GPU or no driver is the CPU fallback (logged once), not an error.
+    let gpu = Arc::new(
+        beamline_gpu::Scheduler::start(beamline_gpu::SchedulerConfig {
+            gpu_slots: cfg.gpu_pool_size,
+            cpu_slots: cfg.cpu_pool_size,
+            cpu_threads: cfg.cpu_pool_size,
+            max_batch_size: cfg.gpu_max_batch_size,
+            max_queue_delay: cfg.gpu_max_queue_delay,
+            device_memory_budget: cfg.gpu_memory_budget_mb << 20,
+            host_cache_budget: cfg.gpu_memory_budget_mb << 20,
+        })
+        .map_err(|e| format!("starting the GPU pool: {e}"))?,
+    );
+    metrics.gpu_devices.set(gpu.devices().len() as i64);
     let shared = Arc::new(Shared {
         config: cfg.clone(),
         metrics: metrics.clone(),
@@ -167,6 +181,7 @@ pub async fn run(cfg: Config) -> Result<(), String> {
         approvals: Approvals::default(),
         approval_kv: kv,
         io: io.clone(),
+        gpu: gpu.clone(),
         fs_root,
         limits: ParseLimits { default_timeout: cfg.default_timeout, max_timeout: cfg.max_job_time },
         stopping: CancellationToken::new(),

@@ -77,3 +77,20 @@ async fn fs_round_trip_jetstream_io_uring() {
 async fn fs_round_trip_core_threads_fallback() {
     round_trip("core", "threads").await;
 }
+
+#[tokio::test]
+async fn a_result_over_max_payload_becomes_2004() {
+    let nats = Nats::start();
+    let worker = Worker::builder(&nats.url()).arg("--consumer=core").start();
+    let router = Router::connect(&nats.url()).await;
+    ready(&router).await;
+    std::fs::create_dir_all(worker.fs_root.join("t")).expect("dir");
+    std::fs::write(worker.fs_root.join("t/big.txt"), "x".repeat(1_500_000)).expect("file");
+    router.assign(&assignment("big-1", "t", json!({"type":"fs.get","path":"big.txt"}))).await;
+    let r = router.result("big-1").await;
+    assert_result_shape(&r);
+    assert_eq!((r["status"].as_str(), r["error"]["code"].as_u64()), (Some("error"), Some(2004)), "{r}");
+    assert!(r["error"]["message"].as_str().expect("msg").contains("max_payload"), "{r}");
+    assert!(r.get("result").is_none());
+    assert_eq!(router.dlq("big-1").await["error"]["code"], 2004);
+}

@@ -1,27 +1,335 @@
-//! `inference` block (being written).
+//! `ai.inference` block: a feed-forward network from the tenant's files, run by the GPU
+//! pool (`beamline_gpu::Scheduler`) on a CUDA device or on its CPU fallback.
+//!
+//! Job fields: `model` (required; a `.safetensors` path under the tenant's FS root, as for
+//! `fs.get`; format in `gpu/README.md`), `inputs` (required; a non-empty array of rows,
+//! each an array of numbers of the model's input width), `device` (`"auto"` (default):
+//! a GPU when there is one, else the CPU; `"cuda"`: a GPU or error 2002; `"cpu"`),
+//! `priority` (optional number; higher runs first when the pool is busy).
+//!
+//! Result: `{"outputs": [[...], ...], "batch_size": n}`, one output row per input row,
+//! where `batch_size` is the number of rows of the device batch the job ran in (its own
+//! rows plus those of other jobs for the same model batched with it). `metadata.device`
+//! is `"cuda:N"` or `"cpu"`.
+//!
+//! Errors: missing model file 2002; path leaving the tenant root 2003; malformed file,
+//! inconsistent layer shapes, input rows of the wrong width, non-finite inputs 1001;
+//! `device: "cuda"` with no device 2002 (before the ack); a model over the memory budget
+//! 2004; a device failure 2002, retried (`auto` jobs fall back to the CPU instead).
+//!
+//! Model files are read off the CPU thread (tokio's blocking pool) and parsed once: the
+//! scheduler caches them by (path, mtime, size) under the memory budget.
+
+use std::io::ErrorKind as IoKind;
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+
+use beamline_gpu::{DevicePref, ErrorKind, InferError, Model, ModelKey, Request, Scheduler};
+use serde_json::{json, Value};
+use simd_json::prelude::*;
 
 use crate::config::Config;
-use crate::contract::{Fields, TaskError};
+use crate::contract::{ErrorCode, Fields, TaskError};
 
 use super::{Block, ExecCtx, Output};
 
+/// Rows one job may send.
+pub const MAX_ROWS: usize = 65_536;
+/// Input (and output) values one job may send (or get back).
+pub const MAX_VALUES: usize = 1 << 22;
+
 #[derive(Debug)]
-pub struct InferenceBlock {}
+pub struct InferenceBlock {
+    gpu: Arc<Scheduler>,
+    root: PathBuf,
+    max_model_bytes: u64,
+}
+
+/// A decoded `ai.inference` job.
+#[derive(Debug)]
+pub struct InferenceJob<'a> {
+    model: &'a str,
+    /// Row-major `[rows, width]`, shared with every attempt's request.
+    inputs: Arc<[f32]>,
+    rows: usize,
+    width: usize,
+    device: DevicePref,
+    priority: i64,
+}
 
 impl InferenceBlock {
-    pub fn new(_config: &Config) -> Result<Self, String> {
-        Ok(Self {})
+    /// `gpu` is the worker's one scheduler (shared by every CPU thread's block);
+    /// `fs_root` the FS root in use (tenant files under `<fs_root>/<tenant_id>/`).
+    pub fn new(
+        config: &Config,
+        gpu: Arc<Scheduler>,
+        fs_root: PathBuf,
+    ) -> Result<InferenceBlock, String> {
+        Ok(InferenceBlock {
+            gpu,
+            root: fs_root,
+            max_model_bytes: config.gpu_memory_budget_mb << 20,
+        })
     }
 }
 
-impl Block for InferenceBlock {
-    type Job<'a> = ();
+fn decode_inputs(job: &Fields<'_, '_>) -> Result<(Vec<f32>, usize, usize), TaskError> {
+    let rows = job
+        .opt_array("inputs")?
+        .ok_or_else(|| TaskError::missing("job.inputs"))?;
+    if rows.is_empty() {
+        return Err(TaskError::invalid(
+            "job.inputs",
+            "must hold at least one row",
+        ));
+    }
+    if rows.len() > MAX_ROWS {
+        return Err(TaskError::new(
+            ErrorCode::QuotaExceeded,
+            format!("{} input rows; at most {MAX_ROWS} per job", rows.len()),
+        ));
+    }
+    let not_rows = || TaskError::format("job.inputs", "an array of rows, each an array of numbers");
+    let width = rows[0].as_array().ok_or_else(not_rows)?.len();
+    if width == 0 {
+        return Err(TaskError::invalid("job.inputs", "rows must not be empty"));
+    }
+    if rows.len().saturating_mul(width) > MAX_VALUES {
+        return Err(TaskError::new(
+            ErrorCode::QuotaExceeded,
+            format!(
+                "{} × {width} input values; at most {MAX_VALUES} per job",
+                rows.len()
+            ),
+        ));
+    }
+    let mut flat = Vec::with_capacity(rows.len() * width);
+    for (r, row) in rows.iter().enumerate() {
+        let row = row.as_array().ok_or_else(not_rows)?;
+        if row.len() != width {
+            return Err(TaskError::invalid(
+                "job.inputs",
+                format!("row {r} has {} values but row 0 has {width}; all rows must have the same width", row.len()),
+            ));
+        }
+        for (c, v) in row.iter().enumerate() {
+            let x = v.cast_f64().ok_or_else(not_rows)? as f32;
+            if !x.is_finite() {
+                return Err(TaskError::invalid(
+                    "job.inputs",
+                    format!("row {r}, column {c} is not a finite number (NaN, infinite, or beyond the f32 range)"),
+                ));
+            }
+            flat.push(x);
+        }
+    }
+    Ok((flat, rows.len(), width))
+}
 
-    fn decode<'a>(&self, _job: Fields<'a, 'a>, _ctx: &ExecCtx<'_>) -> Result<(), TaskError> {
-        Err(TaskError::internal("not implemented yet"))
+impl Block for InferenceBlock {
+    type Job<'a> = InferenceJob<'a>;
+
+    fn decode<'a>(
+        &self,
+        job: Fields<'a, 'a>,
+        _ctx: &ExecCtx<'_>,
+    ) -> Result<InferenceJob<'a>, TaskError> {
+        let model = job.req_nonempty("model")?;
+        if model.contains('\0') {
+            return Err(TaskError::invalid("job.model", "contains a NUL byte"));
+        }
+        if model.ends_with('/') || model.trim_start_matches('/').is_empty() {
+            return Err(TaskError::invalid(
+                "job.model",
+                "must name a file, not a directory",
+            ));
+        }
+        let device = match job.opt_str("device")? {
+            None => DevicePref::Auto,
+            Some(d) => DevicePref::parse(d).ok_or_else(|| {
+                TaskError::invalid(
+                    "job.device",
+                    format!("{d:?} is not one of \"auto\", \"cuda\", \"cpu\""),
+                )
+            })?,
+        };
+        if device == DevicePref::Cuda && !self.gpu.has_cuda() {
+            let why = self.gpu.cpu_fallback_reason();
+            return Err(TaskError::new(
+                ErrorCode::ResourceUnavailable,
+                format!(
+                    "no CUDA device on this worker ({why}); use \"device\": \"auto\" or \"cpu\""
+                ),
+            ));
+        }
+        let priority = job.opt_f64("priority")?.unwrap_or(0.0);
+        if !priority.is_finite() {
+            return Err(TaskError::invalid(
+                "job.priority",
+                "must be a finite number",
+            ));
+        }
+        let (inputs, rows, width) = decode_inputs(&job)?;
+        Ok(InferenceJob {
+            model,
+            inputs: inputs.into(),
+            rows,
+            width,
+            device,
+            priority: priority as i64,
+        })
     }
 
-    async fn attempt(&self, _job: &Self::Job<'_>, _ctx: &ExecCtx<'_>) -> Result<Output, TaskError> {
-        Err(TaskError::internal("not implemented yet"))
+    async fn attempt(&self, job: &Self::Job<'_>, ctx: &ExecCtx<'_>) -> Result<Output, TaskError> {
+        let model = {
+            let (gpu, root, rel, max) = (
+                self.gpu.clone(),
+                self.root.join(ctx.tenant),
+                job.model.to_owned(),
+                self.max_model_bytes,
+            );
+            tokio::task::spawn_blocking(move || load_model(&gpu, &root, &rel, max))
+                .await
+                .map_err(|e| TaskError::internal(format!("loading the model: {e}")))??
+        };
+        if job.width != model.input_dim() {
+            return Err(TaskError::invalid(
+                "job.inputs",
+                format!(
+                    "rows have {} values but model `{}` takes {}",
+                    job.width,
+                    job.model,
+                    model.input_dim()
+                ),
+            ));
+        }
+        if job.rows.saturating_mul(model.output_dim()) > MAX_VALUES {
+            return Err(TaskError::new(
+                ErrorCode::QuotaExceeded,
+                format!(
+                    "{} × {} output values; at most {MAX_VALUES} per job",
+                    job.rows,
+                    model.output_dim()
+                ),
+            ));
+        }
+        let req = Request {
+            model,
+            inputs: job.inputs.clone(),
+            rows: job.rows,
+            device: job.device,
+            priority: job.priority,
+            deadline: Some(ctx.deadline),
+        };
+        let done = self
+            .gpu
+            .submit(req)
+            .map_err(infer_error)?
+            .await
+            .map_err(infer_error)?;
+        let outputs: Vec<Value> = (0..done.rows)
+            .map(|r| Value::Array(done.row(r).iter().map(|&v| number(v)).collect()))
+            .collect();
+        let mut out = Output::new(json!({"outputs": outputs, "batch_size": done.batch_rows}));
+        out.device = Some(done.device.to_string());
+        Ok(out)
+    }
+}
+
+/// An f32 as the JSON number with its shortest decimal form (0.1, not 0.10000000149011612).
+fn number(v: f32) -> Value {
+    let shortest: f64 = v.to_string().parse().unwrap_or(v as f64);
+    serde_json::Number::from_f64(shortest).map_or(Value::Null, Value::Number)
+}
+
+/// Resolves `rel` beneath the tenant root (no `..`, no symlink out of it), then returns
+/// the cached model for the file's identity or reads and parses it. Blocking.
+fn load_model(
+    gpu: &Scheduler,
+    root: &Path,
+    rel: &str,
+    max_bytes: u64,
+) -> Result<Arc<Model>, TaskError> {
+    let rel_path = Path::new(rel.trim_start_matches('/'));
+    if rel_path
+        .components()
+        .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir))
+    {
+        return Err(TaskError::new(
+            ErrorCode::PermissionDenied,
+            format!("model path `{rel}` leaves the tenant root"),
+        ));
+    }
+    let io = |e: std::io::Error| match e.kind() {
+        IoKind::NotFound => TaskError::new(
+            ErrorCode::ResourceUnavailable,
+            format!("model file `{rel}` not found"),
+        ),
+        IoKind::PermissionDenied => TaskError::new(
+            ErrorCode::PermissionDenied,
+            format!("model file `{rel}`: {e}"),
+        ),
+        _ => TaskError::new(
+            ErrorCode::ExecutionFailed,
+            format!("model file `{rel}`: {e}"),
+        ),
+    };
+    let root = root.canonicalize().map_err(io)?;
+    let path = root.join(rel_path).canonicalize().map_err(io)?;
+    if !path.starts_with(&root) {
+        return Err(TaskError::new(
+            ErrorCode::PermissionDenied,
+            format!(
+                "model path `{rel}` resolves outside the tenant root (path leaves the tenant root)"
+            ),
+        ));
+    }
+    let meta = std::fs::metadata(&path).map_err(io)?;
+    if !meta.is_file() {
+        return Err(TaskError::invalid(
+            "job.model",
+            format!("`{rel}` is not a file"),
+        ));
+    }
+    let key = ModelKey {
+        path,
+        modified: meta.modified().ok(),
+        len: meta.len(),
+    };
+    if let Some(m) = gpu.cached_model(&key) {
+        return Ok(m);
+    }
+    if meta.len() > max_bytes {
+        return Err(TaskError::new(
+            ErrorCode::QuotaExceeded,
+            format!(
+                "model file `{rel}` is {} MiB, over the {} MiB memory budget",
+                meta.len() >> 20,
+                max_bytes >> 20
+            ),
+        ));
+    }
+    let bytes = std::fs::read(&key.path).map_err(io)?;
+    let model = Model::from_safetensors(&bytes)
+        .map_err(|e| TaskError::invalid("job.model", format!("`{rel}`: {e}")))?;
+    // Keyed by what was read, should the file have changed since the stat.
+    let key = ModelKey {
+        len: bytes.len() as u64,
+        ..key
+    };
+    Ok(gpu.cache_model(key, model))
+}
+
+/// The scheduler's error → the contract's code.
+fn infer_error(e: InferError) -> TaskError {
+    let InferError { kind, message } = e;
+    match kind {
+        ErrorKind::InvalidInput => TaskError::new(ErrorCode::InvalidInput, message),
+        ErrorKind::NoDevice => TaskError::new(ErrorCode::ResourceUnavailable, message),
+        ErrorKind::TooLarge => TaskError::new(ErrorCode::QuotaExceeded, message),
+        ErrorKind::Device => TaskError::retryable(ErrorCode::ResourceUnavailable, message),
+        ErrorKind::NonFinite => TaskError::new(ErrorCode::ExecutionFailed, message),
+        ErrorKind::Deadline => TaskError::new(ErrorCode::CancelledByTimeout, message),
+        ErrorKind::Shutdown => TaskError::retryable(ErrorCode::SystemOverload, message),
     }
 }

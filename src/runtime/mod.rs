@@ -41,6 +41,8 @@ pub struct Shared {
     /// Key-value bucket for approval clocks (JetStream mode).
     pub approval_kv: Option<async_nats::jetstream::kv::Store>,
     pub io: beamline_io::IoPool,
+    /// The GPU pool (`ai.inference`), one for the process, shared by every CPU thread.
+    pub gpu: Arc<beamline_gpu::Scheduler>,
     /// The FS root in use (a throw-away one in sandbox mode).
     pub fs_root: PathBuf,
     pub limits: ParseLimits,
@@ -141,6 +143,7 @@ impl Runtime {
         m.queue_depth.with_label_values(&["cpu"]).set(self.queue_depth() as i64);
         m.in_flight.with_label_values(&["cpu"]).set(self.in_flight() as i64);
         m.queue_depth.with_label_values(&["io"]).set(self.shared.io.queue_depth() as i64);
+        m.queue_depth.with_label_values(&["gpu"]).set(self.shared.gpu.queue_depth() as i64);
         m.approvals_pending.set(self.shared.approvals.pending() as i64);
     }
 

@@ -42,7 +42,7 @@ impl Blocks {
             fs: blocks::fs::FsBlock::new(shared.io.clone(), shared.fs_root.clone(), cfg.fs_max_bytes),
             sql: blocks::sql::SqlBlock::new(cfg)?,
             human: blocks::human::HumanBlock::new(shared.approval_port()),
-            inference: blocks::inference::InferenceBlock::new(cfg)?,
+            inference: blocks::inference::InferenceBlock::new(cfg, shared.gpu.clone(), shared.fs_root.clone())?,
         })
     }
 }

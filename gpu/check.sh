@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Device check of the GPU pool, in one call on a machine with an NVIDIA GPU (gpu/README.md):
+# GPU-vs-CPU agreement, then the inference bench (GPU vs CPU fallback, batch 1..256, with
+# and without dynamic batching). About a minute; killed at 240 s.
+#
+#   gpu/check.sh [OUT_DIR] [--cpu-only]
+#
+# Needs gpu/.bin/beamline-gpu-check (gpu/build-check.sh; carry "gpu/.bin"). Writes
+# OUT_DIR/gpu-check.json, gpu-check.md, gpu-check.log (OUT_DIR: $OUT, else gpu/results).
+# Exit 0 when agreement passed on a GPU; with --cpu-only (no GPU needed) on the CPU path.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out="${1:-${OUT:-gpu/results}}"
+require="--require-gpu"
+[ "${2:-}" = "--cpu-only" ] && require=""
+bin="${BEAMLINE_GPU_CHECK_BIN:-gpu/.bin/beamline-gpu-check}"
+mkdir -p "$out"
+log="$out/gpu-check.log"
+: >"$log"
+say() { echo "$@" | tee -a "$log"; }
+
+if [ ! -x "$bin" ]; then
+    say "missing $bin: run gpu/build-check.sh here and carry gpu/.bin"
+    exit 2
+fi
+
+# cuBLAS and NVRTC are dlopen'ed by soname: put the toolkit's (or the pip wheels')
+# library folders on the search path if ldconfig does not know them.
+dirs=""
+cands="/usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib"
+for d in /usr/local/cuda-*/lib64 /usr/local/cuda-*/targets/x86_64-linux/lib; do cands="$cands $d"; done
+if command -v python3 >/dev/null; then
+    for p in $(python3 -c 'import nvidia, sys; print(" ".join(nvidia.__path__))' 2>/dev/null); do
+        for f in $(find "$p" -maxdepth 4 \( -name 'libcublas.so*' -o -name 'libnvrtc.so*' \) 2>/dev/null); do
+            cands="$cands $(dirname "$f")"
+        done
+    done
+fi
+for d in $cands; do
+    if [ -d "$d" ] && ls "$d"/libcublas.so* "$d"/libnvrtc.so* >/dev/null 2>&1; then
+        case ":$dirs:" in *":$d:"*) ;; *) dirs="${dirs:+$dirs:}$d" ;; esac
+    fi
+done
+export LD_LIBRARY_PATH="${dirs}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+
+say "== host"
+{ uname -a; nproc; nvidia-smi -L 2>&1 || true; nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>&1 || true; } | tee -a "$log"
+say "== CUDA libraries (LD_LIBRARY_PATH=$LD_LIBRARY_PATH)"
+{ ldconfig -p 2>/dev/null | grep -E 'libcuda\.so|libcublas\.so|libcublasLt\.so|libnvrtc\.so' || true; } | tee -a "$log"
+for d in ${dirs//:/ }; do ls "$d"/libcublas.so* "$d"/libnvrtc.so* 2>/dev/null | tee -a "$log"; done
+
+say "== beamline-gpu-check $require"
+timeout 240 "$bin" $require --out "$out/gpu-check.json" --markdown "$out/gpu-check.md" 2>&1 | tee -a "$log"
+rc=${PIPESTATUS[0]}
+say "== exit $rc"
+exit "$rc"

@@ -1,0 +1,811 @@
+//! The device scheduler: `gpu_slots` slots spread over the CUDA devices found (each slot
+//! a thread owning a CUDA stream and a cuBLAS handle) plus `cpu_slots` CPU fallback slots.
+//! Slots pull batches from one queue (see `queue.rs`): requests for the same model that
+//! arrive within `max_queue_delay` run as one batch of at most `max_batch_size` rows, the
+//! best priority first. A GPU batch is admitted only when its device has room for the
+//! weights (unless already resident) and the activations under the memory budget; the
+//! weights then stay resident, evicted least recently used first when room is needed.
+//!
+//! Bounded by: the queue is unbounded here and bounded by the worker's intake (every
+//! request is an assignment holding an in-flight slot); the host model cache and each
+//! device's weights by their byte budgets. Shut down by [`Scheduler::shutdown`] or drop:
+//! queued requests get [`ErrorKind::Shutdown`], running batches finish, threads are joined.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime};
+
+use futures_channel::oneshot;
+
+use crate::cache::Lru;
+use crate::cpu::CpuPool;
+use crate::cuda::{self, CudaDevice, CudaSlot};
+use crate::error::{ErrorKind, InferError};
+use crate::model::Model;
+use crate::queue::{Admit, Class, Pending, Queue, Take};
+
+/// How the scheduler is sized. [`SchedulerConfig::default`] suits tests: no CUDA probing
+/// beyond what `gpu_slots` asks for.
+#[derive(Debug, Clone)]
+pub struct SchedulerConfig {
+    /// GPU slots (CUDA streams), spread over the devices found. 0: CPU only, no probing.
+    pub gpu_slots: usize,
+    /// Batches the CPU fallback runs at once.
+    pub cpu_slots: usize,
+    /// Threads of the CPU fallback's GEMM pool.
+    pub cpu_threads: usize,
+    /// Rows in one batch at most (a single larger request runs in chunks of this size).
+    pub max_batch_size: usize,
+    /// How long the first request of a batch waits for others for the same model.
+    pub max_queue_delay: Duration,
+    /// Bytes of device memory each device may use for weights and activations (capped
+    /// at 90 % of what the device has free at start-up).
+    pub device_memory_budget: u64,
+    /// Bytes of parsed models kept in host memory (the CPU path's weights).
+    pub host_cache_budget: u64,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        SchedulerConfig {
+            gpu_slots: 0,
+            cpu_slots: 1,
+            cpu_threads: 1,
+            max_batch_size: 64,
+            max_queue_delay: Duration::from_micros(500),
+            device_memory_budget: 4 << 30,
+            host_cache_budget: 4 << 30,
+        }
+    }
+}
+
+/// Where a request may run (`job.device`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DevicePref {
+    /// A GPU when the worker has one, else the CPU; a model that cannot fit the device,
+    /// or a device failure, falls back to the CPU.
+    Auto,
+    /// A GPU only: an error when there is none.
+    Cuda,
+    Cpu,
+}
+
+impl DevicePref {
+    pub fn parse(s: &str) -> Option<DevicePref> {
+        Some(match s {
+            "auto" => DevicePref::Auto,
+            "cuda" | "gpu" => DevicePref::Cuda,
+            "cpu" => DevicePref::Cpu,
+            _ => return None,
+        })
+    }
+}
+
+/// Where a batch ran.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Device {
+    Cpu,
+    /// The CUDA ordinal.
+    Cuda(usize),
+}
+
+impl std::fmt::Display for Device {
+    /// `"cpu"` or `"cuda:N"` (`result.metadata.device`).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Device::Cpu => f.write_str("cpu"),
+            Device::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
+/// A CUDA device in use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceInfo {
+    pub ordinal: usize,
+    pub name: String,
+    pub total_memory: u64,
+    /// Bytes this scheduler lets itself use on it.
+    pub budget: u64,
+    pub compute_capability: (i32, i32),
+    /// Slots (streams) on it.
+    pub slots: usize,
+}
+
+/// Identity of a model file: a changed file (mtime or size) is a different model.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ModelKey {
+    pub path: PathBuf,
+    pub modified: Option<SystemTime>,
+    pub len: u64,
+}
+
+/// One inference request: `rows` rows of `model.input_dim()` values, row-major.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub model: Arc<Model>,
+    pub inputs: Arc<[f32]>,
+    pub rows: usize,
+    pub device: DevicePref,
+    /// Higher runs first when requests queue.
+    pub priority: i64,
+    /// Dropped from the queue (with [`ErrorKind::Deadline`]) when still queued then.
+    pub deadline: Option<Instant>,
+}
+
+/// One request's share of a batch.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Inference {
+    /// Row-major `[rows, cols]`.
+    pub outputs: Vec<f32>,
+    pub rows: usize,
+    pub cols: usize,
+    pub device: Device,
+    /// Rows of the device batch this request ran in (its own and others').
+    pub batch_rows: usize,
+    /// Dispatch order of that batch (0 first).
+    pub batch_id: u64,
+}
+
+impl Inference {
+    pub fn row(&self, i: usize) -> &[f32] {
+        &self.outputs[i * self.cols..(i + 1) * self.cols]
+    }
+}
+
+/// Counters since start.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Device batches run (a request larger than `max_batch_size` counts once per chunk).
+    pub batches_run: u64,
+    pub requests_run: u64,
+    pub rows_run: u64,
+    /// Requests now queued.
+    pub queue_depth: usize,
+    /// `auto` requests moved to the CPU (model too big for the device, device error).
+    pub cpu_fallbacks: u64,
+    pub model_cache_hits: u64,
+    /// Models parsed and inserted into the host cache.
+    pub model_loads: u64,
+    pub model_evictions: u64,
+    pub models_cached: usize,
+    pub model_cache_bytes: u64,
+    /// Weight uploads to a device.
+    pub device_uploads: u64,
+    pub device_evictions: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    batches: AtomicU64,
+    requests: AtomicU64,
+    rows: AtomicU64,
+    cpu_fallbacks: AtomicU64,
+    hits: AtomicU64,
+    loads: AtomicU64,
+    evictions: AtomicU64,
+    uploads: AtomicU64,
+    device_evictions: AtomicU64,
+}
+
+fn bump(c: &AtomicU64, n: u64) {
+    c.fetch_add(n, Ordering::Relaxed);
+}
+
+#[derive(Debug)]
+struct State {
+    queue: Queue,
+    /// One per CUDA device: resident weights (by model id) and reserved activations.
+    ledgers: Vec<Lru<u64, ()>>,
+    held: bool,
+    shutdown: bool,
+    next_seq: u64,
+    next_batch: u64,
+}
+
+#[derive(Debug)]
+struct Inner {
+    cfg: SchedulerConfig,
+    devices: Vec<CudaDevice>,
+    infos: Vec<DeviceInfo>,
+    /// GPU slots opened (0: no GPU in use).
+    gpu_slots: usize,
+    note: String,
+    cpu: CpuPool,
+    state: Mutex<State>,
+    wake: Condvar,
+    models: Mutex<Lru<ModelKey, Arc<Model>>>,
+    counters: Counters,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The GPU pool (and its CPU fallback). Share it with `Arc`.
+#[derive(Debug)]
+pub struct Scheduler {
+    inner: Arc<Inner>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// The answer to [`Scheduler::submit`]: a future of the request's own rows. Dropping it
+/// withdraws the request if it has not started.
+#[derive(Debug)]
+#[must_use = "a ticket does nothing unless awaited"]
+pub struct Ticket {
+    rx: oneshot::Receiver<Result<Inference, InferError>>,
+}
+
+impl std::future::Future for Ticket {
+    type Output = Result<Inference, InferError>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.rx).poll(cx).map(|r| {
+            r.unwrap_or_else(|_| {
+                Err(InferError::new(
+                    ErrorKind::Shutdown,
+                    "the GPU scheduler stopped",
+                ))
+            })
+        })
+    }
+}
+
+enum SlotKind {
+    Gpu(CudaSlot),
+    Cpu,
+}
+
+impl Scheduler {
+    /// Discovers CUDA devices (only when `gpu_slots > 0`) and starts the slot threads. No
+    /// device, no driver, or a driver that fails is not an error: the CPU fallback runs
+    /// everything, and the reason is logged once and kept in [`Scheduler::cpu_fallback_reason`].
+    pub fn start(cfg: SchedulerConfig) -> Result<Scheduler, String> {
+        let mut cfg = cfg;
+        cfg.max_batch_size = cfg.max_batch_size.max(1);
+        cfg.cpu_slots = cfg.cpu_slots.max(1);
+        let found = cuda::discover(cfg.gpu_slots, cfg.device_memory_budget);
+        let infos: Vec<DeviceInfo> = found.devices.iter().map(|d| d.info.clone()).collect();
+        if infos.is_empty() {
+            tracing::info!(reason = %found.note, "no GPU in use: ai.inference runs on the CPU fallback");
+        } else {
+            for d in &infos {
+                tracing::info!(
+                    ordinal = d.ordinal,
+                    name = %d.name,
+                    total_mib = d.total_memory >> 20,
+                    budget_mib = d.budget >> 20,
+                    slots = d.slots,
+                    compute_capability = ?d.compute_capability,
+                    "GPU in use"
+                );
+            }
+        }
+        let ledgers = infos.iter().map(|d| Lru::new(d.budget)).collect();
+        let inner = Arc::new(Inner {
+            cpu: CpuPool::new(cfg.cpu_threads)?,
+            models: Mutex::new(Lru::new(cfg.host_cache_budget)),
+            state: Mutex::new(State {
+                queue: Queue::default(),
+                ledgers,
+                held: false,
+                shutdown: false,
+                next_seq: 0,
+                next_batch: 0,
+            }),
+            wake: Condvar::new(),
+            counters: Counters::default(),
+            gpu_slots: found.slots.len(),
+            devices: found.devices,
+            infos,
+            note: found.note,
+            cfg,
+        });
+        let mut threads = Vec::new();
+        let kinds = found
+            .slots
+            .into_iter()
+            .map(SlotKind::Gpu)
+            .chain((0..inner.cfg.cpu_slots).map(|_| SlotKind::Cpu));
+        for (i, kind) in kinds.enumerate() {
+            let inner = inner.clone();
+            let name = match &kind {
+                SlotKind::Gpu(s) => format!("gpu-slot-{i}-dev{}", s.device),
+                SlotKind::Cpu => format!("gpu-cpu-slot-{i}"),
+            };
+            let h = std::thread::Builder::new()
+                .name(name)
+                .spawn(move || slot_loop(inner, kind))
+                .map_err(|e| format!("spawning a GPU pool thread: {e}"))?;
+            threads.push(h);
+        }
+        Ok(Scheduler {
+            inner,
+            threads: Mutex::new(threads),
+        })
+    }
+
+    /// CUDA devices in use (empty: everything runs on the CPU fallback).
+    pub fn devices(&self) -> &[DeviceInfo] {
+        &self.inner.infos
+    }
+
+    /// Whether `device: "cuda"` can be served.
+    pub fn has_cuda(&self) -> bool {
+        self.inner.gpu_slots > 0
+    }
+
+    /// Why there is no GPU (empty when there is one).
+    pub fn cpu_fallback_reason(&self) -> &str {
+        &self.inner.note
+    }
+
+    /// Requests queued, not yet running (`worker_pool_queue_depth{pool="gpu"}`).
+    pub fn queue_depth(&self) -> usize {
+        lock(&self.inner.state).queue.len()
+    }
+
+    pub fn config(&self) -> &SchedulerConfig {
+        &self.inner.cfg
+    }
+
+    pub fn stats(&self) -> Stats {
+        let c = &self.inner.counters;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let (models_cached, model_cache_bytes) = {
+            let m = lock(&self.inner.models);
+            (m.len(), m.used())
+        };
+        Stats {
+            batches_run: get(&c.batches),
+            requests_run: get(&c.requests),
+            rows_run: get(&c.rows),
+            queue_depth: self.queue_depth(),
+            cpu_fallbacks: get(&c.cpu_fallbacks),
+            model_cache_hits: get(&c.hits),
+            model_loads: get(&c.loads),
+            model_evictions: get(&c.evictions),
+            models_cached,
+            model_cache_bytes,
+            device_uploads: get(&c.uploads),
+            device_evictions: get(&c.device_evictions),
+        }
+    }
+
+    /// The cached model for a file, if its identity (path, mtime, size) is unchanged.
+    pub fn cached_model(&self, key: &ModelKey) -> Option<Arc<Model>> {
+        let m = lock(&self.inner.models).get(key).cloned();
+        if m.is_some() {
+            bump(&self.inner.counters.hits, 1);
+        }
+        m
+    }
+
+    /// Caches a freshly parsed model under its file identity, evicting the least recently
+    /// used models beyond the host budget. A model larger than the whole budget is
+    /// returned uncached.
+    pub fn cache_model(&self, key: ModelKey, model: Model) -> Arc<Model> {
+        let model = Arc::new(model);
+        bump(&self.inner.counters.loads, 1);
+        let bytes = model.weight_bytes();
+        if let Ok(evicted) = lock(&self.inner.models).insert(key, model.clone(), bytes) {
+            bump(&self.inner.counters.evictions, evicted.len() as u64);
+        }
+        model
+    }
+
+    /// Whether a model of this file identity is in the host cache (no LRU touch).
+    pub fn is_cached(&self, key: &ModelKey) -> bool {
+        lock(&self.inner.models).contains(key)
+    }
+
+    /// Queues a request. Errors at once for what can be told now: a width that does not
+    /// match the model, a non-finite input, `Cuda` with no GPU, a stopped scheduler.
+    pub fn submit(&self, req: Request) -> Result<Ticket, InferError> {
+        let width = req.model.input_dim();
+        if req.rows == 0 {
+            return Err(InferError::new(ErrorKind::InvalidInput, "no input rows"));
+        }
+        if req.inputs.len() != req.rows * width {
+            return Err(InferError::new(
+                ErrorKind::InvalidInput,
+                format!(
+                    "{} input values for {} rows; the model takes rows of {width}",
+                    req.inputs.len(),
+                    req.rows
+                ),
+            ));
+        }
+        if let Some(i) = req.inputs.iter().position(|v| !v.is_finite()) {
+            return Err(InferError::new(
+                ErrorKind::InvalidInput,
+                format!(
+                    "input row {}, column {} is not a finite number",
+                    i / width,
+                    i % width
+                ),
+            ));
+        }
+        let (tx, rx) = oneshot::channel();
+        let mut st = lock(&self.inner.state);
+        if st.shutdown {
+            return Err(InferError::new(
+                ErrorKind::Shutdown,
+                "the GPU scheduler is shutting down",
+            ));
+        }
+        let class = match req.device {
+            DevicePref::Cpu => Class::Cpu,
+            DevicePref::Auto if self.inner.gpu_slots == 0 => Class::Cpu,
+            DevicePref::Auto => Class::Gpu,
+            DevicePref::Cuda if self.inner.gpu_slots == 0 => {
+                return Err(no_cuda(&self.inner.note));
+            }
+            DevicePref::Cuda => Class::Gpu,
+        };
+        let seq = st.next_seq;
+        st.next_seq += 1;
+        st.queue.push(
+            class,
+            Pending {
+                seq,
+                priority: req.priority,
+                enqueued: Instant::now(),
+                deadline: req.deadline,
+                model: req.model,
+                inputs: req.inputs,
+                rows: req.rows,
+                pref: req.device,
+                reply: tx,
+            },
+        );
+        drop(st);
+        self.inner.wake.notify_all();
+        Ok(Ticket { rx })
+    }
+
+    /// Stops dispatching: queued requests wait until [`Scheduler::release`] (maintenance,
+    /// and tests that need a busy pool).
+    pub fn hold(&self) {
+        lock(&self.inner.state).held = true;
+    }
+
+    pub fn release(&self) {
+        lock(&self.inner.state).held = false;
+        self.inner.wake.notify_all();
+    }
+
+    /// Refuses new requests and answers queued ones with [`ErrorKind::Shutdown`]; running
+    /// batches finish. Threads are joined on drop.
+    pub fn shutdown(&self) {
+        let drained = {
+            let mut st = lock(&self.inner.state);
+            st.shutdown = true;
+            st.queue.drain()
+        };
+        for p in drained {
+            p.answer(Err(InferError::new(
+                ErrorKind::Shutdown,
+                "the GPU scheduler is shutting down",
+            )));
+        }
+        self.inner.wake.notify_all();
+    }
+}
+
+impl Drop for Scheduler {
+    fn drop(&mut self) {
+        self.shutdown();
+        for h in lock(&self.threads).drain(..) {
+            let _ = h.join();
+        }
+    }
+}
+
+fn no_cuda(note: &str) -> InferError {
+    InferError::new(
+        ErrorKind::NoDevice,
+        format!("no CUDA device on this worker ({note})"),
+    )
+}
+
+/// GPU admission on one device: room for the weights (unless resident) and the batch's
+/// activations, evicting unpinned weights least recently used first.
+fn admit_gpu(
+    ledger: &mut Lru<u64, ()>,
+    model: &Model,
+    rows: usize,
+    evicted: &mut Vec<u64>,
+) -> Admit {
+    let (id, w, act) = (
+        model.id(),
+        model.weight_bytes(),
+        model.activation_bytes(rows),
+    );
+    if w + act > ledger.budget() {
+        return Admit::Never;
+    }
+    let resident = ledger.contains(&id);
+    if resident {
+        ledger.pin(&id);
+    }
+    let need = act + if resident { 0 } else { w };
+    match ledger.make_room(need) {
+        None => {
+            if resident {
+                ledger.unpin(&id);
+            }
+            Admit::Wait
+        }
+        Some(ev) => {
+            evicted.extend(ev.into_iter().map(|(k, ())| k));
+            if !resident {
+                // make_room just freed enough; the insert cannot fail.
+                let _ = ledger.insert(id, (), w);
+                ledger.pin(&id);
+            }
+            ledger.reserve(act);
+            Admit::Go
+        }
+    }
+}
+
+fn slot_loop(inner: Arc<Inner>, kind: SlotKind) {
+    let class = match &kind {
+        SlotKind::Gpu(_) => Class::Gpu,
+        SlotKind::Cpu => Class::Cpu,
+    };
+    let dev = match &kind {
+        SlotKind::Gpu(s) => Some(s.device),
+        SlotKind::Cpu => None,
+    };
+    let (max_batch, delay) = (inner.cfg.max_batch_size, inner.cfg.max_queue_delay);
+    let mut st = lock(&inner.state);
+    loop {
+        if st.shutdown {
+            return;
+        }
+        if st.held {
+            st = inner.wake.wait(st).unwrap_or_else(|p| p.into_inner());
+            continue;
+        }
+        let now = Instant::now();
+        st.queue.prune(now);
+        let mut evicted = Vec::new();
+        let take = {
+            let State { queue, ledgers, .. } = &mut *st;
+            queue.take(class, now, max_batch, delay, |model, rows| match dev {
+                Some(d) => admit_gpu(&mut ledgers[d], model, rows, &mut evicted),
+                None => Admit::Go,
+            })
+        };
+        if let Some(d) = dev {
+            for id in &evicted {
+                inner.devices[d].evict(*id);
+            }
+            bump(&inner.counters.device_evictions, evicted.len() as u64);
+        }
+        match take {
+            Take::Batch(items) => {
+                let batch_id = st.next_batch;
+                let rows: usize = items.iter().map(|p| p.rows).sum();
+                st.next_batch += rows.div_ceil(max_batch) as u64;
+                drop(st);
+                let model = items[0].model.clone();
+                let outcome = run_batch(&inner, &kind, items, batch_id);
+                st = lock(&inner.state);
+                if let Some(d) = dev {
+                    let ledger = &mut st.ledgers[d];
+                    ledger.release(model.activation_bytes(rows.min(max_batch)));
+                    ledger.unpin(&model.id());
+                    if outcome.device_failed {
+                        // The copy may be half made or the context damaged: drop it.
+                        ledger.remove(&model.id());
+                        inner.devices[d].evict(model.id());
+                    }
+                }
+                for p in outcome.fallback {
+                    st.queue.push(Class::Cpu, p);
+                }
+                inner.wake.notify_all();
+            }
+            Take::Never(items) => {
+                let mut moved = false;
+                for p in items {
+                    if p.pref == DevicePref::Auto {
+                        bump(&inner.counters.cpu_fallbacks, 1);
+                        st.queue.push(Class::Cpu, p);
+                        moved = true;
+                    } else {
+                        let m = &p.model;
+                        let msg = format!(
+                            "the model ({} MiB of weights) and a batch's activations do not fit the device memory budget ({} MiB)",
+                            m.weight_bytes() >> 20,
+                            dev.map_or(0, |d| inner.infos[d].budget >> 20)
+                        );
+                        p.answer(Err(InferError::new(ErrorKind::TooLarge, msg)));
+                    }
+                }
+                if moved {
+                    inner.wake.notify_all();
+                }
+            }
+            Take::WaitUntil(t) => {
+                let wait = t
+                    .saturating_duration_since(now)
+                    .max(Duration::from_micros(10));
+                st = inner
+                    .wake
+                    .wait_timeout(st, wait)
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0;
+            }
+            Take::Idle => {
+                st = inner.wake.wait(st).unwrap_or_else(|p| p.into_inner());
+            }
+        }
+    }
+}
+
+struct Outcome {
+    /// `auto` requests to run again on the CPU.
+    fallback: Vec<Pending>,
+    device_failed: bool,
+}
+
+/// Runs one batch outside the lock and answers its requests.
+fn run_batch(inner: &Inner, kind: &SlotKind, items: Vec<Pending>, batch_id: u64) -> Outcome {
+    let model = items[0].model.clone();
+    let max_batch = inner.cfg.max_batch_size;
+    let total: usize = items.iter().map(|p| p.rows).sum();
+    let width = model.input_dim();
+    let cols = model.output_dim();
+    let mut input = Vec::with_capacity(total * width);
+    for p in &items {
+        input.extend_from_slice(&p.inputs);
+    }
+    let (device, result) = match kind {
+        SlotKind::Cpu => {
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                let mut out = Vec::with_capacity(total * cols);
+                for chunk in input.chunks(max_batch * width) {
+                    out.extend(inner.cpu.forward(&model, chunk, chunk.len() / width));
+                }
+                out
+            }))
+            .map_err(|_| "the CPU inference panicked".to_owned());
+            (Device::Cpu, r)
+        }
+        SlotKind::Gpu(slot) => {
+            let dev = &inner.devices[slot.device];
+            let r = cuda::guarded(|| {
+                let mut out = Vec::with_capacity(total * cols);
+                for chunk in input.chunks(max_batch * width) {
+                    let (y, uploaded) = slot.forward(dev, &model, chunk, chunk.len() / width)?;
+                    if uploaded {
+                        bump(&inner.counters.uploads, 1);
+                    }
+                    out.extend(y);
+                }
+                Ok(out)
+            });
+            (Device::Cuda(dev.info.ordinal), r)
+        }
+    };
+    let c = &inner.counters;
+    match result {
+        Ok(out) => {
+            bump(&c.batches, total.div_ceil(max_batch) as u64);
+            bump(&c.requests, items.len() as u64);
+            bump(&c.rows, total as u64);
+            let batch_rows = total.min(max_batch);
+            let mut at = 0;
+            for p in items {
+                let own = out[at * cols..(at + p.rows) * cols].to_vec();
+                at += p.rows;
+                if own.iter().any(|v| !v.is_finite()) {
+                    p.answer(Err(InferError::new(
+                        ErrorKind::NonFinite,
+                        "the network produced a non-finite value (overflow in a layer)",
+                    )));
+                    continue;
+                }
+                let rows = p.rows;
+                p.answer(Ok(Inference {
+                    outputs: own,
+                    rows,
+                    cols,
+                    device,
+                    batch_rows,
+                    batch_id,
+                }));
+            }
+            Outcome {
+                fallback: Vec::new(),
+                device_failed: false,
+            }
+        }
+        Err(msg) if matches!(kind, SlotKind::Cpu) => {
+            tracing::error!(error = %msg, "CPU inference failed");
+            for p in items {
+                p.answer(Err(InferError::new(ErrorKind::Device, msg.clone())));
+            }
+            Outcome {
+                fallback: Vec::new(),
+                device_failed: false,
+            }
+        }
+        Err(msg) => {
+            tracing::warn!(device = %device, error = %msg, "GPU batch failed; auto requests fall back to the CPU");
+            let mut fallback = Vec::new();
+            for p in items {
+                if p.pref == DevicePref::Auto {
+                    bump(&c.cpu_fallbacks, 1);
+                    fallback.push(p);
+                } else {
+                    p.answer(Err(InferError::new(
+                        ErrorKind::Device,
+                        format!("{device}: {msg}"),
+                    )));
+                }
+            }
+            Outcome {
+                fallback,
+                device_failed: true,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Activation, Layer};
+
+    /// A model of `n × n` weights (4·(n² + n) bytes).
+    fn model(n: usize) -> Model {
+        Model::new(vec![Layer::new(
+            n,
+            n,
+            vec![0.0; n * n],
+            vec![0.0; n],
+            Activation::None,
+        )
+        .expect("layer")])
+        .expect("model")
+    }
+
+    #[test]
+    fn gpu_admission_by_device_memory() {
+        let (a, b) = (model(64), model(64)); // 16 640 bytes of weights each
+        let act = a.activation_bytes(4); // 4 rows × (64 + 2·64) × 4 = 3 072
+        let mut ledger: Lru<u64, ()> = Lru::new(a.weight_bytes() + b.weight_bytes() / 2 + 2 * act);
+        let mut evicted = Vec::new();
+
+        assert_eq!(admit_gpu(&mut ledger, &a, 4, &mut evicted), Admit::Go);
+        assert!(ledger.contains(&a.id()));
+        // a is running (pinned, activations reserved): b's weights cannot fit beside it.
+        assert_eq!(admit_gpu(&mut ledger, &b, 4, &mut evicted), Admit::Wait);
+        // a again (resident): only activations are needed.
+        assert_eq!(admit_gpu(&mut ledger, &a, 4, &mut evicted), Admit::Go);
+        for _ in 0..2 {
+            ledger.release(act);
+            ledger.unpin(&a.id());
+        }
+        // Nothing running: b evicts a, least recently used.
+        assert_eq!(admit_gpu(&mut ledger, &b, 4, &mut evicted), Admit::Go);
+        assert_eq!(evicted, vec![a.id()]);
+        assert!(ledger.contains(&b.id()) && !ledger.contains(&a.id()));
+        // A model larger than the whole budget never runs here.
+        assert_eq!(
+            admit_gpu(&mut ledger, &model(200), 1, &mut evicted),
+            Admit::Never
+        );
+    }
+}
