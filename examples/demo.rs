@@ -52,11 +52,19 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     tokio::spawn(async move {
         while let Some(m) = approvals.next().await {
             let req: Value = serde_json::from_slice(&m.payload).unwrap_or_default();
-            println!("<- approval request {}", String::from_utf8_lossy(&m.payload));
+            println!(
+                "<- approval request {}",
+                String::from_utf8_lossy(&m.payload)
+            );
             let decision = json!({"assignment_id": req["assignment_id"], "approver": "user1@example.com",
                 "approved": true, "comment": "Looks good"});
             println!("-> approval decision {decision}");
-            let _ = approver.publish("caf.human.approval.decision.v1", decision.to_string().into()).await;
+            let _ = approver
+                .publish(
+                    "caf.human.approval.decision.v1",
+                    decision.to_string().into(),
+                )
+                .await;
         }
     });
 
@@ -84,7 +92,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             "job": job,
         });
         println!("-> assignment {a}");
-        client.publish("caf.exec.assign.v1", a.to_string().into()).await?;
+        client
+            .publish("caf.exec.assign.v1", a.to_string().into())
+            .await?;
         client.flush().await?;
         let deadline = tokio::time::sleep(Duration::from_secs(30));
         tokio::pin!(deadline);

@@ -31,8 +31,14 @@ impl Probe for WorkerProbe {
         let nats = self.publisher.is_connected();
         let (pools_ok, pools_detail) = match self.runtime.get() {
             None => (false, "starting".to_owned()),
-            Some(rt) if rt.saturated() => (false, format!("cpu queues full ({} queued)", rt.queue_depth())),
-            Some(rt) => (true, format!("{} queued, {} running", rt.queue_depth(), rt.in_flight())),
+            Some(rt) if rt.saturated() => (
+                false,
+                format!("cpu queues full ({} queued)", rt.queue_depth()),
+            ),
+            Some(rt) => (
+                true,
+                format!("{} queued, {} running", rt.queue_depth(), rt.in_flight()),
+            ),
         };
         let rss_mb = crate::telemetry::metrics::process_usage().map_or(0, |(_, rss)| rss >> 20);
         let mem_ok = rss_mb <= self.max_memory_mb;
@@ -48,9 +54,17 @@ impl Probe for WorkerProbe {
             Indicator {
                 name: "nats_connection",
                 ok: nats,
-                detail: if nats { "connected".into() } else { "not connected".into() },
+                detail: if nats {
+                    "connected".into()
+                } else {
+                    "not connected".into()
+                },
             },
-            Indicator { name: "resource_pools", ok: pools_ok, detail: pools_detail },
+            Indicator {
+                name: "resource_pools",
+                ok: pools_ok,
+                detail: pools_detail,
+            },
             Indicator {
                 name: "memory",
                 ok: mem_ok,
@@ -59,7 +73,11 @@ impl Probe for WorkerProbe {
             Indicator {
                 name: "critical_errors",
                 ok: critical_ok,
-                detail: if critical_ok { "none recently".into() } else { "a block panicked in the last 60 s".into() },
+                detail: if critical_ok {
+                    "none recently".into()
+                } else {
+                    "a block panicked in the last 60 s".into()
+                },
             },
         ]
     }
@@ -80,7 +98,12 @@ pub async fn run(cfg: Config) -> Result<(), String> {
 
     // Sandbox mode: files go to a throw-away root, removed at exit.
     let sandbox_dir = if cfg.sandbox {
-        Some(tempfile::Builder::new().prefix("beamline-sandbox-").tempdir().map_err(|e| format!("sandbox root: {e}"))?)
+        Some(
+            tempfile::Builder::new()
+                .prefix("beamline-sandbox-")
+                .tempdir()
+                .map_err(|e| format!("sandbox root: {e}"))?,
+        )
     } else {
         None
     };
@@ -88,7 +111,8 @@ pub async fn run(cfg: Config) -> Result<(), String> {
         Some(d) => d.path().to_path_buf(),
         None => cfg.fs_root.clone(),
     };
-    std::fs::create_dir_all(&fs_root).map_err(|e| format!("--fs-root {}: {e}", fs_root.display()))?;
+    std::fs::create_dir_all(&fs_root)
+        .map_err(|e| format!("--fs-root {}: {e}", fs_root.display()))?;
 
     let io = beamline_io::IoPool::start(beamline_io::IoConfig {
         threads: cfg.io_pool_size,
@@ -106,12 +130,20 @@ pub async fn run(cfg: Config) -> Result<(), String> {
     if cfg.fs_backend == FsBackend::IoUring && io.backend() != beamline_io::Backend::Uring {
         return Err("--fs-backend io_uring: io_uring is not available on this kernel".into());
     }
-    metrics.fs_backend.with_label_values(&[io.backend().as_str()]).set(1);
+    metrics
+        .fs_backend
+        .with_label_values(&[io.backend().as_str()])
+        .set(1);
 
     let client = transport::connect(&cfg, metrics.clone()).await?;
     let js_ctx = async_nats::jetstream::new(client.clone());
     let publisher_js = (cfg.consumer == ConsumerMode::Jetstream).then(|| js_ctx.clone());
-    let publisher = Publisher::new(client.clone(), publisher_js, cfg.subjects.clone(), metrics.clone());
+    let publisher = Publisher::new(
+        client.clone(),
+        publisher_js,
+        cfg.subjects.clone(),
+        metrics.clone(),
+    );
 
     let probe = Arc::new(WorkerProbe {
         publisher: publisher.clone(),
@@ -120,9 +152,14 @@ pub async fn run(cfg: Config) -> Result<(), String> {
         max_memory_mb: cfg.max_memory_mb,
         critical: Mutex::new((0, None)),
     });
-    let metrics_addr = crate::telemetry::http::serve(cfg.prometheus_endpoint, Some(metrics.clone()), probe.clone(), stop.clone())
-        .await
-        .map_err(|e| format!("--prometheus-endpoint {}: {e}", cfg.prometheus_endpoint))?;
+    let metrics_addr = crate::telemetry::http::serve(
+        cfg.prometheus_endpoint,
+        Some(metrics.clone()),
+        probe.clone(),
+        stop.clone(),
+    )
+    .await
+    .map_err(|e| format!("--prometheus-endpoint {}: {e}", cfg.prometheus_endpoint))?;
     let health_addr = match cfg.health_endpoint {
         Some(a) => Some(
             crate::telemetry::http::serve(a, None, probe.clone(), stop.clone())
@@ -152,7 +189,9 @@ pub async fn run(cfg: Config) -> Result<(), String> {
         None
     };
     let publisher = match &js {
-        Some(h) if !h.outputs_durable => Publisher::new(client.clone(), None, cfg.subjects.clone(), metrics.clone()),
+        Some(h) if !h.outputs_durable => {
+            Publisher::new(client.clone(), None, cfg.subjects.clone(), metrics.clone())
+        }
         _ => publisher,
     };
 
@@ -183,7 +222,10 @@ pub async fn run(cfg: Config) -> Result<(), String> {
         io: io.clone(),
         gpu: gpu.clone(),
         fs_root,
-        limits: ParseLimits { default_timeout: cfg.default_timeout, max_timeout: cfg.max_job_time },
+        limits: ParseLimits {
+            default_timeout: cfg.default_timeout,
+            max_timeout: cfg.max_job_time,
+        },
         stopping: CancellationToken::new(),
         hard_stop: CancellationToken::new(),
         slots: Arc::new(Semaphore::new(slots)),
@@ -227,10 +269,19 @@ pub async fn run(cfg: Config) -> Result<(), String> {
         stop.clone(),
     ));
     let memory = tokio::spawn(watch_memory(shared.clone(), stop.clone()));
-    let heartbeat = tokio::spawn(heartbeats(cfg.clone(), publisher.clone(), runtime.clone(), probe.clone(), stop.clone()));
+    let heartbeat = tokio::spawn(heartbeats(
+        cfg.clone(),
+        publisher.clone(),
+        runtime.clone(),
+        probe.clone(),
+        stop.clone(),
+    ));
 
     shutdown_signal().await;
-    tracing::info!(grace_ms = cfg.shutdown_grace.as_millis() as u64, "stop requested: draining");
+    tracing::info!(
+        grace_ms = cfg.shutdown_grace.as_millis() as u64,
+        "stop requested: draining"
+    );
     intake_stop.cancel();
     let _ = consumer.await;
     let rt = runtime.clone();
@@ -256,19 +307,34 @@ async fn watch_memory(shared: Arc<Shared>, stop: CancellationToken) {
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let Some((_, rss)) = crate::telemetry::metrics::process_usage() else { continue };
+        let Some((_, rss)) = crate::telemetry::metrics::process_usage() else {
+            continue;
+        };
         let over = shared.over_memory.load(Ordering::Relaxed);
         if !over && rss > budget {
-            tracing::warn!(rss_mb = rss >> 20, budget_mb = budget >> 20, "over the memory budget: intake paused");
+            tracing::warn!(
+                rss_mb = rss >> 20,
+                budget_mb = budget >> 20,
+                "over the memory budget: intake paused"
+            );
             shared.over_memory.store(true, Ordering::Relaxed);
         } else if over && rss < budget / 10 * 9 {
-            tracing::info!(rss_mb = rss >> 20, "back under the memory budget: intake resumed");
+            tracing::info!(
+                rss_mb = rss >> 20,
+                "back under the memory budget: intake resumed"
+            );
             shared.over_memory.store(false, Ordering::Relaxed);
         }
     }
 }
 
-async fn heartbeats(cfg: Arc<Config>, publisher: Publisher, rt: Arc<Runtime>, probe: Arc<WorkerProbe>, stop: CancellationToken) {
+async fn heartbeats(
+    cfg: Arc<Config>,
+    publisher: Publisher,
+    rt: Arc<Runtime>,
+    probe: Arc<WorkerProbe>,
+    stop: CancellationToken,
+) {
     let mut tick = tokio::time::interval(cfg.heartbeat_interval);
     loop {
         tokio::select! {
@@ -293,7 +359,7 @@ async fn heartbeats(cfg: Arc<Config>, publisher: Publisher, rt: Arc<Runtime>, pr
             "status": status,
             "resources": {
                 "cpu": cfg.cpu_pool_size,
-                "gpu": cfg.gpu_pool_size,
+                "gpu": rt.shared().gpu.devices().len(),
                 "mem_bytes": rss,
                 "jobs_in_flight": in_flight,
             },
@@ -305,13 +371,21 @@ async fn heartbeats(cfg: Arc<Config>, publisher: Publisher, rt: Arc<Runtime>, pr
                 "version": env!("CARGO_PKG_VERSION"),
             },
         });
-        let _ = publisher.publish_core(&cfg.subjects.heartbeat, bytes::Bytes::from(body.to_string())).await;
+        let _ = publisher
+            .publish_core(
+                &cfg.subjects.heartbeat,
+                bytes::Bytes::from(body.to_string()),
+            )
+            .await;
     }
 }
 
 async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         let _ = tokio::signal::ctrl_c().await;
         return;
     };

@@ -14,6 +14,7 @@
 //! - [`telemetry`]: every metric name, spans, logs, the health/metrics endpoint.
 #![forbid(unsafe_code)]
 
+pub mod app;
 pub mod blocks;
 pub mod config;
 pub mod contract;
@@ -21,4 +22,3 @@ pub mod policy;
 pub mod runtime;
 pub mod telemetry;
 pub mod transport;
-pub mod app;

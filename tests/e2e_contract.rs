@@ -11,7 +11,10 @@ use serde_json::{json, Value};
 
 async fn setup(mode: &str, extra: &[&str]) -> (Nats, Worker, Router) {
     let nats = Nats::start();
-    let worker = Worker::builder(&nats.url()).arg(&format!("--consumer={mode}")).args(extra).start();
+    let worker = Worker::builder(&nats.url())
+        .arg(&format!("--consumer={mode}"))
+        .args(extra)
+        .start();
     let router = Router::connect(&nats.url()).await;
     ready(&router).await;
     (nats, worker, router)
@@ -26,10 +29,17 @@ async fn expect_rejected(router: &Router, id: &str, want: u64, field: &str) {
     assert_eq!(ack["status"], "rejected", "{ack}");
     assert_eq!(ack["error"]["code"], want, "{ack}");
     let msg = ack["message"].as_str().expect("message");
-    assert!(msg.contains(field), "ack message {msg:?} should name {field}");
+    assert!(
+        msg.contains(field),
+        "ack message {msg:?} should name {field}"
+    );
     let r = router.result(id).await;
     assert_result_shape(&r);
-    assert_eq!((r["status"].as_str(), code(&r)), (Some("error"), want), "{r}");
+    assert_eq!(
+        (r["status"].as_str(), code(&r)),
+        (Some("error"), want),
+        "{r}"
+    );
     assert_eq!(r["attempts"], 0);
     assert_eq!(r["error"]["retryable"], false);
     let d = router.dlq(id).await;
@@ -42,14 +52,54 @@ async fn expect_rejected(router: &Router, id: &str, want: u64, field: &str) {
 async fn invalid_assignments_get_a_rejected_ack_an_error_result_and_a_dlq_entry() {
     let (_n, _w, router) = setup("jetstream", &[]).await;
     let cases: Vec<(&str, Value, u64, &str)> = vec![
-        ("v-no-tenant", json!({"version":"1","assignment_id":"v-no-tenant","job":{"type":"fs.get","path":"x"}}), 1002, "tenant_id"),
-        ("v-version", json!({"version":"2","assignment_id":"v-version","tenant_id":"t","job":{"type":"fs.get","path":"x"}}), 1001, "version"),
-        ("v-type", json!({"version":"1","assignment_id":"v-type","tenant_id":"t","job":{"type":"quantum.compute"}}), 1001, "job.type"),
-        ("v-no-job", json!({"version":"1","assignment_id":"v-no-job","tenant_id":"t"}), 1002, "job"),
-        ("v-timeout", json!({"version":"1","assignment_id":"v-timeout","tenant_id":"t","job":{"type":"fs.get","path":"x","timeout_ms":"soon"}}), 1003, "job.timeout_ms"),
-        ("v-path", json!({"version":"1","assignment_id":"v-path","tenant_id":"t","job":{"type":"fs.get"}}), 1002, "job.path"),
-        ("v-path-type", json!({"version":"1","assignment_id":"v-path-type","tenant_id":"t","job":{"type":"fs.get","path":7}}), 1003, "job.path"),
-        ("v-approvers", json!({"version":"1","assignment_id":"v-approvers","tenant_id":"t","job":{"type":"human.approval","prompt":"ok?"}}), 1002, "job.approvers"),
+        (
+            "v-no-tenant",
+            json!({"version":"1","assignment_id":"v-no-tenant","job":{"type":"fs.get","path":"x"}}),
+            1002,
+            "tenant_id",
+        ),
+        (
+            "v-version",
+            json!({"version":"2","assignment_id":"v-version","tenant_id":"t","job":{"type":"fs.get","path":"x"}}),
+            1001,
+            "version",
+        ),
+        (
+            "v-type",
+            json!({"version":"1","assignment_id":"v-type","tenant_id":"t","job":{"type":"quantum.compute"}}),
+            1001,
+            "job.type",
+        ),
+        (
+            "v-no-job",
+            json!({"version":"1","assignment_id":"v-no-job","tenant_id":"t"}),
+            1002,
+            "job",
+        ),
+        (
+            "v-timeout",
+            json!({"version":"1","assignment_id":"v-timeout","tenant_id":"t","job":{"type":"fs.get","path":"x","timeout_ms":"soon"}}),
+            1003,
+            "job.timeout_ms",
+        ),
+        (
+            "v-path",
+            json!({"version":"1","assignment_id":"v-path","tenant_id":"t","job":{"type":"fs.get"}}),
+            1002,
+            "job.path",
+        ),
+        (
+            "v-path-type",
+            json!({"version":"1","assignment_id":"v-path-type","tenant_id":"t","job":{"type":"fs.get","path":7}}),
+            1003,
+            "job.path",
+        ),
+        (
+            "v-approvers",
+            json!({"version":"1","assignment_id":"v-approvers","tenant_id":"t","job":{"type":"human.approval","prompt":"ok?"}}),
+            1002,
+            "job.approvers",
+        ),
     ];
     for (_, a, _, _) in &cases {
         router.assign(a).await;
@@ -66,23 +116,56 @@ async fn invalid_assignments_get_a_rejected_ack_an_error_result_and_a_dlq_entry(
 async fn unanswerable_payloads_go_to_the_dlq_only() {
     let (_n, _w, router) = setup("jetstream", &[]).await;
     router.publish(ASSIGN, "this is not json").await;
-    router.publish(ASSIGN, r#"{"version":"1","tenant_id":"t","job":{"type":"fs.get"}}"#).await;
+    router
+        .publish(
+            ASSIGN,
+            r#"{"version":"1","tenant_id":"t","job":{"type":"fs.get"}}"#,
+        )
+        .await;
     router.publish(ASSIGN, vec![0xffu8, 0xfe, 0x00]).await;
-    router.publish(ASSIGN, r#"{"assignment_id": 42, "note": "a \"quoted\" \\ escape"}"#).await;
-    let dlq = router.seen.wait_count(DLQ, 4, Duration::from_secs(10)).await;
-    let text = dlq.iter().find(|d| d["payload"] == "this is not json").expect("raw text kept");
+    router
+        .publish(
+            ASSIGN,
+            r#"{"assignment_id": 42, "note": "a \"quoted\" \\ escape"}"#,
+        )
+        .await;
+    let dlq = router
+        .seen
+        .wait_count(DLQ, 4, Duration::from_secs(10))
+        .await;
+    let text = dlq
+        .iter()
+        .find(|d| d["payload"] == "this is not json")
+        .expect("raw text kept");
     assert_eq!(text["error"]["code"], 1003, "{text}");
     assert_eq!(text["dlq_reason"], "unparseable");
-    assert!(text.get("assignment_id").is_none() && text.get("tenant_id").is_none(), "{text}");
-    let no_id = dlq.iter().find(|d| d["assignment"]["tenant_id"] == "t").expect("object kept");
+    assert!(
+        text.get("assignment_id").is_none() && text.get("tenant_id").is_none(),
+        "{text}"
+    );
+    let no_id = dlq
+        .iter()
+        .find(|d| d["assignment"]["tenant_id"] == "t")
+        .expect("object kept");
     assert_eq!(no_id["error"]["code"], 1002, "{no_id}");
-    let bin = dlq.iter().find(|d| d.get("payload_base64").is_some()).expect("binary kept");
+    let bin = dlq
+        .iter()
+        .find(|d| d.get("payload_base64").is_some())
+        .expect("binary kept");
     assert_eq!(bin["payload_base64"], "//4A");
-    let wrong = dlq.iter().find(|d| d["assignment"]["assignment_id"] == 42).expect("escaped payload kept");
-    assert_eq!(wrong["assignment"]["note"], "a \"quoted\" \\ escape", "{wrong}");
+    let wrong = dlq
+        .iter()
+        .find(|d| d["assignment"]["assignment_id"] == 42)
+        .expect("escaped payload kept");
+    assert_eq!(
+        wrong["assignment"]["note"], "a \"quoted\" \\ escape",
+        "{wrong}"
+    );
     assert_eq!(wrong["error"]["code"], 1003);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(router.seen.on(ACK).iter().all(|a| a["assignment_id"].as_str().is_some_and(|s| s.starts_with("ready-"))));
+    assert!(router.seen.on(ACK).iter().all(|a| a["assignment_id"]
+        .as_str()
+        .is_some_and(|s| s.starts_with("ready-"))));
 }
 
 #[tokio::test]
@@ -92,7 +175,17 @@ async fn nats_headers_supply_tenant_version_and_trace() {
     std::fs::write(w.fs_root.join("acme/in.txt"), "hello").expect("file");
     let a = json!({"assignment_id": "hdr-1", "job": {"type": "fs.get", "path": "/in.txt"}});
     router
-        .assign_with_headers(&a, &[("tenant_id", "acme"), ("version", "1"), ("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")])
+        .assign_with_headers(
+            &a,
+            &[
+                ("tenant_id", "acme"),
+                ("version", "1"),
+                (
+                    "traceparent",
+                    "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+                ),
+            ],
+        )
         .await;
     let r = router.result("hdr-1").await;
     assert_eq!(r["status"], "success", "{r}");
@@ -117,7 +210,15 @@ async fn run_flow_and_step_are_top_level_only_together() {
     b["correlation"] = json!({"run_id": "run-2", "flow_id": "flow-2", "step_id": "step-2"});
     router.assign(&b).await;
     let r = router.result("ids-2").await;
-    assert_eq!((r["run_id"].as_str(), r["flow_id"].as_str(), r["step_id"].as_str()), (Some("run-2"), Some("flow-2"), Some("step-2")), "{r}");
+    assert_eq!(
+        (
+            r["run_id"].as_str(),
+            r["flow_id"].as_str(),
+            r["step_id"].as_str()
+        ),
+        (Some("run-2"), Some("flow-2"), Some("step-2")),
+        "{r}"
+    );
 }
 
 async fn dedupe_in(mode: &str) {
@@ -132,21 +233,47 @@ async fn dedupe_in(mode: &str) {
     // The file changes; a duplicate must not run again: the stored result comes back.
     std::fs::write(&file, "second").expect("file");
     router.assign(&a).await;
-    router.seen.wait_count(RESULT, 2 + router.seen.on(RESULT).len() - router.seen.for_id(RESULT, "dup-1").len(), Duration::from_secs(10)).await;
+    router
+        .seen
+        .wait_count(
+            RESULT,
+            2 + router.seen.on(RESULT).len() - router.seen.for_id(RESULT, "dup-1").len(),
+            Duration::from_secs(10),
+        )
+        .await;
     let results = router.seen.for_id(RESULT, "dup-1");
     assert_eq!(results.len(), 2);
     assert_eq!(results[0], results[1], "re-published byte for byte");
     // Another tenant with the same assignment_id is its own assignment.
     std::fs::create_dir_all(w.fs_root.join("u")).expect("dir");
     std::fs::write(w.fs_root.join("u/data.txt"), "tenant u").expect("file");
-    router.assign(&assignment("dup-1", "u", json!({"type":"fs.get","path":"data.txt"}))).await;
-    router.seen.wait_count(RESULT, router.seen.on(RESULT).len().max(1), Duration::from_secs(1)).await;
+    router
+        .assign(&assignment(
+            "dup-1",
+            "u",
+            json!({"type":"fs.get","path":"data.txt"}),
+        ))
+        .await;
+    router
+        .seen
+        .wait_count(
+            RESULT,
+            router.seen.on(RESULT).len().max(1),
+            Duration::from_secs(1),
+        )
+        .await;
     let end = std::time::Instant::now() + Duration::from_secs(10);
     while router.seen.for_id(RESULT, "dup-1").len() < 3 {
-        assert!(std::time::Instant::now() < end, "no result for the other tenant");
+        assert!(
+            std::time::Instant::now() < end,
+            "no result for the other tenant"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(router.seen.for_id(RESULT, "dup-1")[2]["result"]["content"], "tenant u");
+    assert_eq!(
+        router.seen.for_id(RESULT, "dup-1")[2]["result"]["content"],
+        "tenant u"
+    );
     if mode == "jetstream" {
         // The completed-result record survives a kill -9 of the worker.
         w.restart();
@@ -154,11 +281,17 @@ async fn dedupe_in(mode: &str) {
         router.assign(&a).await;
         let end = std::time::Instant::now() + Duration::from_secs(10);
         while router.seen.for_id(RESULT, "dup-1").len() < 4 {
-            assert!(std::time::Instant::now() < end, "no re-published result after restart");
+            assert!(
+                std::time::Instant::now() < end,
+                "no re-published result after restart"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let all = router.seen.for_id(RESULT, "dup-1");
-        assert_eq!(all[3], all[0], "after a restart the stored result is re-published");
+        assert_eq!(
+            all[3], all[0],
+            "after a restart the stored result is re-published"
+        );
     }
 }
 
@@ -173,47 +306,95 @@ async fn duplicates_are_not_executed_twice_core() {
 }
 
 fn approval(id: &str, tenant: &str, timeout_ms: u64) -> Value {
-    assignment(id, tenant, json!({"type":"human.approval","prompt":"Approve this request?","timeout_ms": timeout_ms,
-        "approvers":["user1@example.com","user2@example.com"]}))
+    assignment(
+        id,
+        tenant,
+        json!({"type":"human.approval","prompt":"Approve this request?","timeout_ms": timeout_ms,
+        "approvers":["user1@example.com","user2@example.com"]}),
+    )
 }
 
 #[tokio::test]
 async fn cancel_stops_a_running_assignment_of_the_same_tenant_only() {
     let (_n, _w, router) = setup("jetstream", &[]).await;
     router.assign(&approval("c-1", "acme", 60_000)).await;
-    router.seen.wait_for(APPROVAL_REQUEST, "c-1", Duration::from_secs(10)).await;
-    router.publish(CANCEL, r#"{"assignment_id":"c-1","tenant_id":"intruder","reason":"x"}"#).await;
+    router
+        .seen
+        .wait_for(APPROVAL_REQUEST, "c-1", Duration::from_secs(10))
+        .await;
+    router
+        .publish(
+            CANCEL,
+            r#"{"assignment_id":"c-1","tenant_id":"intruder","reason":"x"}"#,
+        )
+        .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(router.seen.for_id(RESULT, "c-1").is_empty(), "another tenant's cancel changed nothing");
-    router.publish(CANCEL, r#"{"assignment_id":"c-1","tenant_id":"acme","reason":"user changed their mind"}"#).await;
+    assert!(
+        router.seen.for_id(RESULT, "c-1").is_empty(),
+        "another tenant's cancel changed nothing"
+    );
+    router
+        .publish(
+            CANCEL,
+            r#"{"assignment_id":"c-1","tenant_id":"acme","reason":"user changed their mind"}"#,
+        )
+        .await;
     let r = router.result("c-1").await;
     assert_result_shape(&r);
-    assert_eq!((r["status"].as_str(), code(&r)), (Some("cancelled"), 5001), "{r}");
+    assert_eq!(
+        (r["status"].as_str(), code(&r)),
+        (Some("cancelled"), 5001),
+        "{r}"
+    );
     assert_eq!(r["error_code"], "CANCELLED_BY_USER");
-    assert!(r["error"]["message"].as_str().expect("msg").contains("user changed their mind"));
+    assert!(r["error"]["message"]
+        .as_str()
+        .expect("msg")
+        .contains("user changed their mind"));
     assert_eq!(r["attempts"], 1);
     // A cancel that arrives first cancels the assignment on arrival, before it starts.
-    router.publish(CANCEL, r#"{"assignment_id":"c-2","tenant_id":"acme","reason":"early"}"#).await;
+    router
+        .publish(
+            CANCEL,
+            r#"{"assignment_id":"c-2","tenant_id":"acme","reason":"early"}"#,
+        )
+        .await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     router.assign(&approval("c-2", "acme", 60_000)).await;
     let r = router.result("c-2").await;
-    assert_eq!((r["status"].as_str(), r["attempts"].as_u64()), (Some("cancelled"), Some(0)), "{r}");
+    assert_eq!(
+        (r["status"].as_str(), r["attempts"].as_u64()),
+        (Some("cancelled"), Some(0)),
+        "{r}"
+    );
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(router.seen.for_id(DLQ, "c-1").is_empty() && router.seen.for_id(DLQ, "c-2").is_empty(), "cancelled results are not dead letters");
+    assert!(
+        router.seen.for_id(DLQ, "c-1").is_empty() && router.seen.for_id(DLQ, "c-2").is_empty(),
+        "cancelled results are not dead letters"
+    );
 }
 
 #[tokio::test]
 async fn approvals_granted_denied_wrong_approver_and_timeout() {
     let (_n, w, router) = setup("jetstream", &[]).await;
     router.assign(&approval("ap-yes", "acme", 30_000)).await;
-    let req = router.seen.wait_for(APPROVAL_REQUEST, "ap-yes", Duration::from_secs(10)).await;
+    let req = router
+        .seen
+        .wait_for(APPROVAL_REQUEST, "ap-yes", Duration::from_secs(10))
+        .await;
     assert_eq!(req["tenant_id"], "acme");
     assert_eq!(req["prompt"], "Approve this request?");
-    assert_eq!(req["approvers"], json!(["user1@example.com","user2@example.com"]));
+    assert_eq!(
+        req["approvers"],
+        json!(["user1@example.com", "user2@example.com"])
+    );
     assert!(req["expires_at"].as_u64().expect("expires_at") > 0);
     router.publish(APPROVAL_DECISION, r#"{"assignment_id":"ap-yes","approver":"mallory@example.com","approved":true,"comment":"let me in"}"#).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(router.seen.for_id(RESULT, "ap-yes").is_empty(), "a decision from a non-approver is ignored");
+    assert!(
+        router.seen.for_id(RESULT, "ap-yes").is_empty(),
+        "a decision from a non-approver is ignored"
+    );
     router.publish(APPROVAL_DECISION, r#"{"assignment_id":"ap-yes","approver":"user1@example.com","approved":true,"comment":"Looks good"}"#).await;
     let r = router.result("ap-yes").await;
     assert_eq!(r["status"], "success", "{r}");
@@ -223,52 +404,104 @@ async fn approvals_granted_denied_wrong_approver_and_timeout() {
     assert!(r["result"]["approved_at"].is_u64());
 
     router.assign(&approval("ap-no", "acme", 30_000)).await;
-    router.seen.wait_for(APPROVAL_REQUEST, "ap-no", Duration::from_secs(10)).await;
+    router
+        .seen
+        .wait_for(APPROVAL_REQUEST, "ap-no", Duration::from_secs(10))
+        .await;
     router.publish(APPROVAL_DECISION, r#"{"assignment_id":"ap-no","approver":"user2@example.com","approved":false,"comment":"no"}"#).await;
     let r = router.result("ap-no").await;
-    assert_eq!((r["status"].as_str(), r["result"]["approved"].as_bool()), (Some("success"), Some(false)), "{r}");
+    assert_eq!(
+        (r["status"].as_str(), r["result"]["approved"].as_bool()),
+        (Some("success"), Some(false)),
+        "{r}"
+    );
 
     router.assign(&approval("ap-late", "acme", 400)).await;
     let r = router.result("ap-late").await;
-    assert_eq!((r["status"].as_str(), code(&r)), (Some("timeout"), 5002), "{r}");
+    assert_eq!(
+        (r["status"].as_str(), code(&r)),
+        (Some("timeout"), 5002),
+        "{r}"
+    );
     assert_eq!(r["error_code"], "CANCELLED_BY_TIMEOUT");
     assert_eq!(r["error_type"], "timeout");
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(router.seen.for_id(DLQ, "ap-late").is_empty(), "timeouts are not dead letters");
+    assert!(
+        router.seen.for_id(DLQ, "ap-late").is_empty(),
+        "timeouts are not dead letters"
+    );
     let metrics = w.metrics().await;
-    assert!(metrics.contains("worker_approval_decisions_ignored_total 1"), "{metrics}");
+    assert!(
+        metrics.contains("worker_approval_decisions_ignored_total 1"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]
 async fn a_decision_sent_while_no_worker_waits_is_not_lost() {
     let (_n, mut w, router) = setup("jetstream", &[]).await;
     router.assign(&approval("ap-restart", "acme", 60_000)).await;
-    let first = router.seen.wait_for(APPROVAL_REQUEST, "ap-restart", Duration::from_secs(10)).await;
+    let first = router
+        .seen
+        .wait_for(APPROVAL_REQUEST, "ap-restart", Duration::from_secs(10))
+        .await;
     w.kill9();
     router.publish(APPROVAL_DECISION, r#"{"assignment_id":"ap-restart","approver":"user2@example.com","approved":true,"comment":"while you were away"}"#).await;
     w.restart();
     // The redelivered approval re-sends its request with the original expires_at, then
     // finds the kept decision.
-    let r = router.seen.wait_for(RESULT, "ap-restart", Duration::from_secs(45)).await;
-    assert_eq!((r["status"].as_str(), r["result"]["approved"].as_bool()), (Some("success"), Some(true)), "{r}\n{}", w.logs());
+    let r = router
+        .seen
+        .wait_for(RESULT, "ap-restart", Duration::from_secs(45))
+        .await;
+    assert_eq!(
+        (r["status"].as_str(), r["result"]["approved"].as_bool()),
+        (Some("success"), Some(true)),
+        "{r}\n{}",
+        w.logs()
+    );
     let requests = router.seen.for_id(APPROVAL_REQUEST, "ap-restart");
-    assert!(requests.iter().all(|q| q["expires_at"] == first["expires_at"]), "{requests:?}");
+    assert!(
+        requests
+            .iter()
+            .all(|q| q["expires_at"] == first["expires_at"]),
+        "{requests:?}"
+    );
 }
 
 #[tokio::test]
 async fn core_mode_answers_4002_when_every_queue_is_full() {
-    let (_n, _w, router) = setup("core", &["--cpu-pool-size=1", "--max-in-flight=1", "--queue-capacity=2"]).await;
+    let (_n, _w, router) = setup(
+        "core",
+        &[
+            "--cpu-pool-size=1",
+            "--max-in-flight=1",
+            "--queue-capacity=2",
+        ],
+    )
+    .await;
     for i in 0..10 {
-        router.assign(&approval(&format!("flood-{i}"), "t", 5_000)).await;
+        router
+            .assign(&approval(&format!("flood-{i}"), "t", 5_000))
+            .await;
     }
     let end = std::time::Instant::now() + Duration::from_secs(10);
     let refused = loop {
-        let r: Vec<Value> = router.seen.on(RESULT).into_iter().filter(|r| r["error"]["code"] == 4002).collect();
+        let r: Vec<Value> = router
+            .seen
+            .on(RESULT)
+            .into_iter()
+            .filter(|r| r["error"]["code"] == 4002)
+            .collect();
         // 1 running + 1 taken off the queue + 2 queued are held; the rest are refused.
         if r.len() >= 6 {
             break r;
         }
-        assert!(std::time::Instant::now() < end, "expected 4002 refusals, got {:?}", router.seen.summary());
+        assert!(
+            std::time::Instant::now() < end,
+            "expected 4002 refusals, got {:?}",
+            router.seen.summary()
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     let r = &refused[0];
@@ -283,13 +516,28 @@ async fn core_mode_answers_4002_when_every_queue_is_full() {
 #[tokio::test]
 async fn sandbox_mode_has_no_external_side_effects() {
     let (_n, w, router) = setup("core", &["--sandbox-mode"]).await;
-    router.assign(&assignment("sb-http", "t", json!({"type":"http.request","method":"GET","url":"http://127.0.0.1:9/never"}))).await;
+    router
+        .assign(&assignment(
+            "sb-http",
+            "t",
+            json!({"type":"http.request","method":"GET","url":"http://127.0.0.1:9/never"}),
+        ))
+        .await;
     let r = router.result("sb-http").await;
     assert_eq!(r["status"], "success", "{r}");
     assert_eq!(r["metadata"]["sandbox"], true);
-    router.assign(&assignment("sb-put", "t", json!({"type":"fs.put","path":"x.txt","content":"y"}))).await;
+    router
+        .assign(&assignment(
+            "sb-put",
+            "t",
+            json!({"type":"fs.put","path":"x.txt","content":"y"}),
+        ))
+        .await;
     assert_eq!(router.result("sb-put").await["status"], "success");
-    assert!(!w.fs_root.join("t/x.txt").exists(), "sandbox writes go to a throw-away root");
+    assert!(
+        !w.fs_root.join("t/x.txt").exists(),
+        "sandbox writes go to a throw-away root"
+    );
     router.assign(&approval("sb-ap", "t", 30_000)).await;
     let r = router.result("sb-ap").await;
     assert_eq!(r["result"]["approved"], true, "{r}");
@@ -297,12 +545,22 @@ async fn sandbox_mode_has_no_external_side_effects() {
 
 #[tokio::test]
 async fn heartbeats_report_liveness_and_capacity() {
-    let (_n, w, router) = setup("core", &["--heartbeat-interval-ms=200", "--worker-id=hb-worker"]).await;
-    let hb = router.seen.wait_count(HEARTBEAT, 2, Duration::from_secs(5)).await;
+    let (_n, w, router) = setup(
+        "core",
+        &["--heartbeat-interval-ms=200", "--worker-id=hb-worker"],
+    )
+    .await;
+    let hb = router
+        .seen
+        .wait_count(HEARTBEAT, 2, Duration::from_secs(5))
+        .await;
     let h = &hb[0];
     assert_eq!(h["version"], "1");
     assert_eq!(h["worker_id"], "hb-worker");
-    assert!(["ready", "busy", "degraded"].contains(&h["status"].as_str().expect("status")), "{h}");
+    assert!(
+        ["ready", "busy", "degraded"].contains(&h["status"].as_str().expect("status")),
+        "{h}"
+    );
     let ts = h["timestamp"].as_str().expect("timestamp");
     assert!(ts.ends_with('Z') && ts.len() == 27, "{ts}");
     for k in ["cpu", "gpu", "mem_bytes", "jobs_in_flight"] {
@@ -320,7 +578,11 @@ async fn a_job_deadline_ends_in_timeout_5002() {
     let started = std::time::Instant::now();
     router.assign(&a).await;
     let r = router.result("dl-1").await;
-    assert_eq!((r["status"].as_str(), code(&r)), (Some("timeout"), 5002), "{r}");
+    assert_eq!(
+        (r["status"].as_str(), code(&r)),
+        (Some("timeout"), 5002),
+        "{r}"
+    );
     assert!(started.elapsed() < Duration::from_secs(3));
 }
 
@@ -329,18 +591,37 @@ async fn results_and_acks_are_kept_in_jetstream_with_msg_ids() {
     let (n, w, router) = setup("jetstream", &[]).await;
     std::fs::create_dir_all(w.fs_root.join("t")).expect("dir");
     std::fs::write(w.fs_root.join("t/f"), "x").expect("file");
-    router.assign(&assignment("js-1", "t", json!({"type":"fs.get","path":"f"}))).await;
+    router
+        .assign(&assignment(
+            "js-1",
+            "t",
+            json!({"type":"fs.get","path":"f"}),
+        ))
+        .await;
     router.result("js-1").await;
     let headers = router.seen.headers_for(RESULT, "js-1");
-    let id = headers[0].as_ref().and_then(|h| h.get("Nats-Msg-Id")).map(|v| v.as_str().to_owned()).expect("Nats-Msg-Id");
+    let id = headers[0]
+        .as_ref()
+        .and_then(|h| h.get("Nats-Msg-Id"))
+        .map(|v| v.as_str().to_owned())
+        .expect("Nats-Msg-Id");
     assert!(id.contains("js-1") && id.starts_with("result"), "{id}");
     // A Router that was away reads them from the stream.
     let js = async_nats::jetstream::new(router.client.clone());
-    let name = js.stream_by_subject(RESULT).await.expect("a stream keeps results");
+    let name = js
+        .stream_by_subject(RESULT)
+        .await
+        .expect("a stream keeps results");
     let mut stream = js.get_stream(&name).await.expect("stream");
     let info = stream.info().await.expect("info");
-    assert!(info.state.messages >= 2, "ready probe and js-1 results are stored");
-    let last = stream.get_last_raw_message_by_subject(RESULT).await.expect("last result");
+    assert!(
+        info.state.messages >= 2,
+        "ready probe and js-1 results are stored"
+    );
+    let last = stream
+        .get_last_raw_message_by_subject(RESULT)
+        .await
+        .expect("last result");
     let v: Value = serde_json::from_slice(&last.payload).expect("json");
     assert_eq!(v["assignment_id"], "js-1");
     drop(n);
@@ -350,12 +631,22 @@ async fn results_and_acks_are_kept_in_jetstream_with_msg_ids() {
 async fn a_tenant_over_its_quota_gets_2004_and_other_tenants_still_run() {
     let (_n, _w, router) = setup("core", &["--tenant-max-in-flight=1"]).await;
     router.assign(&approval("q-a1", "flood", 30_000)).await;
-    router.seen.wait_for(APPROVAL_REQUEST, "q-a1", Duration::from_secs(10)).await;
+    router
+        .seen
+        .wait_for(APPROVAL_REQUEST, "q-a1", Duration::from_secs(10))
+        .await;
     router.assign(&approval("q-a2", "flood", 30_000)).await;
     let r = router.result("q-a2").await;
-    assert_eq!((r["status"].as_str(), code(&r)), (Some("error"), 2004), "{r}");
+    assert_eq!(
+        (r["status"].as_str(), code(&r)),
+        (Some("error"), 2004),
+        "{r}"
+    );
     assert_eq!(r["error_code"], "QUOTA_EXCEEDED");
     assert_eq!(router.dlq("q-a2").await["dlq_reason"], "quota_exceeded");
     router.assign(&approval("q-b1", "quiet", 30_000)).await;
-    router.seen.wait_for(APPROVAL_REQUEST, "q-b1", Duration::from_secs(10)).await;
+    router
+        .seen
+        .wait_for(APPROVAL_REQUEST, "q-b1", Duration::from_secs(10))
+        .await;
 }

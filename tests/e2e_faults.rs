@@ -15,8 +15,16 @@ const N: usize = 300;
 
 async fn publish_batch(router: &Router, prefix: &str, n: usize) {
     for i in 0..n {
-        let a = assignment(&format!("{prefix}-{i}"), "t", json!({"type":"fs.put","path":format!("out/{prefix}-{i}.json"),"content":"{\"n\":1}"}));
-        router.client.publish(ASSIGN, serde_json::to_vec(&a).expect("json").into()).await.expect("publish");
+        let a = assignment(
+            &format!("{prefix}-{i}"),
+            "t",
+            json!({"type":"fs.put","path":format!("out/{prefix}-{i}.json"),"content":"{\"n\":1}"}),
+        );
+        router
+            .client
+            .publish(ASSIGN, serde_json::to_vec(&a).expect("json").into())
+            .await
+            .expect("publish");
     }
     router.client.flush().await.expect("flush");
 }
@@ -24,8 +32,12 @@ async fn publish_batch(router: &Router, prefix: &str, n: usize) {
 /// Distinct assignment ids with a result kept in the output stream.
 async fn stored_results(router: &Router, prefix: &str) -> HashSet<String> {
     let js = async_nats::jetstream::new(router.client.clone());
-    let Ok(name) = js.stream_by_subject(RESULT).await else { return HashSet::new() };
-    let Ok(stream) = js.get_stream(&name).await else { return HashSet::new() };
+    let Ok(name) = js.stream_by_subject(RESULT).await else {
+        return HashSet::new();
+    };
+    let Ok(stream) = js.get_stream(&name).await else {
+        return HashSet::new();
+    };
     let Ok(consumer) = stream
         .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig {
             filter_subject: RESULT.to_owned(),
@@ -36,10 +48,16 @@ async fn stored_results(router: &Router, prefix: &str) -> HashSet<String> {
         return HashSet::new();
     };
     let mut ids = HashSet::new();
-    let Ok(mut msgs) = consumer.messages().await else { return ids };
-    while let Ok(Some(Ok(m))) = tokio::time::timeout(Duration::from_millis(500), msgs.next()).await {
+    let Ok(mut msgs) = consumer.messages().await else {
+        return ids;
+    };
+    while let Ok(Some(Ok(m))) = tokio::time::timeout(Duration::from_millis(500), msgs.next()).await
+    {
         let v: Value = serde_json::from_slice(&m.payload).unwrap_or_default();
-        if let Some(id) = v["assignment_id"].as_str().filter(|id| id.starts_with(prefix)) {
+        if let Some(id) = v["assignment_id"]
+            .as_str()
+            .filter(|id| id.starts_with(prefix))
+        {
             ids.insert(id.to_owned());
         }
     }
@@ -70,7 +88,12 @@ async fn nats_restart_mid_run_loses_nothing() {
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
-    assert_eq!(ids.len(), N, "every assignment has a stored result; worker log:\n{}", worker.logs());
+    assert_eq!(
+        ids.len(),
+        N,
+        "every assignment has a stored result; worker log:\n{}",
+        worker.logs()
+    );
     let m = worker.metrics().await;
     assert!(m.contains("worker_nats_connected 1"), "reconnected: {m}");
 }
@@ -78,7 +101,9 @@ async fn nats_restart_mid_run_loses_nothing() {
 #[tokio::test]
 async fn worker_killed_mid_run_then_restarted_runs_nothing_twice() {
     let nats = Nats::start();
-    let mut worker = Worker::builder(&nats.url()).args(&["--js-ack-wait-ms=2000"]).start();
+    let mut worker = Worker::builder(&nats.url())
+        .args(&["--js-ack-wait-ms=2000"])
+        .start();
     let router = Router::connect(&nats.url()).await;
     ready(&router).await;
     publish_batch(&router, "k9", N).await;
@@ -95,12 +120,22 @@ async fn worker_killed_mid_run_then_restarted_runs_nothing_twice() {
             .seen
             .on(RESULT)
             .iter()
-            .filter_map(|r| r["assignment_id"].as_str().filter(|s| s.starts_with("k9-")).map(str::to_owned))
+            .filter_map(|r| {
+                r["assignment_id"]
+                    .as_str()
+                    .filter(|s| s.starts_with("k9-"))
+                    .map(str::to_owned)
+            })
             .collect();
         if ids.len() == N {
             break;
         }
-        assert!(Instant::now() < end, "only {} of {N} results; log:\n{}", ids.len(), worker.logs());
+        assert!(
+            Instant::now() < end,
+            "only {} of {N} results; log:\n{}",
+            ids.len(),
+            worker.logs()
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // A result seen twice is the stored one re-published, never a second execution.
@@ -111,7 +146,10 @@ async fn worker_killed_mid_run_then_restarted_runs_nothing_twice() {
         }
     }
     for (id, rs) in &by_id {
-        assert!(rs.iter().all(|r| r == &rs[0]), "{id} executed twice: {rs:?}");
+        assert!(
+            rs.iter().all(|r| r == &rs[0]),
+            "{id} executed twice: {rs:?}"
+        );
         assert_eq!(rs[0]["status"], "success", "{id}: {}", rs[0]);
     }
 }
@@ -119,17 +157,33 @@ async fn worker_killed_mid_run_then_restarted_runs_nothing_twice() {
 #[tokio::test]
 async fn sigterm_drains_in_flight_work_and_exits_zero() {
     let nats = Nats::start();
-    let mut worker = Worker::builder(&nats.url()).args(&["--shutdown-grace-ms=5000"]).start();
+    let mut worker = Worker::builder(&nats.url())
+        .args(&["--shutdown-grace-ms=5000"])
+        .start();
     let router = Router::connect(&nats.url()).await;
     ready(&router).await;
-    router.assign(&assignment("drain-1", "t", json!({"type":"human.approval","prompt":"p","approvers":["a"],"timeout_ms":60000}))).await;
-    router.seen.wait_for(APPROVAL_REQUEST, "drain-1", Duration::from_secs(10)).await;
+    router
+        .assign(&assignment(
+            "drain-1",
+            "t",
+            json!({"type":"human.approval","prompt":"p","approvers":["a"],"timeout_ms":60000}),
+        ))
+        .await;
+    router
+        .seen
+        .wait_for(APPROVAL_REQUEST, "drain-1", Duration::from_secs(10))
+        .await;
     let started = Instant::now();
     // The decision lands during the grace period: the in-flight approval still completes.
     let client = router.client.clone();
     tokio::spawn(async move {
         tokio::time::sleep(Duration::from_millis(300)).await;
-        let _ = client.publish(APPROVAL_DECISION, r#"{"assignment_id":"drain-1","approver":"a","approved":true}"#.into()).await;
+        let _ = client
+            .publish(
+                APPROVAL_DECISION,
+                r#"{"assignment_id":"drain-1","approver":"a","approved":true}"#.into(),
+            )
+            .await;
     });
     let status = tokio::task::spawn_blocking(move || {
         let st = worker.terminate(Duration::from_secs(10));
@@ -137,7 +191,11 @@ async fn sigterm_drains_in_flight_work_and_exits_zero() {
     })
     .await
     .expect("join");
-    assert!(status.0.is_some_and(|s| s.success()), "exit 0 within the grace period: {:?}", status.0);
+    assert!(
+        status.0.is_some_and(|s| s.success()),
+        "exit 0 within the grace period: {:?}",
+        status.0
+    );
     assert!(started.elapsed() < Duration::from_secs(6));
     let r = router.result("drain-1").await;
     assert_eq!(r["status"], "success", "{r}");

@@ -16,8 +16,12 @@ async fn round_trip(mode: &str, backend: &str) {
     let router = Router::connect(&nats.url()).await;
     ready(&router).await;
 
-    let put = assignment("put-1", "acme", json!({"type": "fs.put", "path": "/data/output.json",
-        "content": "{\"data\":\"value\"}", "content_type": "application/json"}));
+    let put = assignment(
+        "put-1",
+        "acme",
+        json!({"type": "fs.put", "path": "/data/output.json",
+        "content": "{\"data\":\"value\"}", "content_type": "application/json"}),
+    );
     router.assign(&put).await;
     let ack = router.ack("put-1").await;
     assert_eq!(ack["status"], "accepted", "{ack}");
@@ -30,9 +34,18 @@ async fn round_trip(mode: &str, backend: &str) {
     assert_eq!(r["result"]["size_bytes"], 16);
     assert_eq!(r["result"]["path"], "/data/output.json");
     let on_disk = worker.fs_root.join("acme/data/output.json");
-    assert_eq!(std::fs::read_to_string(&on_disk).expect("written"), "{\"data\":\"value\"}");
+    assert_eq!(
+        std::fs::read_to_string(&on_disk).expect("written"),
+        "{\"data\":\"value\"}"
+    );
 
-    router.assign(&assignment("get-1", "acme", json!({"type": "fs.get", "path": "/data/output.json"}))).await;
+    router
+        .assign(&assignment(
+            "get-1",
+            "acme",
+            json!({"type": "fs.get", "path": "/data/output.json"}),
+        ))
+        .await;
     let r = router.result("get-1").await;
     assert_eq!(r["status"], "success", "{r}");
     assert_eq!(r["result"]["content"], "{\"data\":\"value\"}");
@@ -40,30 +53,80 @@ async fn round_trip(mode: &str, backend: &str) {
     assert_eq!(r["result"]["size_bytes"], 16);
 
     // Binary content comes back as base64; the original worker's names work.
-    router.assign(&assignment("put-bin", "acme", json!({"type": "fs.blob_put", "path": "b.bin", "content_base64": "AP8A/w=="}))).await;
+    router
+        .assign(&assignment(
+            "put-bin",
+            "acme",
+            json!({"type": "fs.blob_put", "path": "b.bin", "content_base64": "AP8A/w=="}),
+        ))
+        .await;
     assert_eq!(router.result("put-bin").await["status"], "success");
-    router.assign(&assignment("get-bin", "acme", json!({"type": "fs.blob_get", "path": "b.bin"}))).await;
+    router
+        .assign(&assignment(
+            "get-bin",
+            "acme",
+            json!({"type": "fs.blob_get", "path": "b.bin"}),
+        ))
+        .await;
     let r = router.result("get-bin").await;
     assert_eq!(r["result"]["content_base64"], "AP8A/w==", "{r}");
     assert_eq!(r["job"]["type"], "fs.blob_get");
 
     // Missing file → 2002, escapes → 2003, another tenant's file is not visible.
-    router.assign(&assignment("get-missing", "acme", json!({"type": "fs.get", "path": "/nope.json"}))).await;
+    router
+        .assign(&assignment(
+            "get-missing",
+            "acme",
+            json!({"type": "fs.get", "path": "/nope.json"}),
+        ))
+        .await;
     let r = router.result("get-missing").await;
-    assert_eq!((r["status"].as_str(), r["error"]["code"].as_u64()), (Some("error"), Some(2002)), "{r}");
-    router.assign(&assignment("get-escape", "acme", json!({"type": "fs.get", "path": "../other/data/output.json"}))).await;
+    assert_eq!(
+        (r["status"].as_str(), r["error"]["code"].as_u64()),
+        (Some("error"), Some(2002)),
+        "{r}"
+    );
+    router
+        .assign(&assignment(
+            "get-escape",
+            "acme",
+            json!({"type": "fs.get", "path": "../other/data/output.json"}),
+        ))
+        .await;
     let r = router.result("get-escape").await;
     assert_eq!(r["error"]["code"], 2003, "{r}");
     assert_eq!(r["error_code"], "PERMISSION_DENIED");
-    router.assign(&assignment("get-other", "other", json!({"type": "fs.get", "path": "/data/output.json"}))).await;
+    router
+        .assign(&assignment(
+            "get-other",
+            "other",
+            json!({"type": "fs.get", "path": "/data/output.json"}),
+        ))
+        .await;
     assert_eq!(router.result("get-other").await["error"]["code"], 2002);
     let dlq = router.dlq("get-escape").await;
     assert_eq!(dlq["dlq_reason"], "non_retryable");
-    assert_eq!(dlq["assignment"]["job"]["path"], "../other/data/output.json");
+    assert_eq!(
+        dlq["assignment"]["job"]["path"],
+        "../other/data/output.json"
+    );
 
     let metrics = worker.metrics().await;
-    assert!(metrics.contains(&format!("worker_fs_backend{{backend=\"{}\"}} 1", if backend == "threads" { "threads" } else { "io_uring" })), "{metrics}");
-    assert!(metrics.contains("worker_tasks_total{status=\"success\",type=\"fs.put\"}"), "{metrics}");
+    assert!(
+        metrics.contains(&format!(
+            "worker_fs_backend{{backend=\"{}\"}} 1",
+            if backend == "threads" {
+                "threads"
+            } else {
+                "io_uring"
+            }
+        )),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("worker_tasks_total{status=\"success\",type=\"fs.put\"}"),
+        "{metrics}"
+    );
     drop(router);
     tokio::time::sleep(Duration::from_millis(10)).await;
 }
@@ -86,11 +149,27 @@ async fn a_result_over_max_payload_becomes_2004() {
     ready(&router).await;
     std::fs::create_dir_all(worker.fs_root.join("t")).expect("dir");
     std::fs::write(worker.fs_root.join("t/big.txt"), "x".repeat(1_500_000)).expect("file");
-    router.assign(&assignment("big-1", "t", json!({"type":"fs.get","path":"big.txt"}))).await;
+    router
+        .assign(&assignment(
+            "big-1",
+            "t",
+            json!({"type":"fs.get","path":"big.txt"}),
+        ))
+        .await;
     let r = router.result("big-1").await;
     assert_result_shape(&r);
-    assert_eq!((r["status"].as_str(), r["error"]["code"].as_u64()), (Some("error"), Some(2004)), "{r}");
-    assert!(r["error"]["message"].as_str().expect("msg").contains("max_payload"), "{r}");
+    assert_eq!(
+        (r["status"].as_str(), r["error"]["code"].as_u64()),
+        (Some("error"), Some(2004)),
+        "{r}"
+    );
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .expect("msg")
+            .contains("max_payload"),
+        "{r}"
+    );
     assert!(r.get("result").is_none());
     assert_eq!(router.dlq("big-1").await["error"]["code"], 2004);
 }

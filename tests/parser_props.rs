@@ -2,12 +2,17 @@
 //! and every input is classified as answerable (ids echoed, a code chosen) or unanswerable
 //! (DLQ only). Regression cases found while writing it are pinned below.
 
-use beamline_worker::contract::assignment::{parse_value, Assignment, AssignmentHeaders, ParseLimits};
+use beamline_worker::contract::assignment::{
+    parse_value, Assignment, AssignmentHeaders, ParseLimits,
+};
 use beamline_worker::contract::ErrorCode;
 use proptest::prelude::*;
 use std::time::Duration;
 
-const LIMITS: ParseLimits = ParseLimits { default_timeout: Duration::from_secs(30), max_timeout: Duration::from_secs(3600) };
+const LIMITS: ParseLimits = ParseLimits {
+    default_timeout: Duration::from_secs(30),
+    max_timeout: Duration::from_secs(3600),
+};
 
 /// Some(code) for an answerable problem, Some(0) for valid, None for unanswerable.
 fn classify(raw: &[u8]) -> Option<u16> {
@@ -23,7 +28,9 @@ fn json_value() -> impl Strategy<Value = serde_json::Value> {
         Just(serde_json::Value::Null),
         any::<bool>().prop_map(serde_json::Value::from),
         any::<i64>().prop_map(serde_json::Value::from),
-        any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(serde_json::Value::from),
+        any::<f64>()
+            .prop_filter("finite", |f| f.is_finite())
+            .prop_map(serde_json::Value::from),
         ".{0,12}".prop_map(serde_json::Value::from),
     ];
     leaf.prop_recursive(4, 32, 6, |inner| {
@@ -36,7 +43,11 @@ fn json_value() -> impl Strategy<Value = serde_json::Value> {
 }
 
 fn field() -> impl Strategy<Value = Option<serde_json::Value>> {
-    prop_oneof![Just(None), json_value().prop_map(Some), ".{0,140}".prop_map(|s| Some(s.into()))]
+    prop_oneof![
+        Just(None),
+        json_value().prop_map(Some),
+        ".{0,140}".prop_map(|s| Some(s.into()))
+    ]
 }
 
 proptest! {
@@ -78,7 +89,11 @@ proptest! {
 
 #[test]
 fn regression_deeply_nested_arrays_do_not_overflow_the_stack() {
-    let raw = format!("{{\"assignment_id\":\"a\",\"x\":{}{}}}", "[".repeat(200_000), "]".repeat(200_000));
+    let raw = format!(
+        "{{\"assignment_id\":\"a\",\"x\":{}{}}}",
+        "[".repeat(200_000),
+        "]".repeat(200_000)
+    );
     assert_eq!(classify(raw.as_bytes()), None);
 }
 

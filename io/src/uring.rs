@@ -16,7 +16,7 @@ use io_uring::{cqueue, opcode, squeue, types, IoUring, SubmissionQueue, Submitte
 
 use crate::error::FsErrorKind;
 use crate::machine::{Machine, Step};
-use crate::sys;
+use crate::sys::{self, Op};
 use crate::Shard;
 
 const TAG_WAKE: u64 = 0;
@@ -71,8 +71,38 @@ impl Ring<'_> {
         }
     }
 
+    /// Whether `op` of the machine in `slot` runs inline on this thread instead of through
+    /// the ring. The metadata ops of a put (create, mkdir, rename, unlink) are ones io_uring
+    /// punts to its io-wq worker threads; measured with `beamline-bench --scenario fs-put`
+    /// on kernel 6.18/ext4 (2 vCPU), the ring path gave 3.7k puts/s at 278 µs CPU each and
+    /// inline syscalls 10.7k/s at 94 µs, while reads were equal either way. Reads and
+    /// writes stay on the ring.
+    fn runs_inline(&self, slot: usize, op: &Op) -> bool {
+        matches!(self.slots[slot].m, Some(Machine::Put(_)))
+            && matches!(
+                op,
+                Op::OpenAt { .. }
+                    | Op::OpenAt2 { .. }
+                    | Op::MkDirAt { .. }
+                    | Op::RenameAt { .. }
+                    | Op::UnlinkAt { .. }
+            )
+    }
+
     /// Handles a step returned by the machine in `slot`.
-    fn advance(&mut self, slot: usize, step: Step) -> io::Result<()> {
+    fn advance(&mut self, slot: usize, mut step: Step) -> io::Result<()> {
+        while let Step::Submit(op) = &step {
+            if !self.runs_inline(slot, op) {
+                break;
+            }
+            // SAFETY: the op's pointers point into the boxed machine in `slots[slot]`, which
+            // is alive and unmoved for the duration of this blocking call.
+            let res = unsafe { sys::exec(op) };
+            step = match self.slots[slot].m.as_mut() {
+                Some(m) => m.on_result(res),
+                None => return Ok(()),
+            };
+        }
         match step {
             Step::Submit(op) => {
                 let entry = sys::sqe(&op).user_data(ud(slot, TAG_STEP));

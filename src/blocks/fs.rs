@@ -25,13 +25,23 @@ pub struct FsBlock {
 /// A decoded `fs.*` job.
 #[derive(Debug)]
 pub enum FsJob<'a> {
-    Get { path: &'a str },
-    Put { path: &'a str, content: Bytes, content_type: Option<&'a str> },
+    Get {
+        path: &'a str,
+    },
+    Put {
+        path: &'a str,
+        content: Bytes,
+        content_type: Option<&'a str>,
+    },
 }
 
 impl FsBlock {
     pub fn new(io: IoPool, root: PathBuf, max_bytes: u64) -> Self {
-        FsBlock { io, root, max_bytes }
+        FsBlock {
+            io,
+            root,
+            max_bytes,
+        }
     }
 }
 
@@ -41,7 +51,10 @@ fn validate_path<'a>(job: &Fields<'a, 'a>) -> Result<&'a str, TaskError> {
         return Err(TaskError::invalid("job.path", "contains a NUL byte"));
     }
     if path.ends_with('/') || path.trim_start_matches('/').is_empty() {
-        return Err(TaskError::invalid("job.path", "must name a file, not a directory"));
+        return Err(TaskError::invalid(
+            "job.path",
+            "must name a file, not a directory",
+        ));
     }
     Ok(path)
 }
@@ -60,26 +73,45 @@ impl Block for FsBlock {
             (None, Some(b64)) => Bytes::from(
                 base64::engine::general_purpose::STANDARD
                     .decode(b64)
-                    .map_err(|e| TaskError::new(ErrorCode::InvalidFormat, format!("field `job.content_base64` is not base64: {e}")))?,
+                    .map_err(|e| {
+                        TaskError::new(
+                            ErrorCode::InvalidFormat,
+                            format!("field `job.content_base64` is not base64: {e}"),
+                        )
+                    })?,
             ),
             (Some(_), Some(_)) => {
-                return Err(TaskError::invalid("job.content", "give either content or content_base64, not both"))
+                return Err(TaskError::invalid(
+                    "job.content",
+                    "give either content or content_base64, not both",
+                ))
             }
             (None, None) => return Err(TaskError::missing("job.content")),
         };
         if content.len() as u64 > self.max_bytes {
             return Err(TaskError::new(
                 ErrorCode::QuotaExceeded,
-                format!("content of {} bytes exceeds the {} byte file limit", content.len(), self.max_bytes),
+                format!(
+                    "content of {} bytes exceeds the {} byte file limit",
+                    content.len(),
+                    self.max_bytes
+                ),
             ));
         }
         let content_type = job.opt_str("content_type")?;
         if let Some(ct) = content_type {
             if ct.len() > 255 || ct.bytes().any(|b| b.is_ascii_control()) {
-                return Err(TaskError::invalid("job.content_type", "must be a MIME type of at most 255 printable characters"));
+                return Err(TaskError::invalid(
+                    "job.content_type",
+                    "must be a MIME type of at most 255 printable characters",
+                ));
             }
         }
-        Ok(FsJob::Put { path, content, content_type })
+        Ok(FsJob::Put {
+            path,
+            content,
+            content_type,
+        })
     }
 
     async fn attempt(&self, job: &Self::Job<'_>, ctx: &ExecCtx<'_>) -> Result<Output, TaskError> {
@@ -87,9 +119,12 @@ impl Block for FsBlock {
         match job {
             FsJob::Get { path } => {
                 let data = self.io.get(&root, path).await.map_err(fs_error)?;
-                let content_type = data.content_type.unwrap_or_else(|| guess_content_type(path).to_owned());
+                let content_type = data
+                    .content_type
+                    .unwrap_or_else(|| guess_content_type(path).to_owned());
                 let size = data.bytes.len();
-                let mut result = json!({"path": path, "size_bytes": size, "content_type": content_type});
+                let mut result =
+                    json!({"path": path, "size_bytes": size, "content_type": content_type});
                 match String::from_utf8(data.bytes) {
                     Ok(text) => result["content"] = json!(text),
                     Err(e) => {
@@ -99,10 +134,20 @@ impl Block for FsBlock {
                 }
                 Ok(Output::new(result))
             }
-            FsJob::Put { path, content, content_type } => {
+            FsJob::Put {
+                path,
+                content,
+                content_type,
+            } => {
                 let ct = content_type.unwrap_or_else(|| guess_content_type(path));
-                let info = self.io.put(&root, path, content.clone(), Some(ct)).await.map_err(fs_error)?;
-                Ok(Output::new(json!({"path": path, "size_bytes": info.size_bytes, "content_type": ct})))
+                let info = self
+                    .io
+                    .put(&root, path, content.clone(), Some(ct))
+                    .await
+                    .map_err(fs_error)?;
+                Ok(Output::new(
+                    json!({"path": path, "size_bytes": info.size_bytes, "content_type": ct}),
+                ))
             }
         }
     }
@@ -113,18 +158,32 @@ fn fs_error(e: FsError) -> TaskError {
     let msg = e.to_string();
     match e.kind {
         FsErrorKind::NotFound => TaskError::new(ErrorCode::ResourceUnavailable, msg),
-        FsErrorKind::Escape => TaskError::new(ErrorCode::PermissionDenied, format!("{msg} (path leaves the tenant root)")),
-        FsErrorKind::PermissionDenied | FsErrorKind::ReadOnlyFs => TaskError::new(ErrorCode::PermissionDenied, msg),
-        FsErrorKind::TooLarge | FsErrorKind::NoSpace => TaskError::new(ErrorCode::QuotaExceeded, msg),
-        FsErrorKind::IsADirectory | FsErrorKind::InvalidPath => TaskError::new(ErrorCode::InvalidInput, msg),
-        FsErrorKind::Overloaded | FsErrorKind::Shutdown => TaskError::retryable(ErrorCode::SystemOverload, msg),
+        FsErrorKind::Escape => TaskError::new(
+            ErrorCode::PermissionDenied,
+            format!("{msg} (path leaves the tenant root)"),
+        ),
+        FsErrorKind::PermissionDenied | FsErrorKind::ReadOnlyFs => {
+            TaskError::new(ErrorCode::PermissionDenied, msg)
+        }
+        FsErrorKind::TooLarge | FsErrorKind::NoSpace => {
+            TaskError::new(ErrorCode::QuotaExceeded, msg)
+        }
+        FsErrorKind::IsADirectory | FsErrorKind::InvalidPath => {
+            TaskError::new(ErrorCode::InvalidInput, msg)
+        }
+        FsErrorKind::Overloaded | FsErrorKind::Shutdown => {
+            TaskError::retryable(ErrorCode::SystemOverload, msg)
+        }
         _ => TaskError::new(ErrorCode::ExecutionFailed, msg),
     }
 }
 
 /// Content type from the file extension, for files stored without one.
 pub fn guess_content_type(path: &str) -> &'static str {
-    let ext = path.rsplit_once('.').map(|(_, e)| e.to_ascii_lowercase()).unwrap_or_default();
+    let ext = path
+        .rsplit_once('.')
+        .map(|(_, e)| e.to_ascii_lowercase())
+        .unwrap_or_default();
     match ext.as_str() {
         "json" => "application/json",
         "txt" | "log" => "text/plain",

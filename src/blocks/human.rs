@@ -33,11 +33,20 @@ impl HumanBlock {
 impl Block for HumanBlock {
     type Job<'a> = HumanJob<'a>;
 
-    fn decode<'a>(&self, job: Fields<'a, 'a>, _ctx: &ExecCtx<'_>) -> Result<HumanJob<'a>, TaskError> {
+    fn decode<'a>(
+        &self,
+        job: Fields<'a, 'a>,
+        _ctx: &ExecCtx<'_>,
+    ) -> Result<HumanJob<'a>, TaskError> {
         let prompt = job.req_nonempty("prompt")?;
-        let approvers = job.opt_str_list("approvers")?.ok_or_else(|| TaskError::missing("job.approvers"))?;
+        let approvers = job
+            .opt_str_list("approvers")?
+            .ok_or_else(|| TaskError::missing("job.approvers"))?;
         if approvers.is_empty() || approvers.iter().any(|a| a.is_empty()) {
-            return Err(TaskError::invalid("job.approvers", "must list at least one non-empty approver"));
+            return Err(TaskError::invalid(
+                "job.approvers",
+                "must list at least one non-empty approver",
+            ));
         }
         Ok(HumanJob { prompt, approvers })
     }
@@ -53,7 +62,10 @@ impl Block for HumanBlock {
             })));
         }
         let proposed = now + ctx.remaining().as_millis() as u64;
-        let expires_at = self.port.expires_at(ctx.tenant, ctx.assignment_id, proposed).await;
+        let expires_at = self
+            .port
+            .expires_at(ctx.tenant, ctx.assignment_id, proposed)
+            .await;
         // Register before publishing, so a fast decision cannot slip past.
         let (mut waiter, ignored) = self.port.approvals.wait(ctx.assignment_id, &job.approvers);
         for _ in 0..ignored {
@@ -67,10 +79,12 @@ impl Block for HumanBlock {
             expires_at,
             trace_id: ctx.trace_id,
         };
-        self.port
-            .request(encode(&request))
-            .await
-            .map_err(|e| TaskError::retryable(ErrorCode::NetworkError, format!("publishing the approval request: {e}")))?;
+        self.port.request(encode(&request)).await.map_err(|e| {
+            TaskError::retryable(
+                ErrorCode::NetworkError,
+                format!("publishing the approval request: {e}"),
+            )
+        })?;
         let left = std::time::Duration::from_millis(expires_at.saturating_sub(now_ms()));
         let decision = tokio::select! {
             d = waiter.rx.recv() => d,

@@ -130,7 +130,11 @@ pub trait Block {
 
     /// Reads and validates `job` (1001/1002/1003 on bad input). Runs before the ack, so a
     /// job that cannot run is rejected, not accepted and then failed.
-    fn decode<'a>(&self, job: Fields<'a, 'a>, ctx: &ExecCtx<'_>) -> Result<Self::Job<'a>, TaskError>;
+    fn decode<'a>(
+        &self,
+        job: Fields<'a, 'a>,
+        ctx: &ExecCtx<'_>,
+    ) -> Result<Self::Job<'a>, TaskError>;
 
     /// One attempt. Retryable errors are retried by the runtime with backoff while the
     /// deadline allows; the block itself never sleeps between attempts.

@@ -305,7 +305,8 @@ fn bad(flag: &str, why: impl std::fmt::Display) -> ConfigError {
 }
 
 /// Link-local (incl. cloud metadata 169.254.169.254) and the IPv6 equivalents.
-pub const DEFAULT_DENY_CIDRS: &str = "169.254.0.0/16,fe80::/10,fd00:ec2::254/128,100.100.100.200/32";
+pub const DEFAULT_DENY_CIDRS: &str =
+    "169.254.0.0/16,fe80::/10,fd00:ec2::254/128,100.100.100.200/32";
 
 fn online_cores() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
@@ -329,11 +330,15 @@ fn positive_u64(flag: &str, v: u64) -> Result<u64, ConfigError> {
 
 fn addr(flag: &str, v: &str) -> Result<SocketAddr, ConfigError> {
     let v = v.trim_start_matches("http://");
-    v.parse().map_err(|e| bad(flag, format!("{v:?} is not HOST:PORT ({e})")))
+    v.parse()
+        .map_err(|e| bad(flag, format!("{v:?} is not HOST:PORT ({e})")))
 }
 
 fn js_name(flag: &str, v: String) -> Result<String, ConfigError> {
-    if v.is_empty() || v.bytes().any(|b| b.is_ascii_whitespace() || matches!(b, b'.' | b'*' | b'>')) {
+    if v.is_empty()
+        || v.bytes()
+            .any(|b| b.is_ascii_whitespace() || matches!(b, b'.' | b'*' | b'>'))
+    {
         return Err(bad(flag, format!("{v:?} is not a valid JetStream name")));
     }
     Ok(v)
@@ -355,14 +360,21 @@ impl Config {
         let w = &p.worker;
         macro_rules! pick {
             ($field:ident, $default:expr) => {
-                cli.$field.clone().or_else(|| w.$field.clone()).unwrap_or_else(|| $default)
+                cli.$field
+                    .clone()
+                    .or_else(|| w.$field.clone())
+                    .unwrap_or_else(|| $default)
             };
         }
         let cores = online_cores();
         let cpu_pool_size = positive("cpu-pool-size", pick!(cpu_pool_size, cores))?;
         let io_pool_size = positive("io-pool-size", pick!(io_pool_size, cores.div_ceil(2)))?;
         let gpu_pool_size = pick!(gpu_pool_size, 0);
-        let cpu_cores = p.pools.cpu_cores.resolve(cpu_pool_size, 0).map_err(|e| bad("profile", e))?;
+        let cpu_cores = p
+            .pools
+            .cpu_cores
+            .resolve(cpu_pool_size, 0)
+            .map_err(|e| bad("profile", e))?;
         let io_cores = p
             .pools
             .io_cores
@@ -371,7 +383,10 @@ impl Config {
 
         let prefix = pick!(subject_prefix, "caf".to_owned());
         if prefix.is_empty() || prefix.contains(['*', '>', ' ']) || prefix.ends_with('.') {
-            return Err(bad("subject-prefix", format!("{prefix:?} is not a subject prefix")));
+            return Err(bad(
+                "subject-prefix",
+                format!("{prefix:?} is not a subject prefix"),
+            ));
         }
         let nats_url = pick!(nats_url, "nats://localhost:4222".to_owned());
         if nats_url.trim().is_empty() {
@@ -404,7 +419,8 @@ impl Config {
         let otlp_endpoint = pick!(otlp_endpoint, String::new());
         let data = PathBuf::from("beamline-data");
         let max_cpu_time_ms = positive_u64("max-cpu-time-ms", pick!(max_cpu_time_ms, 7_200_000))?;
-        let default_timeout_ms = positive_u64("default-timeout-ms", pick!(default_timeout_ms, 30_000))?;
+        let default_timeout_ms =
+            positive_u64("default-timeout-ms", pick!(default_timeout_ms, 30_000))?;
         let ack_wait_ms = pick!(js_ack_wait_ms, 30_000);
         if ack_wait_ms < 1000 {
             return Err(bad("js-ack-wait-ms", "must be at least 1000"));
@@ -437,7 +453,10 @@ impl Config {
             queue_group: pick!(queue_group, "beamline_worker".to_owned()),
             js: JetStreamNames {
                 stream: js_name("js-stream", pick!(js_stream, "CAF_EXEC_ASSIGN".to_owned()))?,
-                durable: js_name("js-durable", pick!(js_durable, "beamline_worker".to_owned()))?,
+                durable: js_name(
+                    "js-durable",
+                    pick!(js_durable, "beamline_worker".to_owned()),
+                )?,
                 output_stream: js_name(
                     "js-output-stream",
                     pick!(js_output_stream, "CAF_EXEC_OUT".to_owned()),
@@ -464,7 +483,10 @@ impl Config {
             max_memory_mb: positive_u64("max-memory-mb", pick!(max_memory_mb, 2048))?,
             max_job_time: Duration::from_millis(max_cpu_time_ms),
             default_timeout: Duration::from_millis(default_timeout_ms),
-            dedupe_ttl: Duration::from_secs(positive_u64("dedupe-ttl-s", pick!(dedupe_ttl_s, 86_400))?),
+            dedupe_ttl: Duration::from_secs(positive_u64(
+                "dedupe-ttl-s",
+                pick!(dedupe_ttl_s, 86_400),
+            )?),
             prometheus_endpoint,
             health_endpoint,
             otlp_endpoint: (!otlp_endpoint.is_empty()).then_some(otlp_endpoint),
@@ -473,7 +495,10 @@ impl Config {
             sql_root: pick!(sql_root, data.join("sql")),
             fs_backend: pick!(fs_backend, FsBackend::Auto),
             fs_max_bytes: positive_u64("fs-max-bytes", pick!(fs_max_bytes, 64 << 20))?,
-            http_ca_file: pick!(http_ca_file, PathBuf::new()).to_str().filter(|s| !s.is_empty()).map(PathBuf::from),
+            http_ca_file: pick!(http_ca_file, PathBuf::new())
+                .to_str()
+                .filter(|s| !s.is_empty())
+                .map(PathBuf::from),
             http_max_response_bytes: positive(
                 "http-max-response-bytes",
                 pick!(http_max_response_bytes, 10 << 20),
@@ -499,7 +524,10 @@ impl Config {
             tenant_max_in_flight: pick!(tenant_max_in_flight, 0),
             gpu_max_batch_size: positive("gpu-max-batch-size", pick!(gpu_max_batch_size, 64))?,
             gpu_max_queue_delay: Duration::from_micros(pick!(gpu_max_queue_delay_us, 500)),
-            gpu_memory_budget_mb: positive_u64("gpu-memory-budget-mb", pick!(gpu_memory_budget_mb, 4096))?,
+            gpu_memory_budget_mb: positive_u64(
+                "gpu-memory-budget-mb",
+                pick!(gpu_memory_budget_mb, 4096),
+            )?,
         })
     }
 }
@@ -530,8 +558,13 @@ mod tests {
             "name = \"t\"\n[worker]\ncpu_pool_size = 3\nio_pool_size = 2\ndefault_timeout_ms = 1234\n",
         )
         .expect("write");
-        let c = Config::resolve(cli(&["--profile", path.to_str().expect("utf8"), "--cpu-pool-size", "5"]))
-            .expect("resolves");
+        let c = Config::resolve(cli(&[
+            "--profile",
+            path.to_str().expect("utf8"),
+            "--cpu-pool-size",
+            "5",
+        ]))
+        .expect("resolves");
         assert_eq!(c.cpu_pool_size, 5);
         assert_eq!(c.io_pool_size, 2);
         assert_eq!(c.default_timeout, Duration::from_millis(1234));
@@ -546,18 +579,26 @@ mod tests {
         assert!(err.to_string().contains("--cpu-pool-size"), "{err}");
         let err = Config::resolve(cli(&["--prometheus-endpoint", "nope"])).expect_err("rejected");
         assert!(err.to_string().contains("--prometheus-endpoint"), "{err}");
-        let err = Config::resolve(cli(&["--http-deny-cidrs", "10.0.0.0/33"])).expect_err("rejected");
+        let err =
+            Config::resolve(cli(&["--http-deny-cidrs", "10.0.0.0/33"])).expect_err("rejected");
         assert!(err.to_string().contains("--http-deny-cidrs"), "{err}");
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("p.toml");
         std::fs::write(&path, "[worker]\nno_such_key = 1\n").expect("write");
-        let err = Config::resolve(cli(&["--profile", path.to_str().expect("utf8")])).expect_err("rejected");
+        let err = Config::resolve(cli(&["--profile", path.to_str().expect("utf8")]))
+            .expect_err("rejected");
         assert!(err.to_string().contains("--profile"), "{err}");
     }
 
     #[test]
     fn secrets_are_not_in_debug_output() {
-        let c = Config::resolve(cli(&["--nats-password", "hunter2", "--nats-token", "tok3n"])).expect("resolves");
+        let c = Config::resolve(cli(&[
+            "--nats-password",
+            "hunter2",
+            "--nats-token",
+            "tok3n",
+        ]))
+        .expect("resolves");
         let dbg = format!("{c:?}");
         assert!(!dbg.contains("hunter2") && !dbg.contains("tok3n"), "{dbg}");
     }

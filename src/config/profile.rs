@@ -30,7 +30,9 @@ impl Placement {
             Placement::Auto => Ok(auto(&online, threads, offset)),
             Placement::Named(n) if n == "auto" => Ok(auto(&online, threads, offset)),
             Placement::Named(n) if n == "none" => Ok(Vec::new()),
-            Placement::Named(n) => Err(format!("placement {n:?}: expected \"auto\", \"none\" or a list of core ids")),
+            Placement::Named(n) => Err(format!(
+                "placement {n:?}: expected \"auto\", \"none\" or a list of core ids"
+            )),
             Placement::Cores(list) => {
                 if let Some(bad) = list.iter().find(|c| !online.contains(c)) {
                     return Err(format!("core {bad} is not online (online: {online:?})"));
@@ -45,7 +47,9 @@ fn auto(online: &[usize], threads: usize, offset: usize) -> Vec<usize> {
     if online.is_empty() {
         return Vec::new();
     }
-    (0..threads).map(|i| online[(offset + i) % online.len()]).collect()
+    (0..threads)
+        .map(|i| online[(offset + i) % online.len()])
+        .collect()
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -138,7 +142,11 @@ mod tests {
             let path = entry.expect("entry").path();
             if path.extension().is_some_and(|e| e == "toml") {
                 let p = Profile::load(&path).expect("profile loads");
-                assert!(p.hardware.is_some(), "{} must say what hardware it was measured on", path.display());
+                assert!(
+                    p.hardware.is_some(),
+                    "{} must say what hardware it was measured on",
+                    path.display()
+                );
                 n += 1;
             }
         }

@@ -313,7 +313,11 @@ impl<'a> Assignment<'a> {
 
         if let Some(rc) = top.opt_object("retry_config")? {
             self.retry = read_retry(&rc, "max_attempts", "initial_backoff_ms")?;
-        } else if let Some(r) = options.map(|o| o.opt_object("retry")).transpose()?.flatten() {
+        } else if let Some(r) = options
+            .map(|o| o.opt_object("retry"))
+            .transpose()?
+            .flatten()
+        {
             self.retry = read_retry(&r, "max_attempts", "backoff_ms")?;
         }
 
@@ -361,8 +365,7 @@ pub fn validate_tenant(t: &str) -> Result<(), TaskError> {
     let ok = t.len() <= 128
         && t != "."
         && t != ".."
-        && t
-            .bytes()
+        && t.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'@' | b':'));
     if ok {
         Ok(())
@@ -407,7 +410,10 @@ mod tests {
             Assignment::read(&v, &AssignmentHeaders::default(), LIMITS).expect("answerable");
         assert!(problem.is_none(), "{problem:?}");
         assert_eq!(a.assignment_id, "7f1c2e9a-3b4d-4e5f-8a6b-0c1d2e3f4a5b");
-        assert_eq!(a.trace_id.as_deref(), Some("4bf92f3577b34da6a3ce929d0e0e4736"));
+        assert_eq!(
+            a.trace_id.as_deref(),
+            Some("4bf92f3577b34da6a3ce929d0e0e4736")
+        );
         assert_eq!(a.provider_id, Some("openai:gpt-4o"));
         assert_eq!(a.deadline, Duration::from_millis(5000));
         assert_eq!(a.retry.max_attempts, 2);
@@ -429,18 +435,60 @@ mod tests {
             "a".repeat(129)
         );
         assert_eq!(code(&long), 1001);
-        assert_eq!(code(r#"{"assignment_id":"a","tenant_id":"t","job":{"type":"x"}}"#), 1002);
-        assert_eq!(code(r#"{"version":"2","assignment_id":"a","tenant_id":"t","job":{"type":"x"}}"#), 1001);
-        assert_eq!(code(r#"{"version":1,"assignment_id":"a","tenant_id":"t","job":{"type":"x"}}"#), 1003);
-        assert_eq!(code(r#"{"version":"1","assignment_id":"a","job":{"type":"x"}}"#), 1002);
-        assert_eq!(code(r#"{"version":"1","assignment_id":"a","tenant_id":5,"job":{"type":"x"}}"#), 1003);
-        assert_eq!(code(r#"{"version":"1","assignment_id":"a","tenant_id":"../x","job":{"type":"x"}}"#), 1001);
-        assert_eq!(code(r#"{"version":"1","assignment_id":"a","tenant_id":"t"}"#), 1002);
-        assert_eq!(code(r#"{"version":"1","assignment_id":"a","tenant_id":"t","job":"x"}"#), 1003);
-        assert_eq!(code(r#"{"version":"1","assignment_id":"a","tenant_id":"t","job":{}}"#), 1002);
-        assert_eq!(code(r#"{"version":"1","assignment_id":"a","tenant_id":"t","job":{"type":"x","timeout_ms":"5"}}"#), 1003);
-        assert_eq!(code(r#"{"version":"1","assignment_id":"a","tenant_id":"t","job":{"type":"x","timeout_ms":0}}"#), 1001);
-        assert_eq!(code(r#"{"version":"1","assignment_id":"a","tenant_id":"t","job":{"type":"x"},"retry_config":{"max_attempts":0}}"#), 1001);
+        assert_eq!(
+            code(r#"{"assignment_id":"a","tenant_id":"t","job":{"type":"x"}}"#),
+            1002
+        );
+        assert_eq!(
+            code(r#"{"version":"2","assignment_id":"a","tenant_id":"t","job":{"type":"x"}}"#),
+            1001
+        );
+        assert_eq!(
+            code(r#"{"version":1,"assignment_id":"a","tenant_id":"t","job":{"type":"x"}}"#),
+            1003
+        );
+        assert_eq!(
+            code(r#"{"version":"1","assignment_id":"a","job":{"type":"x"}}"#),
+            1002
+        );
+        assert_eq!(
+            code(r#"{"version":"1","assignment_id":"a","tenant_id":5,"job":{"type":"x"}}"#),
+            1003
+        );
+        assert_eq!(
+            code(r#"{"version":"1","assignment_id":"a","tenant_id":"../x","job":{"type":"x"}}"#),
+            1001
+        );
+        assert_eq!(
+            code(r#"{"version":"1","assignment_id":"a","tenant_id":"t"}"#),
+            1002
+        );
+        assert_eq!(
+            code(r#"{"version":"1","assignment_id":"a","tenant_id":"t","job":"x"}"#),
+            1003
+        );
+        assert_eq!(
+            code(r#"{"version":"1","assignment_id":"a","tenant_id":"t","job":{}}"#),
+            1002
+        );
+        assert_eq!(
+            code(
+                r#"{"version":"1","assignment_id":"a","tenant_id":"t","job":{"type":"x","timeout_ms":"5"}}"#
+            ),
+            1003
+        );
+        assert_eq!(
+            code(
+                r#"{"version":"1","assignment_id":"a","tenant_id":"t","job":{"type":"x","timeout_ms":0}}"#
+            ),
+            1001
+        );
+        assert_eq!(
+            code(
+                r#"{"version":"1","assignment_id":"a","tenant_id":"t","job":{"type":"x"},"retry_config":{"max_attempts":0}}"#
+            ),
+            1001
+        );
     }
 
     #[test]
@@ -456,7 +504,10 @@ mod tests {
         let (a, problem) = Assignment::read(&v, &h, LIMITS).expect("answerable");
         assert!(problem.is_none(), "{problem:?}");
         assert_eq!(a.tenant_id.as_deref(), Some("acme"));
-        assert_eq!(a.trace_id.as_deref(), Some("4bf92f3577b34da6a3ce929d0e0e4736"));
+        assert_eq!(
+            a.trace_id.as_deref(),
+            Some("4bf92f3577b34da6a3ce929d0e0e4736")
+        );
     }
 
     #[test]
@@ -472,7 +523,10 @@ mod tests {
             [p.backoff(2), p.backoff(3), p.backoff(4)],
             [100, 200, 400].map(Duration::from_millis)
         );
-        let capped = RetryPolicy { max_backoff: Duration::from_millis(150), ..p };
+        let capped = RetryPolicy {
+            max_backoff: Duration::from_millis(150),
+            ..p
+        };
         assert_eq!(capped.backoff(4), Duration::from_millis(150));
     }
 }

@@ -147,7 +147,10 @@ mod tests {
             (5002, "CANCELLED_BY_TIMEOUT", "cancellation"),
         ];
         for (code, (num, name, family)) in ErrorCode::ALL.iter().zip(expected) {
-            assert_eq!((code.code(), code.name(), code.family()), (num, name, family));
+            assert_eq!(
+                (code.code(), code.name(), code.family()),
+                (num, name, family)
+            );
         }
         assert_eq!(ErrorCode::CancelledByUser.status(), Status::Cancelled);
         assert_eq!(ErrorCode::CancelledByTimeout.status(), Status::Timeout);

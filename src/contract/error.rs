@@ -99,7 +99,13 @@ impl TaskError {
 
 impl std::fmt::Display for TaskError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} ({}): {}", self.code.code(), self.code.name(), self.message)
+        write!(
+            f,
+            "{} ({}): {}",
+            self.code.code(),
+            self.code.name(),
+            self.message
+        )
     }
 }
 

@@ -346,7 +346,13 @@ mod tests {
             cost: 0.0,
             device: None,
         };
-        let r = ExecResult::new(&ids(), Some("http.request"), &outcome, WORKER, 1640995200150);
+        let r = ExecResult::new(
+            &ids(),
+            Some("http.request"),
+            &outcome,
+            WORKER,
+            1640995200150,
+        );
         let got: serde_json::Value = serde_json::from_slice(&encode(&r)).expect("json");
         assert_eq!(got, golden("result-success.json"));
     }
@@ -369,7 +375,13 @@ mod tests {
             cost: 0.0,
             device: None,
         };
-        let r = ExecResult::new(&ids(), Some("http.request"), &outcome, WORKER, 1640995200762);
+        let r = ExecResult::new(
+            &ids(),
+            Some("http.request"),
+            &outcome,
+            WORKER,
+            1640995200762,
+        );
         let got: serde_json::Value = serde_json::from_slice(&encode(&r)).expect("json");
         assert_eq!(got, golden("result-error.json"));
     }
@@ -398,7 +410,10 @@ mod tests {
         let v: serde_json::Value =
             serde_json::from_slice(&encode(&ExecResult::new(&i, None, &outcome, WORKER, 1)))
                 .expect("json");
-        assert_eq!((&v["run_id"], &v["flow_id"], &v["step_id"]), (&"run-1".into(), &"flow-1".into(), &"step-1".into()));
+        assert_eq!(
+            (&v["run_id"], &v["flow_id"], &v["step_id"]),
+            (&"run-1".into(), &"flow-1".into(), &"step-1".into())
+        );
         assert!(v["metadata"].get("run_id").is_none());
     }
 }

@@ -199,7 +199,10 @@ impl ApprovalPort {
         match kv.create(&key, proposed.to_string().into()).await {
             Ok(_) => proposed,
             Err(_) => match kv.get(&key).await {
-                Ok(Some(v)) => std::str::from_utf8(&v).ok().and_then(|s| s.parse().ok()).unwrap_or(proposed),
+                Ok(Some(v)) => std::str::from_utf8(&v)
+                    .ok()
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(proposed),
                 _ => proposed,
             },
         }

@@ -56,7 +56,11 @@ pub struct Registration {
 impl Registration {
     /// The reason given by the cancel request, once cancelled.
     pub fn reason(&self) -> Option<String> {
-        self.cancels.lock().live.get(&self.key).and_then(|(_, r)| r.clone())
+        self.cancels
+            .lock()
+            .live
+            .get(&self.key)
+            .and_then(|(_, r)| r.clone())
     }
 }
 
@@ -70,7 +74,10 @@ impl Cancels {
         let key: Key = (tenant.into(), id.into());
         let token = parent.child_token();
         let mut g = self.lock();
-        let early = g.early.remove(&key).filter(|(at, _)| at.elapsed() < EARLY_TTL);
+        let early = g
+            .early
+            .remove(&key)
+            .filter(|(at, _)| at.elapsed() < EARLY_TTL);
         let reason = early.map(|(_, r)| {
             token.cancel();
             r
@@ -96,7 +103,8 @@ impl Cancels {
                 g.early.remove(&old);
             }
         }
-        g.early.insert(key.clone(), (Instant::now(), reason.to_owned()));
+        g.early
+            .insert(key.clone(), (Instant::now(), reason.to_owned()));
         g.early_order.push_back(key);
         Effect::Remembered
     }

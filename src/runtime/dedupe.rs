@@ -115,7 +115,9 @@ impl Dedupe {
         {
             let mut g = self.lock();
             match g.map.get(&key) {
-                Some(Entry::Done(r, at)) if at.elapsed() < self.ttl => return Begin::Done(r.clone()),
+                Some(Entry::Done(r, at)) if at.elapsed() < self.ttl => {
+                    return Begin::Done(r.clone())
+                }
                 Some(Entry::Running(tx)) => return Begin::Running(tx.subscribe()),
                 _ => {}
             }
@@ -145,16 +147,22 @@ impl Dedupe {
     fn finish(&self, key: &Key, record: Arc<Record>) {
         let now = Instant::now();
         let mut g = self.lock();
-        if let Some(Entry::Running(tx)) = g.map.insert(key.clone(), Entry::Done(record.clone(), now)) {
+        if let Some(Entry::Running(tx)) =
+            g.map.insert(key.clone(), Entry::Done(record.clone(), now))
+        {
             let _ = tx.send(Some(record));
         }
         g.order.push_back((key.clone(), now));
         // Bounded: evict the oldest finished entries past capacity or TTL. An entry that was
         // finished again later carries a newer instant and stays.
         while g.order.len() > self.capacity
-            || g.order.front().is_some_and(|(_, at)| at.elapsed() >= self.ttl)
+            || g.order
+                .front()
+                .is_some_and(|(_, at)| at.elapsed() >= self.ttl)
         {
-            let Some((k, at)) = g.order.pop_front() else { break };
+            let Some((k, at)) = g.order.pop_front() else {
+                break;
+            };
             if matches!(g.map.get(&k), Some(Entry::Done(_, done)) if *done == at) {
                 g.map.remove(&k);
             }
@@ -219,20 +227,30 @@ mod tests {
     #[tokio::test]
     async fn second_sight_gets_the_stored_record_and_tenants_are_separate() {
         let d = Dedupe::new(None, Duration::from_secs(60), 100);
-        let Begin::New(g) = d.begin("t1", "a").await else { panic!("new") };
-        let Begin::Running(mut rx) = d.begin("t1", "a").await else { panic!("running") };
-        let Begin::New(_other_tenant) = d.begin("t2", "a").await else { panic!("tenant isolation") };
+        let Begin::New(g) = d.begin("t1", "a").await else {
+            panic!("new")
+        };
+        let Begin::Running(mut rx) = d.begin("t1", "a").await else {
+            panic!("running")
+        };
+        let Begin::New(_other_tenant) = d.begin("t2", "a").await else {
+            panic!("tenant isolation")
+        };
         g.complete(rec(1)).await;
         rx.changed().await.expect("released");
         assert_eq!(rx.borrow().as_deref(), Some(&rec(1)));
-        let Begin::Done(r) = d.begin("t1", "a").await else { panic!("done") };
+        let Begin::Done(r) = d.begin("t1", "a").await else {
+            panic!("done")
+        };
         assert_eq!(*r, rec(1));
     }
 
     #[tokio::test]
     async fn a_dropped_guard_lets_the_next_delivery_run() {
         let d = Dedupe::new(None, Duration::from_secs(60), 100);
-        let Begin::New(g) = d.begin("t", "a").await else { panic!("new") };
+        let Begin::New(g) = d.begin("t", "a").await else {
+            panic!("new")
+        };
         drop(g);
         assert!(matches!(d.begin("t", "a").await, Begin::New(_)));
     }
@@ -241,7 +259,9 @@ mod tests {
     async fn memory_is_bounded() {
         let d = Dedupe::new(None, Duration::from_secs(60), 16);
         for i in 0..100 {
-            let Begin::New(g) = d.begin("t", &i.to_string()).await else { panic!("new") };
+            let Begin::New(g) = d.begin("t", &i.to_string()).await else {
+                panic!("new")
+            };
             g.complete(rec(0)).await;
         }
         assert!(d.len() <= 17, "{}", d.len());

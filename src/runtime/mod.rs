@@ -128,7 +128,10 @@ impl Runtime {
     }
 
     pub fn in_flight(&self) -> usize {
-        self.shards.iter().map(|s| s.in_flight.load(Ordering::Relaxed)).sum()
+        self.shards
+            .iter()
+            .map(|s| s.in_flight.load(Ordering::Relaxed))
+            .sum()
     }
 
     /// Whether every queue is at more than 90 % of its bound.
@@ -140,18 +143,28 @@ impl Runtime {
     /// Updates the pool gauges (called on scrape).
     pub fn sample(&self) {
         let m = &self.shared.metrics;
-        m.queue_depth.with_label_values(&["cpu"]).set(self.queue_depth() as i64);
-        m.in_flight.with_label_values(&["cpu"]).set(self.in_flight() as i64);
-        m.queue_depth.with_label_values(&["io"]).set(self.shared.io.queue_depth() as i64);
-        m.queue_depth.with_label_values(&["gpu"]).set(self.shared.gpu.queue_depth() as i64);
-        m.approvals_pending.set(self.shared.approvals.pending() as i64);
+        m.queue_depth
+            .with_label_values(&["cpu"])
+            .set(self.queue_depth() as i64);
+        m.in_flight
+            .with_label_values(&["cpu"])
+            .set(self.in_flight() as i64);
+        m.queue_depth
+            .with_label_values(&["io"])
+            .set(self.shared.io.queue_depth() as i64);
+        m.queue_depth
+            .with_label_values(&["gpu"])
+            .set(self.shared.gpu.queue_depth() as i64);
+        m.approvals_pending
+            .set(self.shared.approvals.pending() as i64);
     }
 
     /// Stops taking work and waits up to `grace` for the threads to finish what they hold
     /// (queued work included); then cancels what is left (JetStream: nak'ed for redelivery,
     /// core: answered 4002) and joins.
     pub fn shutdown(&self, grace: Duration) {
-        let threads: Vec<_> = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|p| p.into_inner()));
+        let threads: Vec<_> =
+            std::mem::take(&mut *self.threads.lock().unwrap_or_else(|p| p.into_inner()));
         self.shared.stopping.cancel();
         let deadline = std::time::Instant::now() + grace;
         while std::time::Instant::now() < deadline && threads.iter().any(|t| !t.is_finished()) {
@@ -175,7 +188,8 @@ impl Sink for Runtime {
         for k in 0..n {
             match self.shards[(start + k) % n].tx.try_send(d) {
                 Ok(()) => return Ok(()),
-                Err(flume::TrySendError::Full(back)) | Err(flume::TrySendError::Disconnected(back)) => d = back,
+                Err(flume::TrySendError::Full(back))
+                | Err(flume::TrySendError::Disconnected(back)) => d = back,
             }
         }
         Err(d)
@@ -198,7 +212,10 @@ impl Sink for Runtime {
         match serde_json::from_slice::<CancelRequest>(payload) {
             Ok(c) => {
                 let reason = c.reason.as_deref().unwrap_or("cancel requested");
-                let effect = self.shared.cancels.cancel(&c.tenant_id, &c.assignment_id, reason);
+                let effect = self
+                    .shared
+                    .cancels
+                    .cancel(&c.tenant_id, &c.assignment_id, reason);
                 m.cancels.with_label_values(&[effect.as_str()]).inc();
                 tracing::info!(assignment_id = %c.assignment_id, tenant_id = %c.tenant_id, effect = effect.as_str(), "cancel request");
             }
@@ -244,7 +261,10 @@ fn cpu_thread(
             tracing::warn!(core = id, "could not pin cpu thread");
         }
     }
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             let _ = ready.send(Err(format!("building a cpu thread runtime: {e}")));

@@ -39,10 +39,18 @@ impl Blocks {
         let cfg = &shared.config;
         Ok(Blocks {
             http: blocks::http::HttpBlock::new(cfg)?,
-            fs: blocks::fs::FsBlock::new(shared.io.clone(), shared.fs_root.clone(), cfg.fs_max_bytes),
+            fs: blocks::fs::FsBlock::new(
+                shared.io.clone(),
+                shared.fs_root.clone(),
+                cfg.fs_max_bytes,
+            ),
             sql: blocks::sql::SqlBlock::new(cfg)?,
             human: blocks::human::HumanBlock::new(shared.approval_port()),
-            inference: blocks::inference::InferenceBlock::new(cfg, shared.gpu.clone(), shared.fs_root.clone())?,
+            inference: blocks::inference::InferenceBlock::new(
+                cfg,
+                shared.gpu.clone(),
+                shared.fs_root.clone(),
+            )?,
         })
     }
 }
@@ -109,9 +117,14 @@ impl Task<'_> {
                 };
                 (e.result.take().map(|b| *b), Some(e), 0, 0.0, None, reason)
             }
-            Finished::Done { result, error, attempts, cost, device, reason } => {
-                (result, error, attempts, cost, device, reason)
-            }
+            Finished::Done {
+                result,
+                error,
+                attempts,
+                cost,
+                device,
+                reason,
+            } => (result, error, attempts, cost, device, reason),
             Finished::Abandoned => {
                 drop(guard);
                 self.d.nak(Duration::from_millis(100)).await;
@@ -130,22 +143,42 @@ impl Task<'_> {
             cost,
             device: device.as_deref(),
         };
-        let mut body = encode(&ExecResult::new(&self.ids, self.job_type, &outcome, self.worker(), now));
+        let mut body = encode(&ExecResult::new(
+            &self.ids,
+            self.job_type,
+            &outcome,
+            self.worker(),
+            now,
+        ));
         // A result the broker would refuse is replaced by a 2004 that says so.
         let too_big;
         let limit = shared.publisher.max_payload().saturating_sub(1024);
         if limit > 0 && body.len() > limit {
             too_big = TaskError::new(
                 ErrorCode::QuotaExceeded,
-                format!("result of {} bytes exceeds the NATS max_payload ({} bytes)", body.len(), limit + 1024),
+                format!(
+                    "result of {} bytes exceeds the NATS max_payload ({} bytes)",
+                    body.len(),
+                    limit + 1024
+                ),
             );
             outcome.status = Status::Error;
             outcome.result = None;
             outcome.error = Some(&too_big);
-            body = encode(&ExecResult::new(&self.ids, self.job_type, &outcome, self.worker(), now));
+            body = encode(&ExecResult::new(
+                &self.ids,
+                self.job_type,
+                &outcome,
+                self.worker(),
+                now,
+            ));
         }
         if let Some(g) = guard {
-            g.complete(Record { ack, result: body.clone() }).await;
+            g.complete(Record {
+                ack,
+                result: body.clone(),
+            })
+            .await;
         }
 
         let span = tracing::info_span!("worker.result.publish",
@@ -153,7 +186,10 @@ impl Task<'_> {
             run_id = self.ids.run_id, block_type = self.job_type,
             worker_id = %shared.config.worker_id);
         let published = async {
-            let r = shared.publisher.publish(Kind::Result, Some(&self.msg_id), body).await;
+            let r = shared
+                .publisher
+                .publish(Kind::Result, Some(&self.msg_id), body)
+                .await;
             if outcome.status == Status::Error {
                 let original = self.original();
                 let dl = DeadLetter {
@@ -167,7 +203,11 @@ impl Task<'_> {
                     },
                 };
                 m.dlq(reason);
-                if let Err(e) = shared.publisher.publish(Kind::Dlq, Some(&self.msg_id), encode(&dl)).await {
+                if let Err(e) = shared
+                    .publisher
+                    .publish(Kind::Dlq, Some(&self.msg_id), encode(&dl))
+                    .await
+                {
                     tracing::error!(error = %e, "DLQ publish failed");
                 }
             }
@@ -190,19 +230,34 @@ impl Task<'_> {
         let fields_code = e.map(|e| e.code.code());
         if outcome.status == Status::Success {
             tracing::info!(
-                assignment_id = self.ids.assignment_id, block_type = self.job_type,
-                status = outcome.status.as_str(), latency_ms, attempts,
-                tenant_id = self.ids.tenant_id, trace_id = self.ids.trace_id,
-                run_id = self.ids.run_id, flow_id = self.ids.flow_id, step_id = self.ids.step_id,
-                "Step execution completed");
+                assignment_id = self.ids.assignment_id,
+                block_type = self.job_type,
+                status = outcome.status.as_str(),
+                latency_ms,
+                attempts,
+                tenant_id = self.ids.tenant_id,
+                trace_id = self.ids.trace_id,
+                run_id = self.ids.run_id,
+                flow_id = self.ids.flow_id,
+                step_id = self.ids.step_id,
+                "Step execution completed"
+            );
         } else {
             tracing::warn!(
-                assignment_id = self.ids.assignment_id, block_type = self.job_type,
-                status = outcome.status.as_str(), latency_ms, attempts, error_code = fields_code,
+                assignment_id = self.ids.assignment_id,
+                block_type = self.job_type,
+                status = outcome.status.as_str(),
+                latency_ms,
+                attempts,
+                error_code = fields_code,
                 error_message = e.map(|e| e.message.as_str()),
-                tenant_id = self.ids.tenant_id, trace_id = self.ids.trace_id,
-                run_id = self.ids.run_id, flow_id = self.ids.flow_id, step_id = self.ids.step_id,
-                "Step execution failed");
+                tenant_id = self.ids.tenant_id,
+                trace_id = self.ids.trace_id,
+                run_id = self.ids.run_id,
+                flow_id = self.ids.flow_id,
+                step_id = self.ids.step_id,
+                "Step execution failed"
+            );
         }
     }
 }
@@ -251,7 +306,12 @@ async fn handle_parsed(
         received,
         msg_id: format!("{tenant}:{}", a.assignment_id),
     };
-    let guard = match shared.dedupe.begin(tenant, a.assignment_id).instrument(span.clone()).await {
+    let guard = match shared
+        .dedupe
+        .begin(tenant, a.assignment_id)
+        .instrument(span.clone())
+        .await
+    {
         Begin::New(g) => *g,
         Begin::Done(record) => return republish(&task, &record).await,
         Begin::Running(mut rx) => {
@@ -280,17 +340,24 @@ async fn handle_parsed(
         return reject(&task, Some(guard), None, e).instrument(span).await;
     };
     let Some(job) = a.job else {
-        return reject(&task, Some(guard), Some(kind), TaskError::missing("job")).instrument(span).await;
+        return reject(&task, Some(guard), Some(kind), TaskError::missing("job"))
+            .instrument(span)
+            .await;
     };
     let Some(_quota) = shared.quotas.take(tenant) else {
         drop(guard);
         let e = TaskError::new(
             ErrorCode::QuotaExceeded,
-            format!("tenant {tenant:?} already has {} assignments running on this worker", shared.quotas.limit()),
+            format!(
+                "tenant {tenant:?} already has {} assignments running on this worker",
+                shared.quotas.limit()
+            ),
         );
         return reject(&task, None, Some(kind), e).instrument(span).await;
     };
-    let reg = shared.cancels.register(tenant, a.assignment_id, &shared.hard_stop);
+    let reg = shared
+        .cancels
+        .register(tenant, a.assignment_id, &shared.hard_stop);
     let traceparent = a.trace_id.as_deref().and_then(traceparent_for);
     let ctx = ExecCtx {
         tenant,
@@ -322,14 +389,29 @@ async fn handle_parsed(
     .instrument(exec_span)
     .await;
     let finished = match finished {
-        Finished::Done { error: Some(e), attempts, .. } if e.code == ErrorCode::CancelledByUser => {
-            let reason = reg.reason().unwrap_or_else(|| "cancel requested".to_owned());
+        Finished::Done {
+            error: Some(e),
+            attempts,
+            ..
+        } if e.code == ErrorCode::CancelledByUser => {
+            let reason = reg
+                .reason()
+                .unwrap_or_else(|| "cancel requested".to_owned());
             let e = TaskError::new(ErrorCode::CancelledByUser, format!("cancelled: {reason}"));
-            Finished::Done { result: None, error: Some(e), attempts, cost: 0.0, device: None, reason: "" }
+            Finished::Done {
+                result: None,
+                error: Some(e),
+                attempts,
+                cost: 0.0,
+                device: None,
+                reason: "",
+            }
         }
         f => f,
     };
-    task.finish(Some(guard), ack, Some(kind), finished).instrument(span).await;
+    task.finish(Some(guard), ack, Some(kind), finished)
+        .instrument(span)
+        .await;
 }
 
 struct Run<'t, 'a> {
@@ -340,7 +422,12 @@ struct Run<'t, 'a> {
 
 impl Run<'_, '_> {
     /// Decodes, acks, and runs the attempts. Returns the ack body sent and how it ended.
-    async fn go<'j, B: Block>(&self, block: &B, job: Fields<'j, 'j>, mut ctx: ExecCtx<'_>) -> (Bytes, Finished) {
+    async fn go<'j, B: Block>(
+        &self,
+        block: &B,
+        job: Fields<'j, 'j>,
+        mut ctx: ExecCtx<'_>,
+    ) -> (Bytes, Finished) {
         let t = self.task;
         let decoded = match block.decode(job, &ctx) {
             Ok(j) => j,
@@ -366,7 +453,12 @@ impl Run<'_, '_> {
         (ack, finished)
     }
 
-    async fn attempts<B: Block>(&self, block: &B, job: &B::Job<'_>, ctx: &mut ExecCtx<'_>) -> Finished {
+    async fn attempts<B: Block>(
+        &self,
+        block: &B,
+        job: &B::Job<'_>,
+        ctx: &mut ExecCtx<'_>,
+    ) -> Finished {
         let shared = self.task.shared;
         let deadline = tokio::time::Instant::from_std(ctx.deadline);
         let mut attempts = 0;
@@ -387,8 +479,19 @@ impl Run<'_, '_> {
                 return self.stopped(attempts);
             }
             let e = match r {
-                Ok(Ok(Output { result, cost, device })) => {
-                    return Finished::Done { result: Some(result), error: None, attempts, cost, device, reason: "" }
+                Ok(Ok(Output {
+                    result,
+                    cost,
+                    device,
+                })) => {
+                    return Finished::Done {
+                        result: Some(result),
+                        error: None,
+                        attempts,
+                        cost,
+                        device,
+                        reason: "",
+                    }
                 }
                 Ok(Err(e)) => e,
                 Err(_) => {
@@ -397,24 +500,54 @@ impl Run<'_, '_> {
                 }
             };
             if e.code.status() != Status::Error {
-                return Finished::Done { result: None, error: Some(e), attempts, cost: 0.0, device: None, reason: "" };
+                return Finished::Done {
+                    result: None,
+                    error: Some(e),
+                    attempts,
+                    cost: 0.0,
+                    device: None,
+                    reason: "",
+                };
             }
             if !e.retryable || attempts >= self.retry.max_attempts {
-                let reason = if e.retryable { dlq_reason::RETRIES_EXHAUSTED } else { dlq_reason::NON_RETRYABLE };
+                let reason = if e.retryable {
+                    dlq_reason::RETRIES_EXHAUSTED
+                } else {
+                    dlq_reason::NON_RETRYABLE
+                };
                 let mut e = with_attempts(e, attempts);
-                return Finished::Done { result: e.result.take().map(|b| *b), error: Some(e), attempts, cost: 0.0, device: None, reason };
+                return Finished::Done {
+                    result: e.result.take().map(|b| *b),
+                    error: Some(e),
+                    attempts,
+                    cost: 0.0,
+                    device: None,
+                    reason,
+                };
             }
-            let delay = self.retry.backoff(attempts + 1).max(e.retry_after.unwrap_or_default());
+            let delay = self
+                .retry
+                .backoff(attempts + 1)
+                .max(e.retry_after.unwrap_or_default());
             if tokio::time::Instant::now() + delay >= deadline {
                 // Waiting would run into the deadline: return the last error instead.
                 let mut e = with_attempts(e, attempts);
                 return Finished::Done {
-                    result: e.result.take().map(|b| *b), error: Some(e), attempts, cost: 0.0, device: None,
+                    result: e.result.take().map(|b| *b),
+                    error: Some(e),
+                    attempts,
+                    cost: 0.0,
+                    device: None,
                     reason: dlq_reason::RETRIES_EXHAUSTED,
                 };
             }
             shared.metrics.retry(e.code);
-            tracing::debug!(code = e.code.code(), attempt = attempts, delay_ms = delay.as_millis() as u64, "retrying");
+            tracing::debug!(
+                code = e.code.code(),
+                attempt = attempts,
+                delay_ms = delay.as_millis() as u64,
+                "retrying"
+            );
             tokio::select! {
                 biased;
                 _ = ctx.cancel.cancelled() => return self.stopped(attempts),
@@ -429,12 +562,26 @@ impl Run<'_, '_> {
             return Finished::Abandoned;
         }
         let e = if self.task.shared.hard_stop.is_cancelled() {
-            TaskError::retryable(ErrorCode::SystemOverload, "worker shut down before the assignment finished")
+            TaskError::retryable(
+                ErrorCode::SystemOverload,
+                "worker shut down before the assignment finished",
+            )
         } else {
             TaskError::new(ErrorCode::CancelledByUser, "cancelled")
         };
-        let reason = if e.code == ErrorCode::SystemOverload { dlq_reason::OVERLOADED } else { "" };
-        Finished::Done { result: None, error: Some(e), attempts, cost: 0.0, device: None, reason }
+        let reason = if e.code == ErrorCode::SystemOverload {
+            dlq_reason::OVERLOADED
+        } else {
+            ""
+        };
+        Finished::Done {
+            result: None,
+            error: Some(e),
+            attempts,
+            cost: 0.0,
+            device: None,
+            reason,
+        }
     }
 }
 
@@ -485,7 +632,12 @@ async fn keep_alive(t: &Task<'_>) {
 }
 
 async fn publish_ack(t: &Task<'_>, ack: Bytes) {
-    if let Err(e) = t.shared.publisher.publish(Kind::Ack, Some(&t.msg_id), ack).await {
+    if let Err(e) = t
+        .shared
+        .publisher
+        .publish(Kind::Ack, Some(&t.msg_id), ack)
+        .await
+    {
         tracing::error!(error = %e, "ack publish failed");
     }
 }
@@ -501,9 +653,16 @@ async fn reject(t: &Task<'_>, guard: Option<Guard>, kind: Option<BlockKind>, e: 
 async fn republish(t: &Task<'_>, r: &Record) {
     let p = &t.shared.publisher;
     t.shared.metrics.intake(Intake::Deduplicated);
-    tracing::info!(assignment_id = t.ids.assignment_id, tenant_id = t.ids.tenant_id, "duplicate assignment; re-publishing its result");
+    tracing::info!(
+        assignment_id = t.ids.assignment_id,
+        tenant_id = t.ids.tenant_id,
+        "duplicate assignment; re-publishing its result"
+    );
     let _ = p.publish(Kind::Ack, Some(&t.msg_id), r.ack.clone()).await;
-    match p.publish(Kind::Result, Some(&t.msg_id), r.result.clone()).await {
+    match p
+        .publish(Kind::Result, Some(&t.msg_id), r.result.clone())
+        .await
+    {
         Ok(()) => t.d.ack().await,
         Err(_) => t.d.nak(Duration::from_secs(1)).await,
     }
@@ -521,7 +680,13 @@ fn own_buffer(payload: Bytes) -> (BytesMut, Option<Bytes>) {
     }
 }
 
-async fn unparseable(shared: &Arc<Shared>, d: &Delivery, u: Unanswerable, pristine: Option<Bytes>, buf: BytesMut) {
+async fn unparseable(
+    shared: &Arc<Shared>,
+    d: &Delivery,
+    u: Unanswerable,
+    pristine: Option<Bytes>,
+    buf: BytesMut,
+) {
     let raw = pristine.unwrap_or_else(|| buf.freeze());
     unanswerable(shared, d, u, raw_original(&raw)).await
 }
@@ -565,7 +730,10 @@ async fn refuse_parsed(shared: &Arc<Shared>, d: &Delivery, value: &BorrowedValue
         received: Instant::now(),
         msg_id: format!("{tenant}:{}", a.assignment_id),
     };
-    let e = TaskError::retryable(ErrorCode::SystemOverload, "worker saturated: every queue is full; retry later");
+    let e = TaskError::retryable(
+        ErrorCode::SystemOverload,
+        "worker saturated: every queue is full; retry later",
+    );
     let kind = a.job_type.and_then(BlockKind::parse);
     reject(&task, None, kind, e).await
 }
@@ -596,7 +764,10 @@ async fn unanswerable(shared: &Arc<Shared>, d: &Delivery, u: Unanswerable, origi
         cost: 0.0,
         device: None,
     };
-    let worker = WorkerFacts { worker_id: &shared.config.worker_id, sandbox: shared.config.sandbox };
+    let worker = WorkerFacts {
+        worker_id: &shared.config.worker_id,
+        sandbox: shared.config.sandbox,
+    };
     let dl = DeadLetter {
         result: ExecResult::new(&Ids::default(), None, &outcome, worker, now),
         dlq_reason: dlq_reason::UNPARSEABLE,
@@ -667,17 +838,28 @@ mod tests {
             assert!(!memchr_backslash(bad));
             let mut buf = bad.to_vec();
             assert!(parse_value(&mut buf).is_err());
-            assert_eq!(buf, bad, "buffer changed for {:?}", String::from_utf8_lossy(bad));
+            assert_eq!(
+                buf,
+                bad,
+                "buffer changed for {:?}",
+                String::from_utf8_lossy(bad)
+            );
         }
     }
 
     #[test]
     fn traceparent_continues_a_w3c_trace_id() {
         let tp = traceparent_for("4BF92F3577B34DA6A3CE929D0E0E4736").expect("some");
-        assert!(tp.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"), "{tp}");
+        assert!(
+            tp.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"),
+            "{tp}"
+        );
         assert_eq!(tp.len(), 55);
         let other = traceparent_for("trace-abc").expect("some");
         assert_eq!(other.len(), 55);
-        assert_eq!(other[3..35], traceparent_for("trace-abc").expect("some")[3..35]);
+        assert_eq!(
+            other[3..35],
+            traceparent_for("trace-abc").expect("some")[3..35]
+        );
     }
 }

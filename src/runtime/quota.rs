@@ -22,13 +22,19 @@ pub struct Slot {
 impl Quotas {
     /// `limit` 0 means unlimited.
     pub fn new(limit: usize) -> Quotas {
-        Quotas { limit, in_flight: Arc::default() }
+        Quotas {
+            limit,
+            in_flight: Arc::default(),
+        }
     }
 
     /// A slot for `tenant`, or `None` when it is at its limit.
     pub fn take(&self, tenant: &str) -> Option<Slot> {
         if self.limit == 0 {
-            return Some(Slot { quotas: self.clone(), tenant: "".into() });
+            return Some(Slot {
+                quotas: self.clone(),
+                tenant: "".into(),
+            });
         }
         let mut m = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
         let n = m.entry(tenant.into()).or_insert(0);
@@ -36,7 +42,10 @@ impl Quotas {
             return None;
         }
         *n += 1;
-        Some(Slot { quotas: self.clone(), tenant: tenant.into() })
+        Some(Slot {
+            quotas: self.clone(),
+            tenant: tenant.into(),
+        })
     }
 
     pub fn limit(&self) -> usize {
@@ -49,7 +58,11 @@ impl Drop for Slot {
         if self.quotas.limit == 0 {
             return;
         }
-        let mut m = self.quotas.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        let mut m = self
+            .quotas
+            .in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         if let Some(n) = m.get_mut(&self.tenant) {
             *n -= 1;
             if *n == 0 {

@@ -40,7 +40,12 @@ pub fn health_response(probe: &dyn Probe) -> (StatusCode, String) {
     }
     let checks: serde_json::Map<String, serde_json::Value> = inds
         .iter()
-        .map(|i| (i.name.to_owned(), serde_json::json!({"ok": i.ok, "detail": i.detail})))
+        .map(|i| {
+            (
+                i.name.to_owned(),
+                serde_json::json!({"ok": i.ok, "detail": i.detail}),
+            )
+        })
         .collect();
     let body = serde_json::json!({
         "status": "unhealthy",
@@ -55,8 +60,10 @@ pub fn health_response(probe: &dyn Probe) -> (StatusCode, String) {
 fn respond(status: StatusCode, ctype: &'static str, body: String) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from(body)));
     *r.status_mut() = status;
-    r.headers_mut()
-        .insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static(ctype));
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static(ctype),
+    );
     r
 }
 
@@ -73,9 +80,17 @@ async fn route(
         }
         (&Method::GET, "/metrics", Some(m)) => {
             probe.sample();
-            respond(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", m.render())
+            respond(
+                StatusCode::OK,
+                "text/plain; version=0.0.4; charset=utf-8",
+                m.render(),
+            )
         }
-        (_, "/_health" | "/metrics", _) => respond(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "method not allowed\n".into()),
+        (_, "/_health" | "/metrics", _) => respond(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain",
+            "method not allowed\n".into(),
+        ),
         _ => respond(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
     })
 }

@@ -11,12 +11,17 @@ use prometheus::{
 use crate::blocks::BlockKind;
 use crate::contract::{ErrorCode, Status};
 
-const STATUSES: [Status; 4] = [Status::Success, Status::Error, Status::Timeout, Status::Cancelled];
+const STATUSES: [Status; 4] = [
+    Status::Success,
+    Status::Error,
+    Status::Timeout,
+    Status::Cancelled,
+];
 
 /// Latency buckets in ms; include the guide's 100 and 500.
 pub const LATENCY_BUCKETS_MS: &[f64] = &[
-    1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0, 200.0, 300.0, 500.0, 1000.0, 2500.0, 5000.0,
-    10000.0, 30000.0, 60000.0,
+    1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0, 200.0, 300.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0,
+    30000.0, 60000.0,
 ];
 
 /// Outcomes of taking an assignment off NATS.
@@ -113,12 +118,16 @@ impl Metrics {
             &["type", "status"],
         );
         let latency_vec = HistogramVec::new(
-            HistogramOpts::new("worker_task_latency_ms", "Task latency from receipt to result, ms")
-                .buckets(LATENCY_BUCKETS_MS.to_vec()),
+            HistogramOpts::new(
+                "worker_task_latency_ms",
+                "Task latency from receipt to result, ms",
+            )
+            .buckets(LATENCY_BUCKETS_MS.to_vec()),
             &["type"],
         )
         .expect("valid metric");
-        r.register(Box::new(latency_vec.clone())).expect("unique metric");
+        r.register(Box::new(latency_vec.clone()))
+            .expect("unique metric");
         let tasks = BlockKind::ALL
             .iter()
             .map(|k| STATUSES.map(|s| tasks_vec.with_label_values(&[k.as_str(), s.as_str()])))
@@ -128,18 +137,27 @@ impl Metrics {
             .map(|k| latency_vec.with_label_values(&[k.as_str()]))
             .collect();
         let resource_usage = prometheus::GaugeVec::new(
-            Opts::new("worker_resource_usage", "Process resource usage (cpu_time_ms, memory_mb)"),
+            Opts::new(
+                "worker_resource_usage",
+                "Process resource usage (cpu_time_ms, memory_mb)",
+            ),
             &["type"],
         )
         .expect("valid metric");
-        r.register(Box::new(resource_usage.clone())).expect("unique metric");
+        r.register(Box::new(resource_usage.clone()))
+            .expect("unique metric");
         let queue_depth = gauge_vec(
             &r,
             "worker_pool_queue_depth",
             "Tasks waiting in each pool's queue",
             &["pool"],
         );
-        let in_flight = gauge_vec(&r, "worker_pool_in_flight", "Tasks executing in each pool", &["pool"]);
+        let in_flight = gauge_vec(
+            &r,
+            "worker_pool_in_flight",
+            "Tasks executing in each pool",
+            &["pool"],
+        );
         for pool in ["cpu", "io", "gpu"] {
             queue_depth.with_label_values(&[pool]).set(0);
             in_flight.with_label_values(&[pool]).set(0);
@@ -150,23 +168,48 @@ impl Metrics {
             "Assignments taken off NATS, by what became of them",
             &["outcome"],
         );
-        let intake = Intake::ALL.iter().map(|i| intake_vec.with_label_values(&[i.as_str()])).collect();
-        let retries_vec = counter_vec(&r, "worker_retries_total", "Block retries, by error code", &["code"]);
+        let intake = Intake::ALL
+            .iter()
+            .map(|i| intake_vec.with_label_values(&[i.as_str()]))
+            .collect();
+        let retries_vec = counter_vec(
+            &r,
+            "worker_retries_total",
+            "Block retries, by error code",
+            &["code"],
+        );
         let retries = ErrorCode::ALL
             .iter()
             .map(|c| retries_vec.with_label_values(&[&c.code().to_string()]))
             .collect();
-        let dlq = counter_vec(&r, "worker_dlq_published_total", "DLQ entries published, by reason", &["reason"]);
+        let dlq = counter_vec(
+            &r,
+            "worker_dlq_published_total",
+            "DLQ entries published, by reason",
+            &["reason"],
+        );
         let publish_failures = counter_vec(
             &r,
             "worker_publish_failures_total",
             "Publishes that failed (and were retried or nak'ed), by message kind",
             &["kind"],
         );
-        let cancels = counter_vec(&r, "worker_cancel_requests_total", "Cancel requests, by effect", &["effect"]);
+        let cancels = counter_vec(
+            &r,
+            "worker_cancel_requests_total",
+            "Cancel requests, by effect",
+            &["effect"],
+        );
         // Series exist from the start (at 0), so absent() alerts and rate() see them.
         use crate::contract::wire::dlq_reason as why;
-        for reason in [why::UNPARSEABLE, why::INVALID_ASSIGNMENT, why::NON_RETRYABLE, why::RETRIES_EXHAUSTED, why::OVERLOADED, why::QUOTA_EXCEEDED] {
+        for reason in [
+            why::UNPARSEABLE,
+            why::INVALID_ASSIGNMENT,
+            why::NON_RETRYABLE,
+            why::RETRIES_EXHAUSTED,
+            why::OVERLOADED,
+            why::QUOTA_EXCEEDED,
+        ] {
             dlq.with_label_values(&[reason]);
         }
         for kind in ["ack", "result", "dlq"] {
@@ -184,7 +227,11 @@ impl Metrics {
             intake,
             dlq,
             retries,
-            nats_connected: gauge(&r, "worker_nats_connected", "1 while the NATS connection is up"),
+            nats_connected: gauge(
+                &r,
+                "worker_nats_connected",
+                "1 while the NATS connection is up",
+            ),
             nats_reconnects: counter(&r, "worker_nats_reconnects_total", "NATS reconnections"),
             js_redeliveries: counter(
                 &r,
@@ -197,17 +244,38 @@ impl Metrics {
                 "Times the pull consumer was rebound after it stopped yielding messages",
             ),
             publish_failures,
-            approvals_pending: gauge(&r, "worker_approvals_pending", "Approval requests awaiting a decision"),
+            approvals_pending: gauge(
+                &r,
+                "worker_approvals_pending",
+                "Approval requests awaiting a decision",
+            ),
             approval_decisions_ignored: counter(
                 &r,
                 "worker_approval_decisions_ignored_total",
                 "Approval decisions ignored (approver not listed, unknown or malformed)",
             ),
             cancels,
-            fs_backend: gauge_vec(&r, "worker_fs_backend", "File backend in use (1 for the active one)", &["backend"]),
-            gpu_devices: gauge(&r, "worker_gpu_devices", "GPU devices discovered (0: CPU fallback)"),
-            spans_dropped: counter(&r, "worker_spans_dropped_total", "Trace spans dropped (exporter down or queue full)"),
-            panics: counter(&r, "worker_block_panics_total", "Blocks that panicked (answered with 4001)"),
+            fs_backend: gauge_vec(
+                &r,
+                "worker_fs_backend",
+                "File backend in use (1 for the active one)",
+                &["backend"],
+            ),
+            gpu_devices: gauge(
+                &r,
+                "worker_gpu_devices",
+                "GPU devices discovered (0: CPU fallback)",
+            ),
+            spans_dropped: counter(
+                &r,
+                "worker_spans_dropped_total",
+                "Trace spans dropped (exporter down or queue full)",
+            ),
+            panics: counter(
+                &r,
+                "worker_block_panics_total",
+                "Blocks that panicked (answered with 4001)",
+            ),
             registry: r,
         }
     }
@@ -235,7 +303,9 @@ impl Metrics {
     /// Reads CPU time and RSS of this process into `worker_resource_usage`.
     pub fn sample_process(&self) {
         if let Some((cpu_ms, rss_bytes)) = process_usage() {
-            self.resource_usage.with_label_values(&["cpu_time_ms"]).set(cpu_ms as f64);
+            self.resource_usage
+                .with_label_values(&["cpu_time_ms"])
+                .set(cpu_ms as f64);
             self.resource_usage
                 .with_label_values(&["memory_mb"])
                 .set(rss_bytes as f64 / (1024.0 * 1024.0));

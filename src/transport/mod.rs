@@ -45,7 +45,10 @@ pub async fn connect(cfg: &Config, metrics: Arc<Metrics>) -> Result<Client, Stri
                     }
                     async_nats::Event::Disconnected => {
                         m.nats_connected.set(0);
-                        tracing::warn!(event = "nats_disconnected", "NATS connection lost; reconnecting");
+                        tracing::warn!(
+                            event = "nats_disconnected",
+                            "NATS connection lost; reconnecting"
+                        );
                     }
                     other => tracing::warn!(event = %other, "NATS event"),
                 }
@@ -111,8 +114,18 @@ pub struct Publisher {
 const PUBLISH_PATIENCE: Duration = Duration::from_secs(60);
 
 impl Publisher {
-    pub fn new(client: Client, js: Option<jetstream::Context>, subjects: Subjects, metrics: Arc<Metrics>) -> Self {
-        Publisher { client, js, subjects, metrics }
+    pub fn new(
+        client: Client,
+        js: Option<jetstream::Context>,
+        subjects: Subjects,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Publisher {
+            client,
+            js,
+            subjects,
+            metrics,
+        }
     }
 
     pub fn subjects(&self) -> &Subjects {
@@ -129,7 +142,12 @@ impl Publisher {
 
     /// Publishes and, in JetStream mode, waits until the stream stored it. Retries through
     /// NATS outages (with backoff) for up to a minute.
-    pub async fn publish(&self, kind: Kind, msg_id: Option<&str>, body: Bytes) -> Result<(), String> {
+    pub async fn publish(
+        &self,
+        kind: Kind,
+        msg_id: Option<&str>,
+        body: Bytes,
+    ) -> Result<(), String> {
         let subject = self.subject(kind).to_owned();
         let deadline = tokio::time::Instant::now() + PUBLISH_PATIENCE;
         let mut delay = Duration::from_millis(50);
@@ -153,7 +171,10 @@ impl Publisher {
             match r {
                 Ok(()) => return Ok(()),
                 Err(e) => {
-                    self.metrics.publish_failures.with_label_values(&[kind.as_str()]).inc();
+                    self.metrics
+                        .publish_failures
+                        .with_label_values(&[kind.as_str()])
+                        .inc();
                     if tokio::time::Instant::now() + delay > deadline {
                         return Err(format!("publishing {} to {subject}: {e}", kind.as_str()));
                     }
@@ -284,12 +305,19 @@ pub async fn consume(
     stop: CancellationToken,
 ) {
     match (cfg.consumer, js) {
-        (ConsumerMode::Jetstream, Some(js)) => consume_jetstream(cfg, js, sink, slots, metrics, stop).await,
+        (ConsumerMode::Jetstream, Some(js)) => {
+            consume_jetstream(cfg, js, sink, slots, metrics, stop).await
+        }
         _ => consume_core(cfg, client, sink, stop).await,
     }
 }
 
-async fn consume_core(cfg: Arc<Config>, client: Client, sink: Arc<dyn Sink>, stop: CancellationToken) {
+async fn consume_core(
+    cfg: Arc<Config>,
+    client: Client,
+    sink: Arc<dyn Sink>,
+    stop: CancellationToken,
+) {
     let mut sub = loop {
         match client
             .queue_subscribe(cfg.subjects.assign.clone(), cfg.queue_group.clone())
@@ -477,7 +505,9 @@ pub async fn consume_control(
                             sink.decision(&m.payload);
                         }
                     }
-                    Err(e) => tracing::error!(error = %e, "subscribing to approval decisions failed"),
+                    Err(e) => {
+                        tracing::error!(error = %e, "subscribing to approval decisions failed")
+                    }
                 }
                 tokio::time::sleep(Duration::from_millis(500)).await;
             },

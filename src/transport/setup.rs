@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer, kv, stream};
 
-
 use crate::config::Config;
 
 /// What JetStream mode works with.
@@ -28,7 +27,10 @@ fn err(what: &str, e: impl std::fmt::Display) -> String {
 }
 
 /// Binds every JetStream object, creating what is missing when `--js-create` allows.
-pub async fn bind_jetstream(cfg: &Config, ctx: jetstream::Context) -> Result<JetStreamHandles, String> {
+pub async fn bind_jetstream(
+    cfg: &Config,
+    ctx: jetstream::Context,
+) -> Result<JetStreamHandles, String> {
     let s = &cfg.subjects;
     let js = &cfg.js;
     // The assignment stream: an existing stream that captures the subject wins (a Router
@@ -49,7 +51,12 @@ pub async fn bind_jetstream(cfg: &Config, ctx: jetstream::Context) -> Result<Jet
             .map_err(|e| err("creating the assignment stream", e))?;
             js.stream.clone()
         }
-        Err(e) => return Err(err("no stream captures the assign subject and --js-create is off", e)),
+        Err(e) => {
+            return Err(err(
+                "no stream captures the assign subject and --js-create is off",
+                e,
+            ))
+        }
     };
 
     // Outputs: every subject already captured somewhere is fine; the rest go in ours.
@@ -75,7 +82,9 @@ pub async fn bind_jetstream(cfg: &Config, ctx: jetstream::Context) -> Result<Jet
             .await;
         match r {
             Ok(_) => outputs_durable = true,
-            Err(e) => tracing::warn!(error = %e, "could not create the output stream; acks/results go out as core messages"),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not create the output stream; acks/results go out as core messages")
+            }
         }
     }
 
@@ -188,6 +197,9 @@ impl JetStreamHandles {
             })
             .await
             .map_err(|e| err("creating the approval consumer", e))?;
-        consumer.messages().await.map_err(|e| err("reading approval decisions", e))
+        consumer
+            .messages()
+            .await
+            .map_err(|e| err("reading approval decisions", e))
     }
 }

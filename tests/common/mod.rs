@@ -40,7 +40,11 @@ pub struct Nats {
 
 pub fn nats_server_bin() -> String {
     std::env::var("NATS_SERVER_BIN").unwrap_or_else(|_| {
-        for p in ["/usr/sbin/nats-server", "/usr/bin/nats-server", "/usr/local/bin/nats-server"] {
+        for p in [
+            "/usr/sbin/nats-server",
+            "/usr/bin/nats-server",
+            "/usr/local/bin/nats-server",
+        ] {
             if Path::new(p).exists() {
                 return p.to_owned();
             }
@@ -68,7 +72,14 @@ impl Nats {
 
     fn spawn(&mut self) {
         let child = Command::new(nats_server_bin())
-            .args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-js", "-sd"])
+            .args([
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-js",
+                "-sd",
+            ])
             .arg(self.store.path())
             .args(&self.extra)
             .stdout(Stdio::null())
@@ -76,7 +87,10 @@ impl Nats {
             .spawn()
             .expect("nats-server runs (install the Debian package nats-server)");
         self.child = Some(child);
-        assert!(wait_port(self.port, Duration::from_secs(10)), "nats-server did not start");
+        assert!(
+            wait_port(self.port, Duration::from_secs(10)),
+            "nats-server did not start"
+        );
     }
 
     pub fn url(&self) -> String {
@@ -174,7 +188,10 @@ impl Worker {
         WorkerBuilder {
             args: vec![format!("--nats-url={nats_url}")],
             // Defaults a test can override with a flag (flag beats environment).
-            envs: vec![("WORKER_CPU_POOL_SIZE".into(), "2".into()), ("WORKER_IO_POOL_SIZE".into(), "1".into())],
+            envs: vec![
+                ("WORKER_CPU_POOL_SIZE".into(), "2".into()),
+                ("WORKER_IO_POOL_SIZE".into(), "1".into()),
+            ],
             dir,
             fs_root,
             sql_root,
@@ -191,7 +208,10 @@ impl Worker {
             .args(&self.args)
             .arg(format!("--fs-root={}", self.fs_root.display()))
             .arg(format!("--sql-root={}", self.sql_root.display()))
-            .arg(format!("--prometheus-endpoint=127.0.0.1:{}", self.metrics_port))
+            .arg(format!(
+                "--prometheus-endpoint=127.0.0.1:{}",
+                self.metrics_port
+            ))
             .arg(format!("--health-endpoint=127.0.0.1:{}", self.health_port))
             .env_remove("NATS_URL")
             .env("RUST_LOG", "info")
@@ -201,7 +221,11 @@ impl Worker {
             .spawn()
             .expect("worker binary runs");
         self.child = Some(child);
-        assert!(wait_port(self.metrics_port, Duration::from_secs(15)), "worker did not open its metrics port; log:\n{}", self.logs());
+        assert!(
+            wait_port(self.metrics_port, Duration::from_secs(15)),
+            "worker did not open its metrics port; log:\n{}",
+            self.logs()
+        );
     }
 
     pub fn logs(&self) -> String {
@@ -223,7 +247,9 @@ impl Worker {
     /// SIGTERM and wait for the exit status.
     pub fn terminate(&mut self, wait: Duration) -> Option<std::process::ExitStatus> {
         let c = self.child.as_mut()?;
-        let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status();
         let end = Instant::now() + wait;
         while Instant::now() < end {
             if let Ok(Some(st)) = c.try_wait() {
@@ -258,18 +284,30 @@ impl Drop for Worker {
 /// Minimal HTTP/1.1 GET over loopback: (status, content-type, body).
 pub async fn http_get(port: u16, path: &str) -> (u16, String, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes())
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
-        .expect("write");
+        .expect("connect");
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .expect("write");
     let mut buf = Vec::new();
     s.read_to_end(&mut buf).await.expect("read");
     let text = String::from_utf8_lossy(&buf).to_string();
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
     let ctype = head
         .lines()
-        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-type:").map(|v| v.trim().to_owned()))
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-type:")
+                .map(|v| v.trim().to_owned())
+        })
         .unwrap_or_default();
     (status, ctype, body.to_owned())
 }
@@ -285,11 +323,20 @@ pub struct Seen {
 
 impl Seen {
     pub fn on(&self, subject: &str) -> Vec<Value> {
-        self.inner.lock().expect("lock").iter().filter(|(s, _, _)| s == subject).map(|(_, v, _)| v.clone()).collect()
+        self.inner
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter(|(s, _, _)| s == subject)
+            .map(|(_, v, _)| v.clone())
+            .collect()
     }
 
     pub fn for_id(&self, subject: &str, id: &str) -> Vec<Value> {
-        self.on(subject).into_iter().filter(|v| v["assignment_id"] == id).collect()
+        self.on(subject)
+            .into_iter()
+            .filter(|v| v["assignment_id"] == id)
+            .collect()
     }
 
     pub fn headers_for(&self, subject: &str, id: &str) -> Vec<Option<async_nats::HeaderMap>> {
@@ -309,7 +356,11 @@ impl Seen {
             if let Some(v) = self.for_id(subject, id).into_iter().next() {
                 return v;
             }
-            assert!(Instant::now() < end, "no message on {subject} for {id} within {timeout:?}; seen: {:?}", self.summary());
+            assert!(
+                Instant::now() < end,
+                "no message on {subject} for {id} within {timeout:?}; seen: {:?}",
+                self.summary()
+            );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
@@ -321,7 +372,11 @@ impl Seen {
             if v.len() >= n {
                 return v;
             }
-            assert!(Instant::now() < end, "only {} of {n} messages on {subject} within {timeout:?}", v.len());
+            assert!(
+                Instant::now() < end,
+                "only {} of {n} messages on {subject} within {timeout:?}",
+                v.len()
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -365,7 +420,10 @@ impl Router {
             tokio::spawn(async move {
                 while let Some(m) = sub.next().await {
                     let v: Value = serde_json::from_slice(&m.payload).unwrap_or(Value::Null);
-                    seen.inner.lock().expect("lock").push((subject.clone(), v, m.headers.clone()));
+                    seen.inner
+                        .lock()
+                        .expect("lock")
+                        .push((subject.clone(), v, m.headers.clone()));
                 }
             });
         }
@@ -374,12 +432,16 @@ impl Router {
     }
 
     pub async fn publish(&self, subject: &str, body: impl Into<bytes::Bytes>) {
-        self.client.publish(subject.to_owned(), body.into()).await.expect("publish");
+        self.client
+            .publish(subject.to_owned(), body.into())
+            .await
+            .expect("publish");
         self.client.flush().await.expect("flush");
     }
 
     pub async fn assign(&self, v: &Value) {
-        self.publish(ASSIGN, serde_json::to_vec(v).expect("json")).await;
+        self.publish(ASSIGN, serde_json::to_vec(v).expect("json"))
+            .await;
     }
 
     pub async fn assign_with_headers(&self, v: &Value, headers: &[(&str, &str)]) {
@@ -388,7 +450,11 @@ impl Router {
             h.insert(*k, *val);
         }
         self.client
-            .publish_with_headers(ASSIGN.to_owned(), h, serde_json::to_vec(v).expect("json").into())
+            .publish_with_headers(
+                ASSIGN.to_owned(),
+                h,
+                serde_json::to_vec(v).expect("json").into(),
+            )
             .await
             .expect("publish");
         self.client.flush().await.expect("flush");
@@ -396,7 +462,9 @@ impl Router {
 
     /// Waits for the result of `id` (default 15 s).
     pub async fn result(&self, id: &str) -> Value {
-        self.seen.wait_for(RESULT, id, Duration::from_secs(15)).await
+        self.seen
+            .wait_for(RESULT, id, Duration::from_secs(15))
+            .await
     }
 
     pub async fn ack(&self, id: &str) -> Value {
@@ -448,18 +516,32 @@ pub fn assert_result_shape(r: &Value) {
     assert_eq!(r["version"], "1", "{r}");
     assert!(r["assignment_id"].is_string(), "{r}");
     let status = r["status"].as_str().expect("status");
-    assert!(["success", "error", "timeout", "cancelled"].contains(&status), "{r}");
+    assert!(
+        ["success", "error", "timeout", "cancelled"].contains(&status),
+        "{r}"
+    );
     assert!(r["latency_ms"].is_u64(), "{r}");
     assert!(r["cost"].is_number(), "{r}");
     assert!(r["attempts"].is_u64(), "{r}");
-    assert!(r["timestamp"].is_u64() && r["timestamp"] == r["completed_at"], "{r}");
+    assert!(
+        r["timestamp"].is_u64() && r["timestamp"] == r["completed_at"],
+        "{r}"
+    );
     // `job` is absent only when the assignment had none to echo.
-    assert!(r.get("job").is_none() || r["job"]["type"].is_string(), "{r}");
+    assert!(
+        r.get("job").is_none() || r["job"]["type"].is_string(),
+        "{r}"
+    );
     assert!(r["metadata"]["worker_id"].is_string(), "{r}");
     if status != "success" {
         assert!(r["error"]["code"].is_u64(), "{r}");
         assert!(r["error"]["message"].is_string(), "{r}");
         assert!(r["error"]["retryable"].is_boolean(), "{r}");
-        assert!(r["error_code"].is_string() && r["error_type"].is_string() && r["error_message"].is_string(), "{r}");
+        assert!(
+            r["error_code"].is_string()
+                && r["error_type"].is_string()
+                && r["error_message"].is_string(),
+            "{r}"
+        );
     }
 }
