@@ -650,3 +650,113 @@ async fn a_tenant_over_its_quota_gets_2004_and_other_tenants_still_run() {
         .wait_for(APPROVAL_REQUEST, "q-b1", Duration::from_secs(10))
         .await;
 }
+
+async fn health(port: u16) -> (u16, Value) {
+    let (status, ctype, body) = http_get(port, "/_health").await;
+    assert_eq!(ctype, "application/json");
+    (status, serde_json::from_str(&body).unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn health_names_full_pools_and_recovers() {
+    let (_n, w, router) = setup(
+        "core",
+        &[
+            "--cpu-pool-size=1",
+            "--max-in-flight=1",
+            "--queue-capacity=2",
+        ],
+    )
+    .await;
+    assert_eq!(health(w.health_port).await.0, 200);
+    for i in 0..10 {
+        router
+            .assign(&approval(&format!("hp-{i}"), "t", 3_000))
+            .await;
+    }
+    let end = std::time::Instant::now() + Duration::from_secs(5);
+    let body = loop {
+        let (status, body) = health(w.health_port).await;
+        if status == 503 {
+            break body;
+        }
+        assert!(
+            std::time::Instant::now() < end,
+            "never unhealthy while the queues were full: {body}\n{}",
+            w.metrics()
+                .await
+                .lines()
+                .filter(|l| l.contains("queue_depth")
+                    || l.contains("in_flight")
+                    || l.contains("assignments_total"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(
+        body["failing"]
+            .as_array()
+            .expect("failing")
+            .contains(&json!("resource_pools")),
+        "{body}"
+    );
+    assert_eq!(body["status"], "unhealthy");
+    // The approvals time out, the queues drain, health comes back.
+    let end = std::time::Instant::now() + Duration::from_secs(20);
+    while health(w.health_port).await.0 != 200 {
+        assert!(std::time::Instant::now() < end, "health did not recover");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn over_the_memory_budget_health_says_so_and_core_mode_refuses() {
+    // A budget below what the process needs just to run: the indicator fails and intake
+    // pauses (core mode answers 4002).
+    let nats = Nats::start();
+    let w = Worker::builder(&nats.url())
+        .args(&["--consumer=core", "--max-memory-mb=1"])
+        .start();
+    let router = Router::connect(&nats.url()).await;
+    let end = std::time::Instant::now() + Duration::from_secs(5);
+    let body = loop {
+        let (status, body) = health(w.health_port).await;
+        if status == 503 {
+            break body;
+        }
+        assert!(
+            std::time::Instant::now() < end,
+            "memory indicator never failed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        body["failing"]
+            .as_array()
+            .expect("failing")
+            .contains(&json!("memory")),
+        "{body}"
+    );
+    // The subscription may still be starting: send until one is answered.
+    let end = std::time::Instant::now() + Duration::from_secs(10);
+    let r = loop {
+        let id = format!("mem-{}", router.seen.on(ACK).len());
+        router
+            .assign(&assignment(&id, "t", json!({"type":"fs.get","path":"x"})))
+            .await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        if let Some(r) = router.seen.on(RESULT).into_iter().next() {
+            break r;
+        }
+        assert!(std::time::Instant::now() < end, "no answer");
+    };
+    assert_eq!(
+        (
+            r["error"]["code"].as_u64(),
+            r["error"]["retryable"].as_bool()
+        ),
+        (Some(4002), Some(true)),
+        "{r}"
+    );
+}

@@ -389,8 +389,13 @@ impl Config {
             ));
         }
         let nats_url = pick!(nats_url, "nats://localhost:4222".to_owned());
-        if nats_url.trim().is_empty() {
-            return Err(bad("nats-url", "must not be empty"));
+        for server in nats_url.split(',').map(str::trim) {
+            if server.parse::<async_nats::ServerAddr>().is_err() {
+                return Err(bad(
+                    "nats-url",
+                    format!("{server:?} is not a NATS server URL"),
+                ));
+            }
         }
         let prometheus_endpoint = addr(
             "prometheus-endpoint",

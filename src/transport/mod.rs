@@ -73,8 +73,15 @@ pub async fn connect(cfg: &Config, metrics: Arc<Metrics>) -> Result<Client, Stri
     if let Some(ca) = &auth.tls_ca {
         opts = opts.add_root_certificates(ca.clone()).require_tls(true);
     }
+    // A comma-separated list names the servers of a cluster.
+    let servers = cfg
+        .nats_url
+        .split(',')
+        .map(|s| s.trim().parse::<async_nats::ServerAddr>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("--nats-url {}: {e}", cfg.nats_url))?;
     let client = opts
-        .connect(cfg.nats_url.as_str())
+        .connect(servers)
         .await
         .map_err(|e| format!("connecting to {}: {e}", cfg.nats_url))?;
     // The first Connected event counted as a reconnect; start from zero.
