@@ -74,6 +74,21 @@ enum Finished {
     Abandoned,
 }
 
+impl Finished {
+    /// Ended with `e` after `attempts`; what the block produced anyway (an HTTP error
+    /// response) stays in `result`.
+    fn failed(mut e: TaskError, attempts: u32, reason: &'static str) -> Finished {
+        Finished::Done {
+            result: e.result.take().map(|b| *b),
+            error: Some(e),
+            attempts,
+            cost: 0.0,
+            device: None,
+            reason,
+        }
+    }
+}
+
 /// The answer side of one assignment: ids, delivery, and what has been published.
 struct Task<'a> {
     shared: &'a Arc<Shared>,
@@ -398,14 +413,7 @@ async fn handle_parsed(
                 .reason()
                 .unwrap_or_else(|| "cancel requested".to_owned());
             let e = TaskError::new(ErrorCode::CancelledByUser, format!("cancelled: {reason}"));
-            Finished::Done {
-                result: None,
-                error: Some(e),
-                attempts,
-                cost: 0.0,
-                device: None,
-                reason: "",
-            }
+            Finished::failed(e, attempts, "")
         }
         f => f,
     };
@@ -447,7 +455,7 @@ impl Run<'_, '_> {
             tokio::select! {
                 biased;
                 f = self.attempts(block, &decoded, &mut ctx) => f,
-                _ = progress => unreachable_progress(),
+                never = progress => match never {},
             }
         });
         (ack, finished)
@@ -471,7 +479,7 @@ impl Run<'_, '_> {
             let r = tokio::select! {
                 biased;
                 _ = ctx.cancel.cancelled() => return self.stopped(attempts),
-                _ = tokio::time::sleep_until(deadline) => return timed_out(attempts, ctx),
+                _ = tokio::time::sleep_until(deadline) => return timed_out(attempts),
                 r = AssertUnwindSafe(block.attempt(job, ctx)).catch_unwind() => r,
             };
             if ctx.cancel.is_cancelled() {
@@ -500,14 +508,8 @@ impl Run<'_, '_> {
                 }
             };
             if e.code.status() != Status::Error {
-                return Finished::Done {
-                    result: None,
-                    error: Some(e),
-                    attempts,
-                    cost: 0.0,
-                    device: None,
-                    reason: "",
-                };
+                // Timeout or cancel from inside the block: terminal, never dead-lettered.
+                return Finished::failed(e, attempts, "");
             }
             if !e.retryable || attempts >= self.retry.max_attempts {
                 let reason = if e.retryable {
@@ -515,15 +517,7 @@ impl Run<'_, '_> {
                 } else {
                     dlq_reason::NON_RETRYABLE
                 };
-                let mut e = with_attempts(e, attempts);
-                return Finished::Done {
-                    result: e.result.take().map(|b| *b),
-                    error: Some(e),
-                    attempts,
-                    cost: 0.0,
-                    device: None,
-                    reason,
-                };
+                return Finished::failed(with_attempts(e, attempts), attempts, reason);
             }
             let delay = self
                 .retry
@@ -531,15 +525,11 @@ impl Run<'_, '_> {
                 .max(e.retry_after.unwrap_or_default());
             if tokio::time::Instant::now() + delay >= deadline {
                 // Waiting would run into the deadline: return the last error instead.
-                let mut e = with_attempts(e, attempts);
-                return Finished::Done {
-                    result: e.result.take().map(|b| *b),
-                    error: Some(e),
+                return Finished::failed(
+                    with_attempts(e, attempts),
                     attempts,
-                    cost: 0.0,
-                    device: None,
-                    reason: dlq_reason::RETRIES_EXHAUSTED,
-                };
+                    dlq_reason::RETRIES_EXHAUSTED,
+                );
             }
             shared.metrics.retry(e.code);
             tracing::debug!(
@@ -574,41 +564,16 @@ impl Run<'_, '_> {
         } else {
             ""
         };
-        Finished::Done {
-            result: None,
-            error: Some(e),
-            attempts,
-            cost: 0.0,
-            device: None,
-            reason,
-        }
+        Finished::failed(e, attempts, reason)
     }
 }
 
-fn unreachable_progress() -> Finished {
-    Finished::Done {
-        result: None,
-        error: Some(TaskError::internal("progress loop ended")),
-        attempts: 0,
-        cost: 0.0,
-        device: None,
-        reason: dlq_reason::NON_RETRYABLE,
-    }
-}
-
-fn timed_out(attempts: u32, ctx: &ExecCtx<'_>) -> Finished {
-    let _ = ctx;
-    Finished::Done {
-        result: None,
-        error: Some(TaskError::new(
-            ErrorCode::CancelledByTimeout,
-            format!("job deadline passed after {attempts} attempt(s)"),
-        )),
-        attempts,
-        cost: 0.0,
-        device: None,
-        reason: "",
-    }
+fn timed_out(attempts: u32) -> Finished {
+    let e = TaskError::new(
+        ErrorCode::CancelledByTimeout,
+        format!("job deadline passed after {attempts} attempt(s)"),
+    );
+    Finished::failed(e, attempts, "")
 }
 
 fn with_attempts(mut e: TaskError, attempts: u32) -> TaskError {
@@ -619,8 +584,8 @@ fn with_attempts(mut e: TaskError, attempts: u32) -> TaskError {
 }
 
 /// Sends in-progress acks while a JetStream task runs, so long tasks are not redelivered.
-/// Never completes.
-async fn keep_alive(t: &Task<'_>) {
+/// Never completes (hence `Infallible`).
+async fn keep_alive(t: &Task<'_>) -> std::convert::Infallible {
     if !t.d.is_jetstream() {
         return futures::future::pending().await;
     }
