@@ -5,4 +5,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/ensure-nats.sh
 # Integration tests start a nats-server and a worker each: two at a time fit 2 cores.
-cargo test --workspace --all-targets -- --test-threads="${TEST_THREADS:-2}"
+cargo test --workspace --all-targets --no-fail-fast -- --test-threads="${TEST_THREADS:-2}"

@@ -1,7 +1,7 @@
 //! Wiring: builds every component from the [`Config`] and runs until SIGTERM/SIGINT.
 
-use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Config, ConsumerMode, FsBackend};
 use crate::contract::ParseLimits;
 use crate::runtime::{Approvals, Cancels, Dedupe, Runtime, Shared};
-use crate::telemetry::http::{Indicator, Probe};
+use crate::telemetry::http::{Indicator, Probe, RecentErrors};
 use crate::telemetry::Metrics;
 use crate::transport::{self, Publisher};
 
@@ -21,7 +21,7 @@ struct WorkerProbe {
     metrics: Arc<Metrics>,
     max_memory_mb: u64,
     /// (panics seen, when the count last grew)
-    critical: Mutex<(u64, Option<Instant>)>,
+    critical: RecentErrors,
 }
 
 const CRITICAL_WINDOW: Duration = Duration::from_secs(60);
@@ -43,13 +43,7 @@ impl Probe for WorkerProbe {
         let rss_mb = crate::telemetry::metrics::process_usage().map_or(0, |(_, rss)| rss >> 20);
         let mem_ok = rss_mb <= self.max_memory_mb;
         let panics = self.metrics.panics.get();
-        let critical_ok = {
-            let mut c = self.critical.lock().unwrap_or_else(|p| p.into_inner());
-            if panics > c.0 {
-                *c = (panics, Some(Instant::now()));
-            }
-            c.1.is_none_or(|at| at.elapsed() > CRITICAL_WINDOW)
-        };
+        let critical_ok = self.critical.ok(panics);
         vec![
             Indicator {
                 name: "nats_connection",
@@ -150,7 +144,7 @@ pub async fn run(cfg: Config) -> Result<(), String> {
         runtime: OnceLock::new(),
         metrics: metrics.clone(),
         max_memory_mb: cfg.max_memory_mb,
-        critical: Mutex::new((0, None)),
+        critical: RecentErrors::new(CRITICAL_WINDOW),
     });
     let metrics_addr = crate::telemetry::http::serve(
         cfg.prometheus_endpoint,

@@ -344,6 +344,78 @@ fn js_name(flag: &str, v: String) -> Result<String, ConfigError> {
     Ok(v)
 }
 
+/// Credentials found in the userinfo of `--nats-url`.
+#[derive(Default)]
+struct UrlAuth {
+    user: Option<String>,
+    password: Option<String>,
+    token: Option<String>,
+}
+
+/// Takes `user:password@` or `token@` out of each comma-separated NATS URL (async-nats
+/// ignores userinfo, and `nats_url` is logged and quoted in errors). The URLs keep scheme,
+/// host and port; the (percent-decoded) credentials fill the [`NatsAuth`] fields that no
+/// flag or variable set.
+fn split_url_credentials(list: &str) -> Result<(String, UrlAuth), String> {
+    let mut auth = UrlAuth::default();
+    let mut urls = Vec::new();
+    for url in list.split(',').map(str::trim).filter(|u| !u.is_empty()) {
+        let (scheme, rest) = match url.split_once("://") {
+            Some((s, r)) => (Some(s), r),
+            None => (None, url),
+        };
+        let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+        let (userinfo, host) = match rest[..end].rsplit_once('@') {
+            Some((u, h)) => (Some(u), h),
+            None => (None, &rest[..end]),
+        };
+        match userinfo.map(|u| u.split_once(':')) {
+            None => {}
+            Some(Some((user, password))) => {
+                auth.user.get_or_insert_with(|| percent_decode(user));
+                auth.password
+                    .get_or_insert_with(|| percent_decode(password));
+            }
+            Some(None) => {
+                auth.token
+                    .get_or_insert_with(|| percent_decode(userinfo.unwrap_or_default()));
+            }
+        }
+        let tail = &rest[end..];
+        urls.push(match scheme {
+            Some(s) => format!("{s}://{host}{tail}"),
+            None => format!("{host}{tail}"),
+        });
+    }
+    if urls.is_empty() {
+        return Err("must not be empty".to_owned());
+    }
+    Ok((urls.join(","), auth))
+}
+
+/// `%40` → `@` (userinfo is percent-encoded in a URL); anything else is kept as written.
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = b
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok());
+        match (b[i], hex.and_then(|h| u8::from_str_radix(h, 16).ok())) {
+            (b'%', Some(v)) => {
+                out.push(v);
+                i += 3;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 impl Config {
     /// Parses the process arguments and environment and resolves them.
     pub fn from_env() -> Result<Config, ConfigError> {
@@ -389,6 +461,8 @@ impl Config {
             ));
         }
         let nats_url = pick!(nats_url, "nats://localhost:4222".to_owned());
+        let (nats_url, url_auth) =
+            split_url_credentials(&nats_url).map_err(|e| bad("nats-url", e))?;
         for server in nats_url.split(',').map(str::trim) {
             if server.parse::<async_nats::ServerAddr>().is_err() {
                 return Err(bad(
@@ -438,9 +512,9 @@ impl Config {
             worker_id,
             nats_url,
             nats_auth: NatsAuth {
-                user: cli.nats_user.clone(),
-                password: cli.nats_password.clone(),
-                token: cli.nats_token.clone(),
+                user: cli.nats_user.clone().or(url_auth.user),
+                password: cli.nats_password.clone().or(url_auth.password),
+                token: cli.nats_token.clone().or(url_auth.token),
                 creds_file: cli.nats_creds.clone(),
                 nkey_seed: match &cli.nats_nkey_file {
                     Some(f) => Some(

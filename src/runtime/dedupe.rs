@@ -85,7 +85,14 @@ pub struct Guard {
 fn kv_key(tenant: &str, id: &str) -> String {
     let e = base64::engine::general_purpose::URL_SAFE_NO_PAD;
     // Both parts encoded: key-value keys allow only [-/_=.a-zA-Z0-9].
-    format!("r.{}.{}", e.encode(tenant), e.encode(id))
+    // An empty tenant (a rejected assignment that had none) would leave an empty subject
+    // token that no request reaches; "-" is never the encoding of a non-empty string.
+    let tenant = if tenant.is_empty() {
+        "-".to_owned()
+    } else {
+        e.encode(tenant)
+    };
+    format!("r.{tenant}.{}", e.encode(id))
 }
 
 impl Dedupe {
@@ -179,18 +186,57 @@ impl Dedupe {
     }
 }
 
+/// How long storing a result record is retried through a JetStream outage (as long as
+/// `Publisher::publish` keeps trying the result itself).
+const STORE_PATIENCE: Duration = Duration::from_secs(60);
+
 impl Guard {
-    /// Stores the finished record: memory first (waiters released), then the bucket.
-    pub async fn complete(mut self, record: Record) {
-        let Some(key) = self.key.take() else { return };
-        let record = Arc::new(record);
+    /// Stores the finished record in the bucket, first writer wins, retrying through
+    /// outages; then in memory (waiters released). Returns the record to publish: `record`
+    /// itself, or the one another delivery of the same assignment stored first (a
+    /// redelivery that ran while this one was cut off from the broker), so every copy of
+    /// a result is the same bytes.
+    pub async fn complete(mut self, record: Record) -> Arc<Record> {
+        let mut record = Arc::new(record);
+        let Some(key) = self.key.take() else {
+            return record;
+        };
         if let Some(kv) = &self.store.kv {
             let k = kv_key(&key.0, &key.1);
-            if let Err(e) = kv.put(k, record.encode()).await {
-                tracing::warn!(error = %e, "storing the result for dedupe failed");
+            let deadline = Instant::now() + STORE_PATIENCE;
+            let mut delay = Duration::from_millis(50);
+            loop {
+                let problem = match kv.create(&k, record.encode()).await {
+                    Ok(_) => break,
+                    Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
+                        match kv.get(&k).await {
+                            Ok(Some(bytes)) => {
+                                if let Some(first) = Record::decode(bytes) {
+                                    record = Arc::new(first);
+                                }
+                                break;
+                            }
+                            Ok(None) => "the stored record vanished".to_owned(),
+                            Err(e) => e.to_string(),
+                        }
+                    }
+                    Err(e) if e.kind() == kv::CreateErrorKind::InvalidKey => {
+                        tracing::warn!(error = %e, "storing the result for dedupe failed");
+                        break;
+                    }
+                    Err(e) => e.to_string(),
+                };
+                if Instant::now() + delay > deadline {
+                    tracing::warn!(error = %problem, "storing the result for dedupe failed");
+                    break;
+                }
+                tracing::debug!(error = %problem, "storing the result for dedupe failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
             }
         }
-        self.store.finish(&key, record);
+        self.store.finish(&key, record.clone());
+        record
     }
 }
 

@@ -189,11 +189,20 @@ impl Task<'_> {
             ));
         }
         if let Some(g) = guard {
-            g.complete(Record {
-                ack,
-                result: body.clone(),
-            })
-            .await;
+            let stored = g
+                .complete(Record {
+                    ack,
+                    result: body.clone(),
+                })
+                .await;
+            if stored.result != body {
+                // Another delivery of this assignment stored its result first: publish
+                // that one, so every copy of the result is the same bytes.
+                if let Some(k) = kind {
+                    m.task_done(k, outcome.status, latency_ms);
+                }
+                return republish(self, &stored).await;
+            }
         }
 
         let span = tracing::info_span!("worker.result.publish",

@@ -24,6 +24,34 @@ pub struct Indicator {
     pub detail: String,
 }
 
+/// "No critical error in the recent window": fed a monotonic count of critical errors
+/// (block panics), it is unhealthy from the moment the count grows until `window` passes
+/// without growth.
+#[derive(Debug)]
+pub struct RecentErrors {
+    window: std::time::Duration,
+    /// (count last seen, when it last grew)
+    state: std::sync::Mutex<(u64, Option<std::time::Instant>)>,
+}
+
+impl RecentErrors {
+    pub fn new(window: std::time::Duration) -> Self {
+        RecentErrors {
+            window,
+            state: std::sync::Mutex::new((0, None)),
+        }
+    }
+
+    /// Whether no critical error happened within the window, given the current count.
+    pub fn ok(&self, count: u64) -> bool {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if count > s.0 {
+            *s = (count, Some(std::time::Instant::now()));
+        }
+        s.1.is_none_or(|at| at.elapsed() > self.window)
+    }
+}
+
 /// What the endpoints read: indicators and a hook that refreshes the gauges.
 pub trait Probe: Send + Sync + 'static {
     fn indicators(&self) -> Vec<Indicator>;
@@ -121,4 +149,60 @@ pub async fn serve(
         }
     });
     Ok(local)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Fixed(Vec<Indicator>);
+
+    impl Probe for Fixed {
+        fn indicators(&self) -> Vec<Indicator> {
+            self.0.clone()
+        }
+        fn sample(&self) {}
+    }
+
+    #[test]
+    fn a_critical_error_fails_health_for_the_window_then_recovers() {
+        let recent = RecentErrors::new(std::time::Duration::from_millis(50));
+        assert!(recent.ok(0));
+        assert!(!recent.ok(1), "a new panic makes it unhealthy");
+        assert!(!recent.ok(1));
+        std::thread::sleep(std::time::Duration::from_millis(80));
+        assert!(
+            recent.ok(1),
+            "healthy again after the window without new errors"
+        );
+        assert!(!recent.ok(2));
+    }
+
+    #[test]
+    fn the_health_body_names_each_failing_indicator() {
+        let ind = |name, ok| Indicator {
+            name,
+            ok,
+            detail: "why".into(),
+        };
+        let (status, body) = health_response(&Fixed(vec![
+            ind("nats_connection", true),
+            ind("critical_errors", true),
+        ]));
+        assert_eq!(status, StatusCode::OK);
+        let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+        assert_eq!(
+            v.as_object().map(|o| o.len()),
+            Some(2),
+            "exactly the guide's body: {v}"
+        );
+        assert_eq!(v["status"], "healthy");
+        let (status, body) = health_response(&Fixed(vec![
+            ind("nats_connection", true),
+            ind("critical_errors", false),
+        ]));
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+        assert_eq!(v["failing"], serde_json::json!(["critical_errors"]));
+    }
 }

@@ -34,6 +34,25 @@ pub async fn connect(cfg: &Config, metrics: Arc<Metrics>) -> Result<Client, Stri
         .reconnect_delay_callback(|attempts| {
             Duration::from_millis((50u64 << attempts.min(6)).min(2_000))
         })
+        // The client's events name only the kind of a failed attempt ("IO error"); the
+        // server pool it hands this callback carries the cause (certificate not trusted,
+        // connection refused, ...): log it, at attempts 1, 2, 4, 8, ... per server.
+        .reconnect_to_server_callback(|servers, _info| async move {
+            for s in servers
+                .iter()
+                .filter(|s| s.failed_attempts.is_power_of_two())
+            {
+                if let Some(error) = &s.last_error {
+                    tracing::warn!(
+                        server = %format!("{}:{}", s.addr.host(), s.addr.port()),
+                        attempts = s.failed_attempts,
+                        error = %error,
+                        "NATS connection attempt failed"
+                    );
+                }
+            }
+            None
+        })
         .event_callback(move |event| {
             let m = m.clone();
             async move {
