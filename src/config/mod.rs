@@ -670,6 +670,23 @@ mod tests {
     }
 
     #[test]
+    fn credentials_are_taken_out_of_nats_urls() {
+        let (urls, auth) =
+            split_url_credentials("nats://al%40ce:p%3Ass@h1:4222, nats://h2:4222").expect("parses");
+        assert_eq!(urls, "nats://h1:4222,nats://h2:4222");
+        assert_eq!(
+            (auth.user.as_deref(), auth.password.as_deref()),
+            (Some("al@ce"), Some("p:ss"))
+        );
+        let (urls, auth) = split_url_credentials("tls://s3cr3t@h:4443").expect("parses");
+        assert_eq!(
+            (urls.as_str(), auth.token.as_deref()),
+            ("tls://h:4443", Some("s3cr3t"))
+        );
+        assert!(split_url_credentials(" , ").is_err());
+    }
+
+    #[test]
     fn secrets_are_not_in_debug_output() {
         let c = Config::resolve(cli(&[
             "--nats-password",
