@@ -44,7 +44,7 @@ echo "== starting the worker (log: $DATA/worker.log; metrics: http://127.0.0.1:9
 ./target/release/beamline_worker \
   --nats-url="$NATS_URL" --fs-root="$DATA/fs" --sql-root="$DATA/sql" \
   --prometheus-endpoint=127.0.0.1:9090 --health-endpoint=127.0.0.1:9091 \
-  --profile=tuning/default-2core.toml --log-format=text >"$DATA/worker.log" 2>&1 &
+  --log-format=text >"$DATA/worker.log" 2>&1 &
 WORKER=$!
 pids+=($WORKER)
 for _ in $(seq 100); do http_get 9091 /_health >/dev/null 2>&1 && break; sleep 0.1; done
