@@ -10,13 +10,11 @@
 mod common;
 mod support;
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
-use futures::StreamExt;
 use serde_json::{json, Value};
 use support::{metric_sum, wait_health, Listener};
 
@@ -173,46 +171,6 @@ async fn wait_meta_leader(client: &async_nats::Client, cluster: &Cluster) {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-}
-
-/// Every result kept in the output stream, by assignment id (raw bodies).
-async fn stored_results(
-    client: &async_nats::Client,
-    prefix: &str,
-) -> HashMap<String, Vec<bytes::Bytes>> {
-    let mut out: HashMap<String, Vec<bytes::Bytes>> = HashMap::new();
-    let js = async_nats::jetstream::new(client.clone());
-    let Ok(name) = js.stream_by_subject(RESULT).await else {
-        return out;
-    };
-    let Ok(stream) = js.get_stream(&name).await else {
-        return out;
-    };
-    let Ok(consumer) = stream
-        .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig {
-            filter_subject: RESULT.to_owned(),
-            ..Default::default()
-        })
-        .await
-    else {
-        return out;
-    };
-    let Ok(mut msgs) = consumer.messages().await else {
-        return out;
-    };
-    while let Ok(Some(Ok(m))) = tokio::time::timeout(Duration::from_millis(1000), msgs.next()).await
-    {
-        let v: Value = serde_json::from_slice(&m.payload).unwrap_or_default();
-        if let Some(id) = v["assignment_id"]
-            .as_str()
-            .filter(|id| id.starts_with(prefix))
-        {
-            out.entry(id.to_owned())
-                .or_default()
-                .push(m.payload.clone());
-        }
-    }
-    out
 }
 
 #[tokio::test]

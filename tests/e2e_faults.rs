@@ -8,7 +8,6 @@ use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use common::*;
-use futures::StreamExt;
 use serde_json::{json, Value};
 
 const N: usize = 300;
@@ -29,41 +28,6 @@ async fn publish_batch(router: &Router, prefix: &str, n: usize) {
     router.client.flush().await.expect("flush");
 }
 
-/// Distinct assignment ids with a result kept in the output stream.
-async fn stored_results(router: &Router, prefix: &str) -> HashSet<String> {
-    let js = async_nats::jetstream::new(router.client.clone());
-    let Ok(name) = js.stream_by_subject(RESULT).await else {
-        return HashSet::new();
-    };
-    let Ok(stream) = js.get_stream(&name).await else {
-        return HashSet::new();
-    };
-    let Ok(consumer) = stream
-        .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig {
-            filter_subject: RESULT.to_owned(),
-            ..Default::default()
-        })
-        .await
-    else {
-        return HashSet::new();
-    };
-    let mut ids = HashSet::new();
-    let Ok(mut msgs) = consumer.messages().await else {
-        return ids;
-    };
-    while let Ok(Some(Ok(m))) = tokio::time::timeout(Duration::from_millis(500), msgs.next()).await
-    {
-        let v: Value = serde_json::from_slice(&m.payload).unwrap_or_default();
-        if let Some(id) = v["assignment_id"]
-            .as_str()
-            .filter(|id| id.starts_with(prefix))
-        {
-            ids.insert(id.to_owned());
-        }
-    }
-    ids
-}
-
 #[tokio::test]
 async fn nats_restart_mid_run_loses_nothing() {
     let mut nats = Nats::start();
@@ -82,7 +46,10 @@ async fn nats_restart_mid_run_loses_nothing() {
     nats.restart();
     let end = Instant::now() + Duration::from_secs(60);
     let ids = loop {
-        let ids = stored_results(&router, "nr-").await;
+        let ids: HashSet<String> = stored_results(&router.client, "nr-")
+            .await
+            .into_keys()
+            .collect();
         if ids.len() == N || Instant::now() > end {
             break ids;
         }

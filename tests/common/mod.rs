@@ -545,3 +545,45 @@ pub fn assert_result_shape(r: &Value) {
         );
     }
 }
+
+/// Every result kept in the output stream whose assignment id starts with `prefix`, by id
+/// (raw bodies), read through an ordered JetStream consumer.
+pub async fn stored_results(
+    client: &async_nats::Client,
+    prefix: &str,
+) -> std::collections::HashMap<String, Vec<bytes::Bytes>> {
+    let mut out: std::collections::HashMap<String, Vec<bytes::Bytes>> =
+        std::collections::HashMap::new();
+    let js = async_nats::jetstream::new(client.clone());
+    let Ok(name) = js.stream_by_subject(RESULT).await else {
+        return out;
+    };
+    let Ok(stream) = js.get_stream(&name).await else {
+        return out;
+    };
+    let Ok(consumer) = stream
+        .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig {
+            filter_subject: RESULT.to_owned(),
+            ..Default::default()
+        })
+        .await
+    else {
+        return out;
+    };
+    let Ok(mut msgs) = consumer.messages().await else {
+        return out;
+    };
+    while let Ok(Some(Ok(m))) = tokio::time::timeout(Duration::from_millis(1000), msgs.next()).await
+    {
+        let v: Value = serde_json::from_slice(&m.payload).unwrap_or_default();
+        if let Some(id) = v["assignment_id"]
+            .as_str()
+            .filter(|id| id.starts_with(prefix))
+        {
+            out.entry(id.to_owned())
+                .or_default()
+                .push(m.payload.clone());
+        }
+    }
+    out
+}
