@@ -67,7 +67,10 @@ impl Block for HumanBlock {
             .expires_at(ctx.tenant, ctx.assignment_id, proposed)
             .await;
         // Register before publishing, so a fast decision cannot slip past.
-        let (mut waiter, ignored) = self.port.approvals.wait(ctx.assignment_id, &job.approvers);
+        let (mut waiter, ignored) =
+            self.port
+                .approvals
+                .wait(ctx.tenant, ctx.assignment_id, &job.approvers);
         for _ in 0..ignored {
             self.port.metrics.approval_decisions_ignored.inc();
         }

@@ -1,7 +1,9 @@
-//! Pending human approvals and the decisions that answer them. Decisions carry no tenant,
-//! so they are matched by assignment_id and checked against the request's approvers; a
-//! decision that arrives before (or while no worker holds) its request is kept for a while
-//! and answers the request when it is (re)registered.
+//! Pending human approvals and the decisions that answer them. The guide's decision names
+//! no tenant, so it is matched by assignment_id and checked against each request's
+//! approvers (a `tenant_id`, when the approval UI sends one, must match too); two tenants'
+//! requests with the same assignment_id wait side by side. A decision that arrives before
+//! (or while no worker holds) its request is kept for a while and answers the request when
+//! it is (re)registered.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -14,6 +16,9 @@ use tokio::sync::mpsc;
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 pub struct Decision {
     pub assignment_id: String,
+    /// Optional: restricts the decision to that tenant's request.
+    #[serde(default)]
+    pub tenant_id: Option<String>,
     pub approver: String,
     pub approved: bool,
     #[serde(default)]
@@ -28,13 +33,21 @@ const KEPT_CAP: usize = 100_000;
 
 #[derive(Debug)]
 struct Pending {
+    tenant: String,
     approvers: Vec<String>,
     tx: mpsc::UnboundedSender<Decision>,
 }
 
+impl Pending {
+    fn accepts(&self, d: &Decision) -> bool {
+        d.tenant_id.as_ref().is_none_or(|t| *t == self.tenant)
+            && self.approvers.contains(&d.approver)
+    }
+}
+
 #[derive(Debug, Default)]
 struct Inner {
-    pending: HashMap<String, Pending>,
+    pending: HashMap<String, Vec<Pending>>,
     kept: HashMap<String, Vec<(Instant, Decision)>>,
     kept_order: VecDeque<String>,
 }
@@ -69,8 +82,13 @@ impl Approvals {
 
     /// Registers a wait; a kept decision from a listed approver is delivered at once.
     /// Returns the waiter and how many kept decisions were ignored (not an approver).
-    pub fn wait(&self, assignment_id: &str, approvers: &[&str]) -> (Waiter, usize) {
+    pub fn wait(&self, tenant: &str, assignment_id: &str, approvers: &[&str]) -> (Waiter, usize) {
         let (tx, rx) = mpsc::unbounded_channel();
+        let pending = Pending {
+            tenant: tenant.to_owned(),
+            approvers: approvers.iter().map(|a| (*a).to_owned()).collect(),
+            tx,
+        };
         let mut g = self.lock();
         let mut ignored = 0;
         if let Some(kept) = g.kept.get(assignment_id) {
@@ -78,20 +96,17 @@ impl Approvals {
                 if at.elapsed() >= KEPT {
                     continue;
                 }
-                if approvers.iter().any(|a| *a == d.approver) {
-                    let _ = tx.send(d.clone());
+                if pending.accepts(d) {
+                    let _ = pending.tx.send(d.clone());
                 } else {
                     ignored += 1;
                 }
             }
         }
-        g.pending.insert(
-            assignment_id.to_owned(),
-            Pending {
-                approvers: approvers.iter().map(|a| (*a).to_owned()).collect(),
-                tx,
-            },
-        );
+        let list = g.pending.entry(assignment_id.to_owned()).or_default();
+        // A redelivery of the same request replaces the earlier wait of that tenant.
+        list.retain(|p| p.tenant != tenant);
+        list.push(pending);
         (
             Waiter {
                 approvals: self.clone(),
@@ -105,12 +120,16 @@ impl Approvals {
     /// Routes one decision.
     pub fn decide(&self, d: Decision) -> Routed {
         let mut g = self.lock();
-        if let Some(p) = g.pending.get(&d.assignment_id) {
-            if !p.approvers.contains(&d.approver) {
-                return Routed::NotAnApprover;
+        if let Some(list) = g.pending.get(&d.assignment_id) {
+            let mut delivered = false;
+            for p in list.iter().filter(|p| p.accepts(&d)) {
+                delivered |= p.tx.send(d.clone()).is_ok();
             }
-            let _ = p.tx.send(d);
-            return Routed::Delivered;
+            return if delivered {
+                Routed::Delivered
+            } else {
+                Routed::NotAnApprover
+            };
         }
         if g.kept_order.len() >= KEPT_CAP {
             if let Some(old) = g.kept_order.pop_front() {
@@ -128,13 +147,21 @@ impl Approvals {
     }
 
     pub fn pending(&self) -> usize {
-        self.lock().pending.len()
+        self.lock().pending.values().map(Vec::len).sum()
     }
 }
 
 impl Drop for Waiter {
     fn drop(&mut self) {
-        self.approvals.lock().pending.remove(&self.id);
+        // Closing our receiver marks our entry; a newer wait of the same request keeps its own.
+        self.rx.close();
+        let mut g = self.approvals.lock();
+        if let Some(list) = g.pending.get_mut(&self.id) {
+            list.retain(|p| !p.tx.is_closed());
+            if list.is_empty() {
+                g.pending.remove(&self.id);
+            }
+        }
     }
 }
 
@@ -145,6 +172,7 @@ mod tests {
     fn d(id: &str, who: &str, ok: bool) -> Decision {
         Decision {
             assignment_id: id.into(),
+            tenant_id: None,
             approver: who.into(),
             approved: ok,
             comment: None,
@@ -155,7 +183,7 @@ mod tests {
     #[test]
     fn decisions_reach_listed_approvers_only() {
         let a = Approvals::default();
-        let (mut w, _) = a.wait("x", &["u1@example.com"]);
+        let (mut w, _) = a.wait("t", "x", &["u1@example.com"]);
         assert_eq!(a.decide(d("x", "mallory", true)), Routed::NotAnApprover);
         assert!(w.rx.try_recv().is_err());
         assert_eq!(a.decide(d("x", "u1@example.com", false)), Routed::Delivered);
@@ -167,12 +195,32 @@ mod tests {
         let a = Approvals::default();
         assert_eq!(a.decide(d("y", "u1", true)), Routed::Kept);
         assert_eq!(a.decide(d("y", "u1", true)), Routed::Kept);
-        let (mut w, ignored) = a.wait("y", &["u1"]);
+        let (mut w, ignored) = a.wait("t", "y", &["u1"]);
         assert_eq!(ignored, 0);
         assert_eq!(w.rx.try_recv().ok(), Some(d("y", "u1", true)));
         assert!(w.rx.try_recv().is_err(), "a replayed decision is kept once");
         drop(w);
         assert_eq!(a.pending(), 0);
+    }
+
+    #[test]
+    fn two_tenants_with_the_same_assignment_id_wait_side_by_side() {
+        let a = Approvals::default();
+        let (mut wa, _) = a.wait("tenant-a", "same", &["boss"]);
+        let (mut wb, _) = a.wait("tenant-b", "same", &["boss"]);
+        assert_eq!(a.pending(), 2);
+        let mut only_b = d("same", "boss", false);
+        only_b.tenant_id = Some("tenant-b".into());
+        assert_eq!(a.decide(only_b.clone()), Routed::Delivered);
+        assert!(
+            wa.rx.try_recv().is_err(),
+            "a decision for tenant-b does not answer tenant-a"
+        );
+        assert_eq!(wb.rx.try_recv().ok(), Some(only_b));
+        drop(wb);
+        assert_eq!(a.pending(), 1);
+        assert_eq!(a.decide(d("same", "boss", true)), Routed::Delivered);
+        assert_eq!(wa.rx.try_recv().ok().map(|x| x.approved), Some(true));
     }
 }
 
