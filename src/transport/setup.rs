@@ -26,6 +26,28 @@ fn err(what: &str, e: impl std::fmt::Display) -> String {
     format!("{what}: {e}")
 }
 
+/// The stream that already captures `config.subjects[0]` (a Router deployment may own
+/// one), else `config` created when `create` allows; `None` when neither.
+async fn existing_or_created(
+    ctx: &jetstream::Context,
+    create: bool,
+    config: stream::Config,
+    what: &str,
+) -> Result<Option<String>, String> {
+    let subject = config.subjects.first().cloned().unwrap_or_default();
+    if let Ok(name) = ctx.stream_by_subject(subject).await {
+        return Ok(Some(name));
+    }
+    if !create {
+        return Ok(None);
+    }
+    let name = config.name.clone();
+    ctx.get_or_create_stream(config)
+        .await
+        .map_err(|e| err(&format!("creating the {what} stream"), e))?;
+    Ok(Some(name))
+}
+
 /// Binds every JetStream object, creating what is missing when `--js-create` allows.
 pub async fn bind_jetstream(
     cfg: &Config,
@@ -33,31 +55,18 @@ pub async fn bind_jetstream(
 ) -> Result<JetStreamHandles, String> {
     let s = &cfg.subjects;
     let js = &cfg.js;
-    // The assignment stream: an existing stream that captures the subject wins (a Router
-    // deployment may own one); else ours.
-    let stream_name = match ctx.stream_by_subject(s.assign.clone()).await {
-        Ok(name) => name,
-        Err(_) if js.create => {
-            ctx.get_or_create_stream(stream::Config {
-                name: js.stream.clone(),
-                subjects: vec![s.assign.clone()],
-                retention: stream::RetentionPolicy::WorkQueue,
-                storage: stream::StorageType::File,
-                num_replicas: js.replicas,
-                duplicate_window: Duration::from_secs(120),
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| err("creating the assignment stream", e))?;
-            js.stream.clone()
-        }
-        Err(e) => {
-            return Err(err(
-                "no stream captures the assign subject and --js-create is off",
-                e,
-            ))
-        }
+    let assign = stream::Config {
+        name: js.stream.clone(),
+        subjects: vec![s.assign.clone()],
+        retention: stream::RetentionPolicy::WorkQueue,
+        storage: stream::StorageType::File,
+        num_replicas: js.replicas,
+        duplicate_window: Duration::from_secs(120),
+        ..Default::default()
     };
+    let stream_name = existing_or_created(&ctx, js.create, assign, "assignment")
+        .await?
+        .ok_or("no stream captures the assign subject and --js-create is off")?;
 
     // Outputs: every subject already captured somewhere is fine; the rest go in ours.
     let mut missing = Vec::new();
@@ -122,24 +131,16 @@ pub async fn bind_jetstream(
         }
     };
 
-    let approvals = match ctx.stream_by_subject(s.approval_decision.clone()).await {
-        Ok(name) => Some(name),
-        Err(_) if js.create => {
-            ctx.get_or_create_stream(stream::Config {
-                name: js.approval_stream.clone(),
-                subjects: vec![s.approval_decision.clone()],
-                retention: stream::RetentionPolicy::Limits,
-                storage: stream::StorageType::File,
-                num_replicas: js.replicas,
-                max_age: Duration::from_secs(7 * 24 * 3600),
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| err("creating the approval decision stream", e))?;
-            Some(js.approval_stream.clone())
-        }
-        Err(_) => None,
+    let decisions = stream::Config {
+        name: js.approval_stream.clone(),
+        subjects: vec![s.approval_decision.clone()],
+        retention: stream::RetentionPolicy::Limits,
+        storage: stream::StorageType::File,
+        num_replicas: js.replicas,
+        max_age: Duration::from_secs(7 * 24 * 3600),
+        ..Default::default()
     };
+    let approvals = existing_or_created(&ctx, js.create, decisions, "approval decision").await?;
 
     Ok(JetStreamHandles {
         ctx,
