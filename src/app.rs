@@ -129,7 +129,7 @@ pub async fn run(cfg: Config) -> Result<(), String> {
         .with_label_values(&[io.backend().as_str()])
         .set(1);
 
-    let client = transport::connect(&cfg, metrics.clone()).await?;
+    let client = transport::connect(&cfg, metrics.clone(), transport::Role::Control).await?;
     let js_ctx = async_nats::jetstream::new(client.clone());
     let publisher_js = (cfg.consumer == ConsumerMode::Jetstream).then(|| js_ctx.clone());
     let publisher = Publisher::new(
@@ -226,7 +226,7 @@ pub async fn run(cfg: Config) -> Result<(), String> {
         over_memory: std::sync::atomic::AtomicBool::new(false),
         quotas: crate::runtime::quota::Quotas::new(cfg.tenant_max_in_flight),
     });
-    let runtime = Runtime::start(shared.clone())?;
+    let runtime = Runtime::start(shared.clone(), js.clone())?;
     let _ = probe.runtime.set(runtime.clone());
 
     tracing::info!(
@@ -245,16 +245,6 @@ pub async fn run(cfg: Config) -> Result<(), String> {
         "worker started"
     );
 
-    let intake_stop = CancellationToken::new();
-    let consumer = tokio::spawn(transport::consume(
-        cfg.clone(),
-        client.clone(),
-        js.clone(),
-        runtime.clone(),
-        shared.slots.clone(),
-        metrics.clone(),
-        intake_stop.clone(),
-    ));
     let control = tokio::spawn(transport::consume_control(
         client.clone(),
         cfg.subjects.clone(),
@@ -276,8 +266,6 @@ pub async fn run(cfg: Config) -> Result<(), String> {
         grace_ms = cfg.shutdown_grace.as_millis() as u64,
         "stop requested: draining"
     );
-    intake_stop.cancel();
-    let _ = consumer.await;
     let rt = runtime.clone();
     let grace = cfg.shutdown_grace;
     let _ = tokio::task::spawn_blocking(move || rt.shutdown(grace)).await;

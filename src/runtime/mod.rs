@@ -1,12 +1,14 @@
 //! The thread-per-core runtime. `cpu_pool_size` OS threads, each pinned to its core and
-//! each running its own current-thread tokio runtime, own the assignments they take: parse,
-//! execute (HTTP and SQL on the thread itself, files through the pinned io_uring shards of
-//! `beamline_io`), publish. Queues between the transport and the threads are bounded;
+//! each running its own current-thread tokio runtime, own the assignments they take:
+//! receive them on the thread's own NATS connection (its intake lane), parse, execute
+//! (HTTP and SQL on the thread itself, files through the pinned io_uring shards of
+//! `beamline_io`), publish on that same connection. Each thread's queue is bounded;
 //! JetStream intake is bounded by slots so a full worker stops pulling.
 
 pub mod approvals;
 pub mod cancel;
 pub mod dedupe;
+mod lane;
 mod pipeline;
 pub mod quota;
 
@@ -22,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::contract::ParseLimits;
 use crate::telemetry::Metrics;
-use crate::transport::{Delivery, Publisher, Sink};
+use crate::transport::{Control, Delivery, JetStreamHandles, Publisher};
 
 pub use approvals::{ApprovalPort, Approvals, Decision};
 pub use cancel::Cancels;
@@ -81,13 +83,17 @@ struct Shard {
 pub struct Runtime {
     shared: Arc<Shared>,
     shards: Vec<Shard>,
-    next: AtomicUsize,
     threads: std::sync::Mutex<Vec<std::thread::JoinHandle<()>>>,
 }
 
 impl Runtime {
-    /// Starts the pinned CPU threads. Fails when a thread cannot build its blocks.
-    pub fn start(shared: Arc<Shared>) -> Result<Arc<Runtime>, String> {
+    /// Starts the pinned CPU threads, each with its intake lane (`js`: the JetStream
+    /// objects, in JetStream mode), and returns once every lane receives. Fails when a
+    /// thread cannot build its blocks or its lane.
+    pub fn start(
+        shared: Arc<Shared>,
+        js: Option<JetStreamHandles>,
+    ) -> Result<Arc<Runtime>, String> {
         let cfg = shared.config.clone();
         let mut shards = Vec::new();
         let mut threads = Vec::new();
@@ -96,10 +102,19 @@ impl Runtime {
             let (tx, rx) = flume::bounded::<Delivery>(cfg.queue_capacity);
             let in_flight = Arc::new(AtomicUsize::new(0));
             let core = (!cfg.cpu_cores.is_empty()).then(|| cfg.cpu_cores[i % cfg.cpu_cores.len()]);
-            let (shared, ready, inf) = (shared.clone(), ready_tx.clone(), in_flight.clone());
+            let thread = Thread {
+                index: i,
+                core,
+                shared: shared.clone(),
+                js: js.clone(),
+                tx: tx.clone(),
+                rx,
+                in_flight: in_flight.clone(),
+            };
+            let ready = ready_tx.clone();
             let handle = std::thread::Builder::new()
                 .name(format!("cpu-{i}"))
-                .spawn(move || cpu_thread(shared, rx, core, ready, inf))
+                .spawn(move || cpu_thread(thread, ready))
                 .map_err(|e| format!("spawning cpu thread {i}: {e}"))?;
             shards.push(Shard { tx, in_flight });
             threads.push(handle);
@@ -113,7 +128,6 @@ impl Runtime {
         Ok(Arc::new(Runtime {
             shared,
             shards,
-            next: AtomicUsize::new(0),
             threads: std::sync::Mutex::new(threads),
         }))
     }
@@ -159,9 +173,9 @@ impl Runtime {
             .set(self.shared.approvals.pending() as i64);
     }
 
-    /// Stops taking work and waits up to `grace` for the threads to finish what they hold
-    /// (queued work included); then cancels what is left (JetStream: nak'ed for redelivery,
-    /// core: answered 4002) and joins.
+    /// Stops taking work (every lane stops receiving) and waits up to `grace` for the
+    /// threads to finish what they hold (queued work included); then cancels what is left
+    /// (JetStream: nak'ed for redelivery, core: answered 4002) and joins.
     pub fn shutdown(&self, grace: Duration) {
         let threads: Vec<_> =
             std::mem::take(&mut *self.threads.lock().unwrap_or_else(|p| p.into_inner()));
@@ -177,29 +191,7 @@ impl Runtime {
     }
 }
 
-impl Sink for Runtime {
-    fn submit(&self, d: Delivery) -> Result<(), Delivery> {
-        if self.shared.stopping.is_cancelled() || !self.accepting() {
-            return Err(d);
-        }
-        let n = self.shards.len();
-        let start = self.next.fetch_add(1, Ordering::Relaxed);
-        let mut d = d;
-        for k in 0..n {
-            match self.shards[(start + k) % n].tx.try_send(d) {
-                Ok(()) => return Ok(()),
-                Err(flume::TrySendError::Full(back))
-                | Err(flume::TrySendError::Disconnected(back)) => d = back,
-            }
-        }
-        Err(d)
-    }
-
-    fn refuse(&self, d: Delivery) {
-        let shared = self.shared.clone();
-        tokio::spawn(async move { pipeline::refuse(shared, d).await });
-    }
-
+impl Control for Runtime {
     fn cancel(&self, payload: &[u8]) {
         #[derive(serde::Deserialize)]
         struct CancelRequest {
@@ -226,10 +218,6 @@ impl Sink for Runtime {
         }
     }
 
-    fn accepting(&self) -> bool {
-        !self.shared.over_memory.load(Ordering::Relaxed)
-    }
-
     fn decision(&self, payload: &[u8]) {
         let m = &self.shared.metrics;
         match serde_json::from_slice::<Decision>(payload) {
@@ -249,13 +237,28 @@ impl Sink for Runtime {
     }
 }
 
-fn cpu_thread(
-    shared: Arc<Shared>,
-    rx: flume::Receiver<Delivery>,
+/// What one CPU thread starts with.
+struct Thread {
+    index: usize,
     core: Option<usize>,
-    ready: std::sync::mpsc::Sender<Result<(), String>>,
+    shared: Arc<Shared>,
+    js: Option<JetStreamHandles>,
+    /// The thread's own queue (its lane submits into it).
+    tx: flume::Sender<Delivery>,
+    rx: flume::Receiver<Delivery>,
     in_flight: Arc<AtomicUsize>,
-) {
+}
+
+fn cpu_thread(t: Thread, ready: std::sync::mpsc::Sender<Result<(), String>>) {
+    let Thread {
+        index,
+        core,
+        shared,
+        js,
+        tx,
+        rx,
+        in_flight,
+    } = t;
     if let Some(id) = core {
         if !core_affinity::set_for_current(core_affinity::CoreId { id }) {
             tracing::warn!(core = id, "could not pin cpu thread");
@@ -280,6 +283,13 @@ fn cpu_thread(
                 return;
             }
         };
+        let mut intake = match lane::open(&shared, index, js.as_ref(), tx).await {
+            Ok(h) => Some(h),
+            Err(e) => {
+                let _ = ready.send(Err(format!("cpu thread {index}: {e}")));
+                return;
+            }
+        };
         let _ = ready.send(Ok(()));
         let max = shared.config.max_in_flight;
         let limit = Arc::new(Semaphore::new(max));
@@ -287,10 +297,18 @@ fn cpu_thread(
             let d = tokio::select! {
                 biased;
                 d = rx.recv_async() => match d { Ok(d) => d, Err(_) => break },
-                // Stopping: what is already queued still runs (within the grace period).
-                _ = shared.stopping.cancelled() => match rx.try_recv() { Ok(d) => d, Err(_) => break },
+                // Stopping: once the lane has stopped receiving, what is already queued
+                // still runs (within the grace period).
+                _ = shared.stopping.cancelled() => {
+                    if let Some(h) = intake.take() {
+                        let _ = h.await;
+                    }
+                    match rx.try_recv() { Ok(d) => d, Err(_) => break }
+                }
             };
-            let Ok(permit) = limit.clone().acquire_owned().await else { break };
+            let Ok(permit) = limit.clone().acquire_owned().await else {
+                break;
+            };
             let (shared, blocks, inf) = (shared.clone(), blocks.clone(), in_flight.clone());
             inf.fetch_add(1, Ordering::Relaxed);
             tokio::task::spawn_local(async move {

@@ -167,7 +167,7 @@ impl Task<'_> {
         ));
         // A result the broker would refuse is replaced by a 2004 that says so.
         let too_big;
-        let limit = shared.publisher.max_payload().saturating_sub(1024);
+        let limit = self.d.publisher().max_payload().saturating_sub(1024);
         if limit > 0 && body.len() > limit {
             too_big = TaskError::new(
                 ErrorCode::QuotaExceeded,
@@ -210,8 +210,9 @@ impl Task<'_> {
             run_id = self.ids.run_id, block_type = self.job_type,
             worker_id = %shared.config.worker_id);
         let published = async {
-            let r = shared
-                .publisher
+            let r = self
+                .d
+                .publisher()
                 .publish(Kind::Result, Some(&self.msg_id), body)
                 .await;
             if outcome.status == Status::Error {
@@ -227,8 +228,9 @@ impl Task<'_> {
                     },
                 };
                 m.dlq(reason);
-                if let Err(e) = shared
-                    .publisher
+                if let Err(e) = self
+                    .d
+                    .publisher()
                     .publish(Kind::Dlq, Some(&self.msg_id), encode(&dl))
                     .await
                 {
@@ -606,11 +608,10 @@ async fn keep_alive(t: &Task<'_>) -> std::convert::Infallible {
 }
 
 async fn publish_ack(t: &Task<'_>, ack: Bytes) {
-    if let Err(e) = t
-        .shared
-        .publisher
-        .publish(Kind::Ack, Some(&t.msg_id), ack)
-        .await
+    if let Err(e) =
+        t.d.publisher()
+            .publish(Kind::Ack, Some(&t.msg_id), ack)
+            .await
     {
         tracing::error!(error = %e, "ack publish failed");
     }
@@ -625,7 +626,7 @@ async fn reject(t: &Task<'_>, guard: Option<Guard>, kind: Option<BlockKind>, e: 
 
 /// A duplicate: the stored ack and result again, byte for byte.
 async fn republish(t: &Task<'_>, r: &Record) {
-    let p = &t.shared.publisher;
+    let p = t.d.publisher();
     t.shared.metrics.intake(Intake::Deduplicated);
     tracing::info!(
         assignment_id = t.ids.assignment_id,
@@ -751,7 +752,7 @@ async fn unanswerable(shared: &Arc<Shared>, d: &Delivery, u: Unanswerable, origi
     };
     shared.metrics.dlq(dlq_reason::UNPARSEABLE);
     tracing::warn!(error = %u.error, "unanswerable assignment sent to the DLQ");
-    match shared.publisher.publish(Kind::Dlq, None, encode(&dl)).await {
+    match d.publisher().publish(Kind::Dlq, None, encode(&dl)).await {
         Ok(()) => d.ack().await,
         Err(_) => d.nak(Duration::from_secs(1)).await,
     }

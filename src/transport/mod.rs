@@ -14,17 +14,34 @@ use futures::StreamExt;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, ConsumerMode, Subjects};
+use crate::config::{Config, Subjects};
 use crate::contract::AssignmentHeaders;
 use crate::telemetry::Metrics;
 
 pub use setup::{bind_jetstream, JetStreamHandles};
 
+/// Which of the worker's connections: the control connection (heartbeats, cancels,
+/// decisions, approvals; its state is the `nats_connected` gauge and the health check) or
+/// the intake lane of one CPU thread (assignments in, acks and results out).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Control,
+    Lane(usize),
+}
+
 /// Connects with the configured auth and TLS; keeps reconnecting forever, and counts it.
-pub async fn connect(cfg: &Config, metrics: Arc<Metrics>) -> Result<Client, String> {
+pub async fn connect(cfg: &Config, metrics: Arc<Metrics>, role: Role) -> Result<Client, String> {
     let m = metrics.clone();
+    let name = match role {
+        Role::Control => format!("beamline_worker {}", cfg.worker_id),
+        Role::Lane(i) => format!("beamline_worker {} lane {i}", cfg.worker_id),
+    };
+    let lane = match role {
+        Role::Control => None,
+        Role::Lane(i) => Some(i),
+    };
     let mut opts = async_nats::ConnectOptions::new()
-        .name(format!("beamline_worker {}", cfg.worker_id))
+        .name(name)
         .retry_on_initial_connect()
         .max_reconnects(None)
         .connection_timeout(Duration::from_secs(5))
@@ -56,20 +73,25 @@ pub async fn connect(cfg: &Config, metrics: Arc<Metrics>) -> Result<Client, Stri
         .event_callback(move |event| {
             let m = m.clone();
             async move {
-                match event {
-                    async_nats::Event::Connected => {
+                match (lane, event) {
+                    // A lane's state is logged; the control connection's is the gauge.
+                    (Some(lane), async_nats::Event::Connected) => {
+                        tracing::debug!(lane, "NATS lane connection up");
+                    }
+                    (Some(lane), other) => tracing::warn!(lane, event = %other, "NATS lane event"),
+                    (None, async_nats::Event::Connected) => {
                         m.nats_connected.set(1);
                         m.nats_reconnects.inc();
                         tracing::info!(event = "nats_connected", "NATS connection up");
                     }
-                    async_nats::Event::Disconnected => {
+                    (None, async_nats::Event::Disconnected) => {
                         m.nats_connected.set(0);
                         tracing::warn!(
                             event = "nats_disconnected",
                             "NATS connection lost; reconnecting"
                         );
                     }
-                    other => tracing::warn!(event = %other, "NATS event"),
+                    (None, other) => tracing::warn!(event = %other, "NATS event"),
                 }
             }
         });
@@ -254,9 +276,16 @@ pub struct Delivery {
     /// JetStream delivery count (1 for core NATS).
     pub delivered: i64,
     settle: Settle,
+    /// The connection it came in on, which also carries its ack and result.
+    publisher: Arc<Publisher>,
 }
 
 impl Delivery {
+    /// Publishes on the connection the assignment came in on (no hop to another thread).
+    pub fn publisher(&self) -> &Publisher {
+        &self.publisher
+    }
+
     pub fn redelivered(&self) -> bool {
         self.delivered > 1
     }
@@ -304,61 +333,65 @@ fn headers_of(h: Option<&HeaderMap>) -> AssignmentHeaders {
     }
 }
 
-/// Where the transport hands what it receives.
+/// Where an intake lane hands the assignments it receives.
 pub trait Sink: Send + Sync + 'static {
-    /// Queues an assignment; gives it back when every queue is full.
+    /// Queues an assignment; gives it back when the queue is full.
     #[allow(clippy::result_large_err)] // hands ownership back; boxing it would cost an allocation per message
     fn submit(&self, d: Delivery) -> Result<(), Delivery>;
     /// Answers an assignment the worker has no room for (core mode: 4002).
     fn refuse(&self, d: Delivery);
-    fn cancel(&self, payload: &[u8]);
-    fn decision(&self, payload: &[u8]);
     /// Whether to take more work now (false while over the memory budget).
     fn accepting(&self) -> bool {
         true
     }
 }
 
-/// Consumes assignments until `stop`, in the configured mode. `slots` bounds what is taken
-/// off the broker and not yet finished (JetStream); a permit travels with each delivery.
-pub async fn consume(
-    cfg: Arc<Config>,
-    client: Client,
-    js: Option<JetStreamHandles>,
-    sink: Arc<dyn Sink>,
-    slots: Arc<Semaphore>,
-    metrics: Arc<Metrics>,
-    stop: CancellationToken,
-) {
-    match (cfg.consumer, js) {
-        (ConsumerMode::Jetstream, Some(js)) => {
-            consume_jetstream(cfg, js, sink, slots, metrics, stop).await
-        }
-        _ => consume_core(cfg, client, sink, stop).await,
-    }
+/// Where the control connection hands cancel requests and approval decisions.
+pub trait Control: Send + Sync + 'static {
+    fn cancel(&self, payload: &[u8]);
+    fn decision(&self, payload: &[u8]);
 }
 
-async fn consume_core(
-    cfg: Arc<Config>,
-    client: Client,
-    sink: Arc<dyn Sink>,
-    stop: CancellationToken,
-) {
-    let mut sub = loop {
+/// Subscribes to the assign subject in the queue group (retrying until `stop`) and waits
+/// until the server has the subscription, so nothing published after this returns is
+/// missed.
+pub async fn subscribe_assignments(
+    cfg: &Config,
+    client: &Client,
+    stop: &CancellationToken,
+) -> Option<async_nats::Subscriber> {
+    loop {
         match client
             .queue_subscribe(cfg.subjects.assign.clone(), cfg.queue_group.clone())
             .await
         {
-            Ok(s) => break s,
+            Ok(s) => {
+                // A round trip (a request nobody answers: the server says "no responders"),
+                // so the server has processed the SUB before this returns.
+                let probe = client.request(client.new_inbox(), Bytes::new());
+                let _ = tokio::time::timeout(Duration::from_secs(2), probe).await;
+                return Some(s);
+            }
             Err(e) => {
                 tracing::error!(error = %e, "subscribing to assignments failed; retrying");
                 tokio::select! {
-                    _ = stop.cancelled() => return,
+                    _ = stop.cancelled() => return None,
                     _ = tokio::time::sleep(Duration::from_millis(500)) => {}
                 }
             }
         }
-    };
+    }
+}
+
+/// Core NATS intake: every message of the subscription goes to `sink`, or is refused
+/// (4002) when the sink is full, until `stop`.
+pub async fn consume_core(
+    cfg: Arc<Config>,
+    mut sub: async_nats::Subscriber,
+    sink: Arc<dyn Sink>,
+    publisher: Arc<Publisher>,
+    stop: CancellationToken,
+) {
     tracing::info!(subject = %cfg.subjects.assign, queue_group = %cfg.queue_group, "consuming (core NATS queue group)");
     loop {
         let msg = tokio::select! {
@@ -371,6 +404,7 @@ async fn consume_core(
             payload: msg.payload,
             delivered: 1,
             settle: Settle::Core,
+            publisher: publisher.clone(),
         };
         if let Err(d) = sink.submit(d) {
             sink.refuse(d);
@@ -379,12 +413,16 @@ async fn consume_core(
     let _ = sub.unsubscribe().await;
 }
 
-async fn consume_jetstream(
+/// JetStream intake: pulls from the durable consumer (shared by every lane and instance)
+/// while `slots` has room and the sink is accepting, until `stop`; rebinds the consumer
+/// when the server lost it.
+pub async fn consume_jetstream(
     cfg: Arc<Config>,
     js: JetStreamHandles,
     sink: Arc<dyn Sink>,
     slots: Arc<Semaphore>,
     metrics: Arc<Metrics>,
+    publisher: Arc<Publisher>,
     stop: CancellationToken,
 ) {
     let mut failures = 0u32;
@@ -450,6 +488,7 @@ async fn consume_jetstream(
                         payload: m.payload,
                         delivered,
                         settle: Settle::Js(Box::new(acker)),
+                        publisher: publisher.clone(),
                     };
                     permit.forget();
                     if let Err(d) = sink.submit(d) {
@@ -487,7 +526,7 @@ pub async fn consume_control(
     client: Client,
     subjects: Subjects,
     js: Option<JetStreamHandles>,
-    sink: Arc<dyn Sink>,
+    sink: Arc<dyn Control>,
     stop: CancellationToken,
 ) {
     let cancels = async {

@@ -153,6 +153,14 @@ pub async fn bind_jetstream(
 }
 
 impl JetStreamHandles {
+    /// The same objects, reached through another connection's context (an intake lane's).
+    pub fn through(&self, ctx: jetstream::Context) -> JetStreamHandles {
+        JetStreamHandles {
+            ctx,
+            ..self.clone()
+        }
+    }
+
     /// The durable pull consumer every instance shares (bound again after losses).
     pub async fn assign_consumer(&self, cfg: &Config) -> Result<consumer::PullConsumer, String> {
         let stream = self

@@ -1,0 +1,91 @@
+//! A CPU thread's intake lane: its own NATS connection, on which it receives assignments
+//! (a queue subscription in core mode, pulls on the shared durable consumer in JetStream
+//! mode) and publishes their acks and results. The connection's tasks run on the thread's
+//! own runtime, so an assignment goes from socket to result without crossing to another
+//! thread (files excepted: those go through the IO pool).
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use tokio::task::JoinHandle;
+
+use crate::config::ConsumerMode;
+use crate::transport::{self, Delivery, JetStreamHandles, Publisher, Role, Sink};
+
+use super::{pipeline, Shared};
+
+/// Hands what the lane receives to its own thread's queue.
+struct LaneSink {
+    shared: Arc<Shared>,
+    tx: flume::Sender<Delivery>,
+}
+
+impl Sink for LaneSink {
+    fn submit(&self, d: Delivery) -> Result<(), Delivery> {
+        if self.shared.stopping.is_cancelled() || !self.accepting() {
+            return Err(d);
+        }
+        self.tx.try_send(d).map_err(|e| e.into_inner())
+    }
+
+    fn refuse(&self, d: Delivery) {
+        tokio::spawn(pipeline::refuse(self.shared.clone(), d));
+    }
+
+    fn accepting(&self) -> bool {
+        !self.shared.over_memory.load(Ordering::Relaxed)
+    }
+}
+
+/// Connects lane `index` and starts its intake on the current thread's runtime; returns
+/// once it receives (core mode: the server has the subscription). The intake ends when
+/// the worker stops.
+pub(super) async fn open(
+    shared: &Arc<Shared>,
+    index: usize,
+    js: Option<&JetStreamHandles>,
+    tx: flume::Sender<Delivery>,
+) -> Result<JoinHandle<()>, String> {
+    let cfg = shared.config.clone();
+    let metrics = shared.metrics.clone();
+    let client = transport::connect(&cfg, metrics.clone(), Role::Lane(index)).await?;
+    let ctx = async_nats::jetstream::new(client.clone());
+    let js = match (cfg.consumer, js) {
+        (ConsumerMode::Jetstream, Some(h)) => Some(h.through(ctx)),
+        _ => None,
+    };
+    // Acks and results go through JetStream when a stream keeps them.
+    let publish_js = js
+        .as_ref()
+        .filter(|h| h.outputs_durable)
+        .map(|h| h.ctx.clone());
+    let publisher = Arc::new(Publisher::new(
+        client.clone(),
+        publish_js,
+        cfg.subjects.clone(),
+        metrics.clone(),
+    ));
+    let sink: Arc<dyn Sink> = Arc::new(LaneSink {
+        shared: shared.clone(),
+        tx,
+    });
+    let stop = shared.stopping.clone();
+    let intake = match js {
+        Some(js) => tokio::spawn(transport::consume_jetstream(
+            cfg,
+            js,
+            sink,
+            shared.slots.clone(),
+            metrics,
+            publisher,
+            stop,
+        )),
+        None => {
+            let Some(sub) = transport::subscribe_assignments(&cfg, &client, &stop).await else {
+                return Err("stopped before subscribing".into());
+            };
+            tokio::spawn(transport::consume_core(cfg, sub, sink, publisher, stop))
+        }
+    };
+    Ok(intake)
+}
