@@ -224,7 +224,8 @@ pub async fn run(cfg: Config) -> Result<(), String> {
         hard_stop: CancellationToken::new(),
         slots: Arc::new(Semaphore::new(slots)),
         over_memory: std::sync::atomic::AtomicBool::new(false),
-        quotas: crate::runtime::quota::Quotas::new(cfg.tenant_max_in_flight),
+        quotas: crate::runtime::quota::Quotas::new(cfg.tenant_max_in_flight)
+            .with_rate(cfg.tenant_rate_limit, cfg.tenant_rate_burst),
     });
     let runtime = Runtime::start(shared.clone(), js.clone())?;
     let _ = probe.runtime.set(runtime.clone());

@@ -158,6 +158,14 @@ pub struct Cli {
     /// beyond it → 2004.
     #[arg(long, env = "WORKER_TENANT_MAX_IN_FLIGHT")]
     pub tenant_max_in_flight: Option<usize>,
+    /// Most assignments one tenant may start per second on this worker (0: no limit);
+    /// beyond it → 2004.
+    #[arg(long, env = "WORKER_TENANT_RATE_LIMIT")]
+    pub tenant_rate_limit: Option<u32>,
+    /// How many assignments a tenant may start at once under `--tenant-rate-limit`
+    /// (0: one second's worth).
+    #[arg(long, env = "WORKER_TENANT_RATE_BURST")]
+    pub tenant_rate_burst: Option<u32>,
     /// Dynamic batching: most inference requests run as one batch.
     #[arg(long, env = "WORKER_GPU_MAX_BATCH_SIZE")]
     pub gpu_max_batch_size: Option<usize>,
@@ -290,6 +298,10 @@ pub struct Config {
     pub log_format: LogFormat,
     pub profile_name: Option<String>,
     pub tenant_max_in_flight: usize,
+    /// Assignments per second per tenant (0: no rate quota).
+    pub tenant_rate_limit: u32,
+    /// Burst of the rate quota (0: `tenant_rate_limit`).
+    pub tenant_rate_burst: u32,
     pub gpu_max_batch_size: usize,
     pub gpu_max_queue_delay: Duration,
     pub gpu_memory_budget_mb: u64,
@@ -601,6 +613,8 @@ impl Config {
             log_format: pick!(log_format, LogFormat::Json),
             profile_name: p.name.clone(),
             tenant_max_in_flight: pick!(tenant_max_in_flight, 0),
+            tenant_rate_limit: pick!(tenant_rate_limit, 0),
+            tenant_rate_burst: pick!(tenant_rate_burst, 0),
             gpu_max_batch_size: positive("gpu-max-batch-size", pick!(gpu_max_batch_size, 64))?,
             gpu_max_queue_delay: Duration::from_micros(pick!(gpu_max_queue_delay_us, 500)),
             gpu_memory_budget_mb: positive_u64(
@@ -650,6 +664,45 @@ mod tests {
         assert_eq!(c.subjects.assign, "caf.exec.assign.v1");
         assert_eq!(c.subjects.ack, "caf.exec.assign.v1.ack");
         assert_eq!(c.consumer, ConsumerMode::Jetstream);
+    }
+
+    #[test]
+    fn tenant_rate_quota_comes_from_flag_env_or_profile() {
+        use clap::CommandFactory;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("p.toml");
+        std::fs::write(
+            &path,
+            "[worker]\ntenant_rate_limit = 7\ntenant_rate_burst = 9\n",
+        )
+        .expect("write");
+        let profile = path.to_str().expect("utf8");
+        let c = Config::resolve(cli(&["--profile", profile])).expect("resolves");
+        assert_eq!((c.tenant_rate_limit, c.tenant_rate_burst), (7, 9));
+        let c = Config::resolve(cli(&["--profile", profile, "--tenant-rate-limit=3"]))
+            .expect("resolves");
+        assert_eq!((c.tenant_rate_limit, c.tenant_rate_burst), (3, 9));
+        let c = Config::resolve(cli(&[])).expect("resolves");
+        assert_eq!(
+            (c.tenant_rate_limit, c.tenant_rate_burst),
+            (0, 0),
+            "off by default"
+        );
+        let env_of = |id: &str| {
+            Cli::command()
+                .get_arguments()
+                .find(|a| a.get_id() == id)
+                .and_then(|a| a.get_env())
+                .map(|e| e.to_string_lossy().into_owned())
+        };
+        assert_eq!(
+            env_of("tenant_rate_limit").as_deref(),
+            Some("WORKER_TENANT_RATE_LIMIT")
+        );
+        assert_eq!(
+            env_of("tenant_rate_burst").as_deref(),
+            Some("WORKER_TENANT_RATE_BURST")
+        );
     }
 
     #[test]

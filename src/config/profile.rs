@@ -105,6 +105,8 @@ pub struct WorkerSection {
     pub shutdown_grace_ms: Option<u64>,
     pub log_format: Option<LogFormat>,
     pub tenant_max_in_flight: Option<usize>,
+    pub tenant_rate_limit: Option<u32>,
+    pub tenant_rate_burst: Option<u32>,
     pub gpu_max_batch_size: Option<usize>,
     pub gpu_max_queue_delay_us: Option<u64>,
     pub gpu_memory_budget_mb: Option<u64>,

@@ -119,6 +119,81 @@ pub fn check_depth(raw: &[u8], max: usize) -> Result<(), TaskError> {
     Ok(())
 }
 
+/// The top-level `"tenant_id"` string of a raw assignment, found without parsing: a scan
+/// that stops at the key (the Router writes it near the front). Used to pick a fair-queue
+/// lane before the pipeline parses the payload; escapes are left as written (a lane key,
+/// not the tenant the pipeline validates). `None` when absent, not a string, or not UTF-8.
+pub fn peek_tenant_id(raw: &[u8]) -> Option<&str> {
+    const KEY: &[u8] = b"tenant_id";
+    let mut i = raw.iter().take_while(|b| b.is_ascii_whitespace()).count();
+    if raw.get(i) != Some(&b'{') {
+        return None;
+    }
+    let mut depth = 0usize;
+    // At depth 1 a string is a key when it follows `{` or `,`.
+    let mut key_next = false;
+    while i < raw.len() {
+        match raw[i] {
+            b'"' => {
+                let start = i + 1;
+                let end = string_end(raw, start)?;
+                let is_key = depth == 1 && key_next;
+                key_next = false;
+                i = end + 1;
+                if is_key && &raw[start..end] == KEY {
+                    i += raw[i..]
+                        .iter()
+                        .take_while(|b| b.is_ascii_whitespace())
+                        .count();
+                    if raw.get(i) != Some(&b':') {
+                        return None;
+                    }
+                    i += 1;
+                    i += raw[i..]
+                        .iter()
+                        .take_while(|b| b.is_ascii_whitespace())
+                        .count();
+                    if raw.get(i) != Some(&b'"') {
+                        return None;
+                    }
+                    let end = string_end(raw, i + 1)?;
+                    return std::str::from_utf8(&raw[i + 1..end]).ok();
+                }
+                continue;
+            }
+            b'{' => {
+                depth += 1;
+                key_next = depth == 1;
+            }
+            b'[' => depth += 1,
+            b'}' | b']' => {
+                depth = depth.saturating_sub(1);
+                if depth == 0 {
+                    return None;
+                }
+            }
+            b',' => key_next = depth == 1,
+            _ => {}
+        }
+        i += 1;
+    }
+    None
+}
+
+/// Index of the `"` closing the string that starts at `from`.
+fn string_end(raw: &[u8], from: usize) -> Option<usize> {
+    let mut esc = false;
+    for (k, &b) in raw.get(from..)?.iter().enumerate() {
+        match (esc, b) {
+            (true, _) => esc = false,
+            (false, b'\\') => esc = true,
+            (false, b'"') => return Some(from + k),
+            _ => {}
+        }
+    }
+    None
+}
+
 /// Parses `buf` in place. Errors are unanswerable: no `assignment_id` can be trusted.
 pub fn parse_value(buf: &mut [u8]) -> Result<BorrowedValue<'_>, Unanswerable> {
     check_depth(buf, MAX_JSON_DEPTH).map_err(|error| Unanswerable {
@@ -391,6 +466,41 @@ mod tests {
         let v = parse_value(&mut buf)?;
         let r = Assignment::read(&v, &AssignmentHeaders::default(), LIMITS).map(|(_, e)| e);
         r
+    }
+
+    #[test]
+    fn peek_tenant_id_reads_only_the_top_level_key() {
+        let peek = |s: &str| peek_tenant_id(s.as_bytes()).map(str::to_owned);
+        let t = |s: &str| Some(s.to_owned());
+        assert_eq!(
+            peek(r#"{"version":"1","tenant_id":"acme","job":{}}"#),
+            t("acme")
+        );
+        assert_eq!(peek(r#" { "tenant_id" :  "a b" } "#), t("a b"));
+        // Nested keys, values that look like the key, and keys inside strings do not count.
+        assert_eq!(
+            peek(
+                r#"{"job":{"tenant_id":"inner"},"x":"tenant_id","y":["tenant_id",{"tenant_id":"z"}],"tenant_id":"outer"}"#
+            ),
+            t("outer")
+        );
+        assert_eq!(
+            peek(r#"{"note":"\"tenant_id\":\"fake\"","tenant_id":"real"}"#),
+            t("real")
+        );
+        assert_eq!(peek(r#"{"tenant_id":"we\"ird"}"#), t(r#"we\"ird"#));
+        for none in [
+            r#"{"job":{"tenant_id":"inner"}}"#,
+            r#"{"tenant_id":42}"#,
+            r#"{"tenant_id":"unterminated"#,
+            r#"[{"tenant_id":"in an array"}]"#,
+            r#"["tenant_id","x"]"#,
+            r#"{"a":1} {"tenant_id":"after the object"}"#,
+            "",
+            "not json",
+        ] {
+            assert_eq!(peek(none), None, "{none}");
+        }
     }
 
     fn code(json: &str) -> u16 {

@@ -8,6 +8,7 @@
 pub mod approvals;
 pub mod cancel;
 pub mod dedupe;
+pub mod fair;
 mod lane;
 mod pipeline;
 pub mod quota;
@@ -293,22 +294,39 @@ fn cpu_thread(t: Thread, ready: std::sync::mpsc::Sender<Result<(), String>>) {
         let _ = ready.send(Ok(()));
         let max = shared.config.max_in_flight;
         let limit = Arc::new(Semaphore::new(max));
+        // Start order fair across tenants (fair.rs). Half a queue more at most: while it is
+        // full, deliveries stay in `rx` and the transport's back-pressure applies.
+        let mut waiting = fair::FairQueue::new(shared.config.queue_capacity / 2);
+        let fill = |waiting: &mut fair::FairQueue<Delivery>| {
+            while !waiting.is_full() {
+                let Ok(d) = rx.try_recv() else { break };
+                let _ = waiting.push(d, fair::tenant_of); // not full: checked above
+            }
+        };
         loop {
-            let d = tokio::select! {
-                biased;
-                d = rx.recv_async() => match d { Ok(d) => d, Err(_) => break },
-                // Stopping: once the lane has stopped receiving, what is already queued
-                // still runs (within the grace period).
-                _ = shared.stopping.cancelled() => {
-                    if let Some(h) = intake.take() {
-                        let _ = h.await;
+            fill(&mut waiting);
+            if waiting.is_empty() {
+                let d = tokio::select! {
+                    biased;
+                    d = rx.recv_async() => match d { Ok(d) => d, Err(_) => break },
+                    // Stopping: once the lane has stopped receiving, what is already queued
+                    // still runs (within the grace period).
+                    _ = shared.stopping.cancelled() => {
+                        if let Some(h) = intake.take() {
+                            let _ = h.await;
+                        }
+                        match rx.try_recv() { Ok(d) => d, Err(_) => break }
                     }
-                    match rx.try_recv() { Ok(d) => d, Err(_) => break }
-                }
-            };
+                };
+                let _ = waiting.push(d, fair::tenant_of); // empty: cannot be full
+                continue;
+            }
             let Ok(permit) = limit.clone().acquire_owned().await else {
                 break;
             };
+            // What arrived while every slot was busy takes its turn too.
+            fill(&mut waiting);
+            let Some(d) = waiting.pop() else { continue };
             let (shared, blocks, inf) = (shared.clone(), blocks.clone(), in_flight.clone());
             inf.fetch_add(1, Ordering::Relaxed);
             tokio::task::spawn_local(async move {

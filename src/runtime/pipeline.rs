@@ -370,16 +370,13 @@ async fn handle_parsed(
             .instrument(span)
             .await;
     };
-    let Some(_quota) = shared.quotas.take(tenant) else {
-        drop(guard);
-        let e = TaskError::new(
-            ErrorCode::QuotaExceeded,
-            format!(
-                "tenant {tenant:?} already has {} assignments running on this worker",
-                shared.quotas.limit()
-            ),
-        );
-        return reject(&task, None, Some(kind), e).instrument(span).await;
+    let _quota = match shared.quotas.take(tenant) {
+        Ok(slot) => slot,
+        Err(e) => {
+            // Not remembered for dedupe: the Router's later retry of it runs.
+            drop(guard);
+            return reject(&task, None, Some(kind), e).instrument(span).await;
+        }
     };
     let reg = shared
         .cancels

@@ -1,0 +1,169 @@
+//! Fair start order across tenants on one CPU thread. The thread moves deliveries from its
+//! bounded transport queue into a [`FairQueue`] (one FIFO lane per tenant, lanes served
+//! round robin) and starts them from there, so a tenant that queued a thousand
+//! assignments delays another tenant's next one by at most one start per busy tenant.
+//!
+//! The queue is bounded in total; while it is full the thread leaves deliveries in its
+//! transport queue, which fills, and the transport's back-pressure applies as before
+//! (core NATS: 4002; JetStream: intake slots run out and the worker stops pulling).
+//!
+//! Fairness covers what this worker holds. JetStream hands out a stream's messages first
+//! in, first out: a backlog larger than the worker's intake slots stays in the stream in
+//! publish order, and there `--tenant-max-in-flight` (each tenant's share of the slots)
+//! and `--tenant-rate-limit` are what keep one tenant from holding every slot.
+
+use std::collections::{HashMap, VecDeque};
+
+use crate::contract::assignment::peek_tenant_id;
+use crate::transport::Delivery;
+
+/// Per-tenant FIFO lanes served round robin, holding at most `bound` items in all.
+/// Memory: the items, plus one lane per tenant that has items queued (an emptied lane is
+/// dropped).
+#[derive(Debug)]
+pub struct FairQueue<T> {
+    lanes: HashMap<Box<str>, VecDeque<T>>,
+    /// Tenants with queued items, in the order they are served next.
+    turns: VecDeque<Box<str>>,
+    len: usize,
+    bound: usize,
+}
+
+impl<T> FairQueue<T> {
+    /// A queue holding at most `bound` items (at least 1).
+    pub fn new(bound: usize) -> FairQueue<T> {
+        FairQueue {
+            lanes: HashMap::new(),
+            turns: VecDeque::new(),
+            len: 0,
+            bound: bound.max(1),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn is_full(&self) -> bool {
+        self.len >= self.bound
+    }
+
+    /// Tenants with something queued.
+    pub fn tenants(&self) -> usize {
+        self.turns.len()
+    }
+
+    /// Queues `item` at the end of its tenant's lane (`tenant_of` reads it from the item,
+    /// so a key borrowed from the item costs no copy); a tenant new to the queue takes its
+    /// turn after those already waiting. A full queue hands the item back.
+    pub fn push(&mut self, item: T, tenant_of: impl FnOnce(&T) -> &str) -> Result<(), T> {
+        if self.is_full() {
+            return Err(item);
+        }
+        let tenant = tenant_of(&item);
+        if let Some(lane) = self.lanes.get_mut(tenant) {
+            lane.push_back(item);
+        } else {
+            let key: Box<str> = tenant.into();
+            self.turns.push_back(key.clone());
+            self.lanes.insert(key, VecDeque::from([item]));
+        }
+        self.len += 1;
+        Ok(())
+    }
+
+    /// The oldest item of the tenant whose turn it is; that tenant goes to the back.
+    pub fn pop(&mut self) -> Option<T> {
+        let tenant = self.turns.pop_front()?;
+        let lane = self.lanes.get_mut(&tenant)?;
+        let item = lane.pop_front()?;
+        self.len -= 1;
+        if lane.is_empty() {
+            self.lanes.remove(&tenant);
+        } else {
+            self.turns.push_back(tenant);
+        }
+        Some(item)
+    }
+}
+
+/// The lane of a delivery: its `tenant_id` NATS header, else the payload's top-level
+/// `tenant_id` read without parsing (the pipeline parses once, later, and prefers the
+/// payload's; the Router sets both alike). Without either, `""`: one lane shared by
+/// everything that names no tenant.
+pub(super) fn tenant_of(d: &Delivery) -> &str {
+    match d.headers.tenant_id.as_deref() {
+        Some(t) if !t.is_empty() => t,
+        _ => peek_tenant_id(&d.payload).unwrap_or(""),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn drain(q: &mut FairQueue<&'static str>) -> Vec<&'static str> {
+        std::iter::from_fn(|| q.pop()).collect()
+    }
+
+    #[test]
+    fn lanes_are_served_round_robin_each_in_fifo_order() {
+        let mut q = FairQueue::new(100);
+        for item in ["a1", "a2", "a3", "a4"] {
+            q.push(item, |_| "a").expect("room");
+        }
+        q.push("b1", |_| "b").expect("room");
+        q.push("b2", |_| "b").expect("room");
+        q.push("c1", |_| "c").expect("room");
+        assert_eq!((q.len(), q.tenants()), (7, 3));
+        assert_eq!(drain(&mut q), ["a1", "b1", "c1", "a2", "b2", "a3", "a4"]);
+        assert!(q.is_empty() && q.tenants() == 0);
+    }
+
+    #[test]
+    fn a_tenant_arriving_behind_a_flood_is_served_next_but_one() {
+        let mut q = FairQueue::new(1000);
+        for _ in 0..500 {
+            q.push("f", |_| "flood").expect("room");
+        }
+        assert_eq!(q.pop(), Some("f"));
+        q.push("q", |_| "quiet").expect("room");
+        assert_eq!(q.pop(), Some("f"));
+        assert_eq!(q.pop(), Some("q"));
+        assert_eq!(q.tenants(), 1);
+    }
+
+    #[test]
+    fn the_bound_is_total_and_a_full_queue_hands_the_item_back() {
+        let mut q = FairQueue::new(3);
+        q.push("a1", |_| "a").expect("room");
+        q.push("b1", |_| "b").expect("room");
+        q.push("a2", |_| "a").expect("room");
+        assert!(q.is_full());
+        assert_eq!(q.push("c1", |_| "c"), Err("c1"));
+        assert_eq!(q.push("a3", |_| "a"), Err("a3"));
+        assert_eq!(q.tenants(), 2, "a refused tenant gets no lane");
+        assert_eq!(q.pop(), Some("a1"));
+        q.push("c1", |_| "c").expect("room again");
+        assert_eq!(drain(&mut q), ["b1", "a2", "c1"]);
+        assert!(
+            FairQueue::<u8>::new(0).push(1, |_| "a").is_ok(),
+            "bound is at least 1"
+        );
+    }
+
+    #[test]
+    fn a_tenant_that_empties_its_lane_rejoins_at_the_back() {
+        let mut q = FairQueue::new(10);
+        q.push("a1", |_| "a").expect("room");
+        q.push("b1", |_| "b").expect("room");
+        q.push("b2", |_| "b").expect("room");
+        assert_eq!(q.pop(), Some("a1"));
+        q.push("a2", |_| "a").expect("room");
+        assert_eq!(drain(&mut q), ["b1", "a2", "b2"]);
+    }
+}
