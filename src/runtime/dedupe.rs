@@ -70,7 +70,8 @@ struct Inner {
 #[derive(Debug, Clone)]
 pub struct Dedupe {
     inner: Arc<Mutex<Inner>>,
-    kv: Option<kv::Store>,
+    /// Behind an `Arc`: a `Store` is over a kilobyte, and every guard carries the store.
+    kv: Option<Arc<kv::Store>>,
     ttl: Duration,
     capacity: usize,
 }
@@ -102,7 +103,7 @@ impl Dedupe {
                 map: HashMap::new(),
                 order: VecDeque::new(),
             })),
-            kv,
+            kv: kv.map(Arc::new),
             ttl,
             capacity: capacity.max(16),
         }
@@ -132,7 +133,8 @@ impl Dedupe {
             g.map.insert(key.clone(), Entry::Running(tx));
         }
         if let Some(kv) = &self.kv {
-            match kv.get(kv_key(tenant, id)).await {
+            // Boxed: the lookup's state is large and only JetStream mode has it.
+            match Box::pin(kv.get(kv_key(tenant, id))).await {
                 Ok(Some(bytes)) => {
                     if let Some(r) = Record::decode(bytes) {
                         let r = Arc::new(r);
@@ -186,6 +188,41 @@ impl Dedupe {
     }
 }
 
+/// Stores `record` under `k`, first writer wins, retrying through outages; returns the
+/// record that is stored (`record`, or the one another delivery stored first).
+async fn store_first(kv: &kv::Store, k: String, mut record: Arc<Record>) -> Arc<Record> {
+    let deadline = Instant::now() + STORE_PATIENCE;
+    let mut delay = Duration::from_millis(50);
+    loop {
+        let problem = match kv.create(&k, record.encode()).await {
+            Ok(_) => break,
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => match kv.get(&k).await {
+                Ok(Some(bytes)) => {
+                    if let Some(first) = Record::decode(bytes) {
+                        record = Arc::new(first);
+                    }
+                    break;
+                }
+                Ok(None) => "the stored record vanished".to_owned(),
+                Err(e) => e.to_string(),
+            },
+            Err(e) if e.kind() == kv::CreateErrorKind::InvalidKey => {
+                tracing::warn!(error = %e, "storing the result for dedupe failed");
+                break;
+            }
+            Err(e) => e.to_string(),
+        };
+        if Instant::now() + delay > deadline {
+            tracing::warn!(error = %problem, "storing the result for dedupe failed");
+            break;
+        }
+        tracing::debug!(error = %problem, "storing the result for dedupe failed; retrying");
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(2));
+    }
+    record
+}
+
 /// How long storing a result record is retried through a JetStream outage (as long as
 /// `Publisher::publish` keeps trying the result itself).
 const STORE_PATIENCE: Duration = Duration::from_secs(60);
@@ -202,38 +239,8 @@ impl Guard {
             return record;
         };
         if let Some(kv) = &self.store.kv {
-            let k = kv_key(&key.0, &key.1);
-            let deadline = Instant::now() + STORE_PATIENCE;
-            let mut delay = Duration::from_millis(50);
-            loop {
-                let problem = match kv.create(&k, record.encode()).await {
-                    Ok(_) => break,
-                    Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
-                        match kv.get(&k).await {
-                            Ok(Some(bytes)) => {
-                                if let Some(first) = Record::decode(bytes) {
-                                    record = Arc::new(first);
-                                }
-                                break;
-                            }
-                            Ok(None) => "the stored record vanished".to_owned(),
-                            Err(e) => e.to_string(),
-                        }
-                    }
-                    Err(e) if e.kind() == kv::CreateErrorKind::InvalidKey => {
-                        tracing::warn!(error = %e, "storing the result for dedupe failed");
-                        break;
-                    }
-                    Err(e) => e.to_string(),
-                };
-                if Instant::now() + delay > deadline {
-                    tracing::warn!(error = %problem, "storing the result for dedupe failed");
-                    break;
-                }
-                tracing::debug!(error = %problem, "storing the result for dedupe failed; retrying");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(2));
-            }
+            // Boxed: the store's state is large and only JetStream mode has it.
+            record = Box::pin(store_first(kv, kv_key(&key.0, &key.1), record)).await;
         }
         self.store.finish(&key, record.clone());
         record
