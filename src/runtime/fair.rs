@@ -1,5 +1,5 @@
 //! Fair start order across tenants on one CPU thread. The thread moves deliveries from its
-//! bounded transport queue into a [`FairQueue`] (one FIFO lane per tenant, lanes served
+//! bounded transport queue into a [`FairQueue`] (one FIFO line per tenant, lines served
 //! round robin) and starts them from there, so a tenant that queued a thousand
 //! assignments delays another tenant's next one by at most one start per busy tenant.
 //!
@@ -17,12 +17,12 @@ use std::collections::{HashMap, VecDeque};
 use crate::contract::assignment::peek_tenant_id;
 use crate::transport::Delivery;
 
-/// Per-tenant FIFO lanes served round robin, holding at most `bound` items in all.
-/// Memory: the items, plus one lane per tenant that has items queued (an emptied lane is
+/// Per-tenant FIFO lines served round robin, holding at most `bound` items in all.
+/// Memory: the items, plus one line per tenant that has items queued (an emptied line is
 /// dropped).
 #[derive(Debug)]
 pub struct FairQueue<T> {
-    lanes: HashMap<Box<str>, VecDeque<T>>,
+    lines: HashMap<Box<str>, VecDeque<T>>,
     /// Tenants with queued items, in the order they are served next.
     turns: VecDeque<Box<str>>,
     len: usize,
@@ -33,7 +33,7 @@ impl<T> FairQueue<T> {
     /// A queue holding at most `bound` items (at least 1).
     pub fn new(bound: usize) -> FairQueue<T> {
         FairQueue {
-            lanes: HashMap::new(),
+            lines: HashMap::new(),
             turns: VecDeque::new(),
             len: 0,
             bound: bound.max(1),
@@ -57,7 +57,7 @@ impl<T> FairQueue<T> {
         self.turns.len()
     }
 
-    /// Queues `item` at the end of its tenant's lane (`tenant_of` reads it from the item,
+    /// Queues `item` at the end of its tenant's line (`tenant_of` reads it from the item,
     /// so a key borrowed from the item costs no copy); a tenant new to the queue takes its
     /// turn after those already waiting. A full queue hands the item back.
     pub fn push(&mut self, item: T, tenant_of: impl FnOnce(&T) -> &str) -> Result<(), T> {
@@ -65,12 +65,12 @@ impl<T> FairQueue<T> {
             return Err(item);
         }
         let tenant = tenant_of(&item);
-        if let Some(lane) = self.lanes.get_mut(tenant) {
-            lane.push_back(item);
+        if let Some(line) = self.lines.get_mut(tenant) {
+            line.push_back(item);
         } else {
             let key: Box<str> = tenant.into();
             self.turns.push_back(key.clone());
-            self.lanes.insert(key, VecDeque::from([item]));
+            self.lines.insert(key, VecDeque::from([item]));
         }
         self.len += 1;
         Ok(())
@@ -79,11 +79,11 @@ impl<T> FairQueue<T> {
     /// The oldest item of the tenant whose turn it is; that tenant goes to the back.
     pub fn pop(&mut self) -> Option<T> {
         let tenant = self.turns.pop_front()?;
-        let lane = self.lanes.get_mut(&tenant)?;
-        let item = lane.pop_front()?;
+        let line = self.lines.get_mut(&tenant)?;
+        let item = line.pop_front()?;
         self.len -= 1;
-        if lane.is_empty() {
-            self.lanes.remove(&tenant);
+        if line.is_empty() {
+            self.lines.remove(&tenant);
         } else {
             self.turns.push_back(tenant);
         }
@@ -91,9 +91,9 @@ impl<T> FairQueue<T> {
     }
 }
 
-/// The lane of a delivery: its `tenant_id` NATS header, else the payload's top-level
+/// The line of a delivery: its `tenant_id` NATS header, else the payload's top-level
 /// `tenant_id` read without parsing (the pipeline parses once, later, and prefers the
-/// payload's; the Router sets both alike). Without either, `""`: one lane shared by
+/// payload's; the Router sets both alike). Without either, `""`: one line shared by
 /// everything that names no tenant.
 pub(super) fn tenant_of(d: &Delivery) -> &str {
     match d.headers.tenant_id.as_deref() {
@@ -146,7 +146,7 @@ mod tests {
         assert!(q.is_full());
         assert_eq!(q.push("c1", |_| "c"), Err("c1"));
         assert_eq!(q.push("a3", |_| "a"), Err("a3"));
-        assert_eq!(q.tenants(), 2, "a refused tenant gets no lane");
+        assert_eq!(q.tenants(), 2, "a refused tenant gets no line");
         assert_eq!(q.pop(), Some("a1"));
         q.push("c1", |_| "c").expect("room again");
         assert_eq!(drain(&mut q), ["b1", "a2", "c1"]);
