@@ -192,41 +192,50 @@ impl HttpJob {
     }
 }
 
+/// Reads and validates an `http.request` job: what [`Block::decode`] does, without the
+/// client. `policy` judges the URL's host; `assignment_id` must be sendable as the
+/// `Idempotency-Key` header unless the job sets that header itself.
+pub fn decode_job(
+    job: Fields<'_, '_>,
+    policy: &SsrfPolicy,
+    assignment_id: &str,
+) -> Result<HttpJob, TaskError> {
+    let method = parse_method(job.opt_str("method")?)?;
+    let uri = parse_url(job.req_nonempty("url")?)?;
+    let host = uri.host().unwrap_or_default();
+    policy.check_host(host).map_err(denied)?;
+    let headers = match job.get("headers") {
+        None => HeaderMap::new(),
+        Some(v) => parse_headers(v)?,
+    };
+    let body = job
+        .opt_str("body")?
+        .map(|b| Bytes::copy_from_slice(b.as_bytes()));
+    let timeout = match job.opt_u64("timeout_ms")? {
+        Some(0) => return Err(TaskError::invalid("job.timeout_ms", "must be at least 1")),
+        Some(ms) => Some(Duration::from_millis(ms)),
+        None => None,
+    };
+    if !headers.contains_key(IDEMPOTENCY_KEY) && HeaderValue::from_str(assignment_id).is_err() {
+        return Err(TaskError::invalid(
+            "assignment_id",
+            "cannot be sent as an Idempotency-Key header (control characters)",
+        ));
+    }
+    Ok(HttpJob {
+        method,
+        uri,
+        headers,
+        body,
+        timeout,
+    })
+}
+
 impl Block for HttpBlock {
     type Job<'a> = HttpJob;
 
     fn decode<'a>(&self, job: Fields<'a, 'a>, ctx: &ExecCtx<'_>) -> Result<HttpJob, TaskError> {
-        let method = parse_method(job.opt_str("method")?)?;
-        let uri = parse_url(job.req_nonempty("url")?)?;
-        let host = uri.host().unwrap_or_default();
-        self.policy.check_host(host).map_err(denied)?;
-        let headers = match job.get("headers") {
-            None => HeaderMap::new(),
-            Some(v) => parse_headers(v)?,
-        };
-        let body = job
-            .opt_str("body")?
-            .map(|b| Bytes::copy_from_slice(b.as_bytes()));
-        let timeout = match job.opt_u64("timeout_ms")? {
-            Some(0) => return Err(TaskError::invalid("job.timeout_ms", "must be at least 1")),
-            Some(ms) => Some(Duration::from_millis(ms)),
-            None => None,
-        };
-        if !headers.contains_key(IDEMPOTENCY_KEY)
-            && HeaderValue::from_str(ctx.assignment_id).is_err()
-        {
-            return Err(TaskError::invalid(
-                "assignment_id",
-                "cannot be sent as an Idempotency-Key header (control characters)",
-            ));
-        }
-        Ok(HttpJob {
-            method,
-            uri,
-            headers,
-            body,
-            timeout,
-        })
+        decode_job(job, &self.policy, ctx.assignment_id)
     }
 
     async fn attempt(&self, job: &Self::Job<'_>, ctx: &ExecCtx<'_>) -> Result<Output, TaskError> {
