@@ -3,8 +3,9 @@
 //! per CPU thread.
 //!
 //! Job fields: `method` (default `GET`; any valid token), `url` (required; `http`/`https`
-//! only), `headers` (an object of strings, or a JSON string holding one), `body` (a
-//! string), `timeout_ms` (per attempt, bounded by what is left of the job's deadline).
+//! only), `headers` (an object of strings, or a JSON string holding one; at most
+//! [`MAX_HEADERS`], more is 2004), `body` (a string), `timeout_ms` (per attempt, bounded
+//! by what is left of the job's deadline).
 //!
 //! Result: `{"status_code", "body" | "body_base64", "headers": {"Content-Type": ...},
 //! "latency_ms"}`. A 4xx/5xx answer is a `3003` error that still carries that result.
@@ -52,6 +53,10 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long an unused pooled connection is kept.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 const POOL_MAX_IDLE_PER_HOST: usize = 32;
+
+/// Headers one job may set; more is 2004. Upstreams refuse far fewer (hyper's server
+/// takes 100), and `http::HeaderMap` panics past 24 576 names, which a 300 KB job reaches.
+pub const MAX_HEADERS: usize = 256;
 
 /// Header values that never appear in logs or `Debug` output.
 const SECRET_HEADERS: [&str; 4] = [
@@ -395,8 +400,17 @@ fn parse_url(url: &str) -> Result<Uri, TaskError> {
 fn parse_headers(value: &BorrowedValue<'_>) -> Result<HeaderMap, TaskError> {
     const FIELD: &str = "job.headers";
     const EXPECTED: &str = "an object of string values (or a JSON string of one)";
+    let too_many = |n: usize| {
+        TaskError::new(
+            ErrorCode::QuotaExceeded,
+            format!("field `{FIELD}` has {n} headers; at most {MAX_HEADERS} per job"),
+        )
+    };
     let mut map = HeaderMap::new();
     if let Some(object) = value.as_object() {
+        if object.len() > MAX_HEADERS {
+            return Err(too_many(object.len()));
+        }
         for (name, v) in object.iter() {
             let v = v
                 .as_str()
@@ -412,6 +426,9 @@ fn parse_headers(value: &BorrowedValue<'_>) -> Result<HeaderMap, TaskError> {
         let object = parsed
             .as_object()
             .ok_or_else(|| TaskError::format(FIELD, EXPECTED))?;
+        if object.len() > MAX_HEADERS {
+            return Err(too_many(object.len()));
+        }
         for (name, v) in object {
             let v = v
                 .as_str()
