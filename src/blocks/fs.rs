@@ -59,59 +59,65 @@ fn validate_path<'a>(job: &Fields<'a, 'a>) -> Result<&'a str, TaskError> {
     Ok(path)
 }
 
+/// Reads and validates an `fs.*` job: what [`Block::decode`] does, without the IO pool.
+/// `job.type` picks get or put; content over `max_bytes` is 2004.
+pub fn decode_job<'a>(job: Fields<'a, 'a>, max_bytes: u64) -> Result<FsJob<'a>, TaskError> {
+    let path = validate_path(&job)?;
+    let kind = job.req_str("type")?;
+    if matches!(kind, "fs.get" | "fs.blob_get") {
+        return Ok(FsJob::Get { path });
+    }
+    let content = match (job.opt_str("content")?, job.opt_str("content_base64")?) {
+        (Some(text), None) => Bytes::copy_from_slice(text.as_bytes()),
+        (None, Some(b64)) => Bytes::from(
+            base64::engine::general_purpose::STANDARD
+                .decode(b64)
+                .map_err(|e| {
+                    TaskError::new(
+                        ErrorCode::InvalidFormat,
+                        format!("field `job.content_base64` is not base64: {e}"),
+                    )
+                })?,
+        ),
+        (Some(_), Some(_)) => {
+            return Err(TaskError::invalid(
+                "job.content",
+                "give either content or content_base64, not both",
+            ))
+        }
+        (None, None) => return Err(TaskError::missing("job.content")),
+    };
+    if content.len() as u64 > max_bytes {
+        return Err(TaskError::new(
+            ErrorCode::QuotaExceeded,
+            format!(
+                "content of {} bytes exceeds the {} byte file limit",
+                content.len(),
+                max_bytes
+            ),
+        ));
+    }
+    let content_type = job.opt_str("content_type")?;
+    if let Some(ct) = content_type {
+        if ct.len() > 255 || ct.bytes().any(|b| b.is_ascii_control()) {
+            return Err(TaskError::invalid(
+                "job.content_type",
+                "must be a MIME type of at most 255 printable characters",
+            ));
+        }
+    }
+    Ok(FsJob::Put {
+        path,
+        content,
+        content_type,
+    })
+}
+
 impl Block for FsBlock {
     type Job<'a> = FsJob<'a>;
 
     fn decode<'a>(&self, job: Fields<'a, 'a>, _ctx: &ExecCtx<'_>) -> Result<FsJob<'a>, TaskError> {
-        let path = validate_path(&job)?;
-        let kind = job.req_str("type")?;
-        if matches!(kind, "fs.get" | "fs.blob_get") {
-            return Ok(FsJob::Get { path });
-        }
-        let content = match (job.opt_str("content")?, job.opt_str("content_base64")?) {
-            (Some(text), None) => Bytes::copy_from_slice(text.as_bytes()),
-            (None, Some(b64)) => Bytes::from(
-                base64::engine::general_purpose::STANDARD
-                    .decode(b64)
-                    .map_err(|e| {
-                        TaskError::new(
-                            ErrorCode::InvalidFormat,
-                            format!("field `job.content_base64` is not base64: {e}"),
-                        )
-                    })?,
-            ),
-            (Some(_), Some(_)) => {
-                return Err(TaskError::invalid(
-                    "job.content",
-                    "give either content or content_base64, not both",
-                ))
-            }
-            (None, None) => return Err(TaskError::missing("job.content")),
-        };
-        if content.len() as u64 > self.max_bytes {
-            return Err(TaskError::new(
-                ErrorCode::QuotaExceeded,
-                format!(
-                    "content of {} bytes exceeds the {} byte file limit",
-                    content.len(),
-                    self.max_bytes
-                ),
-            ));
-        }
-        let content_type = job.opt_str("content_type")?;
-        if let Some(ct) = content_type {
-            if ct.len() > 255 || ct.bytes().any(|b| b.is_ascii_control()) {
-                return Err(TaskError::invalid(
-                    "job.content_type",
-                    "must be a MIME type of at most 255 printable characters",
-                ));
-            }
-        }
-        Ok(FsJob::Put {
-            path,
-            content,
-            content_type,
-        })
+        decode_job(job, self.max_bytes)
     }
 
     async fn attempt(&self, job: &Self::Job<'_>, ctx: &ExecCtx<'_>) -> Result<Output, TaskError> {

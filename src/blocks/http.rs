@@ -3,8 +3,9 @@
 //! per CPU thread.
 //!
 //! Job fields: `method` (default `GET`; any valid token), `url` (required; `http`/`https`
-//! only), `headers` (an object of strings, or a JSON string holding one), `body` (a
-//! string), `timeout_ms` (per attempt, bounded by what is left of the job's deadline).
+//! only), `headers` (an object of strings, or a JSON string holding one; at most
+//! [`MAX_HEADERS`], more is 2004), `body` (a string), `timeout_ms` (per attempt, bounded
+//! by what is left of the job's deadline).
 //!
 //! Result: `{"status_code", "body" | "body_base64", "headers": {"Content-Type": ...},
 //! "latency_ms"}`. A 4xx/5xx answer is a `3003` error that still carries that result.
@@ -52,6 +53,10 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long an unused pooled connection is kept.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 const POOL_MAX_IDLE_PER_HOST: usize = 32;
+
+/// Headers one job may set; more is 2004. Upstreams refuse far fewer (hyper's server
+/// takes 100), and `http::HeaderMap` panics past 24 576 names, which a 300 KB job reaches.
+pub const MAX_HEADERS: usize = 256;
 
 /// Header values that never appear in logs or `Debug` output.
 const SECRET_HEADERS: [&str; 4] = [
@@ -192,41 +197,50 @@ impl HttpJob {
     }
 }
 
+/// Reads and validates an `http.request` job: what [`Block::decode`] does, without the
+/// client. `policy` judges the URL's host; `assignment_id` must be sendable as the
+/// `Idempotency-Key` header unless the job sets that header itself.
+pub fn decode_job(
+    job: Fields<'_, '_>,
+    policy: &SsrfPolicy,
+    assignment_id: &str,
+) -> Result<HttpJob, TaskError> {
+    let method = parse_method(job.opt_str("method")?)?;
+    let uri = parse_url(job.req_nonempty("url")?)?;
+    let host = uri.host().unwrap_or_default();
+    policy.check_host(host).map_err(denied)?;
+    let headers = match job.get("headers") {
+        None => HeaderMap::new(),
+        Some(v) => parse_headers(v)?,
+    };
+    let body = job
+        .opt_str("body")?
+        .map(|b| Bytes::copy_from_slice(b.as_bytes()));
+    let timeout = match job.opt_u64("timeout_ms")? {
+        Some(0) => return Err(TaskError::invalid("job.timeout_ms", "must be at least 1")),
+        Some(ms) => Some(Duration::from_millis(ms)),
+        None => None,
+    };
+    if !headers.contains_key(IDEMPOTENCY_KEY) && HeaderValue::from_str(assignment_id).is_err() {
+        return Err(TaskError::invalid(
+            "assignment_id",
+            "cannot be sent as an Idempotency-Key header (control characters)",
+        ));
+    }
+    Ok(HttpJob {
+        method,
+        uri,
+        headers,
+        body,
+        timeout,
+    })
+}
+
 impl Block for HttpBlock {
     type Job<'a> = HttpJob;
 
     fn decode<'a>(&self, job: Fields<'a, 'a>, ctx: &ExecCtx<'_>) -> Result<HttpJob, TaskError> {
-        let method = parse_method(job.opt_str("method")?)?;
-        let uri = parse_url(job.req_nonempty("url")?)?;
-        let host = uri.host().unwrap_or_default();
-        self.policy.check_host(host).map_err(denied)?;
-        let headers = match job.get("headers") {
-            None => HeaderMap::new(),
-            Some(v) => parse_headers(v)?,
-        };
-        let body = job
-            .opt_str("body")?
-            .map(|b| Bytes::copy_from_slice(b.as_bytes()));
-        let timeout = match job.opt_u64("timeout_ms")? {
-            Some(0) => return Err(TaskError::invalid("job.timeout_ms", "must be at least 1")),
-            Some(ms) => Some(Duration::from_millis(ms)),
-            None => None,
-        };
-        if !headers.contains_key(IDEMPOTENCY_KEY)
-            && HeaderValue::from_str(ctx.assignment_id).is_err()
-        {
-            return Err(TaskError::invalid(
-                "assignment_id",
-                "cannot be sent as an Idempotency-Key header (control characters)",
-            ));
-        }
-        Ok(HttpJob {
-            method,
-            uri,
-            headers,
-            body,
-            timeout,
-        })
+        decode_job(job, &self.policy, ctx.assignment_id)
     }
 
     async fn attempt(&self, job: &Self::Job<'_>, ctx: &ExecCtx<'_>) -> Result<Output, TaskError> {
@@ -386,8 +400,17 @@ fn parse_url(url: &str) -> Result<Uri, TaskError> {
 fn parse_headers(value: &BorrowedValue<'_>) -> Result<HeaderMap, TaskError> {
     const FIELD: &str = "job.headers";
     const EXPECTED: &str = "an object of string values (or a JSON string of one)";
+    let too_many = |n: usize| {
+        TaskError::new(
+            ErrorCode::QuotaExceeded,
+            format!("field `{FIELD}` has {n} headers; at most {MAX_HEADERS} per job"),
+        )
+    };
     let mut map = HeaderMap::new();
     if let Some(object) = value.as_object() {
+        if object.len() > MAX_HEADERS {
+            return Err(too_many(object.len()));
+        }
         for (name, v) in object.iter() {
             let v = v
                 .as_str()
@@ -403,6 +426,9 @@ fn parse_headers(value: &BorrowedValue<'_>) -> Result<HeaderMap, TaskError> {
         let object = parsed
             .as_object()
             .ok_or_else(|| TaskError::format(FIELD, EXPECTED))?;
+        if object.len() > MAX_HEADERS {
+            return Err(too_many(object.len()));
+        }
         for (name, v) in object {
             let v = v
                 .as_str()

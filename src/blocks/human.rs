@@ -24,10 +24,36 @@ pub struct HumanJob<'a> {
     approvers: Vec<&'a str>,
 }
 
+impl<'a> HumanJob<'a> {
+    pub fn prompt(&self) -> &'a str {
+        self.prompt
+    }
+
+    pub fn approvers(&self) -> &[&'a str] {
+        &self.approvers
+    }
+}
+
 impl HumanBlock {
     pub fn new(port: ApprovalPort) -> Self {
         HumanBlock { port }
     }
+}
+
+/// Reads and validates a `human.approval` job: what [`Block::decode`] does, without the
+/// approval port.
+pub fn decode_job<'a>(job: Fields<'a, 'a>) -> Result<HumanJob<'a>, TaskError> {
+    let prompt = job.req_nonempty("prompt")?;
+    let approvers = job
+        .opt_str_list("approvers")?
+        .ok_or_else(|| TaskError::missing("job.approvers"))?;
+    if approvers.is_empty() || approvers.iter().any(|a| a.is_empty()) {
+        return Err(TaskError::invalid(
+            "job.approvers",
+            "must list at least one non-empty approver",
+        ));
+    }
+    Ok(HumanJob { prompt, approvers })
 }
 
 impl Block for HumanBlock {
@@ -38,17 +64,7 @@ impl Block for HumanBlock {
         job: Fields<'a, 'a>,
         _ctx: &ExecCtx<'_>,
     ) -> Result<HumanJob<'a>, TaskError> {
-        let prompt = job.req_nonempty("prompt")?;
-        let approvers = job
-            .opt_str_list("approvers")?
-            .ok_or_else(|| TaskError::missing("job.approvers"))?;
-        if approvers.is_empty() || approvers.iter().any(|a| a.is_empty()) {
-            return Err(TaskError::invalid(
-                "job.approvers",
-                "must list at least one non-empty approver",
-            ));
-        }
-        Ok(HumanJob { prompt, approvers })
+        decode_job(job)
     }
 
     async fn attempt(&self, job: &Self::Job<'_>, ctx: &ExecCtx<'_>) -> Result<Output, TaskError> {

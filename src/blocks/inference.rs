@@ -57,6 +57,34 @@ pub struct InferenceJob<'a> {
     priority: i64,
 }
 
+impl<'a> InferenceJob<'a> {
+    /// The model file, relative to the tenant's FS root.
+    pub fn model(&self) -> &'a str {
+        self.model
+    }
+
+    /// The input rows, row-major: `rows() × width()` values.
+    pub fn inputs(&self) -> &[f32] {
+        &self.inputs
+    }
+
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    pub fn width(&self) -> usize {
+        self.width
+    }
+
+    pub fn device(&self) -> DevicePref {
+        self.device
+    }
+
+    pub fn priority(&self) -> i64 {
+        self.priority
+    }
+}
+
 impl InferenceBlock {
     /// `gpu` is the worker's one scheduler (shared by every CPU thread's block);
     /// `fs_root` the FS root in use (tenant files under `<fs_root>/<tenant_id>/`).
@@ -126,6 +154,56 @@ fn decode_inputs(job: &Fields<'_, '_>) -> Result<(Vec<f32>, usize, usize), TaskE
     Ok((flat, rows.len(), width))
 }
 
+/// Reads and validates an `ai.inference` job: what [`Block::decode`] does, without the
+/// scheduler. `no_cuda` is `None` when the worker has a CUDA device, else why it has
+/// none (then `device: "cuda"` is 2002 before the ack).
+pub fn decode_job<'a>(
+    job: Fields<'a, 'a>,
+    no_cuda: Option<&str>,
+) -> Result<InferenceJob<'a>, TaskError> {
+    let model = job.req_nonempty("model")?;
+    if model.contains('\0') {
+        return Err(TaskError::invalid("job.model", "contains a NUL byte"));
+    }
+    if model.ends_with('/') || model.trim_start_matches('/').is_empty() {
+        return Err(TaskError::invalid(
+            "job.model",
+            "must name a file, not a directory",
+        ));
+    }
+    let device = match job.opt_str("device")? {
+        None => DevicePref::Auto,
+        Some(d) => DevicePref::parse(d).ok_or_else(|| {
+            TaskError::invalid(
+                "job.device",
+                format!("{d:?} is not one of \"auto\", \"cuda\", \"cpu\""),
+            )
+        })?,
+    };
+    if let (DevicePref::Cuda, Some(why)) = (device, no_cuda) {
+        return Err(TaskError::new(
+            ErrorCode::ResourceUnavailable,
+            format!("no CUDA device on this worker ({why}); use \"device\": \"auto\" or \"cpu\""),
+        ));
+    }
+    let priority = job.opt_f64("priority")?.unwrap_or(0.0);
+    if !priority.is_finite() {
+        return Err(TaskError::invalid(
+            "job.priority",
+            "must be a finite number",
+        ));
+    }
+    let (inputs, rows, width) = decode_inputs(&job)?;
+    Ok(InferenceJob {
+        model,
+        inputs: inputs.into(),
+        rows,
+        width,
+        device,
+        priority: priority as i64,
+    })
+}
+
 impl Block for InferenceBlock {
     type Job<'a> = InferenceJob<'a>;
 
@@ -134,50 +212,8 @@ impl Block for InferenceBlock {
         job: Fields<'a, 'a>,
         _ctx: &ExecCtx<'_>,
     ) -> Result<InferenceJob<'a>, TaskError> {
-        let model = job.req_nonempty("model")?;
-        if model.contains('\0') {
-            return Err(TaskError::invalid("job.model", "contains a NUL byte"));
-        }
-        if model.ends_with('/') || model.trim_start_matches('/').is_empty() {
-            return Err(TaskError::invalid(
-                "job.model",
-                "must name a file, not a directory",
-            ));
-        }
-        let device = match job.opt_str("device")? {
-            None => DevicePref::Auto,
-            Some(d) => DevicePref::parse(d).ok_or_else(|| {
-                TaskError::invalid(
-                    "job.device",
-                    format!("{d:?} is not one of \"auto\", \"cuda\", \"cpu\""),
-                )
-            })?,
-        };
-        if device == DevicePref::Cuda && !self.gpu.has_cuda() {
-            let why = self.gpu.cpu_fallback_reason();
-            return Err(TaskError::new(
-                ErrorCode::ResourceUnavailable,
-                format!(
-                    "no CUDA device on this worker ({why}); use \"device\": \"auto\" or \"cpu\""
-                ),
-            ));
-        }
-        let priority = job.opt_f64("priority")?.unwrap_or(0.0);
-        if !priority.is_finite() {
-            return Err(TaskError::invalid(
-                "job.priority",
-                "must be a finite number",
-            ));
-        }
-        let (inputs, rows, width) = decode_inputs(&job)?;
-        Ok(InferenceJob {
-            model,
-            inputs: inputs.into(),
-            rows,
-            width,
-            device,
-            priority: priority as i64,
-        })
+        let no_cuda = (!self.gpu.has_cuda()).then(|| self.gpu.cpu_fallback_reason());
+        decode_job(job, no_cuda)
     }
 
     async fn attempt(&self, job: &Self::Job<'_>, ctx: &ExecCtx<'_>) -> Result<Output, TaskError> {

@@ -10,9 +10,12 @@ pub mod sql;
 
 use std::time::Instant;
 
+use simd_json::prelude::*;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::Config;
 use crate::contract::{Fields, TaskError};
+use crate::policy::ssrf::SsrfPolicy;
 
 /// The block types this worker runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -139,4 +142,66 @@ pub trait Block {
     /// One attempt. Retryable errors are retried by the runtime with backoff while the
     /// deadline allows; the block itself never sleeps between attempts.
     async fn attempt(&self, job: &Self::Job<'_>, ctx: &ExecCtx<'_>) -> Result<Output, TaskError>;
+}
+
+/// What decoding a job needs of the worker: its limits and policy, and nothing it runs
+/// with (no pools, connections, files or network). For [`decode_job`].
+#[derive(Debug, Clone)]
+pub struct DecodeSettings {
+    /// Judges `http.request` URLs (allow-list, IP literals); DNS is not consulted.
+    pub ssrf: SsrfPolicy,
+    /// `--fs-max-bytes`: larger `fs.put` content is 2004.
+    pub fs_max_bytes: u64,
+    /// `--sql-max-rows`: the most a `sql.query` job may ask for.
+    pub sql_max_rows: usize,
+    /// `None` when the worker has a CUDA device, else why not (`device: "cuda"` → 2002).
+    pub no_cuda: Option<String>,
+}
+
+impl DecodeSettings {
+    /// The configuration's limits and policy, answering as a worker without a CUDA device
+    /// (no device is probed).
+    pub fn from_config(config: &Config) -> Self {
+        DecodeSettings {
+            ssrf: SsrfPolicy::from_config(config),
+            fs_max_bytes: config.fs_max_bytes,
+            sql_max_rows: config.sql_max_rows.max(1),
+            no_cuda: Some("no device probed".to_owned()),
+        }
+    }
+}
+
+/// Decodes `job` as block `kind` does before the ack, through the same per-block
+/// `decode_job` functions that [`Block::decode`] calls, and drops the decoded job. Builds
+/// no block: for fuzz targets and property tests, and anything else that wants to judge a
+/// job without running it.
+pub fn decode_job(
+    kind: BlockKind,
+    job: Fields<'_, '_>,
+    assignment_id: &str,
+    settings: &DecodeSettings,
+) -> Result<(), TaskError> {
+    match kind {
+        BlockKind::Http => http::decode_job(job, &settings.ssrf, assignment_id).map(drop),
+        BlockKind::FsPut | BlockKind::FsGet => fs::decode_job(job, settings.fs_max_bytes).map(drop),
+        BlockKind::Sql => sql::decode_job(job, settings.sql_max_rows).map(drop),
+        BlockKind::Human => human::decode_job(job).map(drop),
+        BlockKind::Inference => inference::decode_job(job, settings.no_cuda.as_deref()).map(drop),
+    }
+}
+
+/// [`decode_job`] on a job given as JSON text, parsed in place as the pipeline parses an
+/// assignment: text that is not JSON (or nested too deep) gets the code the parser gives
+/// it, and JSON that is not an object is 1003, as `job` inside an assignment would be.
+pub fn decode_job_json(
+    kind: BlockKind,
+    json: &mut [u8],
+    assignment_id: &str,
+    settings: &DecodeSettings,
+) -> Result<(), TaskError> {
+    let value = crate::contract::assignment::parse_value(json).map_err(|u| u.error)?;
+    if !value.is_object() {
+        return Err(TaskError::format("job", "an object"));
+    }
+    decode_job(kind, Fields::new(&value, "job"), assignment_id, settings)
 }

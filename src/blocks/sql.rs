@@ -104,6 +104,27 @@ pub struct SqlJob<'a> {
     max_rows: usize,
 }
 
+impl<'a> SqlJob<'a> {
+    /// The database NAME, relative to `--sql-root`.
+    pub fn name(&self) -> &'a str {
+        self.name
+    }
+
+    /// The one statement that gets prepared (without the terminating `;`).
+    pub fn statement(&self) -> &'a str {
+        self.statement
+    }
+
+    pub fn params(&self) -> &[SqlParam<'a>] {
+        &self.params
+    }
+
+    /// `max_rows`, capped at `--sql-max-rows`.
+    pub fn max_rows(&self) -> usize {
+        self.max_rows
+    }
+}
+
 /// One bound parameter.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum SqlParam<'a> {
@@ -583,61 +604,67 @@ impl SqlBlock {
     }
 }
 
+/// Reads and validates a `sql.query` job: what [`Block::decode`] does, without opening
+/// anything. `max_rows` is `--sql-max-rows`, the most a job may ask for.
+pub fn decode_job<'a>(job: Fields<'a, 'a>, max_rows: usize) -> Result<SqlJob<'a>, TaskError> {
+    let connection = job
+        .opt_str_any(&["connection_string", "connection"])?
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| TaskError::missing(CONNECTION_FIELD))?;
+    let name = sql_guard::database_name(connection).map_err(|r| match r {
+        NameRefusal::Unsupported(why) => TaskError::invalid(CONNECTION_FIELD, why),
+        NameRefusal::Escapes(why) => TaskError::new(
+            ErrorCode::PermissionDenied,
+            format!("field `{CONNECTION_FIELD}`: {why}"),
+        ),
+    })?;
+    let query = job.req_nonempty("query")?;
+    let range = sql_guard::check_statement(query).map_err(|r| match r {
+        StatementRefusal::Empty => TaskError::invalid(QUERY_FIELD, "contains no SQL statement"),
+        StatementRefusal::Multiple => TaskError::invalid(
+            QUERY_FIELD,
+            "must be a single statement (text follows the first `;`)",
+        ),
+        StatementRefusal::Write(keyword) => read_only(&keyword),
+    })?;
+    let key = if job.has("parameters") {
+        "parameters"
+    } else {
+        "params"
+    };
+    let params = job
+        .opt_array(key)?
+        .unwrap_or(&[])
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            SqlParam::from_json(v).ok_or_else(|| {
+                TaskError::format(
+                    &format!("job.{key}[{i}]"),
+                    "a string, number, boolean or null",
+                )
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let max_rows = match job.opt_u64("max_rows")? {
+        None => max_rows,
+        Some(0) => return Err(TaskError::invalid("job.max_rows", "must be at least 1")),
+        Some(n) => usize::try_from(n).unwrap_or(usize::MAX).min(max_rows),
+    };
+    Ok(SqlJob {
+        name,
+        statement: &query[range.clone()],
+        offset: range.start,
+        params,
+        max_rows,
+    })
+}
+
 impl Block for SqlBlock {
     type Job<'a> = SqlJob<'a>;
 
     fn decode<'a>(&self, job: Fields<'a, 'a>, _ctx: &ExecCtx<'_>) -> Result<SqlJob<'a>, TaskError> {
-        let connection = job
-            .opt_str_any(&["connection_string", "connection"])?
-            .filter(|s| !s.is_empty())
-            .ok_or_else(|| TaskError::missing(CONNECTION_FIELD))?;
-        let name = sql_guard::database_name(connection).map_err(|r| match r {
-            NameRefusal::Unsupported(why) => TaskError::invalid(CONNECTION_FIELD, why),
-            NameRefusal::Escapes(why) => TaskError::new(
-                ErrorCode::PermissionDenied,
-                format!("field `{CONNECTION_FIELD}`: {why}"),
-            ),
-        })?;
-        let query = job.req_nonempty("query")?;
-        let range = sql_guard::check_statement(query).map_err(|r| match r {
-            StatementRefusal::Empty => TaskError::invalid(QUERY_FIELD, "contains no SQL statement"),
-            StatementRefusal::Multiple => TaskError::invalid(
-                QUERY_FIELD,
-                "must be a single statement (text follows the first `;`)",
-            ),
-            StatementRefusal::Write(keyword) => read_only(&keyword),
-        })?;
-        let key = if job.has("parameters") {
-            "parameters"
-        } else {
-            "params"
-        };
-        let params = job
-            .opt_array(key)?
-            .unwrap_or(&[])
-            .iter()
-            .enumerate()
-            .map(|(i, v)| {
-                SqlParam::from_json(v).ok_or_else(|| {
-                    TaskError::format(
-                        &format!("job.{key}[{i}]"),
-                        "a string, number, boolean or null",
-                    )
-                })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        let max_rows = match job.opt_u64("max_rows")? {
-            None => self.max_rows,
-            Some(0) => return Err(TaskError::invalid("job.max_rows", "must be at least 1")),
-            Some(n) => usize::try_from(n).unwrap_or(usize::MAX).min(self.max_rows),
-        };
-        Ok(SqlJob {
-            name,
-            statement: &query[range.clone()],
-            offset: range.start,
-            params,
-            max_rows,
-        })
+        decode_job(job, self.max_rows)
     }
 
     /// Runs the query synchronously on this thread (see the module docs): it never awaits.

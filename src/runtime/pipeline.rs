@@ -448,7 +448,17 @@ impl Run<'_, '_> {
         mut ctx: ExecCtx<'_>,
     ) -> (Bytes, Finished) {
         let t = self.task;
-        let decoded = match block.decode(job, &ctx) {
+        // A decoder that panics on some input is a worker bug (4001), answered like any
+        // rejection, not a lost assignment that JetStream would redeliver forever.
+        let decoded = std::panic::catch_unwind(AssertUnwindSafe(|| block.decode(job, &ctx)))
+            .unwrap_or_else(|_| {
+                t.shared.metrics.panics.inc();
+                Err(TaskError::internal(format!(
+                    "the {} block panicked decoding the job",
+                    self.kind.as_str()
+                )))
+            });
+        let decoded = match decoded {
             Ok(j) => j,
             Err(e) => {
                 let ack = t.ack_body(AckStatus::Rejected, Some(&e));
