@@ -3,7 +3,6 @@
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ConsumerMode, FsBackend};
@@ -222,7 +221,14 @@ pub async fn run(cfg: Config) -> Result<(), String> {
         },
         stopping: CancellationToken::new(),
         hard_stop: CancellationToken::new(),
-        slots: Arc::new(Semaphore::new(slots)),
+        // Payload bytes taken in and not finished: an eighth of the memory budget (a
+        // payload costs the process about four times its size while it runs: parse copy,
+        // read buffers, result), so a flood of large assignments stays under the budget.
+        intake: transport::IntakeBudget::new(
+            slots,
+            (cfg.max_memory_mb << 20) / 8,
+            cfg.cpu_pool_size,
+        ),
         over_memory: std::sync::atomic::AtomicBool::new(false),
         quotas: crate::runtime::quota::Quotas::new(cfg.tenant_max_in_flight)
             .with_rate(cfg.tenant_rate_limit, cfg.tenant_rate_burst),

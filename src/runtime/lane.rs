@@ -75,7 +75,7 @@ pub(super) async fn open(
             cfg,
             js,
             sink,
-            shared.slots.clone(),
+            shared.intake.clone(),
             metrics,
             publisher,
             stop,

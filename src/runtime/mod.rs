@@ -3,7 +3,7 @@
 //! receive them on the thread's own NATS connection (its intake lane), parse, execute
 //! (HTTP and SQL on the thread itself, files through the pinned io_uring shards of
 //! `beamline_io`), publish on that same connection. Each thread's queue is bounded;
-//! JetStream intake is bounded by slots so a full worker stops pulling.
+//! JetStream intake is bounded by a count and a byte budget so a full worker stops pulling.
 
 pub mod approvals;
 pub mod cancel;
@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::contract::ParseLimits;
 use crate::telemetry::Metrics;
-use crate::transport::{Control, Delivery, JetStreamHandles, Publisher};
+use crate::transport::{Control, Delivery, IntakeBudget, JetStreamHandles, Publisher};
 
 pub use approvals::{ApprovalPort, Approvals, Decision};
 pub use cancel::Cancels;
@@ -53,8 +53,8 @@ pub struct Shared {
     pub stopping: CancellationToken,
     /// Cancelled when the grace period after a stop request is over.
     pub hard_stop: CancellationToken,
-    /// JetStream intake slots (one per assignment taken and not finished).
-    pub slots: Arc<Semaphore>,
+    /// JetStream intake budget (assignments taken and not finished, and their bytes).
+    pub intake: Arc<IntakeBudget>,
     /// Set while the process is over `--max-memory-mb` (sampled by the app).
     pub over_memory: std::sync::atomic::AtomicBool,
     /// Per-tenant concurrency quota.
@@ -330,11 +330,8 @@ fn cpu_thread(t: Thread, ready: std::sync::mpsc::Sender<Result<(), String>>) {
             let (shared, blocks, inf) = (shared.clone(), blocks.clone(), in_flight.clone());
             inf.fetch_add(1, Ordering::Relaxed);
             tokio::task::spawn_local(async move {
-                let js = d.is_jetstream();
-                pipeline::handle(shared.clone(), blocks, d).await;
-                if js {
-                    shared.slots.add_permits(1);
-                }
+                // The delivery's intake share is given back as the pipeline drops it.
+                pipeline::handle(shared, blocks, d).await;
                 inf.fetch_sub(1, Ordering::Relaxed);
                 drop(permit);
             });

@@ -268,6 +268,49 @@ impl std::fmt::Debug for Settle {
     }
 }
 
+/// What bounds JetStream intake across the worker's lanes: the assignments taken and not
+/// finished (a count), and their payload bytes (in KiB). A delivery holds its share until
+/// it is dropped, so a full worker stops pulling.
+#[derive(Debug)]
+pub struct IntakeBudget {
+    slots: Semaphore,
+    kib: Semaphore,
+    kib_total: usize,
+    lanes: usize,
+}
+
+impl IntakeBudget {
+    /// `slots` assignments and `bytes` of payload at once, pulled by `lanes` lanes.
+    pub fn new(slots: usize, bytes: u64, lanes: usize) -> Arc<IntakeBudget> {
+        let kib_total = ((bytes >> 10) as usize).clamp(1, Semaphore::MAX_PERMITS);
+        Arc::new(IntakeBudget {
+            slots: Semaphore::new(slots.max(1)),
+            kib: Semaphore::new(kib_total),
+            kib_total,
+            lanes: lanes.max(1),
+        })
+    }
+
+    /// Slots free now.
+    pub fn free_slots(&self) -> usize {
+        self.slots.available_permits()
+    }
+}
+
+/// A delivery's share of the intake budget, given back when it is dropped.
+#[derive(Debug)]
+struct Hold {
+    budget: Arc<IntakeBudget>,
+    kib: usize,
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        self.budget.slots.add_permits(1);
+        self.budget.kib.add_permits(self.kib);
+    }
+}
+
 /// One assignment as delivered, with what is needed to settle it.
 #[derive(Debug)]
 pub struct Delivery {
@@ -278,6 +321,8 @@ pub struct Delivery {
     settle: Settle,
     /// The connection it came in on, which also carries its ack and result.
     publisher: Arc<Publisher>,
+    /// Its share of the JetStream intake budget.
+    _hold: Option<Hold>,
 }
 
 impl Delivery {
@@ -405,6 +450,7 @@ pub async fn consume_core(
             delivered: 1,
             settle: Settle::Core,
             publisher: publisher.clone(),
+            _hold: None,
         };
         if let Err(d) = sink.submit(d) {
             sink.refuse(d);
@@ -414,13 +460,13 @@ pub async fn consume_core(
 }
 
 /// JetStream intake: pulls from the durable consumer (shared by every lane and instance)
-/// while `slots` has room and the sink is accepting, until `stop`; rebinds the consumer
-/// when the server lost it.
+/// while the intake budget has room and the sink is accepting, until `stop`; rebinds the
+/// consumer when the server lost it.
 pub async fn consume_jetstream(
     cfg: Arc<Config>,
     js: JetStreamHandles,
     sink: Arc<dyn Sink>,
-    slots: Arc<Semaphore>,
+    budget: Arc<IntakeBudget>,
     metrics: Arc<Metrics>,
     publisher: Arc<Publisher>,
     stop: CancellationToken,
@@ -442,10 +488,16 @@ pub async fn consume_jetstream(
                 continue;
             }
         };
-        let batch = slots.available_permits().clamp(1, 256);
+        // A lane asks for its share of the budget at most, so what waits in the client's
+        // buffer is bounded too; never below two of the largest messages the server takes.
+        let batch = (budget.free_slots() / budget.lanes).clamp(1, 256);
+        let max_bytes = ((budget.kib_total << 10) / budget.lanes)
+            .max(publisher.max_payload().saturating_mul(2))
+            .max(1 << 20);
         let mut messages = match consumer
             .stream()
             .max_messages_per_batch(batch)
+            .max_bytes_per_batch(max_bytes)
             .heartbeat(Duration::from_secs(5))
             .expires(Duration::from_secs(30))
             .messages()
@@ -471,7 +523,7 @@ pub async fn consume_jetstream(
             // Take a slot before the next message, so a full worker stops pulling.
             let permit = tokio::select! {
                 _ = stop.cancelled() => return,
-                p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+                p = budget.slots.acquire() => match p { Ok(p) => p, Err(_) => return },
             };
             let next = tokio::select! {
                 _ = stop.cancelled() => return,
@@ -481,6 +533,19 @@ pub async fn consume_jetstream(
                 Some(Ok(msg)) => {
                     errors_in_row = 0;
                     failures = 0;
+                    // Its bytes too: while the worker holds its byte budget, wait (and pull
+                    // nothing more) until finished assignments give some back.
+                    let kib = msg.payload.len().div_ceil(1024).clamp(1, budget.kib_total);
+                    let bytes = tokio::select! {
+                        _ = stop.cancelled() => return,
+                        p = budget.kib.acquire_many(kib as u32) => match p { Ok(p) => p, Err(_) => return },
+                    };
+                    permit.forget();
+                    bytes.forget();
+                    let hold = Hold {
+                        budget: budget.clone(),
+                        kib,
+                    };
                     let delivered = msg.info().map(|i| i.delivered).unwrap_or(1);
                     let (m, acker) = msg.split();
                     let d = Delivery {
@@ -489,12 +554,11 @@ pub async fn consume_jetstream(
                         delivered,
                         settle: Settle::Js(Box::new(acker)),
                         publisher: publisher.clone(),
+                        _hold: Some(hold),
                     };
-                    permit.forget();
                     if let Err(d) = sink.submit(d) {
-                        slots.add_permits(1);
-                        // The permits bound intake below the queues, so this is rare: let
-                        // JetStream hold it a moment.
+                        // The budget bounds intake below the queues, so this is rare: let
+                        // JetStream hold it a moment (the share is given back with `d`).
                         d.nak(Duration::from_millis(500)).await;
                     }
                 }
