@@ -76,6 +76,8 @@ impl Shared {
 #[derive(Debug)]
 struct Shard {
     tx: flume::Sender<Delivery>,
+    /// Taken off `tx` into the thread's fair queue, not started yet.
+    waiting: Arc<AtomicUsize>,
     in_flight: Arc<AtomicUsize>,
 }
 
@@ -102,6 +104,7 @@ impl Runtime {
         for i in 0..cfg.cpu_pool_size {
             let (tx, rx) = flume::bounded::<Delivery>(cfg.queue_capacity);
             let in_flight = Arc::new(AtomicUsize::new(0));
+            let waiting = Arc::new(AtomicUsize::new(0));
             let core = (!cfg.cpu_cores.is_empty()).then(|| cfg.cpu_cores[i % cfg.cpu_cores.len()]);
             let thread = Thread {
                 index: i,
@@ -110,6 +113,7 @@ impl Runtime {
                 js: js.clone(),
                 tx: tx.clone(),
                 rx,
+                waiting: waiting.clone(),
                 in_flight: in_flight.clone(),
             };
             let ready = ready_tx.clone();
@@ -117,7 +121,11 @@ impl Runtime {
                 .name(format!("cpu-{i}"))
                 .spawn(move || cpu_thread(thread, ready))
                 .map_err(|e| format!("spawning cpu thread {i}: {e}"))?;
-            shards.push(Shard { tx, in_flight });
+            shards.push(Shard {
+                tx,
+                waiting,
+                in_flight,
+            });
             threads.push(handle);
         }
         drop(ready_tx);
@@ -137,9 +145,12 @@ impl Runtime {
         &self.shared
     }
 
-    /// Tasks queued (not yet started) across the CPU threads.
+    /// Tasks queued (not yet started) across the CPU threads, fair queues included.
     pub fn queue_depth(&self) -> usize {
-        self.shards.iter().map(|s| s.tx.len()).sum()
+        self.shards
+            .iter()
+            .map(|s| s.tx.len() + s.waiting.load(Ordering::Relaxed))
+            .sum()
     }
 
     pub fn in_flight(&self) -> usize {
@@ -247,6 +258,7 @@ struct Thread {
     /// The thread's own queue (its lane submits into it).
     tx: flume::Sender<Delivery>,
     rx: flume::Receiver<Delivery>,
+    waiting: Arc<AtomicUsize>,
     in_flight: Arc<AtomicUsize>,
 }
 
@@ -258,6 +270,7 @@ fn cpu_thread(t: Thread, ready: std::sync::mpsc::Sender<Result<(), String>>) {
         js,
         tx,
         rx,
+        waiting: waiting_count,
         in_flight,
     } = t;
     if let Some(id) = core {
@@ -305,6 +318,7 @@ fn cpu_thread(t: Thread, ready: std::sync::mpsc::Sender<Result<(), String>>) {
         };
         loop {
             fill(&mut waiting);
+            waiting_count.store(waiting.len(), Ordering::Relaxed);
             if waiting.is_empty() {
                 let d = tokio::select! {
                     biased;
@@ -326,7 +340,9 @@ fn cpu_thread(t: Thread, ready: std::sync::mpsc::Sender<Result<(), String>>) {
             };
             // What arrived while every slot was busy takes its turn too.
             fill(&mut waiting);
-            let Some(d) = waiting.pop() else { continue };
+            let d = waiting.pop();
+            waiting_count.store(waiting.len(), Ordering::Relaxed);
+            let Some(d) = d else { continue };
             let (shared, blocks, inf) = (shared.clone(), blocks.clone(), in_flight.clone());
             inf.fetch_add(1, Ordering::Relaxed);
             tokio::task::spawn_local(async move {
