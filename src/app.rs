@@ -188,7 +188,13 @@ pub async fn run(cfg: Config) -> Result<(), String> {
         _ => publisher,
     };
 
-    let slots = (cfg.cpu_pool_size * cfg.max_in_flight + cfg.queue_capacity / 2).max(1);
+    // JetStream intake slots: what the pools hold, and no more than the memory budget
+    // carries. An assignment held costs the process ~40 KiB beyond its payload (measured
+    // with 8 KiB payloads, docs/RELIABILITY.md F5): one slot per 128 KiB of the budget.
+    let by_memory = ((cfg.max_memory_mb << 20) / (128 << 10)) as usize;
+    let slots = (cfg.cpu_pool_size * cfg.max_in_flight + cfg.queue_capacity / 2)
+        .min(by_memory)
+        .max(1);
     let kv = js.as_ref().and_then(|h| h.results.clone());
     // Device discovery: no GPU or no driver is the CPU fallback (logged once), not an error.
     let gpu = Arc::new(

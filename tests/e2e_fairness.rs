@@ -537,16 +537,17 @@ async fn a_flood_of_large_assignments_stays_under_the_memory_budget_core() {
 }
 
 /// JetStream: `FLOOD_N` (default 10 000) assignments of `FLOOD_KIB` KiB (default 8) are
-/// stored in the stream while the worker is down (kill -9); then it starts facing the whole
-/// backlog, 25 times what its intake slots hold (2 × 64 running + 256 = 384). It pulls only
-/// as slots free up: peak RSS (VmHWM) under `--max-memory-mb`, every assignment exactly one
-/// result (a byte-identical re-publish allowed), all successes: nothing lost or refused.
+/// stored in the stream while the worker is down (kill -9); then it starts, with its default
+/// pools, facing the whole backlog: ten times what its intake slots hold (the pools would
+/// take 4 096; the 128 MiB budget allows 1 024, one per 128 KiB). It pulls only as slots free
+/// up: peak RSS (VmHWM) under `--max-memory-mb`, every assignment exactly one result (a
+/// byte-identical re-publish allowed), all successes: nothing lost or refused.
 #[tokio::test]
 async fn a_flood_of_large_assignments_stays_under_the_memory_budget_jetstream() {
     let n = env_or("FLOOD_N", 10_000);
     let kib = env_or("FLOOD_KIB", 8);
     let nats = Nats::start();
-    let pools = pool_args("--max-in-flight=64 --queue-capacity=512");
+    let pools = pool_args("");
     let b = Worker::builder(&nats.url())
         .args(&[
             "--consumer=jetstream",
