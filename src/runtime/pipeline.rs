@@ -400,9 +400,9 @@ async fn handle_parsed(
     let exec_span = tracing::info_span!(parent: &span, "worker.block.execute",
         tenant_id = tenant, trace_id = a.trace_id.as_deref(), run_id = a.run_id,
         block_type = kind.as_str(), worker_id = %shared.config.worker_id);
-    // Each block's run is its own allocation, sized for that block: inlined, the task of
-    // every assignment would be as large as the largest block's state (HTTP's), and
-    // allocating that per task showed in the profile (fresh pages faulted in).
+    // Each block's run is its own allocation, sized for that block: inlined, every
+    // assignment's task would carry the largest block's state (8.3 KiB per task instead
+    // of 4.9 KiB, `-Zprint-type-sizes`).
     let (ack, finished) = async {
         match kind {
             BlockKind::Http => Box::pin(run.go(&blocks.http, job, ctx)).await,

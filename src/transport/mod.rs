@@ -29,7 +29,8 @@ pub enum Role {
     Lane(usize),
 }
 
-/// Connects with the configured auth and TLS; keeps reconnecting forever, and counts it.
+/// Connects with the configured auth and TLS and keeps reconnecting forever; the control
+/// connection's state is the `nats_connected` gauge and `nats_reconnects` counter.
 pub async fn connect(cfg: &Config, metrics: Arc<Metrics>, role: Role) -> Result<Client, String> {
     let m = metrics.clone();
     let name = match role {
@@ -282,7 +283,7 @@ pub struct IntakeBudget {
 impl IntakeBudget {
     /// `slots` assignments and `bytes` of payload at once, pulled by `lanes` lanes.
     pub fn new(slots: usize, bytes: u64, lanes: usize) -> Arc<IntakeBudget> {
-        let kib_total = ((bytes >> 10) as usize).clamp(1, Semaphore::MAX_PERMITS);
+        let kib_total = ((bytes >> 10) as usize).clamp(1, u32::MAX as usize);
         Arc::new(IntakeBudget {
             slots: Semaphore::new(slots.max(1)),
             kib: Semaphore::new(kib_total),
