@@ -189,8 +189,8 @@ pub async fn run(cfg: Config) -> Result<(), String> {
     };
 
     // JetStream intake slots: what the pools hold, and no more than the memory budget
-    // carries. An assignment held costs the process ~40 KiB beyond its payload (measured
-    // with 8 KiB payloads, docs/RELIABILITY.md F5): one slot per 128 KiB of the budget.
+    // carries. An assignment held costs the process ~40 KiB with an 8 KiB payload
+    // (docs/RELIABILITY.md F5): one slot per 128 KiB of the budget.
     let by_memory = ((cfg.max_memory_mb << 20) / (128 << 10)) as usize;
     let slots = (cfg.cpu_pool_size * cfg.max_in_flight + cfg.queue_capacity / 2)
         .min(by_memory)
