@@ -33,13 +33,12 @@ pub enum Role {
 /// connection's state is the `nats_connected` gauge and `nats_reconnects` counter.
 pub async fn connect(cfg: &Config, metrics: Arc<Metrics>, role: Role) -> Result<Client, String> {
     let m = metrics.clone();
-    let name = match role {
-        Role::Control => format!("beamline_worker {}", cfg.worker_id),
-        Role::Lane(i) => format!("beamline_worker {} lane {i}", cfg.worker_id),
-    };
-    let lane = match role {
-        Role::Control => None,
-        Role::Lane(i) => Some(i),
+    let (name, lane) = match role {
+        Role::Control => (format!("beamline_worker {}", cfg.worker_id), None),
+        Role::Lane(i) => (
+            format!("beamline_worker {} lane {i}", cfg.worker_id),
+            Some(i),
+        ),
     };
     let mut opts = async_nats::ConnectOptions::new()
         .name(name)
