@@ -53,6 +53,7 @@
 
 mod error;
 mod machine;
+mod open;
 mod path;
 mod sys;
 mod uring;
@@ -69,6 +70,7 @@ use flume::{Receiver, Sender, TrySendError};
 use tokio::sync::oneshot;
 
 pub use error::{FsError, FsErrorKind};
+pub use open::{open_beneath, OpenBeneath, OpenedFile};
 pub use sys::probe_uring;
 
 use machine::{GetMachine, Machine, PutMachine};

@@ -17,14 +17,21 @@
 //! `device: "cuda"` with no device 2002 (before the ack); a model over the memory budget
 //! 2004; a device failure 2002, retried (`auto` jobs fall back to the CPU instead).
 //!
-//! Model files are read off the CPU thread (tokio's blocking pool) and parsed once: the
-//! scheduler caches them by (path, mtime, size) under the memory budget.
+//! Model files are opened with the same sandbox as `fs.get` (`beamline_io::open_beneath`:
+//! `openat2(RESOLVE_BENEATH)`, files with more than one hard link refused), read from that
+//! descriptor off the CPU thread (tokio's blocking pool) and parsed once: the scheduler
+//! caches them by the opened file's identity (device, inode) and version (mtime, size)
+//! under the memory budget, never by path. A path leaving the tenant root (`..`
+//! above it, a symlink out, a hard link) is 2003 like `fs.get`; an absolute path is
+//! tenant-relative, as for `fs.get`.
 
-use std::io::ErrorKind as IoKind;
-use std::path::{Component, Path, PathBuf};
+use std::io::Read;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use beamline_gpu::{DevicePref, ErrorKind, InferError, Model, ModelKey, Request, Scheduler};
+use beamline_io::{FsError, FsErrorKind, OpenBeneath, OpenedFile};
 use serde_json::{json, Value};
 use simd_json::prelude::*;
 
@@ -278,82 +285,108 @@ fn number(v: f32) -> Value {
     serde_json::Number::from_f64(shortest).map_or(Value::Null, Value::Number)
 }
 
-/// Resolves `rel` beneath the tenant root (no `..`, no symlink out of it), then returns
-/// the cached model for the file's identity or reads and parses it. Blocking.
+/// Opens `rel` beneath the tenant root with the IO crate's sandboxed open (the rule of
+/// `fs.get`: `openat2(RESOLVE_BENEATH)`, no file with more than one hard link), then
+/// returns the cached model for what was opened or reads and parses it from that open
+/// descriptor. Nothing is looked up by path after the open, so a name swapped for a
+/// symlink (or a directory on the way swapped) between two steps cannot redirect the
+/// read. Blocking.
 fn load_model(
     gpu: &Scheduler,
     root: &Path,
     rel: &str,
     max_bytes: u64,
 ) -> Result<Arc<Model>, TaskError> {
-    let rel_path = Path::new(rel.trim_start_matches('/'));
-    if rel_path
-        .components()
-        .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir))
-    {
-        return Err(TaskError::new(
-            ErrorCode::PermissionDenied,
-            format!("model path `{rel}` leaves the tenant root"),
-        ));
-    }
-    let io = |e: std::io::Error| match e.kind() {
-        IoKind::NotFound => TaskError::new(
-            ErrorCode::ResourceUnavailable,
-            format!("model file `{rel}` not found"),
-        ),
-        IoKind::PermissionDenied => TaskError::new(
-            ErrorCode::PermissionDenied,
-            format!("model file `{rel}`: {e}"),
-        ),
-        _ => TaskError::new(
-            ErrorCode::ExecutionFailed,
-            format!("model file `{rel}`: {e}"),
-        ),
-    };
-    let root = root.canonicalize().map_err(io)?;
-    let path = root.join(rel_path).canonicalize().map_err(io)?;
-    if !path.starts_with(&root) {
-        return Err(TaskError::new(
-            ErrorCode::PermissionDenied,
-            format!(
-                "model path `{rel}` resolves outside the tenant root (path leaves the tenant root)"
-            ),
-        ));
-    }
-    let meta = std::fs::metadata(&path).map_err(io)?;
-    if !meta.is_file() {
-        return Err(TaskError::invalid(
-            "job.model",
-            format!("`{rel}` is not a file"),
-        ));
-    }
-    let key = ModelKey {
-        path,
-        modified: meta.modified().ok(),
-        len: meta.len(),
-    };
+    let OpenedFile { file, metadata } =
+        beamline_io::open_beneath(root, rel, OpenBeneath::default()).map_err(model_open_error)?;
+    let key = model_key(&metadata);
     if let Some(m) = gpu.cached_model(&key) {
         return Ok(m);
     }
-    if meta.len() > max_bytes {
+    if metadata.len() > max_bytes {
         return Err(TaskError::new(
             ErrorCode::QuotaExceeded,
             format!(
                 "model file `{rel}` is {} MiB, over the {} MiB memory budget",
-                meta.len() >> 20,
+                metadata.len() >> 20,
                 max_bytes >> 20
             ),
         ));
     }
-    let bytes = std::fs::read(&key.path).map_err(io)?;
+    let read_error = |e: std::io::Error| {
+        TaskError::new(
+            ErrorCode::ExecutionFailed,
+            format!("model file `{rel}`: {e}"),
+        )
+    };
+    let mut bytes = Vec::with_capacity(usize::try_from(metadata.len()).unwrap_or(0));
+    // One byte over the budget is enough to tell that the file grew past it.
+    (&file)
+        .take(max_bytes.saturating_add(1))
+        .read_to_end(&mut bytes)
+        .map_err(read_error)?;
+    if bytes.len() as u64 > max_bytes {
+        return Err(TaskError::new(
+            ErrorCode::QuotaExceeded,
+            format!(
+                "model file `{rel}` grew over the {} MiB memory budget",
+                max_bytes >> 20
+            ),
+        ));
+    }
     let model = Model::from_safetensors(&bytes)
         .map_err(|e| TaskError::invalid("job.model", format!("`{rel}`: {e}")))?;
-    // Keyed by what was read, should the file have changed since the stat.
-    let key = ModelKey {
-        len: bytes.len() as u64,
-        ..key
+    // Cached only when the file did not change while it was read: the key must describe
+    // the bytes parsed.
+    match file.metadata() {
+        Ok(after) if model_key(&after) == key && after.len() == bytes.len() as u64 => {
+            Ok(gpu.cache_model(key, model))
+        }
+        _ => Ok(Arc::new(model)),
+    }
+}
+
+/// The cache key of an opened model file: which file it is (device, inode) and its
+/// version (mtime, size). Never a path: two names of one file share an entry, and one
+/// name of two files over time does not.
+fn model_key(m: &std::fs::Metadata) -> ModelKey {
+    ModelKey {
+        // `ModelKey` names the file by a path; here that "path" is the file's identity.
+        path: PathBuf::from(format!("inode:{}:{}", m.dev(), m.ino())),
+        modified: m.modified().ok(),
+        len: m.len(),
+    }
+}
+
+/// A sandboxed open's error → the contract's code, as `fs.get` answers it.
+fn model_open_error(e: FsError) -> TaskError {
+    let msg = match &e.source {
+        Some(why) => format!("model file `{}`: {} ({why})", e.path, e.kind),
+        None => format!("model file `{}`: {}", e.path, e.kind),
     };
-    Ok(gpu.cache_model(key, model))
+    match e.kind {
+        FsErrorKind::NotFound => TaskError::new(
+            ErrorCode::ResourceUnavailable,
+            format!("model file `{}` not found", e.path),
+        ),
+        FsErrorKind::Escape => TaskError::new(
+            ErrorCode::PermissionDenied,
+            format!("{msg} (path leaves the tenant root)"),
+        ),
+        FsErrorKind::PermissionDenied | FsErrorKind::ReadOnlyFs => {
+            TaskError::new(ErrorCode::PermissionDenied, msg)
+        }
+        FsErrorKind::TooLarge | FsErrorKind::NoSpace => {
+            TaskError::new(ErrorCode::QuotaExceeded, msg)
+        }
+        FsErrorKind::IsADirectory | FsErrorKind::InvalidPath => {
+            TaskError::invalid("job.model", msg)
+        }
+        FsErrorKind::Overloaded | FsErrorKind::Shutdown => {
+            TaskError::retryable(ErrorCode::SystemOverload, msg)
+        }
+        _ => TaskError::new(ErrorCode::ExecutionFailed, msg),
+    }
 }
 
 /// The scheduler's error → the contract's code.
