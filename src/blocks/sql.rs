@@ -1,10 +1,22 @@
 //! `sql.query`: one read-only statement on a SQLite database under `--sql-root`.
 //!
 //! # Job
-//! - `connection_string` (or `connection`): `sqlite://NAME` or `sqlite:NAME`, NAME a
-//!   relative path under `--sql-root`. Other schemes, `:memory:`, `file:` names and URI
-//!   parameters are 1001; an absolute NAME or one with a `..` component is 2003 (it would
-//!   leave the root), as is a NAME that resolves (through symlinks) outside the root.
+//! - `connection_string` (or `connection`): `sqlite://NAME` or `sqlite:NAME`, NAME one
+//!   file name. It opens the tenant's own `<sql-root>/<tenant_id>/NAME` when that file
+//!   exists, else the shared `<sql-root>/NAME` (CONTRACT.md). Other schemes, `:memory:`,
+//!   `file:` names and URI parameters are 1001; a NAME with a directory part (`/`, so also
+//!   an absolute one or `..`) is 2003: it could name another tenant's directory.
+//!
+//! # Sandbox
+//! The file is found with the IO crate's sandboxed open (`beamline_io::open_beneath`,
+//! `openat2` beneath the SQL root with `RESOLVE_NO_SYMLINKS`): a symlink anywhere under
+//! the root (in a tenant's directory, in the shared one, or a tenant directory that is
+//! itself a symlink) and a file with more than one hard link are 2003, as `fs.get`
+//! refuses hard links. SQLite then opens the same name read-only with
+//! `SQLITE_OPEN_NOFOLLOW` (it refuses a symlink on the way) below the root's real path,
+//! and the (device, inode) it reached is checked against the one opened first. What this
+//! cannot rule out is a host process with write access to the SQL root renaming
+//! directories back and forth between the check and SQLite's open; no job can do that.
 //! - `query`: one statement. Statements that write are 2003 `read-only: … is not allowed`
 //!   (see [`crate::policy::sql_guard`] for the layers that enforce it); more than one
 //!   statement is 1001.
@@ -41,9 +53,11 @@
 //! waiting for a lock).
 //!
 //! Each block (one per CPU thread) keeps up to [`MAX_CONNECTIONS`] open connections keyed
-//! by path, least recently used evicted first, each with a cache of prepared statements
-//! (`prepare_cached`). On every use the file is `stat`ed and the connection reopened when
-//! the (device, inode) changed (the file was replaced) or dropped when it is gone.
+//! by the file they resolved to (`<tenant>/NAME` or `NAME`), least recently used evicted
+//! first, each with a cache of prepared statements (`prepare_cached`). On every use the
+//! name is resolved again (a private database created or removed since is seen at once)
+//! and the connection reopened when the (device, inode) changed (the file was replaced)
+//! or dropped when it is gone.
 //! Sandbox mode changes nothing: reads have no side effects. (Reading a WAL-mode database
 //! makes SQLite create its empty `-wal`/`-shm` coordination files next to it when no other
 //! connection has; the database file itself is never created or written.)
@@ -57,6 +71,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
+use beamline_io::{FsError, FsErrorKind, OpenBeneath, OpenedFile};
 use rusqlite::types::{ToSqlOutput, ValueRef};
 use rusqlite::{params_from_iter, Connection, StatementStatus, ToSql};
 use serde_json::{Map, Value};
@@ -274,6 +289,32 @@ fn read_only(what: &str) -> TaskError {
     )
 }
 
+/// A sandboxed open's error → the contract's code. Paths are the job's NAME only, never
+/// the host's root.
+fn open_error(e: FsError, name: &str) -> TaskError {
+    match e.kind {
+        FsErrorKind::NotFound => not_found(name),
+        FsErrorKind::Escape => TaskError::new(
+            ErrorCode::PermissionDenied,
+            format!(
+                "database {name}: a symlink or a file with more than one hard link is not allowed under the SQL root"
+            ),
+        ),
+        FsErrorKind::IsADirectory | FsErrorKind::InvalidPath => TaskError::new(
+            ErrorCode::ResourceUnavailable,
+            format!("database {name} is not a file"),
+        ),
+        FsErrorKind::Overloaded | FsErrorKind::Shutdown => TaskError::retryable(
+            ErrorCode::ResourceUnavailable,
+            format!("database {name} cannot be opened now: {e}"),
+        ),
+        _ => TaskError::new(
+            ErrorCode::ResourceUnavailable,
+            format!("database {name} cannot be read: {e}"),
+        ),
+    }
+}
+
 fn file_id(meta: &std::fs::Metadata) -> (u64, u64) {
     (meta.dev(), meta.ino())
 }
@@ -312,37 +353,53 @@ impl SqlBlock {
         self.last_statement_runs.get()
     }
 
-    /// The open connection to `name`, opened (and checked to be inside the root) on a miss
-    /// or when the file was replaced since.
-    fn connection<'c>(&self, cache: &'c mut Cache, name: &str) -> Result<&'c mut Entry, TaskError> {
-        let path = self.root.join(name);
-        let meta = match std::fs::metadata(&path) {
-            Ok(meta) => meta,
-            Err(e) => {
-                cache.entries.remove(&path);
-                return Err(if e.kind() == std::io::ErrorKind::NotFound {
-                    not_found(name)
-                } else {
-                    TaskError::new(
-                        ErrorCode::ResourceUnavailable,
-                        format!("database {name} cannot be read: {e}"),
-                    )
-                });
-            }
-        };
-        if !meta.is_file() {
-            cache.entries.remove(&path);
+    /// Opens the database file a job names, beneath the SQL root, with the IO crate's
+    /// sandboxed open: the tenant's own `<tenant>/NAME` when it exists, else the shared
+    /// `NAME`. No symlink anywhere (`RESOLVE_NO_SYMLINKS`: SQLite opens the file again by
+    /// name, and only a name without symlinks is known to reach the file checked here),
+    /// no file with more than one hard link. Returns the path relative to the root.
+    fn resolve(&self, tenant: &str, name: &str) -> Result<(PathBuf, OpenedFile), TaskError> {
+        if !sql_guard::is_file_name(tenant) {
             return Err(TaskError::new(
-                ErrorCode::ResourceUnavailable,
-                format!("database {name} is not a file"),
+                ErrorCode::PermissionDenied,
+                "the tenant id is not usable as a directory name under the SQL root",
             ));
         }
-        let id = file_id(&meta);
-        if cache.entries.get(&path).is_some_and(|e| e.file != id) {
-            cache.entries.remove(&path);
+        let strict = OpenBeneath { no_symlinks: true };
+        let private = format!("{tenant}/{name}");
+        match beamline_io::open_beneath(&self.root, &private, strict) {
+            Ok(f) => return Ok((PathBuf::from(private), f)),
+            Err(e) if e.kind == FsErrorKind::NotFound => {}
+            Err(e) => return Err(open_error(e, name)),
         }
-        if !cache.entries.contains_key(&path) {
-            let entry = self.open(&path, name, id)?;
+        beamline_io::open_beneath(&self.root, name, strict)
+            .map(|f| (PathBuf::from(name), f))
+            .map_err(|e| open_error(e, name))
+    }
+
+    /// The open connection to the database `tenant` reaches under `name`: resolved on
+    /// every use (a private database created or removed since is seen at once), opened on
+    /// a miss or when the file was replaced since. Returns the cache key too.
+    fn connection<'c>(
+        &self,
+        cache: &'c mut Cache,
+        tenant: &str,
+        name: &str,
+    ) -> Result<(PathBuf, &'c mut Entry), TaskError> {
+        let (rel, opened) = match self.resolve(tenant, name) {
+            Ok(r) => r,
+            Err(e) => {
+                cache.entries.remove(&Path::new(tenant).join(name));
+                cache.entries.remove(Path::new(name));
+                return Err(e);
+            }
+        };
+        let id = file_id(&opened.metadata);
+        if cache.entries.get(&rel).is_some_and(|e| e.file != id) {
+            cache.entries.remove(&rel);
+        }
+        if !cache.entries.contains_key(&rel) {
+            let entry = self.open(&rel, name, id)?;
             if cache.entries.len() >= MAX_CONNECTIONS {
                 let oldest = cache
                     .entries
@@ -353,27 +410,28 @@ impl SqlBlock {
                     cache.entries.remove(&oldest);
                 }
             }
-            cache.entries.insert(path.clone(), entry);
+            cache.entries.insert(rel.clone(), entry);
         }
+        // Held until SQLite has its own descriptor: the checked file stays the same inode.
+        drop(opened);
         cache.tick += 1;
         let tick = cache.tick;
         let entry = cache
             .entries
-            .get_mut(&path)
+            .get_mut(&rel)
             .ok_or_else(|| TaskError::internal("sql connection cache lost an entry"))?;
         entry.last_used = tick;
-        Ok(entry)
+        Ok((rel, entry))
     }
 
-    fn open(&self, path: &Path, name: &str, id: (u64, u64)) -> Result<Entry, TaskError> {
+    /// Opens the checked file `rel` (relative to the root) read-only, by a name with no
+    /// symlink in it (`SQLITE_OPEN_NOFOLLOW` refuses any), and makes sure SQLite's file is
+    /// still the one `resolve` checked.
+    fn open(&self, rel: &Path, name: &str, id: (u64, u64)) -> Result<Entry, TaskError> {
+        // The root as configured may sit behind symlinks of the host (`/var` → …): use its
+        // real path, so that the only symlinks refused are those under it.
         let root = self.root.canonicalize().map_err(|_| not_found(name))?;
-        let real = path.canonicalize().map_err(|_| not_found(name))?;
-        if !real.starts_with(&root) {
-            return Err(TaskError::new(
-                ErrorCode::PermissionDenied,
-                format!("database {name} resolves outside the SQL root"),
-            ));
-        }
+        let real = root.join(rel);
         let (conn, denials) =
             sql_guard::open_read_only(&real, BUSY_TIMEOUT).map_err(|e| {
                 match e.sqlite_error_code() {
@@ -389,8 +447,8 @@ impl SqlBlock {
                     ),
                 }
             })?;
-        // Checked by path, opened by path: make sure it is still the file that was checked.
-        match std::fs::metadata(&real) {
+        // Checked through a descriptor, opened by name: make sure it is still that file.
+        match std::fs::symlink_metadata(&real) {
             Ok(meta) if file_id(&meta) == id => {}
             _ => {
                 return Err(TaskError::retryable(
@@ -427,8 +485,7 @@ impl SqlBlock {
             .cache
             .try_borrow_mut()
             .map_err(|_| TaskError::internal("sql connection cache is in use"))?;
-        let path_key = self.root.join(job.name);
-        let entry = self.connection(&mut cache, job.name)?;
+        let (path_key, entry) = self.connection(&mut cache, ctx.tenant, job.name)?;
         let limit_end = started + self.time_limit;
         let (until, cause) = if ctx.deadline < limit_end {
             (ctx.deadline, Stop::Deadline)

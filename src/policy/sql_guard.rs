@@ -26,7 +26,7 @@
 
 use std::fmt;
 use std::ops::Range;
-use std::path::{Component, Path};
+use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -94,8 +94,9 @@ impl fmt::Display for NameRefusal {
     }
 }
 
-/// The database NAME of `sqlite://NAME` (or `sqlite:NAME`): a relative path that stays
-/// under the SQL root. Nothing is decoded (`%xx` is literal) and no file is looked at.
+/// The database NAME of `sqlite://NAME` (or `sqlite:NAME`): one file name, looked up in
+/// the tenant's directory under the SQL root, then in the root itself. Nothing is decoded
+/// (`%xx` is literal) and no file is looked at.
 pub fn database_name(connection: &str) -> Result<&str, NameRefusal> {
     let rest = match connection.split_once(':') {
         Some((scheme, rest)) if scheme.eq_ignore_ascii_case("sqlite") => rest,
@@ -106,7 +107,7 @@ pub fn database_name(connection: &str) -> Result<&str, NameRefusal> {
         }
     };
     let name = rest.strip_prefix("//").unwrap_or(rest);
-    if name.is_empty() {
+    if name.is_empty() || name == "." {
         return Err(NameRefusal::Unsupported("names no database"));
     }
     if name == ":memory:" || name.starts_with("file:") {
@@ -122,22 +123,27 @@ pub fn database_name(connection: &str) -> Result<&str, NameRefusal> {
     if name.contains('\0') {
         return Err(NameRefusal::Unsupported("contains a NUL byte"));
     }
-    for component in Path::new(name).components() {
-        match component {
-            Component::RootDir | Component::Prefix(_) => {
-                return Err(NameRefusal::Escapes(
-                    "absolute paths are not allowed; NAME is relative to the SQL root",
-                ))
-            }
-            Component::ParentDir => {
-                return Err(NameRefusal::Escapes(
-                    "`..` is not allowed; NAME must stay under the SQL root",
-                ))
-            }
-            Component::CurDir | Component::Normal(_) => {}
-        }
+    if name.starts_with('/') {
+        return Err(NameRefusal::Escapes(
+            "absolute paths are not allowed; NAME is relative to the SQL root",
+        ));
+    }
+    if name == ".." || name.starts_with("../") || name.contains("/../") || name.ends_with("/..") {
+        return Err(NameRefusal::Escapes(
+            "`..` is not allowed; NAME must stay under the SQL root",
+        ));
+    }
+    if name.contains('/') {
+        return Err(NameRefusal::Escapes(
+            "NAME must be one file name: a directory part could reach another tenant's databases (a tenant's own databases are found in its directory by the worker)",
+        ));
     }
     Ok(name)
+}
+
+/// One plain file name: not empty, no `/`, no NUL, not `.` or `..`.
+pub fn is_file_name(s: &str) -> bool {
+    !s.is_empty() && s != "." && s != ".." && !s.contains(['/', '\0'])
 }
 
 /// Why a query text is refused before it is prepared.
@@ -343,7 +349,11 @@ pub fn open_read_only(
     path: &Path,
     busy_timeout: Duration,
 ) -> rusqlite::Result<(Connection, Denials)> {
-    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    // NOFOLLOW: SQLite refuses a name with a symlink anywhere in it (it resolves names
+    // itself); the caller checked the file through a descriptor opened without symlinks.
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX
+        | OpenFlags::SQLITE_OPEN_NOFOLLOW;
     let conn = Connection::open_with_flags(path, flags)?;
     conn.set_limit(Limit::SQLITE_LIMIT_ATTACHED, 0);
     conn.set_limit(Limit::SQLITE_LIMIT_LENGTH, MAX_VALUE_BYTES);
@@ -375,8 +385,8 @@ mod tests {
     fn sql_names_resolve_or_are_refused() {
         assert_eq!(database_name("sqlite://db.sqlite"), Ok("db.sqlite"));
         assert_eq!(database_name("sqlite:db.sqlite"), Ok("db.sqlite"));
-        assert_eq!(database_name("SQLITE://a/b.db"), Ok("a/b.db"));
-        assert_eq!(database_name("sqlite://./a.db"), Ok("./a.db"));
+        assert_eq!(database_name("SQLITE://b.db"), Ok("b.db"));
+        assert_eq!(database_name("sqlite://.hidden.db"), Ok(".hidden.db"));
         for bad in [
             "postgres://u@h/db",
             "db.sqlite",
@@ -386,6 +396,7 @@ mod tests {
             "sqlite://file:x.db",
             "sqlite://x.db?mode=rwc",
             "sqlite://x.db#frag",
+            "sqlite://.",
         ] {
             assert!(
                 matches!(database_name(bad), Err(NameRefusal::Unsupported(_))),
@@ -397,6 +408,10 @@ mod tests {
             "sqlite://../x.db",
             "sqlite://a/../../x.db",
             "sqlite:/x.db",
+            "sqlite://..",
+            "sqlite://a/b.db",
+            "sqlite://./a.db",
+            "sqlite://tenant-b/app.db",
         ] {
             assert!(
                 matches!(database_name(escape), Err(NameRefusal::Escapes(_))),
