@@ -5,6 +5,10 @@
 //! approval request as user1@example.com) and the upstream API of the HTTP example (a
 //! local HTTP server, since this machine has no route to api.example.com).
 //!
+//! Exits 0 only when every assignment got an `accepted` ack and a `success` result
+//! carrying its ids (`assignment_id`, `request_id`, `tenant_id`); otherwise it names each
+//! problem on stderr and exits 1.
+//!
 //! Environment: `NATS_URL` (default nats://127.0.0.1:4222), `DEMO_SQL_ROOT` (where the
 //! worker's `--sql-root` is, so the SQL example's `db.sqlite` can be created there).
 
@@ -80,12 +84,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                "approvers": ["user1@example.com", "user2@example.com"]}),
     ];
     let n = jobs.len();
+    let tenant = "tenant-789";
+    let mut failures = Vec::new();
     for (i, job) in jobs.into_iter().enumerate() {
+        let id = format!("assign-{run}-{i}");
+        let request_id = format!("req-{run}-{i}");
+        let kind = job["type"].as_str().unwrap_or("?").to_owned();
         let a = json!({
             "version": "1",
-            "assignment_id": format!("assign-{run}-{i}"),
-            "request_id": format!("req-{run}-{i}"),
-            "tenant_id": "tenant-789",
+            "assignment_id": id,
+            "request_id": request_id,
+            "tenant_id": tenant,
             "trace_id": "4bf92f3577b34da6a3ce929d0e0e4736",
             "run_id": "run-def",
             "executor": {"provider_id": "openai", "endpoint": "https://api.openai.com/v1/chat/completions"},
@@ -98,21 +107,93 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         client.flush().await?;
         let deadline = tokio::time::sleep(Duration::from_secs(30));
         tokio::pin!(deadline);
-        let mut got = (false, false);
-        while !(got.0 && got.1) {
+        let (mut ack, mut result) = (None, None);
+        while ack.is_none() || result.is_none() {
             tokio::select! {
-                _ = &mut deadline => return Err(format!("no answer for assignment {i} in 30 s: is the worker running?").into()),
-                Some(m) = acks.next(), if !got.0 => {
-                    println!("<- ack {}", String::from_utf8_lossy(&m.payload));
-                    got.0 = true;
+                _ = &mut deadline => break,
+                Some(m) = acks.next(), if ack.is_none() => {
+                    let v: Value = serde_json::from_slice(&m.payload).unwrap_or_default();
+                    // Answers to other assignments (an earlier run, another client) are not ours.
+                    if v["assignment_id"] == id.as_str() {
+                        println!("<- ack {}", String::from_utf8_lossy(&m.payload));
+                        ack = Some(v);
+                    }
                 }
-                Some(m) = results.next(), if !got.1 => {
-                    println!("<- result {}\n", String::from_utf8_lossy(&m.payload));
-                    got.1 = true;
+                Some(m) = results.next(), if result.is_none() => {
+                    let v: Value = serde_json::from_slice(&m.payload).unwrap_or_default();
+                    if v["assignment_id"] == id.as_str() {
+                        println!("<- result {}\n", String::from_utf8_lossy(&m.payload));
+                        result = Some(v);
+                    }
+                }
+            }
+        }
+        let problems = check_answer(ack.as_ref(), result.as_ref(), &id, &request_id, tenant);
+        for p in &problems {
+            eprintln!("FAILED: assignment {i} ({kind}, {id}): {p}");
+        }
+        failures.extend(problems.into_iter().map(|p| format!("{kind}: {p}")));
+    }
+    if !failures.is_empty() {
+        eprintln!(
+            "FAILED: {} problem(s) in {n} example assignments:",
+            failures.len()
+        );
+        for f in &failures {
+            eprintln!("  - {f}");
+        }
+        std::process::exit(1);
+    }
+    println!("{n} example assignments: {n} accepted acks and {n} success results with their ids.");
+    Ok(())
+}
+
+/// What is wrong with an assignment's answer: the ack must be `accepted` and the result
+/// `success`, both carrying the assignment's ids. Empty when all is well.
+fn check_answer(
+    ack: Option<&Value>,
+    result: Option<&Value>,
+    id: &str,
+    request_id: &str,
+    tenant: &str,
+) -> Vec<String> {
+    let mut problems = Vec::new();
+    match ack {
+        None => problems.push("no ack within 30 s (is the worker running?)".to_owned()),
+        Some(a) => {
+            if a["status"] != "accepted" {
+                problems.push(format!(
+                    "ack status {} (error: {}), expected \"accepted\"",
+                    a["status"], a["error"]
+                ));
+            }
+            if a["tenant_id"] != tenant {
+                problems.push(format!(
+                    "ack tenant_id {}, expected {tenant:?}",
+                    a["tenant_id"]
+                ));
+            }
+        }
+    }
+    match result {
+        None => problems.push("no result within 30 s (is the worker running?)".to_owned()),
+        Some(r) => {
+            if r["status"] != "success" {
+                problems.push(format!(
+                    "result status {} (error: {}), expected \"success\"",
+                    r["status"], r["error"]
+                ));
+            }
+            for (field, want) in [
+                ("assignment_id", id),
+                ("request_id", request_id),
+                ("tenant_id", tenant),
+            ] {
+                if r[field] != want {
+                    problems.push(format!("result {field} {}, expected {want:?}", r[field]));
                 }
             }
         }
     }
-    println!("{n} example assignments: {n} acks and {n} results received.");
-    Ok(())
+    problems
 }
