@@ -50,7 +50,11 @@ pids+=($WORKER)
 for _ in $(seq 100); do http_get 9091 /_health >/dev/null 2>&1 && break; sleep 0.1; done
 
 echo "== sending the guide's example assignments"
-DEMO_SQL_ROOT="$DATA/sql" ./target/release/examples/demo
+# The demo exits 1 unless every ack is accepted and every result a success with its ids.
+if ! DEMO_SQL_ROOT="$DATA/sql" ./target/release/examples/demo; then
+  echo "== FAILED: the example assignments did not all succeed (above); worker log: $DATA/worker.log" >&2
+  exit 1
+fi
 echo "== health: $(http_get 9091 /_health || echo unavailable)"
 if [ "$KEEP" = "--keep" ]; then
   echo "== worker running (pid $WORKER); Ctrl-C to stop"
