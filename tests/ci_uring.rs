@@ -32,10 +32,10 @@ fn required_after_sourcing(probe: &str) -> String {
     let out = Command::new("bash")
         .args([
             "-c",
-            r#"set -euo pipefail; . ./scripts/require-uring.sh "$0" >/dev/null; printf %s "${BEAMLINE_IO_REQUIRE_URING-unset}""#,
-            probe,
+            r#"set -euo pipefail; . ./scripts/require-uring.sh >/dev/null; printf %s "${BEAMLINE_IO_REQUIRE_URING-unset}""#,
         ])
         .current_dir(ROOT)
+        .env("URING_PROBE", probe)
         .env_remove("BEAMLINE_IO_REQUIRE_URING")
         .output()
         .expect("bash runs");
