@@ -254,6 +254,37 @@ async fn a_node_killed_mid_run_loses_nothing_and_runs_nothing_twice() {
         .unwrap_or(2);
     let killed_at = started.elapsed();
     cluster.nodes[victim].kill();
+    let kill_instant = Instant::now();
+
+    // The intake stall: the longest time without a new result on the wire after the kill
+    // (from the kill to the first result after it included), sampled every 10 ms.
+    let results_seen = || {
+        listener
+            .on(RESULT)
+            .iter()
+            .filter_map(|r| r["assignment_id"].as_str().map(str::to_owned))
+            .filter(|s| s.starts_with("cl-"))
+            .collect::<std::collections::HashSet<_>>()
+            .len()
+    };
+    let (mut last_count, mut last_progress, mut stall) =
+        (results_seen(), kill_instant, Duration::ZERO);
+    let left_at_kill = n - last_count.min(n);
+    let watch_end = Instant::now() + Duration::from_secs(40 + n as u64 / 10);
+    while last_count < n && Instant::now() < watch_end {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let c = results_seen();
+        if c > last_count {
+            stall = stall.max(last_progress.elapsed());
+            last_progress = Instant::now();
+            last_count = c;
+        }
+    }
+    stall = stall.max(if last_count < n {
+        last_progress.elapsed()
+    } else {
+        Duration::ZERO
+    });
 
     // Every assignment ends with a result kept in the output stream.
     let deadline = Instant::now() + Duration::from_secs(40 + n as u64 / 10);
@@ -315,6 +346,12 @@ async fn a_node_killed_mid_run_loses_nothing_and_runs_nothing_twice() {
         .filter(|(id, _)| id.starts_with("cl-"))
         .map(|(_, c)| c.len())
         .sum();
+    // One line per run, for the distribution in docs/RELIABILITY.md.
+    eprintln!(
+        "CLUSTER_STALL_MS {} after_kill_all_results_ms {} left_at_kill {left_at_kill}",
+        stall.as_millis(),
+        last_progress.duration_since(kill_instant).as_millis()
+    );
     eprintln!(
         "cluster: N={n}, leader {leader} of CAF_EXEC_ASSIGN killed at {killed_at:?}; all results stored after {elapsed:?} \
          ({:.0} assignments/s); fs.put executions {executed}, re-published duplicates {deduplicated}, result copies on the wire {wire_copies}",

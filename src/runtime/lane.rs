@@ -48,7 +48,10 @@ pub(super) async fn open(
 ) -> Result<JoinHandle<()>, String> {
     let cfg = shared.config.clone();
     let metrics = shared.metrics.clone();
-    let client = transport::connect(&cfg, metrics.clone(), Role::Lane(index)).await?;
+    // The client's buffers are bounded from the lane's share of the memory budget: a core
+    // flood faster than the worker can refuse is dropped there, not buffered without bound.
+    let buffers = shared.intake.lane_buffers();
+    let client = transport::connect_with(&cfg, metrics.clone(), Role::Lane(index), buffers).await?;
     let ctx = async_nats::jetstream::new(client.clone());
     let js = match (cfg.consumer, js) {
         (ConsumerMode::Jetstream, Some(h)) => Some(h.through(ctx)),
@@ -84,7 +87,16 @@ pub(super) async fn open(
             let Some(sub) = transport::subscribe_assignments(&cfg, &client, &stop).await else {
                 return Err("stopped before subscribing".into());
             };
-            tokio::spawn(transport::consume_core(cfg, sub, sink, publisher, stop))
+            tokio::spawn(transport::consume_core(
+                cfg,
+                sub,
+                client.statistics(),
+                sink,
+                shared.intake.clone(),
+                metrics,
+                publisher,
+                stop,
+            ))
         }
     };
     Ok(intake)
