@@ -323,7 +323,8 @@ pub struct IntakeBudget {
     slots: Semaphore,
     kib: Semaphore,
     kib_total: usize,
-    /// Core mode: what refusals in progress may hold (half of `kib_total`, in KiB).
+    /// Core mode: what refusals in progress may hold (a quarter of `kib_total`, in KiB;
+    /// a refusal costs about three times its payload: its ack, result and DLQ entry).
     refusing: Semaphore,
     refusing_kib: usize,
     lanes: usize,
@@ -337,8 +338,8 @@ impl IntakeBudget {
             slots: Semaphore::new(slots.max(1)),
             kib: Semaphore::new(kib_total),
             kib_total,
-            refusing: Semaphore::new((kib_total / 2).max(1)),
-            refusing_kib: (kib_total / 2).max(1),
+            refusing: Semaphore::new((kib_total / 4).max(1)),
+            refusing_kib: (kib_total / 4).max(1),
             lanes: lanes.max(1),
         })
     }
@@ -502,8 +503,8 @@ pub async fn subscribe_assignments(
 
 /// Core NATS intake: every message of the subscription goes to `sink`, or is refused
 /// (4002) when the sink is full, until `stop`. The refusals in progress are bounded by
-/// payload bytes (half the intake byte budget; queued and running work is bounded by the
-/// queues): a message over it is dropped, as the client drops for a slow consumer
+/// payload bytes (a quarter of the intake byte budget; queued and running work is
+/// bounded by the queues): a message over it is dropped, as the client drops for a slow consumer
 /// (counted in `worker_intake_dropped_total`; the Router's retry covers it), so a flood
 /// faster than the worker can refuse costs bounded memory.
 #[allow(clippy::too_many_arguments)] // one call site (runtime::lane)
@@ -528,7 +529,9 @@ pub async fn consume_core(
     // on this same thread, so it is never half-way through a message here).
     let (baseline, mut taken, mut client_dropped) = (stats.in_messages.load(Relaxed), 0u64, 0u64);
     loop {
-        let msg = match sub.next().now_or_never() {
+        // Unconstrained: tokio's cooperative budget would otherwise answer "pending" while
+        // messages wait, and they would be counted as dropped.
+        let msg = match tokio::task::coop::unconstrained(sub.next()).now_or_never() {
             Some(m) => m,
             None => {
                 let received = stats.in_messages.load(Relaxed).saturating_sub(baseline);
