@@ -52,7 +52,12 @@ pub(super) async fn open(
     // flood faster than the worker can refuse is dropped there, not buffered without bound.
     let buffers = shared.intake.lane_buffers();
     let client = transport::connect_with(&cfg, metrics.clone(), Role::Lane(index), buffers).await?;
-    let ctx = async_nats::jetstream::new(client.clone());
+    // JetStream API calls and publish-acks give up after 1.5 s (default 5 s) and are
+    // retried: after a leader loss the pull is rebound and acks/results are re-sent
+    // within the 3 s intake promise (docs/RELIABILITY.md) instead of waiting 5 s each.
+    let ctx = async_nats::jetstream::ContextBuilder::new()
+        .timeout(std::time::Duration::from_millis(1500))
+        .build(client.clone());
     let js = match (cfg.consumer, js) {
         (ConsumerMode::Jetstream, Some(h)) => Some(h.through(ctx)),
         _ => None,
