@@ -160,7 +160,11 @@ pub async fn run(cfg: Config) -> Result<(), String> {
         .set(1);
 
     let client = transport::connect(&cfg, metrics.clone(), transport::Role::Control).await?;
-    let js_ctx = async_nats::jetstream::new(client.clone());
+    // API calls (the result bucket included) give up after 1.5 s and are retried, so a
+    // leader change costs about that, not the client's default 5 s per call.
+    let js_ctx = async_nats::jetstream::ContextBuilder::new()
+        .timeout(Duration::from_millis(1500))
+        .build(client.clone());
     let publisher_js = (cfg.consumer == ConsumerMode::Jetstream).then(|| js_ctx.clone());
     let publisher = Publisher::new(
         client.clone(),

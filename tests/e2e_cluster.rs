@@ -185,12 +185,16 @@ async fn a_node_killed_mid_run_loses_nothing_and_runs_nothing_twice() {
 
     let workers: Vec<Worker> = (1..=2)
         .map(|i| {
+            // `CLUSTER_WORKER_ARGS` adds flags: "--max-in-flight=2 --queue-capacity=4" keeps
+            // most assignments in the stream at the kill, so the intake stall is measured.
+            let extra = std::env::var("CLUSTER_WORKER_ARGS").unwrap_or_default();
             Worker::builder(&cluster.urls())
                 .args(&[
                     "--js-replicas=3",
                     "--js-ack-wait-ms=5000",
                     &format!("--worker-id=cluster-w{i}"),
                 ])
+                .args(&extra.split_whitespace().collect::<Vec<_>>())
                 .start()
         })
         .collect();

@@ -425,9 +425,12 @@ async fn fs_work_counts_in_the_io_pool_gauge_and_cpu_time_is_a_histogram() {
         "cpu time observed per task: {count}\n{m}"
     );
     assert!(sum > 0.0, "{m}");
+    let polls = metric_sum(&m, "worker_task_polls_total", &[]);
+    assert!(polls >= count, "each task is polled at least once: {polls}");
     eprintln!(
-        "io in flight max {max_io}; cpu time per task {:.3} ms (mean of {count})",
-        sum / count
+        "io in flight max {max_io}; cpu time per task {:.3} ms, {:.2} polls per task (mean of {count})",
+        sum / count,
+        polls / count
     );
 }
 
