@@ -271,7 +271,12 @@ pub async fn run(cfg: Config) -> Result<(), String> {
             (cfg.max_memory_mb << 20) / 8,
             cfg.cpu_pool_size,
         ),
-        over_memory: std::sync::atomic::AtomicBool::new(false),
+        // Already over at start (a budget below what the process needs): refuse from the
+        // first assignment, not only from the memory watcher's first sample.
+        over_memory: std::sync::atomic::AtomicBool::new(
+            crate::telemetry::metrics::process_usage()
+                .is_some_and(|(_, rss)| rss > cfg.max_memory_mb << 20),
+        ),
         quotas: crate::runtime::quota::Quotas::new(cfg.tenant_max_in_flight)
             .with_rate(cfg.tenant_rate_limit, cfg.tenant_rate_burst),
     });
