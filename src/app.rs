@@ -21,37 +21,53 @@ struct WorkerProbe {
     max_memory_mb: u64,
     /// (panics seen, when the count last grew)
     critical: RecentErrors,
+    /// (intake drops seen, when the count last grew)
+    intake_drops: RecentErrors,
 }
 
 const CRITICAL_WINDOW: Duration = Duration::from_secs(60);
+/// Health fails this long after a lane's subscription dropped an assignment (core flood).
+const INTAKE_WINDOW: Duration = Duration::from_secs(10);
+/// A lane connection down this long fails health (a reconnect takes ≤ 2 s per attempt).
+const LANE_GRACE: Duration = Duration::from_secs(3);
+
+/// Every NATS connection: the control connection must be up; an intake lane may be down
+/// for [`LANE_GRACE`] (a broker restart) before health fails, naming it.
+fn connections_indicator(publisher: &Publisher, metrics: &Metrics) -> (bool, String) {
+    let mut down = Vec::new();
+    if !publisher.is_connected() {
+        down.push("control not connected".to_owned());
+    }
+    for c in metrics.connections.snapshot() {
+        if c.name != "control" && !c.up && c.for_ >= LANE_GRACE {
+            down.push(format!("{} down for {} s", c.name, c.for_.as_secs()));
+        }
+    }
+    if down.is_empty() {
+        (true, "connected".into())
+    } else {
+        (false, down.join(", "))
+    }
+}
 
 impl Probe for WorkerProbe {
     fn indicators(&self) -> Vec<Indicator> {
-        let nats = self.publisher.is_connected();
+        let (nats, nats_detail) = connections_indicator(&self.publisher, &self.metrics);
         let (pools_ok, pools_detail) = match self.runtime.get() {
             None => (false, "starting".to_owned()),
-            Some(rt) if rt.saturated() => (
-                false,
-                format!("cpu queues full ({} queued)", rt.queue_depth()),
-            ),
-            Some(rt) => (
-                true,
-                format!("{} queued, {} running", rt.queue_depth(), rt.in_flight()),
-            ),
+            Some(rt) => rt.pools_indicator(),
         };
         let rss_mb = crate::telemetry::metrics::process_usage().map_or(0, |(_, rss)| rss >> 20);
         let mem_ok = rss_mb <= self.max_memory_mb;
         let panics = self.metrics.panics.get();
         let critical_ok = self.critical.ok(panics);
+        let dropped = self.metrics.intake_dropped.get();
+        let intake_ok = self.intake_drops.ok(dropped);
         vec![
             Indicator {
                 name: "nats_connection",
                 ok: nats,
-                detail: if nats {
-                    "connected".into()
-                } else {
-                    "not connected".into()
-                },
+                detail: nats_detail,
             },
             Indicator {
                 name: "resource_pools",
@@ -70,6 +86,21 @@ impl Probe for WorkerProbe {
                     "none recently".into()
                 } else {
                     "a block panicked in the last 60 s".into()
+                },
+            },
+            Indicator {
+                name: "intake",
+                ok: intake_ok,
+                detail: if intake_ok {
+                    format!(
+                        "no assignment dropped in the last {} s",
+                        INTAKE_WINDOW.as_secs()
+                    )
+                } else {
+                    format!(
+                        "assignments dropped over the intake byte bound in the last {} s ({dropped} since start)",
+                        INTAKE_WINDOW.as_secs()
+                    )
                 },
             },
         ]
@@ -129,7 +160,11 @@ pub async fn run(cfg: Config) -> Result<(), String> {
         .set(1);
 
     let client = transport::connect(&cfg, metrics.clone(), transport::Role::Control).await?;
-    let js_ctx = async_nats::jetstream::new(client.clone());
+    // API calls (the result bucket included) give up after 1.5 s and are retried, so a
+    // leader change costs about that, not the client's default 5 s per call.
+    let js_ctx = async_nats::jetstream::ContextBuilder::new()
+        .timeout(Duration::from_millis(1500))
+        .build(client.clone());
     let publisher_js = (cfg.consumer == ConsumerMode::Jetstream).then(|| js_ctx.clone());
     let publisher = Publisher::new(
         client.clone(),
@@ -144,6 +179,7 @@ pub async fn run(cfg: Config) -> Result<(), String> {
         metrics: metrics.clone(),
         max_memory_mb: cfg.max_memory_mb,
         critical: RecentErrors::new(CRITICAL_WINDOW),
+        intake_drops: RecentErrors::new(INTAKE_WINDOW),
     });
     let metrics_addr = crate::telemetry::http::serve(
         cfg.prometheus_endpoint,
@@ -235,7 +271,12 @@ pub async fn run(cfg: Config) -> Result<(), String> {
             (cfg.max_memory_mb << 20) / 8,
             cfg.cpu_pool_size,
         ),
-        over_memory: std::sync::atomic::AtomicBool::new(false),
+        // Already over at start (a budget below what the process needs): refuse from the
+        // first assignment, not only from the memory watcher's first sample.
+        over_memory: std::sync::atomic::AtomicBool::new(
+            crate::telemetry::metrics::process_usage()
+                .is_some_and(|(_, rss)| rss > cfg.max_memory_mb << 20),
+        ),
         quotas: crate::runtime::quota::Quotas::new(cfg.tenant_max_in_flight)
             .with_rate(cfg.tenant_rate_limit, cfg.tenant_rate_burst),
     });
@@ -279,13 +320,28 @@ pub async fn run(cfg: Config) -> Result<(), String> {
         grace_ms = cfg.shutdown_grace.as_millis() as u64,
         "stop requested: draining"
     );
+    // The whole stop ends within the grace period whatever the broker does: the CPU
+    // threads get nine tenths of it (what they cannot answer or hand back by then is
+    // dropped, logged and counted), the rest is for the control tasks and a last flush.
+    let stop_by = tokio::time::Instant::now() + cfg.shutdown_grace;
+    let left = move || {
+        stop_by
+            .saturating_duration_since(tokio::time::Instant::now())
+            .max(Duration::from_millis(100))
+    };
     let rt = runtime.clone();
-    let grace = cfg.shutdown_grace;
+    let grace = cfg.shutdown_grace.mul_f64(0.9);
     let _ = tokio::task::spawn_blocking(move || rt.shutdown(grace)).await;
     stop.cancel();
-    let _ = tokio::join!(control, heartbeat, memory);
+    let _ = tokio::time::timeout(left(), async { tokio::join!(control, heartbeat, memory) }).await;
     io.shutdown();
-    let _ = client.flush().await;
+    // A flush waits for the broker; with none there, what the client still holds is lost
+    // (core: the Router's retry; JetStream: redelivered).
+    if client.connection_state() != async_nats::connection::State::Connected {
+        tracing::warn!("NATS unreachable at stop: nothing left to flush to");
+    } else if tokio::time::timeout(left(), client.flush()).await.is_err() {
+        tracing::warn!("NATS flush at stop timed out");
+    }
     tracing::info!("worker stopped");
     drop(sandbox_dir);
     Ok(())

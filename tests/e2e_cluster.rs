@@ -185,12 +185,16 @@ async fn a_node_killed_mid_run_loses_nothing_and_runs_nothing_twice() {
 
     let workers: Vec<Worker> = (1..=2)
         .map(|i| {
+            // `CLUSTER_WORKER_ARGS` adds flags: "--max-in-flight=2 --queue-capacity=4" keeps
+            // most assignments in the stream at the kill, so the intake stall is measured.
+            let extra = std::env::var("CLUSTER_WORKER_ARGS").unwrap_or_default();
             Worker::builder(&cluster.urls())
                 .args(&[
                     "--js-replicas=3",
                     "--js-ack-wait-ms=5000",
                     &format!("--worker-id=cluster-w{i}"),
                 ])
+                .args(&extra.split_whitespace().collect::<Vec<_>>())
                 .start()
         })
         .collect();
@@ -254,6 +258,55 @@ async fn a_node_killed_mid_run_loses_nothing_and_runs_nothing_twice() {
         .unwrap_or(2);
     let killed_at = started.elapsed();
     cluster.nodes[victim].kill();
+    let kill_instant = Instant::now();
+
+    // The stalls: the longest time without a new accepted ack (intake) and without a new
+    // result (end to end) on the wire after the kill, the time from the kill to the first
+    // one after it included; sampled every 10 ms.
+    let seen = |subject: &str| {
+        listener
+            .on(subject)
+            .iter()
+            .filter_map(|r| r["assignment_id"].as_str().map(str::to_owned))
+            .filter(|s| s.starts_with("cl-"))
+            .collect::<std::collections::HashSet<_>>()
+            .len()
+    };
+    struct Gap {
+        count: usize,
+        last: Instant,
+        max: Duration,
+    }
+    impl Gap {
+        fn step(&mut self, c: usize, n: usize) {
+            if c > self.count {
+                self.max = self.max.max(self.last.elapsed());
+                self.last = Instant::now();
+                self.count = c;
+            } else if c < n {
+                self.max = self.max.max(self.last.elapsed());
+            }
+        }
+    }
+    let mut intake = Gap {
+        count: seen(ACK),
+        last: kill_instant,
+        max: Duration::ZERO,
+    };
+    let mut results = Gap {
+        count: seen(RESULT),
+        last: kill_instant,
+        max: Duration::ZERO,
+    };
+    let left_at_kill = n - results.count.min(n);
+    let acks_left_at_kill = n - intake.count.min(n);
+    let watch_end = Instant::now() + Duration::from_secs(40 + n as u64 / 10);
+    while results.count < n && Instant::now() < watch_end {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        intake.step(seen(ACK), n);
+        results.step(seen(RESULT), n);
+    }
+    let (stall, last_progress) = (results.max, results.last);
 
     // Every assignment ends with a result kept in the output stream.
     let deadline = Instant::now() + Duration::from_secs(40 + n as u64 / 10);
@@ -315,6 +368,14 @@ async fn a_node_killed_mid_run_loses_nothing_and_runs_nothing_twice() {
         .filter(|(id, _)| id.starts_with("cl-"))
         .map(|(_, c)| c.len())
         .sum();
+    // One line per run, for the distribution in docs/RELIABILITY.md.
+    eprintln!(
+        "CLUSTER_STALL intake_ms {} acks_left_at_kill {acks_left_at_kill} results_ms {} \
+         results_left_at_kill {left_at_kill} kill_to_last_result_ms {}",
+        intake.max.as_millis(),
+        stall.as_millis(),
+        last_progress.duration_since(kill_instant).as_millis()
+    );
     eprintln!(
         "cluster: N={n}, leader {leader} of CAF_EXEC_ASSIGN killed at {killed_at:?}; all results stored after {elapsed:?} \
          ({:.0} assignments/s); fs.put executions {executed}, re-published duplicates {deduplicated}, result copies on the wire {wire_copies}",

@@ -62,7 +62,10 @@ async fn nats_restart_mid_run_loses_nothing() {
         worker.logs()
     );
     let m = worker.metrics().await;
-    assert!(m.contains("worker_nats_connected 1"), "reconnected: {m}");
+    assert!(
+        m.contains("worker_nats_connected{connection=\"control\"} 1"),
+        "reconnected: {m}"
+    );
 }
 
 #[tokio::test]

@@ -363,7 +363,10 @@ async fn tls_with_a_test_ca_by_tls_url_and_by_nats_url() {
         listener.ready(Duration::from_secs(20)).await;
         put_round_trip(&listener, &worker, &format!("auth-tls-{n}")).await;
         let m = worker.metrics().await;
-        assert!(m.contains("worker_nats_connected 1"), "{m}");
+        assert!(
+            m.contains("worker_nats_connected{connection=\"control\"} 1"),
+            "{m}"
+        );
         // One worker at a time: the next one must not be helped by this one.
         worker.terminate(Duration::from_secs(10));
     }
@@ -438,7 +441,10 @@ async fn a_wrong_password_keeps_the_worker_unhealthy_and_the_log_says_why() {
         "{v}"
     );
     let m = worker.metrics().await;
-    assert!(m.contains("worker_nats_connected 0"), "{m}");
+    assert!(
+        m.contains("worker_nats_connected{connection=\"control\"} 0"),
+        "{m}"
+    );
     assert_no_secret(&worker, &[wrong, "right-one"]).await;
 }
 

@@ -48,8 +48,16 @@ pub(super) async fn open(
 ) -> Result<JoinHandle<()>, String> {
     let cfg = shared.config.clone();
     let metrics = shared.metrics.clone();
-    let client = transport::connect(&cfg, metrics.clone(), Role::Lane(index)).await?;
-    let ctx = async_nats::jetstream::new(client.clone());
+    // The client's buffers are bounded from the lane's share of the memory budget: a core
+    // flood faster than the worker can refuse is dropped there, not buffered without bound.
+    let buffers = shared.intake.lane_buffers();
+    let client = transport::connect_with(&cfg, metrics.clone(), Role::Lane(index), buffers).await?;
+    // JetStream API calls and publish-acks give up after 1.5 s (default 5 s) and are
+    // retried: after a leader loss the pull is rebound and acks/results are re-sent
+    // within the 3 s intake promise (docs/RELIABILITY.md) instead of waiting 5 s each.
+    let ctx = async_nats::jetstream::ContextBuilder::new()
+        .timeout(std::time::Duration::from_millis(1500))
+        .build(client.clone());
     let js = match (cfg.consumer, js) {
         (ConsumerMode::Jetstream, Some(h)) => Some(h.through(ctx)),
         _ => None,
@@ -84,7 +92,16 @@ pub(super) async fn open(
             let Some(sub) = transport::subscribe_assignments(&cfg, &client, &stop).await else {
                 return Err("stopped before subscribing".into());
             };
-            tokio::spawn(transport::consume_core(cfg, sub, sink, publisher, stop))
+            tokio::spawn(transport::consume_core(
+                cfg,
+                sub,
+                client.statistics(),
+                sink,
+                shared.intake.clone(),
+                metrics,
+                publisher,
+                stop,
+            ))
         }
     };
     Ok(intake)

@@ -7,6 +7,7 @@
 
 pub mod approvals;
 pub mod cancel;
+mod cputime;
 pub mod dedupe;
 pub mod fair;
 mod lane;
@@ -22,6 +23,7 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+use crate::blocks::BlockKind;
 use crate::config::Config;
 use crate::contract::ParseLimits;
 use crate::telemetry::Metrics;
@@ -87,6 +89,36 @@ pub struct Runtime {
     shared: Arc<Shared>,
     shards: Vec<Shard>,
     threads: std::sync::Mutex<Vec<std::thread::JoinHandle<()>>>,
+    /// Cancelled when the grace period is over: each CPU thread drops what it still holds
+    /// and ends, whatever the broker does.
+    abandon: CancellationToken,
+}
+
+/// Counts an assignment in `worker_pool_in_flight` of the pool its block runs on (fs.* on
+/// the IO pool, ai.inference on the GPU pool) while it is held; the CPU pool's own count
+/// is sampled from the threads.
+pub(crate) struct PoolBusy<'a>(Option<&'a prometheus::IntGauge>);
+
+impl<'a> PoolBusy<'a> {
+    pub(crate) fn new(metrics: &'a crate::telemetry::Metrics, kind: BlockKind) -> PoolBusy<'a> {
+        let g = match kind {
+            BlockKind::FsPut | BlockKind::FsGet => Some(&metrics.in_flight_io),
+            BlockKind::Inference => Some(&metrics.in_flight_gpu),
+            BlockKind::Http | BlockKind::Sql | BlockKind::Human => None,
+        };
+        if let Some(g) = g {
+            g.inc();
+        }
+        PoolBusy(g)
+    }
+}
+
+impl Drop for PoolBusy<'_> {
+    fn drop(&mut self) {
+        if let Some(g) = self.0 {
+            g.dec();
+        }
+    }
 }
 
 impl Runtime {
@@ -101,6 +133,7 @@ impl Runtime {
         let mut shards = Vec::new();
         let mut threads = Vec::new();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
+        let abandon = CancellationToken::new();
         for i in 0..cfg.cpu_pool_size {
             let (tx, rx) = flume::bounded::<Delivery>(cfg.queue_capacity);
             let in_flight = Arc::new(AtomicUsize::new(0));
@@ -115,6 +148,7 @@ impl Runtime {
                 rx,
                 waiting: waiting.clone(),
                 in_flight: in_flight.clone(),
+                abandon: abandon.clone(),
             };
             let ready = ready_tx.clone();
             let handle = std::thread::Builder::new()
@@ -138,6 +172,7 @@ impl Runtime {
             shared,
             shards,
             threads: std::sync::Mutex::new(threads),
+            abandon,
         }))
     }
 
@@ -166,6 +201,42 @@ impl Runtime {
         self.shards.iter().all(|s| s.tx.len() * 10 > cap * 9)
     }
 
+    /// The `resource_pools` health indicator: fine unless a pool's queue is full — every
+    /// CPU queue over 90 %, the IO pool's queues over 90 % (queued and in flight, against
+    /// `--queue-capacity` per IO thread), or the GPU pool's queue (unbounded in itself)
+    /// longer than one CPU queue's bound.
+    pub fn pools_indicator(&self) -> (bool, String) {
+        let cap = self.shared.config.queue_capacity;
+        let io = &self.shared.io;
+        let (io_depth, io_cap) = (io.queue_depth(), io.threads() * cap);
+        let gpu_depth = self.shared.gpu.queue_depth();
+        let mut full = Vec::new();
+        if self.saturated() {
+            full.push(format!("cpu queues full ({} queued)", self.queue_depth()));
+        }
+        if io_depth * 10 > io_cap * 9 {
+            full.push(format!("io queues full ({io_depth} of {io_cap})"));
+        }
+        if gpu_depth >= cap {
+            full.push(format!("gpu queue full ({gpu_depth} of {cap})"));
+        }
+        if full.is_empty() {
+            let m = &self.shared.metrics;
+            (
+                true,
+                format!(
+                    "cpu {} queued, {} running; io {io_depth} queued or running, {} tasks; gpu {gpu_depth} queued, {} tasks",
+                    self.queue_depth(),
+                    self.in_flight(),
+                    m.in_flight_io.get(),
+                    m.in_flight_gpu.get(),
+                ),
+            )
+        } else {
+            (false, full.join(", "))
+        }
+    }
+
     /// Updates the pool gauges (called on scrape).
     pub fn sample(&self) {
         let m = &self.shared.metrics;
@@ -181,25 +252,79 @@ impl Runtime {
         m.queue_depth
             .with_label_values(&["gpu"])
             .set(self.shared.gpu.queue_depth() as i64);
+        // in_flight io/gpu are live gauges (PoolBusy), not sampled.
         m.approvals_pending
             .set(self.shared.approvals.pending() as i64);
     }
 
-    /// Stops taking work (every lane stops receiving) and waits up to `grace` for the
-    /// threads to finish what they hold (queued work included); then cancels what is left
-    /// (JetStream: nak'ed for redelivery, core: answered 4002) and joins.
-    pub fn shutdown(&self, grace: Duration) {
+    /// Stops taking work (every lane stops receiving) and waits for the threads to finish
+    /// what they hold (queued work included) for most of `grace`; then cancels what is
+    /// left (JetStream: nak'ed for redelivery, core: answered 4002) and gives that the
+    /// rest of `grace`. Whatever is still held then (the broker is gone, a publish hangs)
+    /// is dropped, logged and counted (`worker_stop_unanswered_total`; JetStream
+    /// redelivers it after the ack wait), so this returns within `grace` (plus the time
+    /// the threads take to drop their tasks) whatever the broker does. Returns how many
+    /// assignments were dropped that way.
+    pub fn shutdown(&self, grace: Duration) -> usize {
         let threads: Vec<_> =
             std::mem::take(&mut *self.threads.lock().unwrap_or_else(|p| p.into_inner()));
+        let start = std::time::Instant::now();
         self.shared.stopping.cancel();
-        let deadline = std::time::Instant::now() + grace;
-        while std::time::Instant::now() < deadline && threads.iter().any(|t| !t.is_finished()) {
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let wait_until = |until: std::time::Instant| {
+            while std::time::Instant::now() < until && threads.iter().any(|t| !t.is_finished()) {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        };
+        // The last fifth (at most 2 s) of the grace is for answering what did not finish.
+        let answer = (grace / 5).min(Duration::from_secs(2));
+        wait_until(start + grace.saturating_sub(answer));
+        let jetstream = self.shared.config.consumer == crate::config::ConsumerMode::Jetstream;
+        let held = self.queue_depth() + self.in_flight();
+        let broker_down = self
+            .shared
+            .metrics
+            .connections
+            .snapshot()
+            .iter()
+            .any(|c| !c.up);
         self.shared.hard_stop.cancel();
-        for t in threads {
-            let _ = t.join();
+        // With the broker unreachable, the answers (core: 4002) or naks (JetStream) of what
+        // is held now cannot reach it: they are lost with the process (core: the Router's
+        // retry; JetStream: redelivered after the ack wait).
+        let mut unanswered = if broker_down { held } else { 0 };
+        if unanswered > 0 {
+            tracing::warn!(
+                held,
+                redelivered = jetstream,
+                "stop with the broker unreachable: assignments held could not be answered or handed back"
+            );
         }
+        wait_until(start + grace);
+        if threads.iter().any(|t| !t.is_finished()) {
+            let left = self.queue_depth() + self.in_flight();
+            if unanswered == 0 {
+                unanswered = left;
+            }
+            tracing::warn!(
+                held = left,
+                redelivered = jetstream,
+                "grace period over: assignments that could not be answered or handed back are dropped"
+            );
+            self.abandon.cancel();
+            wait_until(std::time::Instant::now() + Duration::from_secs(1));
+        }
+        self.shared
+            .metrics
+            .stop_unanswered
+            .inc_by(unanswered as u64);
+        for t in threads {
+            if t.is_finished() {
+                let _ = t.join();
+            } else {
+                tracing::warn!("a cpu thread did not end; leaving it to the process exit");
+            }
+        }
+        unanswered
     }
 }
 
@@ -260,6 +385,7 @@ struct Thread {
     rx: flume::Receiver<Delivery>,
     waiting: Arc<AtomicUsize>,
     in_flight: Arc<AtomicUsize>,
+    abandon: CancellationToken,
 }
 
 fn cpu_thread(t: Thread, ready: std::sync::mpsc::Sender<Result<(), String>>) {
@@ -272,6 +398,7 @@ fn cpu_thread(t: Thread, ready: std::sync::mpsc::Sender<Result<(), String>>) {
         rx,
         waiting: waiting_count,
         in_flight,
+        abandon,
     } = t;
     if let Some(id) = core {
         if !core_affinity::set_for_current(core_affinity::CoreId { id }) {
@@ -289,7 +416,7 @@ fn cpu_thread(t: Thread, ready: std::sync::mpsc::Sender<Result<(), String>>) {
         }
     };
     let local = tokio::task::LocalSet::new();
-    local.block_on(&rt, async move {
+    let run = async move {
         let blocks = match Blocks::new(&shared) {
             Ok(b) => Rc::new(b),
             Err(e) => {
@@ -307,6 +434,10 @@ fn cpu_thread(t: Thread, ready: std::sync::mpsc::Sender<Result<(), String>>) {
         let _ = ready.send(Ok(()));
         let max = shared.config.max_in_flight;
         let limit = Arc::new(Semaphore::new(max));
+        let cpu_hist = Rc::new((
+            shared.metrics.task_cpu_time.clone(),
+            shared.metrics.task_polls.clone(),
+        ));
         // Start order fair across tenants (fair.rs). Half a queue more at most: while it is
         // full, deliveries stay in `rx` and the transport's back-pressure applies.
         let mut waiting = fair::FairQueue::new(shared.config.queue_capacity / 2);
@@ -345,13 +476,34 @@ fn cpu_thread(t: Thread, ready: std::sync::mpsc::Sender<Result<(), String>>) {
             let Some(d) = d else { continue };
             let (shared, blocks, inf) = (shared.clone(), blocks.clone(), in_flight.clone());
             inf.fetch_add(1, Ordering::Relaxed);
+            let (cpu_limit, cpu_hist) = (shared.config.max_job_time, cpu_hist.clone());
             tokio::task::spawn_local(async move {
-                // The delivery's intake share is given back as the pipeline drops it.
-                pipeline::handle(shared, blocks, d).await;
+                // The delivery's intake share is given back as the pipeline drops it. Its
+                // polls' CPU time is accounted (and limited) by `cputime`.
+                cputime::metered(
+                    cpu_limit,
+                    pipeline::handle(shared, blocks, d),
+                    |ns, polls| {
+                        cpu_hist.0.observe(ns as f64 / 1e6);
+                        cpu_hist.1.inc_by(u64::from(polls));
+                    },
+                )
+                .await;
                 inf.fetch_sub(1, Ordering::Relaxed);
                 drop(permit);
             });
         }
         let _ = limit.acquire_many(max as u32).await;
+    };
+    // Past the grace period the thread ends whatever its tasks wait for (a broker that is
+    // gone); dropping the LocalSet drops them.
+    local.block_on(&rt, async move {
+        tokio::select! {
+            _ = run => {}
+            _ = abandon.cancelled() => {}
+        }
     });
+    drop(local);
+    // Nothing of this thread's runtime may hold the process (a blocking DNS lookup).
+    rt.shutdown_background();
 }

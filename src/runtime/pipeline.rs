@@ -403,6 +403,7 @@ async fn handle_parsed(
     // Each block's run is its own allocation, sized for that block: inlined, every
     // assignment's task would carry the largest block's state (8.3 KiB per task instead
     // of 4.9 KiB, `-Zprint-type-sizes`).
+    let _pool = super::PoolBusy::new(&shared.metrics, kind); // worker_pool_in_flight{pool}
     let (ack, finished) = async {
         match kind {
             BlockKind::Http => Box::pin(run.go(&blocks.http, job, ctx)).await,
@@ -503,6 +504,9 @@ impl Run<'_, '_> {
                 _ = tokio::time::sleep_until(deadline) => return timed_out(attempts),
                 r = AssertUnwindSafe(block.attempt(job, ctx)).catch_unwind() => r,
             };
+            if let Some(e) = super::cputime::over_limit() {
+                return Finished::failed(e, attempts, ""); // --max-cpu-time-ms (cputime.rs)
+            }
             if ctx.cancel.is_cancelled() {
                 // Whatever the block made of it, a cancel (or the hard stop) decides.
                 return self.stopped(attempts);

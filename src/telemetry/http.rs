@@ -1,5 +1,7 @@
 //! `GET /metrics` and `GET /_health` on `--prometheus-endpoint`, and `/_health` alone on
-//! `--health-endpoint` (the original worker's port 9091).
+//! `--health-endpoint` (the original worker's port 9091). `HEAD` answers like `GET`
+//! (same status and headers, `content-length` included) without the body: hyper's
+//! HTTP/1 server drops the body of a response to a `HEAD` request itself.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -101,12 +103,14 @@ async fn route(
     probe: Arc<dyn Probe>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let path = req.uri().path();
-    Ok(match (req.method(), path, &metrics) {
-        (&Method::GET, "/_health", _) => {
+    // `curl -I` (the platform's health-check script) sends HEAD.
+    let get_or_head = matches!(*req.method(), Method::GET | Method::HEAD);
+    Ok(match (get_or_head, path, &metrics) {
+        (true, "/_health", _) => {
             let (status, body) = health_response(&*probe);
             respond(status, "application/json", body)
         }
-        (&Method::GET, "/metrics", Some(m)) => {
+        (true, "/metrics", Some(m)) => {
             probe.sample();
             respond(
                 StatusCode::OK,

@@ -24,6 +24,12 @@ pub const LATENCY_BUCKETS_MS: &[f64] = &[
     30000.0, 60000.0,
 ];
 
+/// CPU time buckets in ms: tasks take microseconds of CPU, limits are seconds.
+pub const CPU_TIME_BUCKETS_MS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 100.0, 1000.0, 10000.0,
+    60000.0,
+];
+
 /// Outcomes of taking an assignment off NATS.
 #[derive(Debug, Clone, Copy)]
 pub enum Intake {
@@ -68,8 +74,9 @@ pub struct Metrics {
     intake: Vec<IntCounter>,
     dlq: IntCounterVec,
     retries: Vec<IntCounter>,
-    pub nats_connected: IntGauge,
-    pub nats_reconnects: IntCounter,
+    /// `worker_nats_connected{connection}` and `worker_nats_reconnects_total{connection}`
+    /// with the state health reads (control, lane-N): see [`Connections`].
+    pub connections: Connections,
     pub js_redeliveries: IntCounter,
     pub js_consumer_recreated: IntCounter,
     pub publish_failures: IntCounterVec,
@@ -80,6 +87,18 @@ pub struct Metrics {
     pub gpu_devices: IntGauge,
     pub spans_dropped: IntCounter,
     pub panics: IntCounter,
+    /// CPU time each assignment used on its CPU thread (`worker_task_cpu_time_ms`).
+    pub task_cpu_time: Histogram,
+    /// Polls of assignments' futures on the CPU threads (per task: / `worker_tasks_total`).
+    pub task_polls: IntCounter,
+    /// Assignments a lane's subscription dropped (core mode, over its byte bound).
+    pub intake_dropped: IntCounter,
+    /// Assignments held at stop that could not be answered or handed back in the grace.
+    pub stop_unanswered: IntCounter,
+    /// `worker_pool_in_flight{pool="io"|"gpu"}`: assignments whose block runs on that pool
+    /// (fs.*, ai.inference), from decode to result.
+    pub in_flight_io: IntGauge,
+    pub in_flight_gpu: IntGauge,
 }
 
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -218,7 +237,13 @@ impl Metrics {
         for effect in ["cancelled", "remembered", "malformed"] {
             cancels.with_label_values(&[effect]);
         }
+        let (in_flight_io, in_flight_gpu) = (
+            in_flight.with_label_values(&["io"]),
+            in_flight.with_label_values(&["gpu"]),
+        );
         Metrics {
+            in_flight_io,
+            in_flight_gpu,
             tasks,
             latency,
             resource_usage,
@@ -227,12 +252,20 @@ impl Metrics {
             intake,
             dlq,
             retries,
-            nats_connected: gauge(
-                &r,
-                "worker_nats_connected",
-                "1 while the NATS connection is up",
+            connections: Connections::new(
+                gauge_vec(
+                    &r,
+                    "worker_nats_connected",
+                    "1 while the NATS connection is up, per connection (control, lane-N)",
+                    &["connection"],
+                ),
+                counter_vec(
+                    &r,
+                    "worker_nats_reconnects_total",
+                    "NATS reconnections per connection (the first connect is not one)",
+                    &["connection"],
+                ),
             ),
-            nats_reconnects: counter(&r, "worker_nats_reconnects_total", "NATS reconnections"),
             js_redeliveries: counter(
                 &r,
                 "worker_jetstream_redeliveries_total",
@@ -275,6 +308,33 @@ impl Metrics {
                 &r,
                 "worker_block_panics_total",
                 "Blocks that panicked (answered with 4001)",
+            ),
+            task_cpu_time: {
+                let h = Histogram::with_opts(
+                    HistogramOpts::new(
+                        "worker_task_cpu_time_ms",
+                        "CPU time an assignment used on its CPU thread (its polls), ms",
+                    )
+                    .buckets(CPU_TIME_BUCKETS_MS.to_vec()),
+                )
+                .expect("valid metric");
+                r.register(Box::new(h.clone())).expect("unique metric");
+                h
+            },
+            task_polls: counter(
+                &r,
+                "worker_task_polls_total",
+                "Polls of assignments on the CPU threads (what CPU time accounting costs scales with it)",
+            ),
+            intake_dropped: counter(
+                &r,
+                "worker_intake_dropped_total",
+                "Core-mode assignments dropped by a lane over its byte bound (slow consumer)",
+            ),
+            stop_unanswered: counter(
+                &r,
+                "worker_stop_unanswered_total",
+                "Assignments held at stop that could not be answered or handed back in the grace period",
             ),
             registry: r,
         }
@@ -321,6 +381,110 @@ impl Metrics {
     }
 }
 
+/// The worker's NATS connections (control, lane-N): up or down since when, for the
+/// `worker_nats_connected` gauge, the reconnect counter and the health check. Events are
+/// rare (connects, disconnects), so a lock is fine.
+#[derive(Debug)]
+pub struct Connections {
+    connected: IntGaugeVec,
+    reconnects: IntCounterVec,
+    state: std::sync::Mutex<Vec<Conn>>,
+}
+
+#[derive(Debug)]
+struct Conn {
+    name: String,
+    up: bool,
+    ever_up: bool,
+    /// When it went up or down.
+    since: std::time::Instant,
+}
+
+/// One connection as health sees it.
+#[derive(Debug, Clone)]
+pub struct ConnState {
+    pub name: String,
+    pub up: bool,
+    /// How long it has been in that state.
+    pub for_: std::time::Duration,
+}
+
+impl Connections {
+    fn new(connected: IntGaugeVec, reconnects: IntCounterVec) -> Connections {
+        // The control connection's series exist from the start (absent() alerts, ops test).
+        connected.with_label_values(&["control"]).set(0);
+        reconnects.with_label_values(&["control"]);
+        Connections {
+            connected,
+            reconnects,
+            state: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+
+    fn with<R>(&self, name: &str, f: impl FnOnce(&mut Conn) -> R) -> R {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let i = match st.iter().position(|c| c.name == name) {
+            Some(i) => i,
+            None => {
+                st.push(Conn {
+                    name: name.to_owned(),
+                    up: false,
+                    ever_up: false,
+                    since: std::time::Instant::now(),
+                });
+                st.len() - 1
+            }
+        };
+        f(&mut st[i])
+    }
+
+    /// A connection is being opened: down (not yet up) from now; its series exist at 0.
+    pub fn opening(&self, name: &str) {
+        self.with(name, |_| ());
+        self.connected.with_label_values(&[name]).set(0);
+        self.reconnects.with_label_values(&[name]);
+    }
+
+    /// Connected; counted as a reconnect unless it is the first time.
+    pub fn up(&self, name: &str) {
+        let again = self.with(name, |c| {
+            let again = c.ever_up;
+            if !c.up {
+                c.since = std::time::Instant::now();
+            }
+            c.up = true;
+            c.ever_up = true;
+            again
+        });
+        self.connected.with_label_values(&[name]).set(1);
+        if again {
+            self.reconnects.with_label_values(&[name]).inc();
+        }
+    }
+
+    pub fn down(&self, name: &str) {
+        self.with(name, |c| {
+            if c.up {
+                c.since = std::time::Instant::now();
+            }
+            c.up = false;
+        });
+        self.connected.with_label_values(&[name]).set(0);
+    }
+
+    /// Every connection known, in the order they were opened.
+    pub fn snapshot(&self) -> Vec<ConnState> {
+        let st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        st.iter()
+            .map(|c| ConnState {
+                name: c.name.clone(),
+                up: c.up,
+                for_: c.since.elapsed(),
+            })
+            .collect()
+    }
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         Metrics::new()
@@ -361,5 +525,37 @@ mod tests {
         ] {
             assert!(text.contains(needle), "missing {needle} in\n{text}");
         }
+    }
+
+    #[test]
+    fn connections_count_reconnects_not_the_first_connect() {
+        let m = Metrics::new();
+        let c = &m.connections;
+        c.opening("lane-0");
+        c.up("control");
+        c.up("lane-0");
+        let text = m.render();
+        for needle in [
+            "worker_nats_connected{connection=\"control\"} 1",
+            "worker_nats_connected{connection=\"lane-0\"} 1",
+            "worker_nats_reconnects_total{connection=\"control\"} 0",
+            "worker_nats_reconnects_total{connection=\"lane-0\"} 0",
+        ] {
+            assert!(text.contains(needle), "missing {needle} in\n{text}");
+        }
+        c.down("lane-0");
+        let snap = c.snapshot();
+        assert!(snap.iter().any(|s| s.name == "lane-0" && !s.up));
+        assert!(snap.iter().any(|s| s.name == "control" && s.up));
+        c.up("lane-0");
+        let text = m.render();
+        assert!(
+            text.contains("worker_nats_reconnects_total{connection=\"lane-0\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("worker_nats_reconnects_total{connection=\"control\"} 0"),
+            "{text}"
+        );
     }
 }

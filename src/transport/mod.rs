@@ -21,18 +21,59 @@ use crate::telemetry::Metrics;
 pub use setup::{bind_jetstream, JetStreamHandles};
 
 /// Which of the worker's connections: the control connection (heartbeats, cancels,
-/// decisions, approvals; its state is the `nats_connected` gauge and the health check) or
-/// the intake lane of one CPU thread (assignments in, acks and results out).
+/// decisions, approvals) or the intake lane of one CPU thread (assignments in, acks and
+/// results out). Each is a `connection` label value of `worker_nats_connected` and
+/// `worker_nats_reconnects_total` (`control`, `lane-N`), and health sees each.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
     Control,
     Lane(usize),
 }
 
-/// Connects with the configured auth and TLS and keeps reconnecting forever; the control
-/// connection's state is the `nats_connected` gauge and `nats_reconnects` counter.
+impl Role {
+    /// The `connection` label.
+    pub fn label(self) -> String {
+        match self {
+            Role::Control => "control".to_owned(),
+            Role::Lane(i) => format!("lane-{i}"),
+        }
+    }
+}
+
+/// Connects with the configured auth and TLS and keeps reconnecting forever; each
+/// connection's state is in `metrics.connections` (gauge, reconnects, health).
 pub async fn connect(cfg: &Config, metrics: Arc<Metrics>, role: Role) -> Result<Client, String> {
+    connect_with(cfg, metrics, role, Buffers::default()).await
+}
+
+/// How many messages a connection's client may buffer: per subscription (what does not fit
+/// is dropped by the client, as for a slow consumer) and outgoing (a publish waits).
+#[derive(Debug, Clone, Copy)]
+pub struct Buffers {
+    pub subscription: usize,
+    pub outgoing: usize,
+}
+
+impl Default for Buffers {
+    fn default() -> Self {
+        Buffers {
+            subscription: 65_536,
+            outgoing: 65_536,
+        }
+    }
+}
+
+/// [`connect`] with the client's buffers sized by the caller (an intake lane sizes them
+/// from its share of `--max-memory-mb`).
+pub async fn connect_with(
+    cfg: &Config,
+    metrics: Arc<Metrics>,
+    role: Role,
+    buffers: Buffers,
+) -> Result<Client, String> {
     let m = metrics.clone();
+    let label = role.label();
+    metrics.connections.opening(&label);
     let (name, lane) = match role {
         Role::Control => (format!("beamline_worker {}", cfg.worker_id), None),
         Role::Lane(i) => (
@@ -46,8 +87,8 @@ pub async fn connect(cfg: &Config, metrics: Arc<Metrics>, role: Role) -> Result<
         .max_reconnects(None)
         .connection_timeout(Duration::from_secs(5))
         .ping_interval(Duration::from_secs(10))
-        .client_capacity(65_536)
-        .subscription_capacity(65_536)
+        .client_capacity(buffers.outgoing.max(1))
+        .subscription_capacity(buffers.subscription.max(1))
         .reconnect_delay_callback(|attempts| {
             Duration::from_millis((50u64 << attempts.min(6)).min(2_000))
         })
@@ -71,27 +112,34 @@ pub async fn connect(cfg: &Config, metrics: Arc<Metrics>, role: Role) -> Result<
             None
         })
         .event_callback(move |event| {
-            let m = m.clone();
+            let (m, label) = (m.clone(), label.clone());
             async move {
                 match (lane, event) {
-                    // A lane's state is logged; the control connection's is the gauge.
-                    (Some(lane), async_nats::Event::Connected) => {
-                        tracing::debug!(lane, "NATS lane connection up");
+                    (_, async_nats::Event::Connected) => {
+                        m.connections.up(&label);
+                        match lane {
+                            Some(lane) => tracing::debug!(lane, "NATS lane connection up"),
+                            None => {
+                                tracing::info!(event = "nats_connected", "NATS connection up")
+                            }
+                        }
                     }
-                    (Some(lane), other) => tracing::warn!(lane, event = %other, "NATS lane event"),
-                    (None, async_nats::Event::Connected) => {
-                        m.nats_connected.set(1);
-                        m.nats_reconnects.inc();
-                        tracing::info!(event = "nats_connected", "NATS connection up");
-                    }
-                    (None, async_nats::Event::Disconnected) => {
-                        m.nats_connected.set(0);
+                    (_, async_nats::Event::Disconnected) => {
+                        m.connections.down(&label);
                         tracing::warn!(
                             event = "nats_disconnected",
+                            connection = %label,
                             "NATS connection lost; reconnecting"
                         );
                     }
-                    (None, other) => tracing::warn!(event = %other, "NATS event"),
+                    // The lane's subscription buffer was full: the client dropped an
+                    // assignment (counted by `consume_core` from the client's statistics).
+                    (Some(lane), async_nats::Event::SlowConsumer(_)) => {
+                        tracing::debug!(lane, "lane subscription full: assignment dropped");
+                    }
+                    (_, other) => {
+                        tracing::warn!(connection = %label, event = %other, "NATS event")
+                    }
                 }
             }
         });
@@ -125,7 +173,6 @@ pub async fn connect(cfg: &Config, metrics: Arc<Metrics>, role: Role) -> Result<
         .connect(servers)
         .await
         .map_err(|e| format!("connecting to {}: {e}", cfg.nats_url))?;
-    // The first Connected event counted as a reconnect; start from zero.
     Ok(client)
 }
 
@@ -276,6 +323,10 @@ pub struct IntakeBudget {
     slots: Semaphore,
     kib: Semaphore,
     kib_total: usize,
+    /// Core mode: what refusals in progress may hold (a quarter of `kib_total`, in KiB;
+    /// a refusal costs about three times its payload: its ack, result and DLQ entry).
+    refusing: Semaphore,
+    refusing_kib: usize,
     lanes: usize,
 }
 
@@ -287,6 +338,8 @@ impl IntakeBudget {
             slots: Semaphore::new(slots.max(1)),
             kib: Semaphore::new(kib_total),
             kib_total,
+            refusing: Semaphore::new((kib_total / 4).max(1)),
+            refusing_kib: (kib_total / 4).max(1),
             lanes: lanes.max(1),
         })
     }
@@ -302,12 +355,32 @@ impl IntakeBudget {
 struct Hold {
     budget: Arc<IntakeBudget>,
     kib: usize,
+    /// A JetStream delivery (a slot and bytes), or a core refusal (refusal bytes).
+    slot: bool,
 }
 
 impl Drop for Hold {
     fn drop(&mut self) {
-        self.budget.slots.add_permits(1);
-        self.budget.kib.add_permits(self.kib);
+        if self.slot {
+            self.budget.slots.add_permits(1);
+            self.budget.kib.add_permits(self.kib);
+        } else {
+            self.budget.refusing.add_permits(self.kib);
+        }
+    }
+}
+
+impl IntakeBudget {
+    /// The client buffers of one lane's connection (messages), from its share of the byte
+    /// budget at 16 KiB a message (an 8 KiB assignment or its DLQ copy), 256 to 65 536.
+    /// A count, not bytes: with larger messages they hold more (up to `max_payload` each).
+    pub fn lane_buffers(&self) -> Buffers {
+        let per_lane = (self.kib_total << 10) / self.lanes;
+        let n = (per_lane / (16 << 10)).clamp(256, 65_536);
+        Buffers {
+            subscription: n,
+            outgoing: n,
+        }
     }
 }
 
@@ -429,21 +502,56 @@ pub async fn subscribe_assignments(
 }
 
 /// Core NATS intake: every message of the subscription goes to `sink`, or is refused
-/// (4002) when the sink is full, until `stop`.
+/// (4002) when the sink is full, until `stop`. The refusals in progress are bounded by
+/// payload bytes (a quarter of the intake byte budget; queued and running work is
+/// bounded by the queues): a message over it is dropped, as the client drops for a slow consumer
+/// (counted in `worker_intake_dropped_total`; the Router's retry covers it), so a flood
+/// faster than the worker can refuse costs bounded memory.
+#[allow(clippy::too_many_arguments)] // one call site (runtime::lane)
 pub async fn consume_core(
     cfg: Arc<Config>,
     mut sub: async_nats::Subscriber,
+    stats: Arc<async_nats::Statistics>,
     sink: Arc<dyn Sink>,
+    budget: Arc<IntakeBudget>,
+    metrics: Arc<Metrics>,
     publisher: Arc<Publisher>,
     stop: CancellationToken,
 ) {
+    use futures::FutureExt;
+    use std::sync::atomic::Ordering::Relaxed;
     tracing::info!(subject = %cfg.subjects.assign, queue_group = %cfg.queue_group, "consuming (core NATS queue group)");
+    let mut dropped = 0u64;
+    // The client drops what does not fit the subscription's buffer (a slow consumer). Its
+    // slow-consumer events can be lost themselves (a bounded event queue), so its drops
+    // are counted from its statistics: every message this connection received was taken
+    // here or dropped there, exact whenever the buffer is empty (the client's reader runs
+    // on this same thread, so it is never half-way through a message here).
+    let (baseline, mut taken, mut client_dropped) = (stats.in_messages.load(Relaxed), 0u64, 0u64);
     loop {
-        let msg = tokio::select! {
-            _ = stop.cancelled() => break,
-            m = sub.next() => m,
+        // Unconstrained: tokio's cooperative budget would otherwise answer "pending" while
+        // messages wait, and they would be counted as dropped.
+        let msg = match tokio::task::coop::unconstrained(sub.next()).now_or_never() {
+            Some(m) => m,
+            None => {
+                let received = stats.in_messages.load(Relaxed).saturating_sub(baseline);
+                let lost = received.saturating_sub(taken);
+                if lost > client_dropped {
+                    metrics.intake_dropped.inc_by(lost - client_dropped);
+                    tracing::warn!(
+                        dropped = lost,
+                        "lane subscription buffer was full: assignments dropped (slow consumer)"
+                    );
+                    client_dropped = lost;
+                }
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    m = sub.next() => m,
+                }
+            }
         };
         let Some(msg) = msg else { break };
+        taken += 1;
         let d = Delivery {
             headers: headers_of(msg.headers.as_ref()),
             payload: msg.payload,
@@ -452,12 +560,38 @@ pub async fn consume_core(
             publisher: publisher.clone(),
             _hold: None,
         };
-        if let Err(d) = sink.submit(d) {
-            sink.refuse(d);
-        }
+        let Err(mut d) = sink.submit(d) else {
+            continue;
+        };
+        // No room: refuse it (4002) while the refusals in progress fit their byte bound
+        // (a refusal holds its payload until its ack, result and DLQ entry are handed to
+        // the client); beyond it, drop it as a slow consumer's message.
+        let kib = d.payload.len().div_ceil(1024).clamp(1, budget.refusing_kib);
+        let Ok(bytes) = budget.refusing.try_acquire_many(kib as u32) else {
+            metrics.intake_dropped.inc();
+            dropped += 1;
+            if dropped.is_power_of_two() {
+                tracing::warn!(
+                    dropped,
+                    bound_kib = budget.refusing_kib,
+                    "core intake over its byte bound: assignment dropped (slow consumer)"
+                );
+            }
+            continue;
+        };
+        bytes.forget();
+        d._hold = Some(Hold {
+            budget: budget.clone(),
+            kib,
+            slot: false,
+        });
+        sink.refuse(d);
     }
     let _ = sub.unsubscribe().await;
 }
+
+/// Idle heartbeat asked of the server on each pull request.
+const PULL_HEARTBEAT: Duration = Duration::from_secs(1);
 
 /// JetStream intake: pulls from the durable consumer (shared by every lane and instance)
 /// while the intake budget has room and the sink is accepting, until `stop`; rebinds the
@@ -483,7 +617,8 @@ pub async fn consume_jetstream(
                 tracing::error!(error = %e, "binding the JetStream consumer failed; retrying");
                 tokio::select! {
                     _ = stop.cancelled() => return,
-                    _ = tokio::time::sleep(Duration::from_millis((100 * failures as u64).min(2000))) => {}
+                    // Fast while a new leader is being elected, then backing off.
+                    _ = tokio::time::sleep(Duration::from_millis((50 * failures as u64).min(1000))) => {}
                 }
                 continue;
             }
@@ -498,7 +633,10 @@ pub async fn consume_jetstream(
             .stream()
             .max_messages_per_batch(batch)
             .max_bytes_per_batch(max_bytes)
-            .heartbeat(Duration::from_secs(5))
+            // The server sends an idle heartbeat every second; two missed (the client's
+            // rule) is a lost consumer or leader, rebound at once below: intake resumes
+            // ~2 s after a leader loss instead of 10–20 s (docs/RELIABILITY.md).
+            .heartbeat(PULL_HEARTBEAT)
             .expires(Duration::from_secs(30))
             .messages()
             .await
@@ -506,7 +644,10 @@ pub async fn consume_jetstream(
             Ok(m) => m,
             Err(e) => {
                 tracing::error!(error = %e, "starting the pull consumer failed; retrying");
-                tokio::time::sleep(Duration::from_millis(500)).await;
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                }
                 continue;
             }
         };
@@ -545,6 +686,7 @@ pub async fn consume_jetstream(
                     let hold = Hold {
                         budget: budget.clone(),
                         kib,
+                        slot: true,
                     };
                     let delivered = msg.info().map(|i| i.delivered).unwrap_or(1);
                     let (m, acker) = msg.split();
@@ -567,10 +709,16 @@ pub async fn consume_jetstream(
                     errors_in_row += 1;
                     tracing::warn!(error = %e, errors_in_row, "pull consumer error");
                     // nats.rs#1584: a consumer the server lost keeps yielding errors
-                    // instead of ending; rebind it.
-                    if errors_in_row >= 3 {
+                    // instead of ending; rebind it. A missed heartbeat or a deleted
+                    // consumer says so at once: rebind without waiting for more.
+                    use async_nats::jetstream::consumer::pull::MessagesErrorKind as K;
+                    let lost = matches!(
+                        e.kind(),
+                        K::MissingHeartbeat | K::ConsumerDeleted | K::NoResponders
+                    );
+                    if lost || errors_in_row >= 3 {
                         metrics.js_consumer_recreated.inc();
-                        tokio::time::sleep(Duration::from_millis(250)).await;
+                        tokio::time::sleep(Duration::from_millis(50)).await;
                         continue 'rebind;
                     }
                     tokio::time::sleep(Duration::from_millis(100)).await;

@@ -118,6 +118,14 @@ impl Drop for Nats {
     }
 }
 
+/// The worker binary under test: `BEAMLINE_WORKER_BIN` when set (a binary kept aside, e.g.
+/// one built before a fix, or when several checkouts share one target dir), else the one
+/// cargo built for this test.
+pub fn worker_bin() -> String {
+    std::env::var("BEAMLINE_WORKER_BIN")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_beamline_worker").to_owned())
+}
+
 /// The worker binary, running against a test's NATS.
 pub struct Worker {
     child: Option<Child>,
@@ -204,7 +212,7 @@ impl Worker {
             .append(true)
             .open(&self.log)
             .expect("log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_beamline_worker"))
+        let child = Command::new(worker_bin())
             .args(&self.args)
             .arg(format!("--fs-root={}", self.fs_root.display()))
             .arg(format!("--sql-root={}", self.sql_root.display()))
