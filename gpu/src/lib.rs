@@ -26,15 +26,17 @@
 mod cache;
 mod cpu;
 mod cuda;
+mod encoder;
 mod error;
 mod model;
 mod queue;
 mod scheduler;
 
 pub use cuda::driver_present;
+pub use encoder::{BertConfig, Encoder, Tokens};
 pub use error::{ErrorKind, InferError};
 pub use model::{gelu, softmax_in_place, Activation, Layer, Model, ModelError, FORMAT, MAX_LAYERS};
 pub use scheduler::{
-    Device, DeviceInfo, DevicePref, Inference, ModelKey, Request, Scheduler, SchedulerConfig,
-    Stats, Ticket,
+    length_bucket, Device, DeviceInfo, DevicePref, EmbedRequest, EmbedTicket, Embeddings,
+    Inference, ModelKey, Request, Scheduler, SchedulerConfig, Stats, Ticket,
 };
