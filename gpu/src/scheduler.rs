@@ -1090,4 +1090,16 @@ mod tests {
             Admit::Never
         );
     }
+
+    #[test]
+    fn length_buckets_are_powers_of_two_from_16_capped_at_max_seq() {
+        let b = |len| length_bucket(len, 256);
+        assert_eq!([b(1), b(2), b(16)], [16, 16, 16]);
+        assert_eq!([b(17), b(32), b(33), b(64)], [32, 32, 64, 64]);
+        assert_eq!([b(65), b(129), b(200), b(256)], [128, 256, 256, 256]);
+        // A max_seq_length that is not a power of two caps the last bucket.
+        assert_eq!(length_bucket(300, 384), 384);
+        assert_eq!(length_bucket(384, 384), 384);
+        assert_eq!(length_bucket(100, 384), 128);
+    }
 }
