@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 n="${1:-40}"
 shift || true
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(assignment job_http job_fs job_sql job_human job_inference)
+[ ${#targets[@]} -gt 0 ] || targets=(assignment job_http job_fs job_sql job_human job_inference job_embed)
 bin="${CARGO_TARGET_DIR:-fuzz/target}/x86_64-unknown-linux-gnu/release"
 for t in "${targets[@]}"; do
   cover=$(mktemp -d)

@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 secs="${1:-300}"
 shift || true
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(assignment job_http job_fs job_sql job_human job_inference)
+[ ${#targets[@]} -gt 0 ] || targets=(assignment job_http job_fs job_sql job_human job_inference job_embed)
 mkdir -p fuzz/logs
 for t in "${targets[@]}"; do
   mkdir -p "fuzz/work/$t"

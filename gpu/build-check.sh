@@ -3,9 +3,11 @@
 # device-machine call carries. Run here, from anywhere; see gpu/README.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release -p beamline_gpu --bin beamline-gpu-check
+cargo build --release -p beamline_gpu --bin beamline-gpu-check --bin beamline-embed-check
 target="${CARGO_TARGET_DIR:-target}"
 mkdir -p gpu/.bin
-cp "$target/release/beamline-gpu-check" gpu/.bin/
-strip gpu/.bin/beamline-gpu-check 2>/dev/null || true
-ls -l gpu/.bin/beamline-gpu-check
+for b in beamline-gpu-check beamline-embed-check; do
+    cp "$target/release/$b" gpu/.bin/
+    strip "gpu/.bin/$b" 2>/dev/null || true
+    ls -l "gpu/.bin/$b"
+done

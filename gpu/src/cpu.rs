@@ -117,3 +117,92 @@ fn gemm_into(y: &mut [f32], x: &[f32], layer: &Layer, rows: usize, par: Parallel
         )
     }
 }
+
+/// A strided view of a matrix inside a slice: element `(i, j)` is
+/// `data[off + i·rs + j·cs]`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct View<'a> {
+    pub(crate) data: &'a [f32],
+    pub(crate) off: usize,
+    pub(crate) rs: usize,
+    pub(crate) cs: usize,
+}
+
+/// `dst[m, n] = (accumulate ? dst : 0) + scale · lhs[m, k] · rhs[k, n]`, where `dst` is
+/// row-major with row stride `dst_rs` from `dst_off` (column stride 1) and the operands
+/// are arbitrary strided views: what the encoder needs for its projections (bias and
+/// residual pre-loaded into `dst`) and for attention on one head's columns of the fused
+/// QKV matrix without copying them out.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gemm_view(
+    dst: &mut [f32],
+    dst_off: usize,
+    dst_rs: usize,
+    (m, n, k): (usize, usize, usize),
+    lhs: View<'_>,
+    rhs: View<'_>,
+    accumulate: bool,
+    scale: f32,
+    par: Parallelism,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    // The furthest element each view addresses must lie inside its slice; dst rows must
+    // not overlap (row stride at least the row length), so parallel writes are disjoint.
+    let last = |v: &View<'_>, rows: usize, cols: usize| {
+        v.off + (rows.max(1) - 1) * v.rs + (cols.max(1) - 1) * v.cs
+    };
+    assert!(dst_rs >= n, "GEMM destination rows overlap");
+    assert!(
+        dst_off + (m - 1) * dst_rs + (n - 1) < dst.len(),
+        "GEMM destination out of bounds"
+    );
+    if k > 0 {
+        assert!(last(&lhs, m, k) < lhs.data.len(), "GEMM lhs out of bounds");
+        assert!(last(&rhs, k, n) < rhs.data.len(), "GEMM rhs out of bounds");
+    }
+    let stride = |s: usize| isize::try_from(s).expect("strides fit isize (slice lengths do)");
+    // SAFETY: the asserts above bound every element the three views address inside their
+    // slices (m·n of dst, m·k of lhs, k·n of rhs at the given strides); dst rows are
+    // disjoint, and dst is borrowed mutably, so it aliases neither operand.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr().add(dst_off),
+            1,
+            stride(dst_rs),
+            accumulate,
+            lhs.data.as_ptr().add(lhs.off),
+            stride(lhs.cs),
+            stride(lhs.rs),
+            rhs.data.as_ptr().add(rhs.off),
+            stride(rhs.cs),
+            stride(rhs.rs),
+            1.0f32,
+            scale,
+            false,
+            false,
+            false,
+            par,
+        )
+    }
+}
+
+impl CpuPool {
+    /// Runs `f` on the pool's threads; the GEMM parallelism that suits a product of
+    /// `flops` multiply-adds (single-threaded when small, as for the FFN layers).
+    pub(crate) fn install<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        self.pool.install(f)
+    }
+
+    pub(crate) fn par_for(&self, flops: usize) -> Parallelism {
+        if flops >= PARALLEL_FLOPS && self.threads > 1 {
+            Parallelism::Rayon(self.threads)
+        } else {
+            Parallelism::None
+        }
+    }
+}

@@ -1,6 +1,6 @@
 //! The CUDA side, all through cudarc with dynamic loading: device discovery, per-device
 //! weight copies, and per-slot streams running cuBLAS SGEMM plus two NVRTC kernels (fused
-//! bias + activation, row softmax).
+//! bias + activation, row softmax). The sentence encoder (`ai.embed`) is `cuda/embed.rs`.
 //!
 //! Nothing here may take the process down on a machine without CUDA: the libraries are
 //! probed with `is_culib_present()` before any driver call (cudarc panics on a missing
@@ -20,6 +20,8 @@ use cudarc::driver::{
 
 use crate::model::{Activation, Model};
 use crate::DeviceInfo;
+
+mod embed;
 
 /// Compiled once per process by NVRTC (no fast-math: the GPU must agree with the CPU
 /// path within 1e-4). `n` is passed in so the index never overflows in the kernel.
@@ -106,6 +108,11 @@ pub(crate) struct CudaDevice {
     /// Uploaded weights by model id. What is resident is decided by the scheduler's
     /// ledger for this device (LRU under the memory budget); this map only holds them.
     weights: Mutex<HashMap<u64, WeightCell>>,
+    /// The encoder kernels; `None` when they did not compile or load (then `ai.embed`
+    /// batches fail on this device and `auto` jobs fall back to the CPU).
+    embed: Option<embed::EmbedFns>,
+    /// Uploaded encoders by id, under the same ledger as `weights`.
+    encoders: Mutex<HashMap<u64, embed::EncoderCell>>,
 }
 
 /// One slot: a stream of its own and a cuBLAS handle bound to it.
@@ -167,9 +174,17 @@ fn open_all(slots: usize, budget: u64) -> Result<Found, String> {
     }
     let ptx = cudarc::nvrtc::compile_ptx(KERNELS)
         .map_err(|err| e("NVRTC could not compile the kernels", err))?;
+    // The encoder's kernels apart: should they fail, ai.inference still runs on the GPU.
+    let embed_ptx = match cudarc::nvrtc::compile_ptx(embed::EMBED_KERNELS) {
+        Ok(p) => Some(p),
+        Err(err) => {
+            tracing::warn!(error = ?err, "NVRTC could not compile the encoder kernels; ai.embed runs on the CPU");
+            None
+        }
+    };
     let mut devices = Vec::new();
     for ordinal in 0..count as usize {
-        match open_device(ordinal, &ptx, budget) {
+        match open_device(ordinal, &ptx, embed_ptx.as_ref(), budget) {
             Ok(d) => devices.push(d),
             Err(msg) => tracing::warn!(ordinal, error = %msg, "CUDA device unusable; skipped"),
         }
@@ -219,6 +234,7 @@ fn open_all(slots: usize, budget: u64) -> Result<Found, String> {
 fn open_device(
     ordinal: usize,
     ptx: &cudarc::nvrtc::Ptx,
+    embed_ptx: Option<&cudarc::nvrtc::Ptx>,
     budget: u64,
 ) -> Result<CudaDevice, String> {
     let ctx = CudaContext::new(ordinal).map_err(|err| e("creating the context", err))?;
@@ -236,6 +252,15 @@ fn open_device(
     let softmax = module
         .load_function("softmax_rows")
         .map_err(|err| e("softmax_rows", err))?;
+    let embed = embed_ptx.and_then(|p| {
+        let loaded = ctx
+            .load_module(p.clone())
+            .map_err(|err| e("loading the encoder kernels", err))
+            .and_then(|m| embed::EmbedFns::load(&m));
+        loaded
+            .map_err(|msg| tracing::warn!(ordinal, error = %msg, "encoder kernels unusable; ai.embed runs on the CPU"))
+            .ok()
+    });
     // Leave a tenth of what is free for the driver, cuBLAS workspaces and other tenants.
     let usable = (free as u64) / 10 * 9;
     Ok(CudaDevice {
@@ -251,6 +276,8 @@ fn open_device(
         bias_act,
         softmax,
         weights: Mutex::new(HashMap::new()),
+        embed,
+        encoders: Mutex::new(HashMap::new()),
     })
 }
 
@@ -275,6 +302,7 @@ impl CudaDevice {
     /// Frees the device copy of a model (the ledger evicted it).
     pub(crate) fn evict(&self, model_id: u64) {
         lock(&self.weights).remove(&model_id);
+        lock(&self.encoders).remove(&model_id);
     }
 
     /// The device copy of `model`, uploaded on `stream` the first time. Two slots asking
@@ -418,5 +446,19 @@ mod tests {
             src.contains(".entry bias_act") && src.contains(".entry softmax_rows"),
             "{src}"
         );
+        let ptx = cudarc::nvrtc::compile_ptx(super::embed::EMBED_KERNELS)
+            .expect("encoder kernels compile");
+        let src = ptx.to_src();
+        for k in [
+            "embed_gather",
+            "bias_residual_ln",
+            "split_heads",
+            "merge_heads",
+            "masked_softmax",
+            "bias_gelu",
+            "mean_pool",
+        ] {
+            assert!(src.contains(&format!(".entry {k}")), "{k} missing: {src}");
+        }
     }
 }

@@ -1,7 +1,8 @@
 //! # beamline_gpu
 //!
-//! The GPU pool of `beamline_worker`: feed-forward inference (`ai.inference`) on CUDA
-//! devices, with a multi-threaded CPU fallback that runs everything when there is no GPU.
+//! The GPU pool of `beamline_worker`: feed-forward inference (`ai.inference`) and sentence
+//! embeddings (`ai.embed`) on CUDA devices, with a multi-threaded CPU fallback that runs
+//! everything when there is no GPU.
 //!
 //! Prerequisites: none at build time. CUDA is loaded dynamically (cudarc): at start-up
 //! [`Scheduler::start`] opens `libcuda`, `libcublas` and `libnvrtc` if they are present
@@ -18,23 +19,28 @@
 //! - `cache.rs`: the byte-budgeted LRU used for host models and device weights alike.
 //! - `cpu.rs`: the CPU path (SIMD GEMM from the `gemm` crate, bias and activation fused).
 //! - `cuda.rs`: discovery, device weight copies, streams, cuBLAS SGEMM, NVRTC kernels.
+//! - `encoder.rs`: the BERT sentence encoder of `ai.embed` ([`Encoder`]): model directory,
+//!   tokenizer (the `tokenizers` crate), the CPU path; `cuda/embed.rs` its GPU path.
+//! - `bin/embed_check.rs`: `beamline-embed-check`, the encoder's device check and bench.
 //! - `bin/gpu_check.rs`: `beamline-gpu-check`, the device check and bench (`gpu/README.md`).
 //!
-//! `unsafe` is confined to `cpu.rs` (the GEMM call) and `cuda.rs` (library probes, GEMM
-//! and kernel launches), each block with a `// SAFETY:` line.
+//! `unsafe` is confined to `cpu.rs` (the GEMM calls) and `cuda.rs` / `cuda/embed.rs`
+//! (library probes, GEMM and kernel launches), each block with a `// SAFETY:` line.
 
 mod cache;
 mod cpu;
 mod cuda;
+mod encoder;
 mod error;
 mod model;
 mod queue;
 mod scheduler;
 
 pub use cuda::driver_present;
+pub use encoder::{BertConfig, Encoder, Tokens};
 pub use error::{ErrorKind, InferError};
 pub use model::{gelu, softmax_in_place, Activation, Layer, Model, ModelError, FORMAT, MAX_LAYERS};
 pub use scheduler::{
-    Device, DeviceInfo, DevicePref, Inference, ModelKey, Request, Scheduler, SchedulerConfig,
-    Stats, Ticket,
+    length_bucket, Device, DeviceInfo, DevicePref, EmbedRequest, EmbedTicket, Embeddings,
+    Inference, ModelKey, Request, Scheduler, SchedulerConfig, Stats, Ticket,
 };

@@ -203,7 +203,7 @@ fn none_str() -> String {
     "none".to_owned()
 }
 
-static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+pub(crate) static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
 /// A validated feed-forward network. Each value gets a process-unique [`Model::id`]: the
 /// scheduler batches requests and caches device weights by it.

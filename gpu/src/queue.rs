@@ -1,4 +1,5 @@
-//! The queue in front of the slots: requests grouped by model, each group ordered by
+//! The queue in front of the slots: requests grouped by model (encoder requests also by
+//! padded-length bucket, so a batch wastes little on padding), each group ordered by
 //! priority (higher first) then arrival. A slot takes the best group that is ready, which
 //! is a group holding a full batch or one whose oldest request has waited the batching
 //! delay, and the group's first requests up to the batch size become one batch.
@@ -9,9 +10,63 @@ use std::time::{Duration, Instant};
 
 use futures_channel::oneshot;
 
+use crate::encoder::Encoder;
 use crate::error::{ErrorKind, InferError};
 use crate::model::Model;
 use crate::{DevicePref, Inference};
+
+/// What a request runs: rows through a feed-forward network, or token sequences through
+/// a sentence encoder. Requests batch together only when their [`Work::key`] is equal.
+#[derive(Debug, Clone)]
+pub(crate) enum Work {
+    Ffn {
+        model: Arc<Model>,
+        inputs: Arc<[f32]>,
+    },
+    Embed {
+        encoder: Arc<Encoder>,
+        /// Token ids per input, all in the same length bucket.
+        seqs: Arc<[Vec<u32>]>,
+        normalize: bool,
+        /// Padded length this bucket holds at most (the longest sequence decides the
+        /// padded length of a batch; the bucket bounds it).
+        bucket: usize,
+    },
+}
+
+impl Work {
+    /// (model id, length bucket): what must match for two requests to share a batch.
+    pub(crate) fn key(&self) -> (u64, usize) {
+        match self {
+            Work::Ffn { model, .. } => (model.id(), 0),
+            Work::Embed {
+                encoder, bucket, ..
+            } => (encoder.id(), *bucket),
+        }
+    }
+
+    /// The id device weights are kept under.
+    pub(crate) fn model_id(&self) -> u64 {
+        self.key().0
+    }
+
+    pub(crate) fn weight_bytes(&self) -> u64 {
+        match self {
+            Work::Ffn { model, .. } => model.weight_bytes(),
+            Work::Embed { encoder, .. } => encoder.weight_bytes(),
+        }
+    }
+
+    /// Device bytes a batch of `rows` of this work needs besides the weights.
+    pub(crate) fn activation_bytes(&self, rows: usize) -> u64 {
+        match self {
+            Work::Ffn { model, .. } => model.activation_bytes(rows),
+            Work::Embed {
+                encoder, bucket, ..
+            } => encoder.activation_bytes(rows, *bucket),
+        }
+    }
+}
 
 /// Which kind of slot runs a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,8 +84,7 @@ pub(crate) struct Pending {
     pub(crate) priority: i64,
     pub(crate) enqueued: Instant,
     pub(crate) deadline: Option<Instant>,
-    pub(crate) model: Arc<Model>,
-    pub(crate) inputs: Arc<[f32]>,
+    pub(crate) work: Work,
     pub(crate) rows: usize,
     pub(crate) pref: DevicePref,
     pub(crate) reply: Reply,
@@ -50,7 +104,7 @@ impl Pending {
 #[derive(Debug)]
 struct Group {
     class: Class,
-    model_id: u64,
+    key: (u64, usize),
     /// Sorted by (priority desc, seq asc).
     items: Vec<Pending>,
 }
@@ -101,17 +155,17 @@ impl Queue {
 
     pub(crate) fn push(&mut self, class: Class, p: Pending) {
         self.len += 1;
-        let id = p.model.id();
+        let key = p.work.key();
         let g = match self
             .groups
             .iter_mut()
-            .position(|g| g.class == class && g.model_id == id)
+            .position(|g| g.class == class && g.key == key)
         {
             Some(i) => &mut self.groups[i],
             None => {
                 self.groups.push(Group {
                     class,
-                    model_id: id,
+                    key,
                     items: Vec::new(),
                 });
                 let last = self.groups.len() - 1;
@@ -146,7 +200,7 @@ impl Queue {
         self.groups.retain(|g| !g.items.is_empty());
     }
 
-    /// The next batch for a slot of `class`; `admit(model, rows)` is the slot's memory
+    /// The next batch for a slot of `class`; `admit(work, rows)` is the slot's memory
     /// check, called only for groups that are ready.
     pub(crate) fn take(
         &mut self,
@@ -154,7 +208,7 @@ impl Queue {
         now: Instant,
         max_batch: usize,
         delay: Duration,
-        mut admit: impl FnMut(&Arc<Model>, usize) -> Admit,
+        mut admit: impl FnMut(&Work, usize) -> Admit,
     ) -> Take {
         let mut order: Vec<usize> = (0..self.groups.len())
             .filter(|&i| self.groups[i].class == class)
@@ -177,8 +231,7 @@ impl Queue {
                 n += 1;
                 rows += p.rows;
             }
-            let model = g.items[0].model.clone();
-            match admit(&model, rows.min(max_batch)) {
+            match admit(&g.items[0].work, rows.min(max_batch)) {
                 Admit::Go => {
                     let g = &mut self.groups[i];
                     let batch: Vec<Pending> = g.items.drain(..n).collect();
@@ -240,8 +293,10 @@ mod tests {
             priority,
             enqueued: at,
             deadline: None,
-            model: m.clone(),
-            inputs: Arc::from(vec![0.0f32]),
+            work: Work::Ffn {
+                model: m.clone(),
+                inputs: Arc::from(vec![0.0f32]),
+            },
             rows: 1,
             pref: DevicePref::Auto,
             reply: tx,

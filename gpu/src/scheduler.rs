@@ -22,9 +22,10 @@ use futures_channel::oneshot;
 use crate::cache::Lru;
 use crate::cpu::CpuPool;
 use crate::cuda::{self, CudaDevice, CudaSlot};
+use crate::encoder::{self, Encoder};
 use crate::error::{ErrorKind, InferError};
 use crate::model::Model;
-use crate::queue::{Admit, Class, Pending, Queue, Take};
+use crate::queue::{Admit, Class, Pending, Queue, Take, Work};
 
 /// How the scheduler is sized. [`SchedulerConfig::default`] suits tests: no CUDA probing
 /// beyond what `gpu_slots` asks for.
@@ -217,8 +218,11 @@ struct Inner {
     state: Mutex<State>,
     wake: Condvar,
     models: Mutex<Lru<ModelKey, Arc<Model>>>,
+    encoders: Mutex<std::collections::HashMap<PathBuf, EncoderCell>>,
     counters: Counters,
 }
+
+type EncoderCell = Arc<Mutex<Option<Arc<Encoder>>>>;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -291,6 +295,7 @@ impl Scheduler {
         let inner = Arc::new(Inner {
             cpu: CpuPool::new(cfg.cpu_threads)?,
             models: Mutex::new(Lru::new(cfg.host_cache_budget)),
+            encoders: Mutex::new(std::collections::HashMap::new()),
             state: Mutex::new(State {
                 queue: Queue::default(),
                 ledgers,
@@ -432,7 +437,31 @@ impl Scheduler {
                 ),
             ));
         }
-        let (tx, rx) = oneshot::channel();
+        let work = Work::Ffn {
+            model: req.model,
+            inputs: req.inputs,
+        };
+        let mut rxs = self.enqueue(
+            vec![(work, req.rows)],
+            req.device,
+            req.priority,
+            req.deadline,
+        )?;
+        let rx = rxs
+            .pop()
+            .ok_or_else(|| InferError::new(ErrorKind::Shutdown, "the GPU scheduler stopped"))?;
+        Ok(Ticket { rx })
+    }
+
+    /// Queues the parts of one request (each part its own queue entry, so parts in
+    /// different length buckets batch with their own kind), all or none.
+    fn enqueue(
+        &self,
+        parts: Vec<(Work, usize)>,
+        pref: DevicePref,
+        priority: i64,
+        deadline: Option<Instant>,
+    ) -> Result<Vec<Answer>, InferError> {
         let mut st = lock(&self.inner.state);
         if st.shutdown {
             return Err(InferError::new(
@@ -440,7 +469,7 @@ impl Scheduler {
                 "the GPU scheduler is shutting down",
             ));
         }
-        let class = match req.device {
+        let class = match pref {
             DevicePref::Cpu => Class::Cpu,
             DevicePref::Auto if self.inner.gpu_slots == 0 => Class::Cpu,
             DevicePref::Auto => Class::Gpu,
@@ -449,25 +478,114 @@ impl Scheduler {
             }
             DevicePref::Cuda => Class::Gpu,
         };
-        let seq = st.next_seq;
-        st.next_seq += 1;
-        st.queue.push(
-            class,
-            Pending {
-                seq,
-                priority: req.priority,
-                enqueued: Instant::now(),
-                deadline: req.deadline,
-                model: req.model,
-                inputs: req.inputs,
-                rows: req.rows,
-                pref: req.device,
-                reply: tx,
-            },
-        );
+        let now = Instant::now();
+        let mut rxs = Vec::with_capacity(parts.len());
+        for (work, rows) in parts {
+            let (tx, rx) = oneshot::channel();
+            let seq = st.next_seq;
+            st.next_seq += 1;
+            st.queue.push(
+                class,
+                Pending {
+                    seq,
+                    priority,
+                    enqueued: now,
+                    deadline,
+                    work,
+                    rows,
+                    pref,
+                    reply: tx,
+                },
+            );
+            rxs.push(rx);
+        }
         drop(st);
         self.inner.wake.notify_all();
-        Ok(Ticket { rx })
+        Ok(rxs)
+    }
+
+    /// Queues the tokenized inputs of one `ai.embed` job. Inputs are split by padded
+    /// length bucket ([`length_bucket`]); each bucket's share batches with other jobs'
+    /// inputs of the same encoder and bucket. Errors at once for no inputs, a sequence
+    /// the encoder cannot take, `Cuda` with no GPU, a stopped scheduler.
+    pub fn submit_embed(&self, req: EmbedRequest) -> Result<EmbedTicket, InferError> {
+        let enc = &req.encoder;
+        if req.inputs.is_empty() {
+            return Err(InferError::new(ErrorKind::InvalidInput, "no inputs"));
+        }
+        let vocab = enc.config().vocab;
+        for (i, s) in req.inputs.iter().enumerate() {
+            if s.is_empty() || s.len() > enc.max_seq_length() {
+                return Err(InferError::new(
+                    ErrorKind::InvalidInput,
+                    format!(
+                        "input {i} has {} tokens; the encoder takes 1..={}",
+                        s.len(),
+                        enc.max_seq_length()
+                    ),
+                ));
+            }
+            if s.iter().any(|&t| t as usize >= vocab) {
+                return Err(InferError::new(
+                    ErrorKind::InvalidInput,
+                    format!("input {i} has a token id beyond the vocabulary ({vocab})"),
+                ));
+            }
+        }
+        let n = req.inputs.len();
+        let mut by_bucket: Vec<(usize, Vec<usize>)> = Vec::new();
+        for (i, s) in req.inputs.iter().enumerate() {
+            let b = length_bucket(s.len(), enc.max_seq_length());
+            match by_bucket.iter_mut().find(|(k, _)| *k == b) {
+                Some((_, v)) => v.push(i),
+                None => by_bucket.push((b, vec![i])),
+            }
+        }
+        let mut inputs: Vec<Option<Vec<u32>>> = req.inputs.into_iter().map(Some).collect();
+        let mut parts = Vec::with_capacity(by_bucket.len());
+        let mut order = Vec::with_capacity(by_bucket.len());
+        for (bucket, idx) in by_bucket {
+            let seqs: Vec<Vec<u32>> = idx
+                .iter()
+                .map(|&i| inputs[i].take().unwrap_or_default())
+                .collect();
+            parts.push((
+                Work::Embed {
+                    encoder: req.encoder.clone(),
+                    seqs: seqs.into(),
+                    normalize: req.normalize,
+                    bucket,
+                },
+                idx.len(),
+            ));
+            order.push(idx);
+        }
+        let rxs = self.enqueue(parts, req.device, req.priority, req.deadline)?;
+        Ok(EmbedTicket {
+            parts: order.into_iter().zip(rxs).collect(),
+            n,
+            dim: req.encoder.dim(),
+        })
+    }
+
+    /// The encoder in model directory `dir`, loaded once and kept for the life of the
+    /// scheduler (its weights count in the host cache's statistics, not its budget: an
+    /// operator names these directories, a tenant cannot). Concurrent first calls for
+    /// the same directory load it once. Blocking.
+    pub fn encoder(&self, dir: &std::path::Path, name: &str) -> Result<Arc<Encoder>, String> {
+        let cell = lock(&self.inner.encoders)
+            .entry(dir.to_path_buf())
+            .or_default()
+            .clone();
+        let mut slot = lock(&cell);
+        if let Some(e) = &*slot {
+            bump(&self.inner.counters.hits, 1);
+            return Ok(e.clone());
+        }
+        let e = Arc::new(Encoder::load(dir, name).map_err(|e| e.0)?);
+        bump(&self.inner.counters.loads, 1);
+        *slot = Some(e.clone());
+        Ok(e)
     }
 
     /// Stops dispatching: queued requests wait until [`Scheduler::release`] (maintenance,
@@ -517,16 +635,11 @@ fn no_cuda(note: &str) -> InferError {
 
 /// GPU admission on one device: room for the weights (unless resident) and the batch's
 /// activations, evicting unpinned weights least recently used first.
-fn admit_gpu(
-    ledger: &mut Lru<u64, ()>,
-    model: &Model,
-    rows: usize,
-    evicted: &mut Vec<u64>,
-) -> Admit {
+fn admit_gpu(ledger: &mut Lru<u64, ()>, work: &Work, rows: usize, evicted: &mut Vec<u64>) -> Admit {
     let (id, w, act) = (
-        model.id(),
-        model.weight_bytes(),
-        model.activation_bytes(rows),
+        work.model_id(),
+        work.weight_bytes(),
+        work.activation_bytes(rows),
     );
     if w + act > ledger.budget() {
         return Admit::Never;
@@ -580,8 +693,8 @@ fn slot_loop(inner: Arc<Inner>, kind: SlotKind) {
         let mut evicted = Vec::new();
         let take = {
             let State { queue, ledgers, .. } = &mut *st;
-            queue.take(class, now, max_batch, delay, |model, rows| match dev {
-                Some(d) => admit_gpu(&mut ledgers[d], model, rows, &mut evicted),
+            queue.take(class, now, max_batch, delay, |work, rows| match dev {
+                Some(d) => admit_gpu(&mut ledgers[d], work, rows, &mut evicted),
                 None => Admit::Go,
             })
         };
@@ -597,17 +710,20 @@ fn slot_loop(inner: Arc<Inner>, kind: SlotKind) {
                 let rows: usize = items.iter().map(|p| p.rows).sum();
                 st.next_batch += rows.div_ceil(max_batch) as u64;
                 drop(st);
-                let model = items[0].model.clone();
+                let (id, act) = (
+                    items[0].work.model_id(),
+                    items[0].work.activation_bytes(rows.min(max_batch)),
+                );
                 let outcome = run_batch(&inner, &kind, items, batch_id);
                 st = lock(&inner.state);
                 if let Some(d) = dev {
                     let ledger = &mut st.ledgers[d];
-                    ledger.release(model.activation_bytes(rows.min(max_batch)));
-                    ledger.unpin(&model.id());
+                    ledger.release(act);
+                    ledger.unpin(&id);
                     if outcome.device_failed {
                         // The copy may be half made or the context damaged: drop it.
-                        ledger.remove(&model.id());
-                        inner.devices[d].evict(model.id());
+                        ledger.remove(&id);
+                        inner.devices[d].evict(id);
                     }
                 }
                 for p in outcome.fallback {
@@ -623,10 +739,9 @@ fn slot_loop(inner: Arc<Inner>, kind: SlotKind) {
                         st.queue.push(Class::Cpu, p);
                         moved = true;
                     } else {
-                        let m = &p.model;
                         let msg = format!(
                             "the model ({} MiB of weights) and a batch's activations do not fit the device memory budget ({} MiB)",
-                            m.weight_bytes() >> 20,
+                            p.work.weight_bytes() >> 20,
                             dev.map_or(0, |d| inner.infos[d].budget >> 20)
                         );
                         p.answer(Err(InferError::new(ErrorKind::TooLarge, msg)));
@@ -661,41 +776,18 @@ struct Outcome {
 
 /// Runs one batch outside the lock and answers its requests.
 fn run_batch(inner: &Inner, kind: &SlotKind, items: Vec<Pending>, batch_id: u64) -> Outcome {
-    let model = items[0].model.clone();
     let max_batch = inner.cfg.max_batch_size;
     let total: usize = items.iter().map(|p| p.rows).sum();
-    let width = model.input_dim();
-    let cols = model.output_dim();
-    let mut input = Vec::with_capacity(total * width);
-    for p in &items {
-        input.extend_from_slice(&p.inputs);
-    }
-    let (device, result) = match kind {
-        SlotKind::Cpu => {
-            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                let mut out = Vec::with_capacity(total * cols);
-                for chunk in input.chunks(max_batch * width) {
-                    out.extend(inner.cpu.forward(&model, chunk, chunk.len() / width));
-                }
-                out
-            }))
-            .map_err(|_| "the CPU inference panicked".to_owned());
-            (Device::Cpu, r)
+    let (device, result, cols) = match &items[0].work {
+        Work::Ffn { model, .. } => {
+            let model = model.clone();
+            let (device, result) = run_ffn(inner, kind, &items, &model, total);
+            (device, result, model.output_dim())
         }
-        SlotKind::Gpu(slot) => {
-            let dev = &inner.devices[slot.device];
-            let r = cuda::guarded(|| {
-                let mut out = Vec::with_capacity(total * cols);
-                for chunk in input.chunks(max_batch * width) {
-                    let (y, uploaded) = slot.forward(dev, &model, chunk, chunk.len() / width)?;
-                    if uploaded {
-                        bump(&inner.counters.uploads, 1);
-                    }
-                    out.extend(y);
-                }
-                Ok(out)
-            });
-            (Device::Cuda(dev.info.ordinal), r)
+        Work::Embed { encoder, .. } => {
+            let encoder = encoder.clone();
+            let (device, result) = run_embed(inner, kind, &items, &encoder);
+            (device, result, encoder.dim())
         }
     };
     let c = &inner.counters;
@@ -763,6 +855,190 @@ fn run_batch(inner: &Inner, kind: &SlotKind, items: Vec<Pending>, batch_id: u64)
     }
 }
 
+/// The FFN batch: inputs concatenated, run in chunks of `max_batch_size` rows.
+fn run_ffn(
+    inner: &Inner,
+    kind: &SlotKind,
+    items: &[Pending],
+    model: &Arc<Model>,
+    total: usize,
+) -> (Device, Result<Vec<f32>, String>) {
+    let max_batch = inner.cfg.max_batch_size;
+    let width = model.input_dim();
+    let cols = model.output_dim();
+    let mut input = Vec::with_capacity(total * width);
+    for p in items {
+        if let Work::Ffn { inputs, .. } = &p.work {
+            input.extend_from_slice(inputs);
+        }
+    }
+    match kind {
+        SlotKind::Cpu => {
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                let mut out = Vec::with_capacity(total * cols);
+                for chunk in input.chunks(max_batch * width) {
+                    out.extend(inner.cpu.forward(model, chunk, chunk.len() / width));
+                }
+                out
+            }))
+            .map_err(|_| "the CPU inference panicked".to_owned());
+            (Device::Cpu, r)
+        }
+        SlotKind::Gpu(slot) => {
+            let dev = &inner.devices[slot.device];
+            let r = cuda::guarded(|| {
+                let mut out = Vec::with_capacity(total * cols);
+                for chunk in input.chunks(max_batch * width) {
+                    let (y, uploaded) = slot.forward(dev, model, chunk, chunk.len() / width)?;
+                    if uploaded {
+                        bump(&inner.counters.uploads, 1);
+                    }
+                    out.extend(y);
+                }
+                Ok(out)
+            });
+            (Device::Cuda(dev.info.ordinal), r)
+        }
+    }
+}
+
+/// The encoder batch: every request's sequences (one length bucket), in chunks of
+/// `max_batch_size` sequences, each request's normalisation flag per row.
+fn run_embed(
+    inner: &Inner,
+    kind: &SlotKind,
+    items: &[Pending],
+    enc: &Arc<Encoder>,
+) -> (Device, Result<Vec<f32>, String>) {
+    let max_batch = inner.cfg.max_batch_size;
+    let mut seqs: Vec<&[u32]> = Vec::new();
+    let mut norm: Vec<bool> = Vec::new();
+    for p in items {
+        if let Work::Embed {
+            seqs: s, normalize, ..
+        } = &p.work
+        {
+            seqs.extend(s.iter().map(|v| v.as_slice()));
+            norm.extend(std::iter::repeat_n(*normalize, s.len()));
+        }
+    }
+    let dim = enc.dim();
+    match kind {
+        SlotKind::Cpu => {
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                let mut out = Vec::with_capacity(seqs.len() * dim);
+                for (chunk, flags) in seqs.chunks(max_batch).zip(norm.chunks(max_batch)) {
+                    out.extend(encoder::embed_cpu(enc, chunk, flags, Some(&inner.cpu)));
+                }
+                out
+            }))
+            .map_err(|_| "the CPU encoder panicked".to_owned());
+            (Device::Cpu, r)
+        }
+        SlotKind::Gpu(slot) => {
+            let dev = &inner.devices[slot.device];
+            let r = cuda::guarded(|| {
+                let mut out = Vec::with_capacity(seqs.len() * dim);
+                for (chunk, flags) in seqs.chunks(max_batch).zip(norm.chunks(max_batch)) {
+                    let (y, uploaded) = slot.embed(dev, enc, chunk, flags)?;
+                    if uploaded {
+                        bump(&inner.counters.uploads, 1);
+                    }
+                    out.extend(y);
+                }
+                Ok(out)
+            });
+            (Device::Cuda(dev.info.ordinal), r)
+        }
+    }
+}
+
+/// The padded-length bucket of a sequence of `len` tokens: the next power of two from
+/// 16, capped at the encoder's `max_seq`. A batch pads to its longest sequence, which
+/// is within 2× of its shortest (bar the 16-token floor).
+pub fn length_bucket(len: usize, max_seq: usize) -> usize {
+    len.max(16).next_power_of_two().min(max_seq.max(1))
+}
+
+/// One `ai.embed` request: tokenized inputs (see [`Encoder::tokenize`]).
+#[derive(Debug, Clone)]
+pub struct EmbedRequest {
+    pub encoder: Arc<Encoder>,
+    pub inputs: Vec<Vec<u32>>,
+    /// L2-normalise each embedding.
+    pub normalize: bool,
+    pub device: DevicePref,
+    pub priority: i64,
+    pub deadline: Option<Instant>,
+}
+
+/// The embeddings of one [`EmbedRequest`], in its input order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Embeddings {
+    /// Row-major `[n, dim]`.
+    pub vectors: Vec<f32>,
+    pub n: usize,
+    pub dim: usize,
+    /// Where the first length bucket ran (every bucket runs on the same kind of slot;
+    /// with several GPUs, buckets may run on different ordinals).
+    pub device: Device,
+    /// Sequences in the largest device batch a part of this request ran in.
+    pub batch_rows: usize,
+}
+
+impl Embeddings {
+    pub fn row(&self, i: usize) -> &[f32] {
+        &self.vectors[i * self.dim..(i + 1) * self.dim]
+    }
+}
+
+type Answer = oneshot::Receiver<Result<Inference, InferError>>;
+
+/// The answer to [`Scheduler::submit_embed`]. Dropping it withdraws what has not started.
+#[derive(Debug)]
+#[must_use = "a ticket does nothing unless awaited"]
+pub struct EmbedTicket {
+    /// Per length bucket: the request's input indices and the bucket's answer.
+    parts: Vec<(Vec<usize>, Answer)>,
+    n: usize,
+    dim: usize,
+}
+
+impl EmbedTicket {
+    /// Waits for every bucket and puts the rows back in input order.
+    pub async fn wait(self) -> Result<Embeddings, InferError> {
+        let mut vectors = vec![0.0f32; self.n * self.dim];
+        let mut device = None;
+        let mut batch_rows = 0;
+        for (idx, rx) in self.parts {
+            let inf = rx.await.unwrap_or_else(|_| {
+                Err(InferError::new(
+                    ErrorKind::Shutdown,
+                    "the GPU scheduler stopped",
+                ))
+            })?;
+            if inf.cols != self.dim || inf.rows != idx.len() {
+                return Err(InferError::new(
+                    ErrorKind::Device,
+                    "the encoder returned a batch of the wrong shape",
+                ));
+            }
+            device.get_or_insert(inf.device);
+            batch_rows = batch_rows.max(inf.batch_rows);
+            for (r, &i) in idx.iter().enumerate() {
+                vectors[i * self.dim..(i + 1) * self.dim].copy_from_slice(inf.row(r));
+            }
+        }
+        Ok(Embeddings {
+            vectors,
+            n: self.n,
+            dim: self.dim,
+            device: device.unwrap_or(Device::Cpu),
+            batch_rows,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -783,29 +1059,47 @@ mod tests {
 
     #[test]
     fn gpu_admission_by_device_memory() {
-        let (a, b) = (model(64), model(64)); // 16 640 bytes of weights each
+        let ffn = |m: &Arc<Model>| Work::Ffn {
+            model: m.clone(),
+            inputs: Arc::from(vec![0.0f32]),
+        };
+        let (ma, mb) = (Arc::new(model(64)), Arc::new(model(64))); // 16 640 bytes of weights each
+        let (a, b) = (&*ma, &*mb);
+        let (wa, wb) = (ffn(&ma), ffn(&mb));
         let act = a.activation_bytes(4); // 4 rows × (64 + 2·64) × 4 = 3 072
         let mut ledger: Lru<u64, ()> = Lru::new(a.weight_bytes() + b.weight_bytes() / 2 + 2 * act);
         let mut evicted = Vec::new();
 
-        assert_eq!(admit_gpu(&mut ledger, &a, 4, &mut evicted), Admit::Go);
+        assert_eq!(admit_gpu(&mut ledger, &wa, 4, &mut evicted), Admit::Go);
         assert!(ledger.contains(&a.id()));
         // a is running (pinned, activations reserved): b's weights cannot fit beside it.
-        assert_eq!(admit_gpu(&mut ledger, &b, 4, &mut evicted), Admit::Wait);
+        assert_eq!(admit_gpu(&mut ledger, &wb, 4, &mut evicted), Admit::Wait);
         // a again (resident): only activations are needed.
-        assert_eq!(admit_gpu(&mut ledger, &a, 4, &mut evicted), Admit::Go);
+        assert_eq!(admit_gpu(&mut ledger, &wa, 4, &mut evicted), Admit::Go);
         for _ in 0..2 {
             ledger.release(act);
             ledger.unpin(&a.id());
         }
         // Nothing running: b evicts a, least recently used.
-        assert_eq!(admit_gpu(&mut ledger, &b, 4, &mut evicted), Admit::Go);
+        assert_eq!(admit_gpu(&mut ledger, &wb, 4, &mut evicted), Admit::Go);
         assert_eq!(evicted, vec![a.id()]);
         assert!(ledger.contains(&b.id()) && !ledger.contains(&a.id()));
         // A model larger than the whole budget never runs here.
         assert_eq!(
-            admit_gpu(&mut ledger, &model(200), 1, &mut evicted),
+            admit_gpu(&mut ledger, &ffn(&Arc::new(model(200))), 1, &mut evicted),
             Admit::Never
         );
+    }
+
+    #[test]
+    fn length_buckets_are_powers_of_two_from_16_capped_at_max_seq() {
+        let b = |len| length_bucket(len, 256);
+        assert_eq!([b(1), b(2), b(16)], [16, 16, 16]);
+        assert_eq!([b(17), b(32), b(33), b(64)], [32, 32, 64, 64]);
+        assert_eq!([b(65), b(129), b(200), b(256)], [128, 256, 256, 256]);
+        // A max_seq_length that is not a power of two caps the last bucket.
+        assert_eq!(length_bucket(300, 384), 384);
+        assert_eq!(length_bucket(384, 384), 384);
+        assert_eq!(length_bucket(100, 384), 128);
     }
 }

@@ -2,6 +2,7 @@
 //! runtime dispatches with an exhaustive `match`, so a new block is one module, one enum
 //! arm, and whatever the compiler then points at (metric labels, docs, fixtures).
 
+pub mod embed;
 pub mod fs;
 pub mod http;
 pub mod human;
@@ -26,16 +27,18 @@ pub enum BlockKind {
     Sql,
     Human,
     Inference,
+    Embed,
 }
 
 impl BlockKind {
-    pub const ALL: [BlockKind; 6] = [
+    pub const ALL: [BlockKind; 7] = [
         BlockKind::Http,
         BlockKind::FsPut,
         BlockKind::FsGet,
         BlockKind::Sql,
         BlockKind::Human,
         BlockKind::Inference,
+        BlockKind::Embed,
     ];
 
     /// `job.type` → kind; the original worker's names are accepted too.
@@ -47,6 +50,7 @@ impl BlockKind {
             "sql.query" => BlockKind::Sql,
             "human.approval" => BlockKind::Human,
             "ai.inference" => BlockKind::Inference,
+            "ai.embed" => BlockKind::Embed,
             _ => return None,
         })
     }
@@ -60,6 +64,7 @@ impl BlockKind {
             BlockKind::Sql => "sql.query",
             BlockKind::Human => "human.approval",
             BlockKind::Inference => "ai.inference",
+            BlockKind::Embed => "ai.embed",
         }
     }
 
@@ -71,7 +76,7 @@ impl BlockKind {
     pub fn pool(self) -> &'static str {
         match self {
             BlockKind::FsPut | BlockKind::FsGet => "io",
-            BlockKind::Inference => "gpu",
+            BlockKind::Inference | BlockKind::Embed => "gpu",
             _ => "cpu",
         }
     }
@@ -187,6 +192,7 @@ pub fn decode_job(
         BlockKind::Sql => sql::decode_job(job, settings.sql_max_rows).map(drop),
         BlockKind::Human => human::decode_job(job).map(drop),
         BlockKind::Inference => inference::decode_job(job, settings.no_cuda.as_deref()).map(drop),
+        BlockKind::Embed => embed::decode_job(job, settings.no_cuda.as_deref()).map(drop),
     }
 }
 

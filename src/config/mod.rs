@@ -175,6 +175,10 @@ pub struct Cli {
     /// Device memory the weight cache may use per device (LRU beyond it).
     #[arg(long, env = "WORKER_GPU_MEMORY_BUDGET_MB")]
     pub gpu_memory_budget_mb: Option<u64>,
+    /// Directory of the models `ai.embed` jobs name (one subdirectory per model, e.g.
+    /// `all-MiniLM-L6-v2/`; scripts/ensure-model.sh installs it). Default `<data>/models`.
+    #[arg(long, env = "WORKER_MODELS_DIR")]
+    pub models_dir: Option<PathBuf>,
     #[arg(long, env = "NATS_USER")]
     pub nats_user: Option<String>,
     #[arg(long, env = "NATS_PASSWORD", hide_env_values = true)]
@@ -305,6 +309,8 @@ pub struct Config {
     pub gpu_max_batch_size: usize,
     pub gpu_max_queue_delay: Duration,
     pub gpu_memory_budget_mb: u64,
+    /// `--models-dir`: where `ai.embed` finds its models by name.
+    pub models_dir: PathBuf,
 }
 
 /// A start-up configuration error; the message names the flag.
@@ -621,6 +627,12 @@ impl Config {
                 "gpu-memory-budget-mb",
                 pick!(gpu_memory_budget_mb, 4096),
             )?,
+            // Operator-only (flag or env), not a profile key: a profile is shared, the
+            // models installed on a host are not.
+            models_dir: cli
+                .models_dir
+                .clone()
+                .unwrap_or_else(|| data.join("models")),
         })
     }
 }

@@ -32,6 +32,7 @@ pub struct Blocks {
     pub sql: blocks::sql::SqlBlock,
     pub human: blocks::human::HumanBlock,
     pub inference: blocks::inference::InferenceBlock,
+    pub embed: blocks::embed::EmbedBlock,
 }
 
 impl Blocks {
@@ -51,6 +52,7 @@ impl Blocks {
                 shared.gpu.clone(),
                 shared.fs_root.clone(),
             )?,
+            embed: blocks::embed::EmbedBlock::new(cfg, shared.gpu.clone()),
         })
     }
 }
@@ -411,6 +413,7 @@ async fn handle_parsed(
             BlockKind::Sql => Box::pin(run.go(&blocks.sql, job, ctx)).await,
             BlockKind::Human => Box::pin(run.go(&blocks.human, job, ctx)).await,
             BlockKind::Inference => Box::pin(run.go(&blocks.inference, job, ctx)).await,
+            BlockKind::Embed => Box::pin(run.go(&blocks.embed, job, ctx)).await,
         }
     }
     .instrument(exec_span)
