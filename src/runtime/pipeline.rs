@@ -205,10 +205,14 @@ impl Task<'_> {
             }
         }
 
-        let span = tracing::info_span!("worker.result.publish",
-            tenant_id = self.ids.tenant_id, trace_id = self.ids.trace_id,
-            run_id = self.ids.run_id, block_type = self.job_type,
-            worker_id = %shared.config.worker_id);
+        let span = tracing::info_span!(
+            "worker.result.publish",
+            tenant_id = self.ids.tenant_id,
+            trace_id = self.ids.trace_id,
+            run_id = self.ids.run_id,
+            block_type = self.job_type,
+            worker_id = shared.config.worker_id.as_str()
+        );
         let published = async {
             let r = self
                 .d
@@ -318,10 +322,15 @@ async fn handle_parsed(
         Err(u) => return no_id(shared, d, u, value).await,
     };
     let tenant = a.tenant_id.as_deref().unwrap_or("");
-    let span = tracing::info_span!("worker.assignment.receive",
-        tenant_id = tenant, trace_id = a.trace_id.as_deref(), run_id = a.run_id,
-        block_type = a.job_type, worker_id = %shared.config.worker_id,
-        assignment_id = a.assignment_id);
+    let span = tracing::info_span!(
+        "worker.assignment.receive",
+        tenant_id = tenant,
+        trace_id = a.trace_id.as_deref(),
+        run_id = a.run_id,
+        block_type = a.job_type,
+        worker_id = shared.config.worker_id.as_str(),
+        assignment_id = a.assignment_id
+    );
     crate::telemetry::trace::continue_trace(&span, a.trace_id.as_deref());
     let task = Task {
         shared,
@@ -399,7 +408,7 @@ async fn handle_parsed(
     };
     let exec_span = tracing::info_span!(parent: &span, "worker.block.execute",
         tenant_id = tenant, trace_id = a.trace_id.as_deref(), run_id = a.run_id,
-        block_type = kind.as_str(), worker_id = %shared.config.worker_id);
+        block_type = kind.as_str(), worker_id = shared.config.worker_id.as_str());
     // Each block's run is its own allocation, sized for that block: inlined, every
     // assignment's task would carry the largest block's state (8.3 KiB per task instead
     // of 4.9 KiB, `-Zprint-type-sizes`).

@@ -96,16 +96,22 @@ pub struct LogGuard {
 /// a write system call for a log line and never waits for stderr. The queue is bounded
 /// ([`QUEUE_LINES`]); when it is full the line is dropped and counted.
 pub fn init(format: LogFormat, traces: &Traces) -> LogGuard {
+    init_to(format, traces, std::io::stderr())
+}
+
+/// [`init`] with the lines going to `out` instead of stderr (tests that measure the hot
+/// path with its log line on, without filling their output).
+pub fn init_to<O>(format: LogFormat, traces: &Traces, out: O) -> LogGuard
+where
+    O: std::io::Write + Send + 'static,
+{
     let spec = std::env::var("RUST_LOG").unwrap_or_default();
     let (filter, rejected) = env_filter(&spec);
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .buffered_lines_limit(QUEUE_LINES)
         .lossy(true)
         .thread_name("log-writer")
-        .finish(std::io::BufWriter::with_capacity(
-            64 * 1024,
-            std::io::stderr(),
-        ));
+        .finish(std::io::BufWriter::with_capacity(64 * 1024, out));
     let counter = writer.error_counter();
     let logs = LogLayer::new(format, writer).with_filter(filter);
     let installed = tracing_subscriber::registry()
