@@ -104,12 +104,12 @@ struct RunArgs {
     /// Extra argument for the worker (repeatable), e.g. --worker-arg=--default-timeout-ms=5000.
     #[arg(long = "worker-arg", allow_hyphen_values = true)]
     worker_args: Vec<String>,
-    /// Worker --cpu-pool-size (default: number of CPUs).
+    /// Worker --cpu-pool-size (default: not passed, the worker's own default).
     #[arg(long)]
     cpu_pool_size: Option<usize>,
-    /// Worker --io-pool-size.
-    #[arg(long, default_value_t = 16)]
-    io_pool_size: usize,
+    /// Worker --io-pool-size (default: not passed, the worker's own default).
+    #[arg(long)]
+    io_pool_size: Option<usize>,
     /// RUST_LOG for the worker (its log goes to <out>/logs/). Default: unset, so the worker
     /// runs at its own default level (info), as a deployment does.
     #[arg(long)]
@@ -517,9 +517,6 @@ fn spawn_worker(
     ports: (u16, u16),
     log: &Path,
 ) -> Result<ChildGuard> {
-    let cpus = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(2);
     let mut cmd = Command::new(&args.worker_bin);
     cmd.args(["--nats-url", url, "--consumer", mode.name()])
         .arg("--fs-root")
@@ -528,12 +525,14 @@ fn spawn_worker(
         .arg(&fx.sql_root)
         .args(["--prometheus-endpoint", &format!("127.0.0.1:{}", ports.0)])
         .args(["--health-endpoint", &format!("127.0.0.1:{}", ports.1)])
-        .args(["--worker-id", "bench-worker"])
-        .args([
-            "--cpu-pool-size",
-            &args.cpu_pool_size.unwrap_or(cpus).to_string(),
-        ])
-        .args(["--io-pool-size", &args.io_pool_size.to_string()]);
+        .args(["--worker-id", "bench-worker"]);
+    // Pool sizes only when asked for: what is measured is the worker at its defaults.
+    if let Some(n) = args.cpu_pool_size {
+        cmd.args(["--cpu-pool-size", &n.to_string()]);
+    }
+    if let Some(n) = args.io_pool_size {
+        cmd.args(["--io-pool-size", &n.to_string()]);
+    }
     if let Some(p) = &args.profile {
         cmd.arg("--profile").arg(p);
     }
