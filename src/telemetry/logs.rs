@@ -11,6 +11,8 @@
 use std::borrow::Cow;
 use std::fmt::{self, Write as _};
 use std::io::Write as _;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 
 use tracing::field::{Field, Visit};
 use tracing::{Event, Level, Subscriber};
@@ -70,21 +72,79 @@ const NOISY: [&str; 12] = [
 /// ([`dropped_lines`]), never waited for. At ~300 B a line this bounds the queue to ~5 MiB.
 pub const QUEUE_LINES: usize = 16_384;
 
-static DROPPED: std::sync::OnceLock<tracing_appender::non_blocking::ErrorCounter> =
-    std::sync::OnceLock::new();
+/// How often the background writer wakes to write out what is queued. A thread that logs
+/// never wakes it: a wake-up per line (a futex call and a context switch) cost more than
+/// the line itself; polling writes the lines of a whole period in one system call.
+const WRITE_EVERY: std::time::Duration = std::time::Duration::from_millis(5);
+
+static DROPPED: AtomicU64 = AtomicU64::new(0);
 
 /// Log lines dropped because the background writer's queue was full (stderr slower than the
 /// worker logs): `worker_log_lines_dropped_total`.
 pub fn dropped_lines() -> u64 {
-    DROPPED.get().map_or(0, |c| c.dropped_lines() as u64)
+    DROPPED.load(Ordering::Relaxed)
 }
 
-/// Keeps the background log writer alive; dropping it writes out what is queued. Hold it
-/// until the process ends.
+/// The log layer's writer: hands each line to the background writer's bounded queue,
+/// dropping (and counting) it when the queue is full. Never blocks, never makes a system
+/// call.
+#[derive(Debug, Clone)]
+pub struct QueueWriter {
+    tx: std::sync::mpsc::SyncSender<Vec<u8>>,
+}
+
+impl std::io::Write for &QueueWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if let Err(std::sync::mpsc::TrySendError::Full(_)) = self.tx.try_send(buf.to_vec()) {
+            DROPPED.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> MakeWriter<'a> for QueueWriter {
+    type Writer = &'a QueueWriter;
+    fn make_writer(&'a self) -> &'a QueueWriter {
+        self
+    }
+}
+
+/// Keeps the background log writer running; dropping it writes out what is queued and
+/// stops the writer. Hold it until the process ends.
 #[must_use = "dropping the guard stops the log writer"]
 #[derive(Debug)]
 pub struct LogGuard {
-    _writer: Option<tracing_appender::non_blocking::WorkerGuard>,
+    writer: Option<(Arc<AtomicBool>, std::thread::JoinHandle<()>)>,
+}
+
+impl Drop for LogGuard {
+    fn drop(&mut self) {
+        if let Some((stop, handle)) = self.writer.take() {
+            stop.store(true, Ordering::Release);
+            handle.thread().unpark();
+            let _ = handle.join();
+        }
+    }
+}
+
+/// The background writer: every [`WRITE_EVERY`] (or when told to stop), everything queued
+/// goes into one buffered write.
+fn write_out<O: std::io::Write>(rx: std::sync::mpsc::Receiver<Vec<u8>>, out: O, stop: &AtomicBool) {
+    let mut out = std::io::BufWriter::with_capacity(64 * 1024, out);
+    loop {
+        let stopping = stop.load(Ordering::Acquire);
+        while let Ok(line) = rx.try_recv() {
+            let _ = out.write_all(&line);
+        }
+        let _ = out.flush();
+        if stopping {
+            return;
+        }
+        std::thread::park_timeout(WRITE_EVERY);
+    }
 }
 
 /// Installs the global subscriber: the log layer on stderr (filtered by `RUST_LOG`, default
@@ -92,9 +152,9 @@ pub struct LogGuard {
 /// (or a subscriber set by someone else) leaves the first in place.
 ///
 /// Lines are formatted on the thread that logs and written by one background thread, in
-/// batches (a buffered stderr flushed whenever the queue is empty): a CPU thread never makes
-/// a write system call for a log line and never waits for stderr. The queue is bounded
-/// ([`QUEUE_LINES`]); when it is full the line is dropped and counted.
+/// batches: a thread that logs never makes a system call for a log line, never wakes the
+/// writer and never waits for stderr. The queue is bounded ([`QUEUE_LINES`]); when it is
+/// full the line is dropped and counted.
 pub fn init(format: LogFormat, traces: &Traces) -> LogGuard {
     init_to(format, traces, std::io::stderr())
 }
@@ -107,31 +167,31 @@ where
 {
     let spec = std::env::var("RUST_LOG").unwrap_or_default();
     let (filter, rejected) = env_filter(&spec);
-    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .buffered_lines_limit(QUEUE_LINES)
-        .lossy(true)
-        .thread_name("log-writer")
-        .finish(std::io::BufWriter::with_capacity(64 * 1024, out));
-    let counter = writer.error_counter();
-    let logs = LogLayer::new(format, writer).with_filter(filter);
+    let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE_LINES);
+    let logs = LogLayer::new(format, QueueWriter { tx }).with_filter(filter);
     let installed = tracing_subscriber::registry()
         .with(logs)
         .with(traces.layer())
         .try_init()
         .is_ok();
     if !installed {
-        return LogGuard { _writer: None };
+        return LogGuard { writer: None };
     }
-    let _ = DROPPED.set(counter);
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let handle = std::thread::Builder::new()
+        .name("log-writer".into())
+        .spawn(move || write_out(rx, out, &flag));
+    let guard = LogGuard {
+        writer: handle.ok().map(|h| (stop, h)),
+    };
     for r in rejected {
         tracing::warn!(directive = %r, "RUST_LOG directive ignored");
     }
     if let Some(problem) = traces.problem() {
         tracing::warn!(error = %problem, "trace export disabled");
     }
-    LogGuard {
-        _writer: Some(guard),
-    }
+    guard
 }
 
 /// The filter for `spec` (`RUST_LOG` syntax; default `info`), with [`NOISY`] dependencies
