@@ -41,4 +41,6 @@ want lat20k-before && run lat20k-before --worker-bin "$BEFORE" --scenario fs-get
 want lat20k-after && run lat20k-after --worker-bin "$AFTER" --scenario fs-get --rate 20000 --duration 5 --repeat 3 --no-plain
 # 6: the other blocks beside the plain loop.
 want blocks-after && run blocks-after --worker-bin "$AFTER" --scenario fs-put,http,sql --duration 5 --repeat 3
+# The final commit's worker (log writer polling instead of tracing-appender) beside it.
+want fsget-final && run fsget-final --worker-bin "${FINAL:?worker binary of the final commit}" --scenario fs-get --duration 5 --repeat 3
 exit 0
