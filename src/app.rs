@@ -250,7 +250,10 @@ pub async fn run(cfg: Config) -> Result<(), String> {
         config: cfg.clone(),
         metrics: metrics.clone(),
         publisher: publisher.clone(),
-        dedupe: Dedupe::new(kv.clone(), cfg.dedupe_ttl, 100_000),
+        // Finished results kept for dedupe: a sixteenth of the memory budget (128 MiB of the
+        // default 2 GiB), so the store's share is counted inside --max-memory-mb.
+        dedupe: Dedupe::new(kv.clone(), cfg.dedupe_ttl, 100_000)
+            .with_byte_budget(((cfg.max_memory_mb << 20) / 16) as usize),
         cancels: Cancels::default(),
         approvals: Approvals::default(),
         approval_kv: kv,

@@ -14,7 +14,7 @@ fn main() -> std::process::ExitCode {
         }
     };
     let traces = beamline_worker::telemetry::trace::Traces::start(&cfg);
-    beamline_worker::telemetry::logs::init(cfg.log_format, &traces);
+    let logs = beamline_worker::telemetry::logs::init(cfg.log_format, &traces);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .thread_name("transport")
@@ -37,5 +37,7 @@ fn main() -> std::process::ExitCode {
     };
     // Flush queued spans (bounded) before the process goes.
     traces.shutdown();
+    // Write out the queued log lines.
+    drop(logs);
     code
 }

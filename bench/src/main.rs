@@ -7,6 +7,7 @@
 mod driver;
 mod fixtures;
 mod null_worker;
+mod plain_worker;
 mod procs;
 mod report;
 mod scenario;
@@ -52,6 +53,19 @@ enum Cmd {
     /// Internal: the null-echo worker process the bench spawns.
     #[command(hide = true)]
     NullWorker(NullWorkerArgs),
+    /// Internal: the plain-loop worker process the bench spawns (core mode).
+    #[command(hide = true)]
+    PlainWorker(PlainWorkerArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+struct PlainWorkerArgs {
+    #[arg(long)]
+    nats_url: String,
+    #[arg(long)]
+    fs_root: PathBuf,
+    #[arg(long)]
+    sql_root: PathBuf,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -90,15 +104,19 @@ struct RunArgs {
     /// Extra argument for the worker (repeatable), e.g. --worker-arg=--default-timeout-ms=5000.
     #[arg(long = "worker-arg", allow_hyphen_values = true)]
     worker_args: Vec<String>,
-    /// Worker --cpu-pool-size (default: number of CPUs).
+    /// Worker --cpu-pool-size (default: not passed, the worker's own default).
     #[arg(long)]
     cpu_pool_size: Option<usize>,
-    /// Worker --io-pool-size.
-    #[arg(long, default_value_t = 16)]
-    io_pool_size: usize,
-    /// RUST_LOG for the worker (its log goes to <out>/logs/).
-    #[arg(long, default_value = "warn")]
-    worker_rust_log: String,
+    /// Worker --io-pool-size (default: not passed, the worker's own default).
+    #[arg(long)]
+    io_pool_size: Option<usize>,
+    /// RUST_LOG for the worker (its log goes to <out>/logs/). Default: unset, so the worker
+    /// runs at its own default level (info), as a deployment does.
+    #[arg(long)]
+    worker_rust_log: Option<String>,
+    /// Skip the plain-loop baseline (core mode; run beside the null echo by default).
+    #[arg(long)]
+    no_plain: bool,
     /// Consumer mode(s), comma-separated (default: core; `null` defaults to core,jetstream).
     #[arg(long, value_enum, value_delimiter = ',')]
     mode: Vec<Mode>,
@@ -176,6 +194,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let (args, null_only) = match cli.cmd {
         Some(Cmd::NullWorker(a)) => return null_worker_main(&a),
+        Some(Cmd::PlainWorker(a)) => return plain_worker_main(a),
         Some(Cmd::Null(a)) => (*a, true),
         None => (cli.run, false),
     };
@@ -204,6 +223,26 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn plain_worker_main(a: PlainWorkerArgs) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("plain-worker: runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(plain_worker::serve(&a.nats_url, a.fs_root, a.sql_root)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("plain-worker: {e:#}");
             ExitCode::FAILURE
         }
     }
@@ -458,6 +497,18 @@ fn spawn_null_worker(mode: Mode, url: &str, args: &RunArgs, log: &Path) -> Resul
     )
 }
 
+fn spawn_plain_worker(url: &str, fx: &fixtures::Fixtures, log: &Path) -> Result<ChildGuard> {
+    let exe = std::env::current_exe().context("current_exe")?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("plain-worker")
+        .args(["--nats-url", url])
+        .arg("--fs-root")
+        .arg(&fx.fs_root)
+        .arg("--sql-root")
+        .arg(&fx.sql_root);
+    ChildGuard::spawn("plain-loop worker", &mut cmd, Some(log))
+}
+
 fn spawn_worker(
     mode: Mode,
     url: &str,
@@ -466,9 +517,6 @@ fn spawn_worker(
     ports: (u16, u16),
     log: &Path,
 ) -> Result<ChildGuard> {
-    let cpus = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(2);
     let mut cmd = Command::new(&args.worker_bin);
     cmd.args(["--nats-url", url, "--consumer", mode.name()])
         .arg("--fs-root")
@@ -477,19 +525,23 @@ fn spawn_worker(
         .arg(&fx.sql_root)
         .args(["--prometheus-endpoint", &format!("127.0.0.1:{}", ports.0)])
         .args(["--health-endpoint", &format!("127.0.0.1:{}", ports.1)])
-        .args(["--worker-id", "bench-worker"])
-        .args([
-            "--cpu-pool-size",
-            &args.cpu_pool_size.unwrap_or(cpus).to_string(),
-        ])
-        .args(["--io-pool-size", &args.io_pool_size.to_string()]);
+        .args(["--worker-id", "bench-worker"]);
+    // Pool sizes only when asked for: what is measured is the worker at its defaults.
+    if let Some(n) = args.cpu_pool_size {
+        cmd.args(["--cpu-pool-size", &n.to_string()]);
+    }
+    if let Some(n) = args.io_pool_size {
+        cmd.args(["--io-pool-size", &n.to_string()]);
+    }
     if let Some(p) = &args.profile {
         cmd.arg("--profile").arg(p);
     }
     cmd.args(&args.worker_args);
-    if std::env::var_os("RUST_LOG").is_none() {
-        cmd.env("RUST_LOG", &args.worker_rust_log);
-    }
+    // The worker's defaults are what is measured: the bench's own RUST_LOG is not passed on.
+    match &args.worker_rust_log {
+        Some(level) => cmd.env("RUST_LOG", level),
+        None => cmd.env_remove("RUST_LOG"),
+    };
     ChildGuard::spawn(&format!("worker ({})", mode.name()), &mut cmd, Some(log))
 }
 
@@ -556,6 +608,7 @@ async fn bench(args: RunArgs, null_only: bool) -> Result<ExitCode> {
         broker_pid,
     };
     let null_subjects = Subjects::with_prefix(NULL_PREFIX);
+    let plain_subjects = Subjects::with_prefix(plain_worker::PLAIN_PREFIX);
     let worker_subjects = Subjects::with_prefix("caf");
     let ready_timeout = secs(args.ready_timeout);
     let repeats = args.repeat.max(1);
@@ -588,6 +641,30 @@ async fn bench(args: RunArgs, null_only: bool) -> Result<ExitCode> {
             mode.name(),
             t.as_secs_f64()
         );
+        let mut plain_child = None;
+        if mode == Mode::Core && !null_only && !args.no_plain {
+            let mut p = spawn_plain_worker(
+                &url,
+                &fx,
+                &logs.join(format!("{stamp}-plain-{}.log", mode.name())),
+            )?;
+            let tag = ctx.tag();
+            let t = driver::wait_ready(
+                &ctx.client,
+                &plain_subjects,
+                &ctx.payloads,
+                &tag,
+                ready_timeout,
+                &mut p,
+            )
+            .await?;
+            eprintln!(
+                "[{}] plain-loop worker ready in {:.2} s",
+                mode.name(),
+                t.as_secs_f64()
+            );
+            plain_child = Some(p);
+        }
         let mut worker_child = None;
         if worker_found {
             let ports = (procs::free_port()?, procs::free_port()?);
@@ -633,6 +710,7 @@ async fn bench(args: RunArgs, null_only: bool) -> Result<ExitCode> {
                 step.spec.scenario.name()
             );
             let mut null_runs = Vec::new();
+            let mut plain_runs = Vec::new();
             let mut worker_runs = Vec::new();
             for rep in 0..repeats {
                 let o = ctx
@@ -647,6 +725,20 @@ async fn bench(args: RunArgs, null_only: bool) -> Result<ExitCode> {
                     .await?;
                 eprintln!("[{what}] null   #{}: {}", rep + 1, short(&o));
                 null_runs.push(o);
+                if let (Some(p), false) = (plain_child.as_mut(), step.phase == "soak") {
+                    let o = ctx
+                        .measure(
+                            &plain_subjects,
+                            &step.spec,
+                            args.warmup,
+                            p,
+                            false,
+                            format!("{what} plain #{}", rep + 1),
+                        )
+                        .await?;
+                    eprintln!("[{what}] plain  #{}: {}", rep + 1, short(&o));
+                    plain_runs.push(o);
+                }
                 if let Some(w) = worker_child.as_mut() {
                     let mut spec = step.spec.clone();
                     if let Some(d) = step.worker_duration {
@@ -676,6 +768,12 @@ async fn bench(args: RunArgs, null_only: bool) -> Result<ExitCode> {
                 .as_ref()
                 .map(|w| stats::ratios(w, &null_rep))
                 .unwrap_or_default();
+            let plain_rep =
+                (!plain_runs.is_empty()).then(|| stats::aggregate("plain", &plain_runs));
+            let plain_ratios = match (&worker_rep, &plain_rep) {
+                (Some(w), Some(p)) => stats::ratios(w, p),
+                _ => Vec::new(),
+            };
             if step.phase == "soak" {
                 if let Some(o) = worker_runs.first() {
                     let total = step.worker_duration.map(|d| d.as_secs_f64()).unwrap_or(0.0);
@@ -706,9 +804,12 @@ async fn bench(args: RunArgs, null_only: bool) -> Result<ExitCode> {
                 null: null_rep,
                 worker: worker_rep,
                 ratios,
+                plain: plain_rep,
+                plain_ratios,
             });
         }
         drop(worker_child);
+        drop(plain_child);
         drop(null_child);
     }
 
@@ -716,7 +817,7 @@ async fn bench(args: RunArgs, null_only: bool) -> Result<ExitCode> {
     println!("{}", report::table(&pairs));
     println!(
         "latencies in ms (publish -> ack / result); tasks/s = results / (first publish -> last result); \
-         wrk/brk = CPU µs per task of the worker (or null-echo) process / nats-server; ratio = worker ÷ null{}",
+         wrk/brk = CPU µs per task of the worker (or null-echo / plain-loop) process / nats-server; ratio = worker ÷ null; ÷plain = worker ÷ plain loop{}",
         if repeats > 1 { format!("; medians of {repeats} runs") } else { String::new() }
     );
     for s in &soaks {

@@ -121,9 +121,9 @@ fn figure_row(p: &PairReport, t: &TargetReport, f: &Figures, with_cpu: bool) -> 
     ]
 }
 
-fn ratio_row(r: &Ratios) -> Vec<String> {
+fn ratio_row(r: &Ratios, label: &str) -> Vec<String> {
     let mut v = vec![String::new(); 4];
-    v.push("ratio".into());
+    v.push(label.into());
     v.extend([
         x(r.tasks_per_s),
         x(r.ack_p50),
@@ -141,7 +141,7 @@ fn ratio_row(r: &Ratios) -> Vec<String> {
 }
 
 /// The terminal table: per measurement and block type, a null row, a worker row and a
-/// worker ÷ null ratio row. Latencies in ms; CPU in µs per task (on the "all" row).
+/// worker ÷ null ratio row (and, where the plain loop ran, its row and worker ÷ plain). Latencies in ms; CPU in µs per task (on the "all" row).
 pub(crate) fn table(pairs: &[PairReport]) -> String {
     let mut rows: Vec<Vec<String>> = vec![HEADER.iter().map(|s| s.to_string()).collect()];
     for p in pairs {
@@ -168,6 +168,11 @@ pub(crate) fn table(pairs: &[PairReport]) -> String {
             if let Some(f) = p.null.figures(ty) {
                 rows.push(figure_row(p, &p.null, f, with_cpu));
             }
+            if let Some(t) = &p.plain {
+                if let Some(f) = t.figures(ty) {
+                    rows.push(figure_row(p, t, f, with_cpu));
+                }
+            }
             if let Some(w) = &p.worker {
                 if let Some(f) = w.figures(ty) {
                     rows.push(figure_row(p, w, f, with_cpu));
@@ -185,7 +190,20 @@ pub(crate) fn table(pairs: &[PairReport]) -> String {
                             };
                         }
                     }
-                    rows.push(ratio_row(&r));
+                    rows.push(ratio_row(&r, "ratio"));
+                }
+                if let Some(r) = p.plain_ratios.iter().find(|r| r.block_type == key) {
+                    let mut r = r.clone();
+                    if single {
+                        if let Some(tr) = p.plain_ratios.iter().find(|r| r.block_type == ty) {
+                            r = Ratios {
+                                worker_cpu_per_task: r.worker_cpu_per_task,
+                                broker_cpu_per_task: r.broker_cpu_per_task,
+                                ..tr.clone()
+                            };
+                        }
+                    }
+                    rows.push(ratio_row(&r, "÷plain"));
                 }
             }
         }
@@ -411,8 +429,9 @@ mod tests {
             o.completed += 1;
         }
         let null = aggregate("null", &[o.clone()]);
+        let plain = aggregate("plain", &[o.clone()]);
         let worker = aggregate("worker", &[o]);
-        let pair = PairReport {
+        let mut pair = PairReport {
             mode: "core".into(),
             phase: "run".into(),
             scenario: "fs-get".into(),
@@ -423,12 +442,27 @@ mod tests {
             ratios: crate::stats::ratios(&worker, &null),
             null,
             worker: Some(worker),
+            plain: None,
+            plain_ratios: Vec::new(),
         };
-        let t = table(&[pair]);
+        let t = table(std::slice::from_ref(&pair));
         let lines: Vec<&str> = t.lines().collect();
         assert_eq!(lines.len(), 5, "{t}");
         assert!(
             lines[2].contains("null") && lines[3].contains("worker") && lines[4].contains("1.00x"),
+            "{t}"
+        );
+        // With the plain loop: its row after the null echo's, worker ÷ plain after the ratio.
+        pair.plain_ratios = crate::stats::ratios(pair.worker.as_ref().expect("worker"), &plain);
+        pair.plain = Some(plain);
+        let t = table(&[pair]);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines.len(), 7, "{t}");
+        assert!(
+            lines[3].contains("plain")
+                && lines[4].contains("worker")
+                && lines[6].contains("÷plain")
+                && lines[6].contains("1.00x"),
             "{t}"
         );
     }

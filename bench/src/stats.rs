@@ -427,6 +427,12 @@ pub(crate) struct PairReport {
     pub(crate) null: TargetReport,
     pub(crate) worker: Option<TargetReport>,
     pub(crate) ratios: Vec<Ratios>,
+    /// The plain-loop worker (core mode), when it ran.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) plain: Option<TargetReport>,
+    /// Worker ÷ plain loop.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub(crate) plain_ratios: Vec<Ratios>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -651,6 +657,8 @@ mod tests {
 
     fn pair(phase: &str, rate: Option<f64>, worker: TargetReport) -> PairReport {
         PairReport {
+            plain: None,
+            plain_ratios: Vec::new(),
             mode: "core".into(),
             phase: phase.into(),
             scenario: "mix".into(),

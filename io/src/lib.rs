@@ -185,6 +185,8 @@ struct Inner {
     next: AtomicUsize,
     max_file_bytes: u64,
     handles: Mutex<Vec<JoinHandle<()>>>,
+    /// [`IoPool::try_get_now`] can work here (`RESOLVE_CACHED` known to openat2).
+    nowait: bool,
 }
 
 impl Inner {
@@ -462,6 +464,7 @@ impl IoPool {
                 next: AtomicUsize::new(0),
                 max_file_bytes: cfg.max_file_bytes,
                 handles: Mutex::new(handles),
+                nowait: sys::probe_nowait(),
             }),
         })
     }
@@ -499,12 +502,39 @@ impl IoPool {
             root_c,
             path,
             self.inner.max_file_bytes,
-            tx,
+            Some(tx),
         )));
         self.inner.submit(m, "get", &display)?;
         match rx.await {
             Ok(r) => r,
             Err(_) => Err(FsError::new(FsErrorKind::Shutdown, "get", &display)),
+        }
+    }
+
+    /// [`IoPool::get`] done on the calling thread, when it can be done without waiting: the
+    /// path's lookup in the dentry cache and the file's bytes in the page cache (the common
+    /// case for a hot file). `None` when some step would have waited for the disk; then
+    /// call [`IoPool::get`], which hands it to an IO thread. The same checks and answers as
+    /// [`IoPool::get`] (same machine); about seven syscalls and no thread hop.
+    pub fn try_get_now(&self, root: &Path, rel: &str) -> Option<Result<FileData, FsError>> {
+        // After shutdown `get` answers `Shutdown`; so does this (through `get`).
+        let open = self.inner.senders.read().is_ok_and(|s| s.is_some());
+        if !self.inner.nowait || !open {
+            return None;
+        }
+        let path = match path::parse_get(rel) {
+            Ok(p) => p,
+            Err(e) => return Some(Err(e)),
+        };
+        let root_c = match path::root_cstring(root, &path.display) {
+            Ok(r) => r,
+            Err(e) => return Some(Err(e)),
+        };
+        let mut m = GetMachine::new(root_c, path, self.inner.max_file_bytes, None);
+        if machine::run_get_nowait(&mut m) {
+            m.take_reply()
+        } else {
+            None
         }
     }
 

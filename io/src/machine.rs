@@ -163,6 +163,9 @@ pub(crate) struct GetMachine {
     retries: u8,
     tx: Option<GetReply>,
     reply: Option<Result<FileData, FsError>>,
+    /// Run by [`run_get_nowait`] on the caller's thread: reads go through `RWF_NOWAIT`, so
+    /// the file's `O_NONBLOCK` need not be cleared.
+    nowait: bool,
 }
 
 impl std::fmt::Debug for GetMachine {
@@ -175,7 +178,7 @@ impl std::fmt::Debug for GetMachine {
 }
 
 impl GetMachine {
-    pub(crate) fn new(root: CString, path: GetPath, max_bytes: u64, tx: GetReply) -> Self {
+    pub(crate) fn new(root: CString, path: GetPath, max_bytes: u64, tx: Option<GetReply>) -> Self {
         GetMachine {
             state: GetState::OpenRoot,
             root,
@@ -197,9 +200,15 @@ impl GetMachine {
             size: 0,
             content_type: None,
             retries: 0,
-            tx: Some(tx),
+            tx,
             reply: None,
+            nowait: false,
         }
+    }
+
+    /// The answer of a machine run by [`run_get_nowait`].
+    pub(crate) fn take_reply(&mut self) -> Option<Result<FileData, FsError>> {
+        self.reply.take()
     }
 
     fn fail(&mut self, err: FsError) -> Step {
@@ -302,9 +311,11 @@ impl GetMachine {
             ));
         };
         let fd = raw(&self.fd);
-        let r = sys::clear_nonblock(fd);
-        if r < 0 {
-            return self.fail_errno(-r, "open");
+        if !self.nowait {
+            let r = sys::clear_nonblock(fd);
+            if r < 0 {
+                return self.fail_errno(-r, "open");
+            }
         }
         match sys::get_content_type(fd) {
             Ok(ct) => self.content_type = ct,
@@ -798,6 +809,25 @@ impl PutMachine {
 }
 
 /// Runs a machine to completion with blocking syscalls (the threads backend).
+/// Runs a get on the calling thread with syscalls that never wait for the disk
+/// ([`sys::exec_nowait`]). `false` when a step would have blocked (a path not in the dentry
+/// cache, data not in the page cache, a rename race): nothing was answered, and dropping
+/// the machine closes what it opened; the caller then hands the get to an IO thread.
+pub(crate) fn run_get_nowait(m: &mut GetMachine) -> bool {
+    m.nowait = true;
+    let mut step = m.start();
+    while let Step::Submit(op) = step {
+        // SAFETY: `op` points into `m`, which is alive, not moved, and not otherwise accessed
+        // during this call.
+        let res = unsafe { sys::exec_nowait(&op) };
+        if res == -libc::EAGAIN {
+            return false;
+        }
+        step = m.on_result(res);
+    }
+    true
+}
+
 pub(crate) fn run_blocking(m: &mut Machine) {
     let mut step = m.start();
     while let Step::Submit(op) = step {

@@ -164,6 +164,102 @@ pub(crate) unsafe fn exec(op: &Op) -> i32 {
     }
 }
 
+/// As [`exec`], but never waits for the disk: path lookups only through the dentry cache
+/// (`RESOLVE_CACHED`), reads only from the page cache (`RWF_NOWAIT`). `-EAGAIN` means
+/// "would block": the caller hands the whole request to an IO thread instead. Only the ops
+/// of a get are supported (others answer `-EAGAIN`).
+///
+/// # Safety
+/// As for [`exec`].
+pub(crate) unsafe fn exec_nowait(op: &Op) -> i32 {
+    match *op {
+        Op::OpenAt {
+            dirfd, path, flags, ..
+        } => {
+            let how = OpenHow {
+                flags: flags as u64,
+                mode: 0,
+                resolve: libc::RESOLVE_CACHED,
+            };
+            // SAFETY: as for `exec`; `how` lives for the call.
+            unsafe {
+                exec(&Op::OpenAt2 {
+                    dirfd,
+                    path,
+                    how: &how,
+                })
+            }
+        }
+        Op::OpenAt2 { dirfd, path, how } => {
+            // SAFETY: the caller guarantees `how` points at a live struct.
+            let mut h = unsafe { *how };
+            h.resolve |= libc::RESOLVE_CACHED;
+            // SAFETY: as for `exec`; `h` lives for the call.
+            unsafe {
+                exec(&Op::OpenAt2 {
+                    dirfd,
+                    path,
+                    how: &h,
+                })
+            }
+        }
+        Op::Statx { .. } | Op::Close { .. } => {
+            // SAFETY: forwarded with the caller's guarantee.
+            unsafe { exec(op) }
+        }
+        Op::Read {
+            fd,
+            buf,
+            len,
+            offset,
+        } => loop {
+            let iov = libc::iovec {
+                iov_base: buf.cast(),
+                iov_len: len as usize,
+            };
+            // SAFETY: the caller guarantees `buf` is writable for `len` bytes.
+            let r = unsafe { libc::preadv2(fd, &iov, 1, offset as libc::off_t, libc::RWF_NOWAIT) };
+            if r < 0 {
+                let e = errno();
+                if e == libc::EINTR {
+                    continue;
+                }
+                // EOPNOTSUPP: a filesystem without RWF_NOWAIT; the IO thread reads it.
+                return -(if e == libc::EOPNOTSUPP {
+                    libc::EAGAIN
+                } else {
+                    e
+                });
+            }
+            return i32::try_from(r).unwrap_or(i32::MAX);
+        },
+        _ => -libc::EAGAIN,
+    }
+}
+
+/// Whether [`exec_nowait`] can work here: openat2 knows `RESOLVE_CACHED` (Linux 5.12).
+pub(crate) fn probe_nowait() -> bool {
+    let how = OpenHow {
+        flags: (libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC) as u64,
+        mode: 0,
+        resolve: libc::RESOLVE_CACHED,
+    };
+    // SAFETY: a static NUL-terminated path and a live `how`.
+    let r = unsafe {
+        exec(&Op::OpenAt2 {
+            dirfd: libc::AT_FDCWD,
+            path: c"/".as_ptr(),
+            how: &how,
+        })
+    };
+    if r >= 0 {
+        // SAFETY: `r` is an fd this function just opened and owns.
+        unsafe { libc::close(r) };
+    }
+    // "/" is always in the dentry cache; EAGAIN would still mean the flag is understood.
+    r >= 0 || r == -libc::EAGAIN
+}
+
 /// Builds the io_uring submission for `op` (the pointers are copied into the SQE; the same
 /// validity rule as for `exec` applies until the completion arrives).
 pub(crate) fn sqe(op: &Op) -> io_uring::squeue::Entry {
@@ -218,6 +314,27 @@ pub(crate) fn sqe(op: &Op) -> io_uring::squeue::Entry {
 /// io-wq worker anyway, so the plain syscall is both portable and cheaper.
 /// `Ok(None)` when the attribute is absent or the filesystem has no user xattrs.
 pub(crate) fn get_content_type(fd: RawFd) -> Result<Option<String>, i32> {
+    // Most files have no content type stored: ask with a stack buffer first, so that case
+    // allocates nothing.
+    let mut first = [0u8; 256];
+    // SAFETY: `first` is a live, writable buffer of its length; the name is NUL-terminated.
+    let n = unsafe {
+        libc::fgetxattr(
+            fd,
+            CONTENT_TYPE_XATTR.as_ptr(),
+            first.as_mut_ptr().cast(),
+            first.len(),
+        )
+    };
+    if n >= 0 {
+        let v = &first[..(n as usize).min(first.len())];
+        return Ok(Some(String::from_utf8_lossy(v).into_owned()));
+    }
+    match errno() {
+        libc::ENODATA | libc::ENOTSUP => return Ok(None),
+        libc::ERANGE | libc::EINTR => {}
+        e => return Err(e),
+    }
     let mut buf = vec![0u8; 256];
     for _ in 0..4 {
         // SAFETY: `buf` is a live, writable allocation of `buf.len()` bytes and the name is a

@@ -128,6 +128,7 @@ for_each_backend!(
     overloaded_when_queue_full,
     shutdown_completes_or_refuses,
     backend_is_reported,
+    inline_get_answers_like_the_pool,
 );
 
 fn round_trip(b: Backend) {
@@ -883,4 +884,67 @@ fn backend_is_reported(b: Backend) {
     if std::env::var_os("BEAMLINE_IO_REQUIRE_URING").is_some() {
         assert_eq!(auto.backend(), Backend::Uring);
     }
+}
+
+/// `try_get_now` (the CPU thread's inline get) gives what `get` gives, byte for byte and
+/// error for error, and does answer inline for a hot file.
+fn inline_get_answers_like_the_pool(b: Backend) {
+    let Some(pool) = start(config(b)) else { return };
+    let e = env();
+    fs::create_dir_all(e.root.join("d")).unwrap();
+    fs::write(e.root.join("d/f.bin"), (0..=255u8).collect::<Vec<u8>>()).unwrap();
+    fs::write(e.root.join("twice"), b"x").unwrap();
+    fs::hard_link(e.root.join("twice"), e.root.join("linked")).unwrap();
+    let fifo = std::ffi::CString::new(e.root.join("fifo").to_str().unwrap()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
+    rt().block_on(async {
+        pool.put(
+            &e.root,
+            "typed.json",
+            Bytes::from_static(b"{}"),
+            Some("application/json"),
+        )
+        .await
+        .unwrap();
+        // Warm the caches through the pool first.
+        let hot = pool.get(&e.root, "d/f.bin").await.unwrap();
+        let inline = pool
+            .try_get_now(&e.root, "d/f.bin")
+            .expect("a hot file is read inline")
+            .unwrap();
+        assert_eq!(inline.bytes, hot.bytes);
+        assert_eq!(inline.content_type, hot.content_type);
+        for p in [
+            "typed.json",
+            "/d/f.bin",
+            "d",
+            "nope.txt",
+            "../outside/secret.txt",
+            "linked",
+            "fifo",
+            "",
+        ] {
+            let Some(now) = pool.try_get_now(&e.root, p) else {
+                continue; // would have waited: the pool answers instead
+            };
+            match (now, pool.get(&e.root, p).await) {
+                (Ok(a), Ok(b)) => {
+                    assert_eq!(a.bytes, b.bytes, "{p}");
+                    assert_eq!(a.content_type, b.content_type, "{p}");
+                }
+                (Err(a), Err(b)) => {
+                    assert_eq!((a.kind, a.to_string()), (b.kind, b.to_string()), "{p}");
+                }
+                (a, b) => panic!("{p}: inline {a:?} vs pool {b:?}"),
+            }
+        }
+        let typed = pool
+            .try_get_now(&e.root, "typed.json")
+            .expect("inline")
+            .unwrap();
+        assert_eq!(typed.content_type.as_deref(), Some("application/json"));
+        pool.shutdown();
+        assert!(pool.try_get_now(&e.root, "d/f.bin").is_none());
+    });
 }

@@ -124,7 +124,13 @@ impl Block for FsBlock {
         let root = self.root.join(ctx.tenant);
         match job {
             FsJob::Get { path } => {
-                let data = self.io.get(&root, path).await.map_err(fs_error)?;
+                // Inline when nothing would wait for the disk (a hot file: no thread hop,
+                // no cross-thread wake-up); else on an IO thread.
+                let data = match self.io.try_get_now(&root, path) {
+                    Some(r) => r,
+                    None => self.io.get(&root, path).await,
+                }
+                .map_err(fs_error)?;
                 let content_type = data
                     .content_type
                     .unwrap_or_else(|| guess_content_type(path).to_owned());

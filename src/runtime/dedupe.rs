@@ -64,6 +64,15 @@ pub enum Begin {
 struct Inner {
     map: HashMap<Key, Entry>,
     order: VecDeque<(Key, Instant)>,
+    /// What the finished entries hold, by [`cost`].
+    bytes: usize,
+}
+
+/// What one finished entry costs the process: its record, its key twice (map and order)
+/// and the bookkeeping around them (map slot, queue slot, `Arc`, allocation headers).
+fn cost(key: &Key, record: &Record) -> usize {
+    const OVERHEAD: usize = 192;
+    record.ack.len() + record.result.len() + 2 * (key.0.len() + key.1.len()) + OVERHEAD
 }
 
 /// The dedupe store.
@@ -74,6 +83,8 @@ pub struct Dedupe {
     kv: Option<Arc<kv::Store>>,
     ttl: Duration,
     capacity: usize,
+    /// Most bytes the finished entries may hold ([`cost`]); the oldest go first past it.
+    budget: usize,
 }
 
 /// Holds the "running" mark of one assignment.
@@ -102,11 +113,25 @@ impl Dedupe {
             inner: Arc::new(Mutex::new(Inner {
                 map: HashMap::new(),
                 order: VecDeque::new(),
+                bytes: 0,
             })),
             kv: kv.map(Arc::new),
             ttl,
             capacity: capacity.max(16),
+            budget: usize::MAX,
         }
+    }
+
+    /// Bounds what the finished entries hold to `bytes` (a share of `--max-memory-mb`), on
+    /// top of the entry count: a store of large results stays within its share of memory.
+    pub fn with_byte_budget(mut self, bytes: usize) -> Dedupe {
+        self.budget = bytes.max(64 << 10);
+        self
+    }
+
+    /// Bytes the finished entries hold now (tests, metrics).
+    pub fn bytes(&self) -> usize {
+        self.lock().bytes
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -156,15 +181,19 @@ impl Dedupe {
     fn finish(&self, key: &Key, record: Arc<Record>) {
         let now = Instant::now();
         let mut g = self.lock();
-        if let Some(Entry::Running(tx)) =
-            g.map.insert(key.clone(), Entry::Done(record.clone(), now))
-        {
-            let _ = tx.send(Some(record));
+        g.bytes += cost(key, &record);
+        match g.map.insert(key.clone(), Entry::Done(record.clone(), now)) {
+            Some(Entry::Running(tx)) => {
+                let _ = tx.send(Some(record));
+            }
+            Some(Entry::Done(old, _)) => g.bytes = g.bytes.saturating_sub(cost(key, &old)),
+            None => {}
         }
         g.order.push_back((key.clone(), now));
-        // Bounded: evict the oldest finished entries past capacity or TTL. An entry that was
-        // finished again later carries a newer instant and stays.
+        // Bounded: evict the oldest finished entries past capacity, byte budget or TTL. An
+        // entry that was finished again later carries a newer instant and stays.
         while g.order.len() > self.capacity
+            || g.bytes > self.budget
             || g.order
                 .front()
                 .is_some_and(|(_, at)| at.elapsed() >= self.ttl)
@@ -173,7 +202,9 @@ impl Dedupe {
                 break;
             };
             if matches!(g.map.get(&k), Some(Entry::Done(_, done)) if *done == at) {
-                g.map.remove(&k);
+                if let Some(Entry::Done(old, _)) = g.map.remove(&k) {
+                    g.bytes = g.bytes.saturating_sub(cost(&k, &old));
+                }
             }
         }
     }
@@ -318,5 +349,26 @@ mod tests {
             g.complete(rec(0)).await;
         }
         assert!(d.len() <= 17, "{}", d.len());
+    }
+
+    #[tokio::test]
+    async fn memory_is_bounded_by_bytes() {
+        // 1 MiB budget, 10 KiB results: at most ~100 remembered, however many finish.
+        let d = Dedupe::new(None, Duration::from_secs(60), 100_000).with_byte_budget(1 << 20);
+        let big = Record {
+            ack: Bytes::from(vec![b'a'; 100]),
+            result: Bytes::from(vec![b'r'; 10 << 10]),
+        };
+        for i in 0..1000 {
+            let Begin::New(g) = d.begin("t", &i.to_string()).await else {
+                panic!("new")
+            };
+            g.complete(big.clone()).await;
+        }
+        assert!(d.bytes() <= 1 << 20, "{} bytes held", d.bytes());
+        assert!((90..=100).contains(&d.len()), "{} entries", d.len());
+        // The newest are the ones kept.
+        assert!(matches!(d.begin("t", "999").await, Begin::Done(_)));
+        assert!(matches!(d.begin("t", "0").await, Begin::New(_)));
     }
 }

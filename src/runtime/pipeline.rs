@@ -207,10 +207,18 @@ impl Task<'_> {
             }
         }
 
-        let span = tracing::info_span!("worker.result.publish",
-            tenant_id = self.ids.tenant_id, trace_id = self.ids.trace_id,
-            run_id = self.ids.run_id, block_type = self.job_type,
-            worker_id = %shared.config.worker_id);
+        let span = if child_spans(shared) {
+            tracing::info_span!(
+                "worker.result.publish",
+                tenant_id = self.ids.tenant_id,
+                trace_id = self.ids.trace_id,
+                run_id = self.ids.run_id,
+                block_type = self.job_type,
+                worker_id = shared.config.worker_id.as_str()
+            )
+        } else {
+            tracing::Span::none()
+        };
         let published = async {
             let r = self
                 .d
@@ -290,6 +298,15 @@ impl Task<'_> {
     }
 }
 
+/// Whether the per-step child spans (`worker.block.execute`, `worker.result.publish`) are
+/// made: only for a trace exporter. Without one a span is seen only by the log layer, which
+/// lifts the correlation ids of an event's enclosing spans, and these two carry the same
+/// ids as their parent `worker.assignment.receive`: they would cost two span records (and
+/// their field allocations) per task and change no log line (issue 12).
+fn child_spans(shared: &Shared) -> bool {
+    shared.config.otlp_endpoint.is_some()
+}
+
 /// Handles one delivery to the end. Never panics on input.
 pub(super) async fn handle(shared: Arc<Shared>, blocks: Rc<Blocks>, mut d: Delivery) {
     let received = Instant::now();
@@ -320,10 +337,15 @@ async fn handle_parsed(
         Err(u) => return no_id(shared, d, u, value).await,
     };
     let tenant = a.tenant_id.as_deref().unwrap_or("");
-    let span = tracing::info_span!("worker.assignment.receive",
-        tenant_id = tenant, trace_id = a.trace_id.as_deref(), run_id = a.run_id,
-        block_type = a.job_type, worker_id = %shared.config.worker_id,
-        assignment_id = a.assignment_id);
+    let span = tracing::info_span!(
+        "worker.assignment.receive",
+        tenant_id = tenant,
+        trace_id = a.trace_id.as_deref(),
+        run_id = a.run_id,
+        block_type = a.job_type,
+        worker_id = shared.config.worker_id.as_str(),
+        assignment_id = a.assignment_id
+    );
     crate::telemetry::trace::continue_trace(&span, a.trace_id.as_deref());
     let task = Task {
         shared,
@@ -399,9 +421,13 @@ async fn handle_parsed(
         retry: a.retry,
         kind,
     };
-    let exec_span = tracing::info_span!(parent: &span, "worker.block.execute",
-        tenant_id = tenant, trace_id = a.trace_id.as_deref(), run_id = a.run_id,
-        block_type = kind.as_str(), worker_id = %shared.config.worker_id);
+    let exec_span = if child_spans(shared) {
+        tracing::info_span!(parent: &span, "worker.block.execute",
+            tenant_id = tenant, trace_id = a.trace_id.as_deref(), run_id = a.run_id,
+            block_type = kind.as_str(), worker_id = shared.config.worker_id.as_str())
+    } else {
+        tracing::Span::none()
+    };
     // Each block's run is its own allocation, sized for that block: inlined, every
     // assignment's task would carry the largest block's state (8.3 KiB per task instead
     // of 4.9 KiB, `-Zprint-type-sizes`).

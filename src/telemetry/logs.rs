@@ -11,6 +11,8 @@
 use std::borrow::Cow;
 use std::fmt::{self, Write as _};
 use std::io::Write as _;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 
 use tracing::field::{Field, Visit};
 use tracing::{Event, Level, Subscriber};
@@ -66,26 +68,130 @@ const NOISY: [&str; 12] = [
     "opentelemetry_http",
 ];
 
+/// Most log lines queued for the background writer; past it lines are dropped and counted
+/// ([`dropped_lines`]), never waited for. At ~300 B a line this bounds the queue to ~5 MiB.
+pub const QUEUE_LINES: usize = 16_384;
+
+/// How often the background writer wakes to write out what is queued. A thread that logs
+/// never wakes it: a wake-up per line (a futex call and a context switch) cost more than
+/// the line itself; polling writes the lines of a whole period in one system call.
+const WRITE_EVERY: std::time::Duration = std::time::Duration::from_millis(5);
+
+static DROPPED: AtomicU64 = AtomicU64::new(0);
+
+/// Log lines dropped because the background writer's queue was full (stderr slower than the
+/// worker logs): `worker_log_lines_dropped_total`.
+pub fn dropped_lines() -> u64 {
+    DROPPED.load(Ordering::Relaxed)
+}
+
+/// The log layer's writer: hands each line to the background writer's bounded queue,
+/// dropping (and counting) it when the queue is full. Never blocks, never makes a system
+/// call.
+#[derive(Debug, Clone)]
+pub struct QueueWriter {
+    tx: std::sync::mpsc::SyncSender<Vec<u8>>,
+}
+
+impl std::io::Write for &QueueWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if let Err(std::sync::mpsc::TrySendError::Full(_)) = self.tx.try_send(buf.to_vec()) {
+            DROPPED.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> MakeWriter<'a> for QueueWriter {
+    type Writer = &'a QueueWriter;
+    fn make_writer(&'a self) -> &'a QueueWriter {
+        self
+    }
+}
+
+/// Keeps the background log writer running; dropping it writes out what is queued and
+/// stops the writer. Hold it until the process ends.
+#[must_use = "dropping the guard stops the log writer"]
+#[derive(Debug)]
+pub struct LogGuard {
+    writer: Option<(Arc<AtomicBool>, std::thread::JoinHandle<()>)>,
+}
+
+impl Drop for LogGuard {
+    fn drop(&mut self) {
+        if let Some((stop, handle)) = self.writer.take() {
+            stop.store(true, Ordering::Release);
+            handle.thread().unpark();
+            let _ = handle.join();
+        }
+    }
+}
+
+/// The background writer: every [`WRITE_EVERY`] (or when told to stop), everything queued
+/// goes into one buffered write.
+fn write_out<O: std::io::Write>(rx: std::sync::mpsc::Receiver<Vec<u8>>, out: O, stop: &AtomicBool) {
+    let mut out = std::io::BufWriter::with_capacity(64 * 1024, out);
+    loop {
+        let stopping = stop.load(Ordering::Acquire);
+        while let Ok(line) = rx.try_recv() {
+            let _ = out.write_all(&line);
+        }
+        let _ = out.flush();
+        if stopping {
+            return;
+        }
+        std::thread::park_timeout(WRITE_EVERY);
+    }
+}
+
 /// Installs the global subscriber: the log layer on stderr (filtered by `RUST_LOG`, default
 /// `info`) and, when [`Traces`] exports, the OpenTelemetry layer. Idempotent: a second call
 /// (or a subscriber set by someone else) leaves the first in place.
-pub fn init(format: LogFormat, traces: &Traces) {
+///
+/// Lines are formatted on the thread that logs and written by one background thread, in
+/// batches: a thread that logs never makes a system call for a log line, never wakes the
+/// writer and never waits for stderr. The queue is bounded ([`QUEUE_LINES`]); when it is
+/// full the line is dropped and counted.
+pub fn init(format: LogFormat, traces: &Traces) -> LogGuard {
+    init_to(format, traces, std::io::stderr())
+}
+
+/// [`init`] with the lines going to `out` instead of stderr (tests that measure the hot
+/// path with its log line on, without filling their output).
+pub fn init_to<O>(format: LogFormat, traces: &Traces, out: O) -> LogGuard
+where
+    O: std::io::Write + Send + 'static,
+{
     let spec = std::env::var("RUST_LOG").unwrap_or_default();
     let (filter, rejected) = env_filter(&spec);
-    let logs = LogLayer::new(format, std::io::stderr).with_filter(filter);
+    let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE_LINES);
+    let logs = LogLayer::new(format, QueueWriter { tx }).with_filter(filter);
     let installed = tracing_subscriber::registry()
         .with(logs)
         .with(traces.layer())
         .try_init()
         .is_ok();
-    if installed {
-        for r in rejected {
-            tracing::warn!(directive = %r, "RUST_LOG directive ignored");
-        }
-        if let Some(problem) = traces.problem() {
-            tracing::warn!(error = %problem, "trace export disabled");
-        }
+    if !installed {
+        return LogGuard { writer: None };
     }
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let handle = std::thread::Builder::new()
+        .name("log-writer".into())
+        .spawn(move || write_out(rx, out, &flag));
+    let guard = LogGuard {
+        writer: handle.ok().map(|h| (stop, h)),
+    };
+    for r in rejected {
+        tracing::warn!(directive = %r, "RUST_LOG directive ignored");
+    }
+    if let Some(problem) = traces.problem() {
+        tracing::warn!(error = %problem, "trace export disabled");
+    }
+    guard
 }
 
 /// The filter for `spec` (`RUST_LOG` syntax; default `info`), with [`NOISY`] dependencies
@@ -177,6 +283,14 @@ pub fn redact_value(key: &str, value: &str) -> String {
 /// and Debug dumps). Borrows when there is nothing to mask.
 pub fn scrub(text: &str) -> Cow<'_, str> {
     let mut out = Cow::Borrowed(text);
+    // Every pattern needs a separator: `Bearer <t>` a blank, a URL `://`, a pair `=` or
+    // `:`. Ids and names have none, and are most of what is logged: one scan, no search.
+    if !text
+        .bytes()
+        .any(|c| matches!(c, b' ' | b'\t' | b':' | b'='))
+    {
+        return out;
+    }
     for pass in [
         auth_schemes as fn(&str) -> Vec<(usize, usize)>,
         url_passwords,
@@ -442,6 +556,27 @@ impl Val {
         }
     }
 
+    /// A correlation id as a JSON string (numbers quoted, as [`Val::as_id`] gives them).
+    fn write_id_json(&self, out: &mut String) {
+        match self {
+            Val::Str(s) => json_str(out, s),
+            other => {
+                if let Some(id) = other.as_id() {
+                    json_str(out, &id);
+                }
+            }
+        }
+    }
+
+    /// Whether [`Val::as_id`] gives an id (without making it).
+    fn is_id(&self) -> bool {
+        match self {
+            Val::Str(s) => !s.is_empty(),
+            Val::Bool(_) => false,
+            _ => true,
+        }
+    }
+
     fn as_id(&self) -> Option<String> {
         let s = match self {
             Val::Str(s) => s.clone(),
@@ -508,17 +643,30 @@ impl Recorder<'_> {
         };
         self.put(field, Val::Str(v));
     }
+
+    /// As [`Recorder::text`] for text already owned: kept as is when nothing is masked.
+    fn owned_text(&mut self, field: &Field, s: String) {
+        let v = if is_sensitive_key(field.name()) {
+            REDACTED.to_owned()
+        } else {
+            match scrub(&s) {
+                Cow::Borrowed(_) => s,
+                Cow::Owned(masked) => masked,
+            }
+        };
+        self.put(field, Val::Str(v));
+    }
 }
 
 impl Visit for Recorder<'_> {
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        self.text(field, &format!("{value:?}"));
+        self.owned_text(field, format!("{value:?}"));
     }
     fn record_str(&mut self, field: &Field, value: &str) {
         self.text(field, value);
     }
     fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
-        self.text(field, &value.to_string());
+        self.owned_text(field, value.to_string());
     }
     fn record_i64(&mut self, field: &Field, value: i64) {
         self.put(field, Val::I64(value));
@@ -566,20 +714,69 @@ fn level_name(l: &Level) -> &'static str {
 
 fn json_str(out: &mut String, s: &str) {
     out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 || c == '\u{2028}' || c == '\u{2029}' => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
+    // Runs of bytes that need no escape are copied whole; only the rare byte that does
+    // (and U+2028/U+2029, which start with 0xE2) is looked at again.
+    let mut run = 0;
+    for (i, b) in s.bytes().enumerate() {
+        if b >= 0x20 && b != b'"' && b != b'\\' && b != 0xE2 {
+            continue;
         }
+        out.push_str(&s[run..i]);
+        match b {
+            b'"' => out.push_str("\\\""),
+            b'\\' => out.push_str("\\\\"),
+            b'\n' => out.push_str("\\n"),
+            b'\r' => out.push_str("\\r"),
+            b'\t' => out.push_str("\\t"),
+            0xE2 => {
+                // A char boundary (a leading byte); the whole char is written here.
+                let c = s[i..].chars().next().unwrap_or_default();
+                if c == '\u{2028}' || c == '\u{2029}' {
+                    let _ = write!(out, "\\u{:04x}", c as u32);
+                } else {
+                    out.push(c);
+                }
+                run = i + c.len_utf8();
+                continue;
+            }
+            b => {
+                let _ = write!(out, "\\u{:04x}", b);
+            }
+        }
+        run = i + 1;
     }
+    out.push_str(&s[run.min(s.len())..]);
     out.push('"');
+}
+
+/// `YYYY-MM-DDTHH:MM:SS.ffffffZ` for now. The part up to the seconds is formatted once a
+/// second per thread; the microseconds are appended by hand.
+fn push_timestamp(out: &mut String) {
+    thread_local! {
+        static SECOND: std::cell::RefCell<(i64, String)> =
+            const { std::cell::RefCell::new((i64::MIN, String::new())) };
+    }
+    let now = chrono::Utc::now();
+    let secs = now.timestamp();
+    let micros = now.timestamp_subsec_micros().min(999_999);
+    SECOND.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.0 != secs {
+            c.1.clear();
+            let _ = write!(c.1, "{}", now.format("%Y-%m-%dT%H:%M:%S"));
+            c.0 = secs;
+        }
+        out.push_str(&c.1);
+    });
+    out.push('.');
+    let mut digits = [b'0'; 6];
+    let mut m = micros;
+    for d in digits.iter_mut().rev() {
+        *d = b'0' + (m % 10) as u8;
+        m /= 10;
+    }
+    out.push_str(std::str::from_utf8(&digits).unwrap_or("000000"));
+    out.push('Z');
 }
 
 impl<S, W> Layer<S> for LogLayer<W>
@@ -629,75 +826,102 @@ where
         });
 
         // Span fields root first, then the event's own: the nearest value of a key wins.
-        let mut all = SpanFields::default();
-        if let Some(scope) = ctx.event_scope(event) {
-            for span in scope.from_root() {
-                if let Some(f) = span.extensions().get::<SpanFields>() {
-                    for (k, v) in &f.0 {
-                        all.set(k, v.clone());
-                    }
+        // Borrowed, not cloned: the spans' extensions are held for the line's formatting.
+        let spans: Vec<_> = ctx
+            .event_scope(event)
+            .map(|scope| scope.from_root().collect())
+            .unwrap_or_default();
+        let exts: Vec<_> = spans.iter().map(|s| s.extensions()).collect();
+        let mut all: Vec<(&str, &Val)> = Vec::with_capacity(16);
+        let mut set = |k: &'static str, v| match all.iter_mut().find(|(n, _)| *n == k) {
+            Some(slot) => slot.1 = v,
+            None => all.push((k, v)),
+        };
+        for e in &exts {
+            if let Some(f) = e.get::<SpanFields>() {
+                for (k, v) in &f.0 {
+                    set(k, v);
                 }
             }
         }
-        for (k, v) in own.0 {
-            all.set(k, v);
+        for (k, v) in &own.0 {
+            set(k, v);
         }
-        let ids: Vec<(&str, String)> = CORRELATION
-            .iter()
-            .filter_map(|name| {
-                let v = all.0.iter().find(|(k, _)| k == name)?;
-                Some((*name, v.1.as_id()?))
-            })
-            .collect();
-        all.0.retain(|(k, _)| !CORRELATION.contains(k));
-        let message = message.unwrap_or_else(|| meta.target().to_owned());
+        let is_id = |(k, v): &(&str, &Val)| CORRELATION.contains(k) && v.is_id();
+        let message = message.as_deref().unwrap_or_else(|| meta.target());
 
-        let mut line = String::with_capacity(256);
-        let ts = chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.6fZ");
-        match self.format {
-            LogFormat::Json => {
-                let _ = write!(line, "{{\"timestamp\":\"{ts}\",\"level\":\"{}\",\"component\":\"worker\",\"message\":", level_name(meta.level()));
-                json_str(&mut line, &message);
-                line.push_str(",\"fields\":{");
-                for (i, (k, v)) in all.0.iter().enumerate() {
-                    if i > 0 {
-                        line.push(',');
+        LINE.with(|cell| {
+            let Ok(mut line) = cell.try_borrow_mut() else {
+                return; // a log line from inside this one's own formatting
+            };
+            line.clear();
+            match self.format {
+                LogFormat::Json => {
+                    line.push_str("{\"timestamp\":\"");
+                    push_timestamp(&mut line);
+                    line.push_str("\",\"level\":\"");
+                    line.push_str(level_name(meta.level()));
+                    line.push_str("\",\"component\":\"worker\",\"message\":");
+                    json_str(&mut line, message);
+                    line.push_str(",\"fields\":{");
+                    let mut first = true;
+                    for (k, v) in all.iter().filter(|(k, _)| !CORRELATION.contains(k)) {
+                        if !first {
+                            line.push(',');
+                        }
+                        first = false;
+                        json_str(&mut line, k);
+                        line.push(':');
+                        v.write_json(&mut line);
                     }
-                    json_str(&mut line, k);
-                    line.push(':');
-                    v.write_json(&mut line);
+                    line.push('}');
+                    for name in CORRELATION {
+                        if let Some((k, v)) = all.iter().find(|f| f.0 == name && is_id(f)) {
+                            line.push(',');
+                            json_str(&mut line, k);
+                            line.push(':');
+                            v.write_id_json(&mut line);
+                        }
+                    }
+                    line.push('}');
                 }
-                line.push('}');
-                for (k, v) in &ids {
-                    line.push(',');
-                    json_str(&mut line, k);
-                    line.push(':');
-                    json_str(&mut line, v);
+                LogFormat::Text => {
+                    push_timestamp(&mut line);
+                    let _ = write!(
+                        line,
+                        " {:>5} {}: {}",
+                        level_name(meta.level()),
+                        meta.target(),
+                        message.replace('\n', "\\n")
+                    );
+                    for (k, v) in all.iter().filter(|(k, _)| !CORRELATION.contains(k)) {
+                        let _ = write!(line, " {k}=");
+                        v.write_text(&mut line);
+                    }
+                    for name in CORRELATION {
+                        if let Some((k, v)) = all.iter().find(|f| f.0 == name && is_id(f)) {
+                            let _ = write!(line, " {k}=");
+                            if let Some(id) = v.as_id() {
+                                Val::Str(id).write_text(&mut line);
+                            }
+                        }
+                    }
                 }
-                line.push('}');
             }
-            LogFormat::Text => {
-                let _ = write!(
-                    line,
-                    "{ts} {:>5} {}: {}",
-                    level_name(meta.level()),
-                    meta.target(),
-                    message.replace('\n', "\\n")
-                );
-                for (k, v) in &all.0 {
-                    let _ = write!(line, " {k}=");
-                    v.write_text(&mut line);
-                }
-                for (k, v) in &ids {
-                    let _ = write!(line, " {k}=");
-                    Val::Str(v.clone()).write_text(&mut line);
-                }
+            line.push('\n');
+            // One write per line, so lines from different threads never interleave.
+            let _ = self.writer.make_writer_for(meta).write_all(line.as_bytes());
+            if line.capacity() > 64 * 1024 {
+                // One huge line does not keep its buffer for the thread's lifetime.
+                *line = String::with_capacity(512);
             }
-        }
-        line.push('\n');
-        // One write per line, so lines from different threads never interleave.
-        let _ = self.writer.make_writer_for(meta).write_all(line.as_bytes());
+        });
     }
+}
+
+thread_local! {
+    /// The line being formatted: one buffer per thread, reused for every line.
+    static LINE: std::cell::RefCell<String> = std::cell::RefCell::new(String::with_capacity(512));
 }
 
 #[cfg(test)]

@@ -99,6 +99,8 @@ pub struct Metrics {
     /// (fs.*, ai.inference), from decode to result.
     pub in_flight_io: IntGauge,
     pub in_flight_gpu: IntGauge,
+    /// Log lines dropped by the background log writer (queue full); synced at each render.
+    pub log_lines_dropped: IntCounter,
 }
 
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -336,6 +338,11 @@ impl Metrics {
                 "worker_stop_unanswered_total",
                 "Assignments held at stop that could not be answered or handed back in the grace period",
             ),
+            log_lines_dropped: counter(
+                &r,
+                "worker_log_lines_dropped_total",
+                "Log lines dropped because the background log writer's queue was full",
+            ),
             registry: r,
         }
     }
@@ -375,6 +382,11 @@ impl Metrics {
     /// Prometheus text exposition.
     pub fn render(&self) -> String {
         self.sample_process();
+        let dropped = crate::telemetry::logs::dropped_lines();
+        let seen = self.log_lines_dropped.get();
+        if dropped > seen {
+            self.log_lines_dropped.inc_by(dropped - seen);
+        }
         let mut out = Vec::with_capacity(16 * 1024);
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
         String::from_utf8(out).unwrap_or_default()
