@@ -95,16 +95,17 @@ pub struct Runtime {
 }
 
 /// Counts an assignment in `worker_pool_in_flight` of the pool its block runs on (fs.* on
-/// the IO pool, ai.inference on the GPU pool) while it is held; the CPU pool's own count
+/// the IO pool, ai.inference and ai.embed on the GPU pool) while it is held; the CPU pool's own count
 /// is sampled from the threads.
 pub(crate) struct PoolBusy<'a>(Option<&'a prometheus::IntGauge>);
 
 impl<'a> PoolBusy<'a> {
     pub(crate) fn new(metrics: &'a crate::telemetry::Metrics, kind: BlockKind) -> PoolBusy<'a> {
-        let g = match kind {
-            BlockKind::FsPut | BlockKind::FsGet => Some(&metrics.in_flight_io),
-            BlockKind::Inference => Some(&metrics.in_flight_gpu),
-            BlockKind::Http | BlockKind::Sql | BlockKind::Human => None,
+        // The pool is `BlockKind::pool`'s: one list decides where a kind waits and counts.
+        let g = match kind.pool() {
+            "io" => Some(&metrics.in_flight_io),
+            "gpu" => Some(&metrics.in_flight_gpu),
+            _ => None,
         };
         if let Some(g) = g {
             g.inc();
