@@ -18,6 +18,7 @@ pub mod app;
 pub mod blocks;
 pub mod config;
 pub mod contract;
+pub mod plan;
 pub mod policy;
 pub mod runtime;
 pub mod telemetry;
