@@ -260,6 +260,12 @@ pub async fn run(cfg: Config) -> Result<(), String> {
         sandbox = cfg.sandbox,
         "worker started"
     );
+    // systemd Type=notify: READY=1 once the health check is green, then watchdog pings.
+    let ready_probe = probe.clone();
+    let _notify = tokio::spawn(crate::systemd::notify_when_ready(
+        move || ready_probe.indicators().iter().all(|i| i.ok),
+        stop.clone(),
+    ));
 
     let control = tokio::spawn(transport::consume_control(
         client.clone(),

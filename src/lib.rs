@@ -21,5 +21,6 @@ pub mod contract;
 pub mod plan;
 pub mod policy;
 pub mod runtime;
+pub mod systemd;
 pub mod telemetry;
 pub mod transport;

@@ -136,6 +136,9 @@ pub struct Plan {
     pub threads: Vec<ThreadPlace>,
     pub gpu_slots: Vec<GpuSlot>,
     pub lanes: Vec<Lane>,
+    /// systemd `CPUAffinity=` for the unit: the pinned cores and their SMT siblings
+    /// (where the floating threads run too); the allowed cores when nothing is pinned.
+    pub cpu_affinity: String,
     pub warnings: Vec<String>,
 }
 
@@ -243,7 +246,23 @@ impl Plan {
             hardware: cfg.profile_hardware.clone(),
             host: cfg.profile_host.clone(),
         });
+        let mut affinity: Vec<usize> = Vec::new();
+        for t in &threads {
+            if let Some(cpu) = t.core.and_then(|c| topo.cpu(c)) {
+                affinity.extend(
+                    cpu.smt_siblings
+                        .iter()
+                        .copied()
+                        .filter(|s| allowed.contains(s)),
+                );
+                affinity.push(cpu.id);
+            }
+        }
+        if affinity.is_empty() {
+            affinity = allowed.clone();
+        }
         let mut plan = Plan {
+            cpu_affinity: format_list(&affinity),
             host,
             profile,
             cpu_pool_size: cfg.cpu_pool_size,
@@ -372,6 +391,7 @@ impl Plan {
                 carries
             );
         }
+        let _ = writeln!(s, "\nsystemd: CPUAffinity={}", self.cpu_affinity);
         if self.warnings.is_empty() {
             let _ = writeln!(s, "\nwarnings: none");
         } else {
@@ -505,6 +525,9 @@ pub struct PlanCli {
     /// Print JSON instead of the table.
     #[arg(long)]
     pub json: bool,
+    /// Print the unit drop-in that pins the process (`CPUAffinity=`) instead.
+    #[arg(long, conflicts_with = "json")]
+    pub systemd_dropin: bool,
     #[command(flatten)]
     pub worker: Cli,
 }
@@ -530,7 +553,17 @@ pub fn main<I: IntoIterator<Item = std::ffi::OsString>>(args: I) -> std::process
     };
     match plan_for(cli.worker) {
         Ok(plan) => {
-            if cli.json {
+            if cli.systemd_dropin {
+                println!(
+                    "# /etc/systemd/system/beamline-worker.service.d/affinity.conf\n\
+                     # from: beamline_worker plan --systemd-dropin (profile {})\n[Service]\nCPUAffinity={}",
+                    plan.profile
+                        .as_ref()
+                        .and_then(|p| p.name.as_deref())
+                        .unwrap_or("none"),
+                    plan.cpu_affinity.replace(',', " ")
+                );
+            } else if cli.json {
                 match serde_json::to_string_pretty(&plan) {
                     Ok(j) => println!("{j}"),
                     Err(e) => {
