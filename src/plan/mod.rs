@@ -548,32 +548,40 @@ pub fn main<I: IntoIterator<Item = std::ffi::OsString>>(args: I) -> std::process
         Ok(c) => c,
         Err(e) => {
             let _ = e.print();
-            return std::process::ExitCode::from(2);
+            // --help / --version are not errors.
+            return if e.use_stderr() {
+                std::process::ExitCode::from(2)
+            } else {
+                std::process::ExitCode::SUCCESS
+            };
         }
     };
     match plan_for(cli.worker) {
         Ok(plan) => {
-            if cli.systemd_dropin {
-                println!(
+            // Written, not println!: a closed pipe (`plan | head`) is not a panic.
+            use std::io::Write as _;
+            let text = if cli.systemd_dropin {
+                format!(
                     "# /etc/systemd/system/beamline-worker.service.d/affinity.conf\n\
-                     # from: beamline_worker plan --systemd-dropin (profile {})\n[Service]\nCPUAffinity={}",
+                     # from: beamline_worker plan --systemd-dropin (profile {})\n[Service]\nCPUAffinity={}\n",
                     plan.profile
                         .as_ref()
                         .and_then(|p| p.name.as_deref())
                         .unwrap_or("none"),
                     plan.cpu_affinity.replace(',', " ")
-                );
+                )
             } else if cli.json {
                 match serde_json::to_string_pretty(&plan) {
-                    Ok(j) => println!("{j}"),
+                    Ok(j) => j + "\n",
                     Err(e) => {
                         eprintln!("beamline_worker plan: {e}");
                         return std::process::ExitCode::FAILURE;
                     }
                 }
             } else {
-                print!("{}", plan.table());
-            }
+                plan.table()
+            };
+            let _ = std::io::stdout().lock().write_all(text.as_bytes());
             std::process::ExitCode::SUCCESS
         }
         Err(e) => {
