@@ -234,15 +234,18 @@ pub async fn run(cfg: Config) -> Result<(), String> {
     let kv = js.as_ref().and_then(|h| h.results.clone());
     // Device discovery: no GPU or no driver is the CPU fallback (logged once), not an error.
     let gpu = Arc::new(
-        beamline_gpu::Scheduler::start(beamline_gpu::SchedulerConfig {
-            gpu_slots: cfg.gpu_pool_size,
-            cpu_slots: cfg.cpu_pool_size,
-            cpu_threads: cfg.cpu_pool_size,
-            max_batch_size: cfg.gpu_max_batch_size,
-            max_queue_delay: cfg.gpu_max_queue_delay,
-            device_memory_budget: cfg.gpu_memory_budget_mb << 20,
-            host_cache_budget: cfg.gpu_memory_budget_mb << 20,
-        })
+        beamline_gpu::Scheduler::start_pinned(
+            beamline_gpu::SchedulerConfig {
+                gpu_slots: cfg.gpu_pool_size,
+                cpu_slots: cfg.cpu_pool_size,
+                cpu_threads: cfg.cpu_pool_size,
+                max_batch_size: cfg.gpu_max_batch_size,
+                max_queue_delay: cfg.gpu_max_queue_delay,
+                device_memory_budget: cfg.gpu_memory_budget_mb << 20,
+                host_cache_budget: cfg.gpu_memory_budget_mb << 20,
+            },
+            cfg.gpu_cores.clone(),
+        )
         .map_err(|e| format!("starting the GPU pool: {e}"))?,
     );
     metrics.gpu_devices.set(gpu.devices().len() as i64);
@@ -301,6 +304,12 @@ pub async fn run(cfg: Config) -> Result<(), String> {
         sandbox = cfg.sandbox,
         "worker started"
     );
+    // systemd Type=notify: READY=1 once the health check is green, then watchdog pings.
+    let ready_probe = probe.clone();
+    let _notify = tokio::spawn(crate::systemd::notify_when_ready(
+        move || ready_probe.indicators().iter().all(|i| i.ok),
+        stop.clone(),
+    ));
 
     let control = tokio::spawn(transport::consume_control(
         client.clone(),

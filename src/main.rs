@@ -6,6 +6,10 @@ use mimalloc::MiMalloc;
 static GLOBAL: MiMalloc = MiMalloc;
 
 fn main() -> std::process::ExitCode {
+    // `beamline_worker plan [FLAGS]`: the placement these flags give; starts nothing.
+    if std::env::args_os().nth(1).is_some_and(|a| a == "plan") {
+        return beamline_worker::plan::main(std::env::args_os().skip(2));
+    }
     let cfg = match beamline_worker::config::Config::from_env() {
         Ok(c) => c,
         Err(e) => {
@@ -15,6 +19,7 @@ fn main() -> std::process::ExitCode {
     };
     let traces = beamline_worker::telemetry::trace::Traces::start(&cfg);
     let logs = beamline_worker::telemetry::logs::init(cfg.log_format, &traces);
+    beamline_worker::plan::log_at_start(&cfg);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .thread_name("transport")

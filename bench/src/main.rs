@@ -12,6 +12,7 @@ mod procs;
 mod report;
 mod scenario;
 mod stats;
+mod tune;
 
 use std::io::IsTerminal as _;
 use std::path::{Path, PathBuf};
@@ -50,6 +51,8 @@ struct Cli {
 enum Cmd {
     /// Only the null-echo baselines (core and jetstream unless --mode): no worker needed.
     Null(Box<RunArgs>),
+    /// Choose pool sizes and core placement by measuring them; writes a tuning/ profile.
+    Tune(Box<tune::TuneArgs>),
     /// Internal: the null-echo worker process the bench spawns.
     #[command(hide = true)]
     NullWorker(NullWorkerArgs),
@@ -195,6 +198,15 @@ fn main() -> ExitCode {
     let (args, null_only) = match cli.cmd {
         Some(Cmd::NullWorker(a)) => return null_worker_main(&a),
         Some(Cmd::PlainWorker(a)) => return plain_worker_main(a),
+        Some(Cmd::Tune(a)) => {
+            return match tune::tune_main(&a) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Some(Cmd::Null(a)) => (*a, true),
         None => (cli.run, false),
     };

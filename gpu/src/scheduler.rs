@@ -271,6 +271,12 @@ impl Scheduler {
     /// device, no driver, or a driver that fails is not an error: the CPU fallback runs
     /// everything, and the reason is logged once and kept in [`Scheduler::cpu_fallback_reason`].
     pub fn start(cfg: SchedulerConfig) -> Result<Scheduler, String> {
+        Scheduler::start_pinned(cfg, Vec::new())
+    }
+
+    /// As [`Scheduler::start`], with GPU slot thread i pinned to `slot_cores[i % len]`
+    /// (the worker's placement plan; empty: unpinned).
+    pub fn start_pinned(cfg: SchedulerConfig, slot_cores: Vec<usize>) -> Result<Scheduler, String> {
         let mut cfg = cfg;
         cfg.max_batch_size = cfg.max_batch_size.max(1);
         cfg.cpu_slots = cfg.cpu_slots.max(1);
@@ -324,9 +330,21 @@ impl Scheduler {
                 SlotKind::Gpu(s) => format!("gpu-slot-{i}-dev{}", s.device),
                 SlotKind::Cpu => format!("gpu-cpu-slot-{i}"),
             };
+            let core = match &kind {
+                SlotKind::Gpu(_) if !slot_cores.is_empty() => {
+                    Some(slot_cores[i % slot_cores.len()])
+                }
+                _ => None,
+            };
             let h = std::thread::Builder::new()
                 .name(name)
-                .spawn(move || slot_loop(inner, kind))
+                .spawn(move || {
+                    if let Some(id) = core {
+                        // false: the core is not allowed here; the slot then runs unpinned.
+                        let _ = core_affinity::set_for_current(core_affinity::CoreId { id });
+                    }
+                    slot_loop(inner, kind)
+                })
                 .map_err(|e| format!("spawning a GPU pool thread: {e}"))?;
             threads.push(h);
         }

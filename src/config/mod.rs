@@ -44,7 +44,12 @@ pub enum LogFormat {
 /// Command line. Every option is optional here so that the profile can sit between the
 /// environment and the default.
 #[derive(Debug, Parser, Default)]
-#[command(name = "beamline_worker", version, about = "CAF execution worker")]
+#[command(
+    name = "beamline_worker",
+    version,
+    about = "CAF execution worker",
+    after_help = "Subcommand: `beamline_worker plan [FLAGS] [--json]` prints the thread placement these flags give and exits."
+)]
 pub struct Cli {
     /// CPU pool threads (pinned); default: online cores.
     #[arg(long, env = "WORKER_CPU_POOL_SIZE")]
@@ -194,6 +199,10 @@ pub struct Cli {
     /// PEM CA that signs the NATS server certificate (enables TLS).
     #[arg(long, env = "NATS_TLS_CA")]
     pub nats_tls_ca: Option<PathBuf>,
+    /// Topology source for placement (a tree captured by scripts/capture-sysfs.sh plans
+    /// another host: `beamline_worker plan --sysfs-root DIR`).
+    #[arg(long, env = "WORKER_SYSFS_ROOT")]
+    pub sysfs_root: Option<PathBuf>,
 }
 
 /// NATS credentials, resolved; secrets never appear in Debug output.
@@ -311,6 +320,15 @@ pub struct Config {
     pub gpu_memory_budget_mb: u64,
     /// `--models-dir`: where `ai.embed` finds its models by name.
     pub models_dir: PathBuf,
+    /// Where the topology was read (`--sysfs-root`, default `/sys`).
+    pub sysfs_root: PathBuf,
+    /// Cores placement may use (online, and allowed to this process on the live host).
+    pub allowed_cores: Vec<usize>,
+    /// GPU slot thread i runs on `gpu_cores[i % len]` (empty: unpinned).
+    pub gpu_cores: Vec<usize>,
+    pub profile_path: Option<PathBuf>,
+    pub profile_hardware: Option<String>,
+    pub profile_host: Option<crate::plan::HostClass>,
 }
 
 /// A start-up configuration error; the message names the flag.
@@ -456,20 +474,52 @@ impl Config {
                     .unwrap_or_else(|| $default)
             };
         }
-        let cores = online_cores();
+        // Placement is resolved against the topology the plan shows (crate::plan).
+        let sysfs_root = cli
+            .sysfs_root
+            .clone()
+            .unwrap_or_else(|| crate::plan::live_root().to_path_buf());
+        let live = cli.sysfs_root.is_none();
+        let topo = match crate::plan::Topology::read(&sysfs_root) {
+            Ok(t) => Some(t),
+            Err(e) if !live => return Err(bad("sysfs-root", e)),
+            Err(_) => None,
+        };
+        let allowed = match &topo {
+            Some(t) => crate::plan::allowed_cores(t, live),
+            None => (0..online_cores()).collect(),
+        };
+        let cores = allowed.len().max(1);
         let cpu_pool_size = positive("cpu-pool-size", pick!(cpu_pool_size, cores))?;
         let io_pool_size = positive("io-pool-size", pick!(io_pool_size, cores.div_ceil(2)))?;
         let gpu_pool_size = pick!(gpu_pool_size, 0);
+        let profile_err = |pool: &str, e: String| {
+            let path = cli.profile.as_ref().map(|p| p.display().to_string());
+            bad(
+                "profile",
+                format!("{} pools.{pool} {e}", path.unwrap_or_default()),
+            )
+        };
         let cpu_cores = p
             .pools
             .cpu_cores
-            .resolve(cpu_pool_size, 0)
-            .map_err(|e| bad("profile", e))?;
+            .resolve(cpu_pool_size, 0, &allowed)
+            .map_err(|e| profile_err("cpu_cores", e))?;
         let io_cores = p
             .pools
             .io_cores
-            .resolve(io_pool_size, cpu_pool_size)
-            .map_err(|e| bad("profile", e))?;
+            .resolve(io_pool_size, cpu_pool_size, &allowed)
+            .map_err(|e| profile_err("io_cores", e))?;
+        let gpu_cores = match (&p.pools.gpu_cores, &topo) {
+            (Placement::Auto, Some(t)) => crate::plan::auto_gpu_cores(t, &allowed, gpu_pool_size),
+            (Placement::Named(n), Some(t)) if n == "auto" => {
+                crate::plan::auto_gpu_cores(t, &allowed, gpu_pool_size)
+            }
+            (Placement::Auto, None) => Vec::new(),
+            (other, _) => other
+                .resolve(gpu_pool_size, 0, &allowed)
+                .map_err(|e| profile_err("gpu_cores", e))?,
+        };
 
         let prefix = pick!(subject_prefix, "caf".to_owned());
         if prefix.is_empty() || prefix.contains(['*', '>', ' ']) || prefix.ends_with('.') {
@@ -633,6 +683,12 @@ impl Config {
                 .models_dir
                 .clone()
                 .unwrap_or_else(|| data.join("models")),
+            sysfs_root,
+            allowed_cores: allowed,
+            gpu_cores,
+            profile_path: cli.profile.clone(),
+            profile_hardware: p.hardware.clone(),
+            profile_host: p.host.clone(),
         })
     }
 }

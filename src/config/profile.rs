@@ -21,11 +21,15 @@ pub enum Placement {
 }
 
 impl Placement {
-    /// Core ids for `threads` threads; `offset` is where `auto` starts counting.
-    pub fn resolve(&self, threads: usize, offset: usize) -> Result<Vec<usize>, String> {
-        let online = core_affinity::get_core_ids()
-            .map(|ids| ids.into_iter().map(|c| c.id).collect::<Vec<_>>())
-            .unwrap_or_default();
+    /// Core ids for `threads` threads; `offset` is where `auto` starts counting; `online`
+    /// the cores this process may use (`plan::allowed_cores`).
+    pub fn resolve(
+        &self,
+        threads: usize,
+        offset: usize,
+        online: &[usize],
+    ) -> Result<Vec<usize>, String> {
+        let online = online.to_vec();
         match self {
             Placement::Auto => Ok(auto(&online, threads, offset)),
             Placement::Named(n) if n == "auto" => Ok(auto(&online, threads, offset)),
@@ -35,7 +39,11 @@ impl Placement {
             )),
             Placement::Cores(list) => {
                 if let Some(bad) = list.iter().find(|c| !online.contains(c)) {
-                    return Err(format!("core {bad} is not online (online: {online:?})"));
+                    return Err(format!(
+                        "names core {bad}, which this host does not have or does not allow \
+                         (usable cores: {})",
+                        crate::plan::format_list(&online)
+                    ));
                 }
                 Ok(list.clone())
             }
@@ -59,6 +67,9 @@ pub struct Pools {
     pub cpu_cores: Placement,
     #[serde(default)]
     pub io_cores: Placement,
+    /// GPU slot threads; `auto`: cores of each slot's device's NUMA node.
+    #[serde(default)]
+    pub gpu_cores: Placement,
 }
 
 /// Settings a profile may give; each one is also a flag of the same name.
@@ -123,6 +134,8 @@ pub struct Profile {
     pub pools: Pools,
     #[serde(default)]
     pub worker: WorkerSection,
+    /// The host class it was written for; `plan` warns on other hardware.
+    pub host: Option<crate::plan::HostClass>,
 }
 
 impl Profile {
@@ -158,7 +171,10 @@ mod tests {
     #[test]
     fn placement_auto_spreads_and_lists_are_checked() {
         assert_eq!(auto(&[0, 1], 3, 1), vec![1, 0, 1]);
-        assert!(Placement::Cores(vec![9999]).resolve(1, 0).is_err());
-        assert_eq!(Placement::Named("none".into()).resolve(4, 0), Ok(vec![]));
+        assert!(Placement::Cores(vec![9999]).resolve(1, 0, &[0, 1]).is_err());
+        assert_eq!(
+            Placement::Named("none".into()).resolve(4, 0, &[0, 1]),
+            Ok(vec![])
+        );
     }
 }
