@@ -42,6 +42,9 @@ if "$bin/beamline-bench" --help 2>/dev/null | grep -qi inference; then
   timeout 90 "$bin/beamline-bench" --worker-bin "$bin/beamline_worker" \
     --profile tuning/host-16c-1gpu.toml --scenario inference --duration 20 \
     --out "$out/bench" >>"$log" 2>&1 || say "bench failed (rc $?)"
+  # The profile sizes the GPU pool (gpu_pool_size = 2); the worker log says GPU or CPU fallback.
+  grep -h "GPU in use\|no GPU in use\|GPU batch failed" "$out"/bench/logs/*worker* >>"$log" 2>/dev/null \
+    || say "no GPU line in the worker log"
 else
   say "beamline-bench has no ai.inference scenario: end-to-end inference bench not run"
 fi

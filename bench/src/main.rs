@@ -113,6 +113,11 @@ struct RunArgs {
     /// Worker --io-pool-size (default: not passed, the worker's own default).
     #[arg(long)]
     io_pool_size: Option<usize>,
+    /// Worker --gpu-pool-size (default: not passed, except 1 when an `inference` scenario
+    /// runs and neither --profile nor --worker-arg nor WORKER_GPU_POOL_SIZE sets it: the
+    /// worker's default, 0, has no GPU pool to run ai.inference on).
+    #[arg(long)]
+    gpu_pool_size: Option<usize>,
     /// RUST_LOG for the worker (its log goes to <out>/logs/). Default: unset, so the worker
     /// runs at its own default level (info), as a deployment does.
     #[arg(long)]
@@ -123,7 +128,8 @@ struct RunArgs {
     /// Consumer mode(s), comma-separated (default: core; `null` defaults to core,jetstream).
     #[arg(long, value_enum, value_delimiter = ',')]
     mode: Vec<Mode>,
-    /// Scenario(s), comma-separated (default: all five).
+    /// Scenario(s), comma-separated (default: all five but inference; `inference` =
+    /// ai.inference on the worker's GPU pool, CUDA or its CPU fallback, no plain-loop row).
     #[arg(long, value_enum, value_delimiter = ',')]
     scenario: Vec<Scenario>,
     /// Most assignments in flight at once.
@@ -521,10 +527,31 @@ fn spawn_plain_worker(url: &str, fx: &fixtures::Fixtures, log: &Path) -> Result<
     ChildGuard::spawn("plain-loop worker", &mut cmd, Some(log))
 }
 
+/// The `--gpu-pool-size` to pass the worker: the bench's own flag, else 1 when the plan runs
+/// ai.inference and nothing else (profile key, worker arg, `WORKER_GPU_POOL_SIZE` in the
+/// worker's environment: `env_sets_it`) sizes the pool.
+fn gpu_pool_arg(args: &RunArgs, runs_inference: bool, env_sets_it: bool) -> Option<usize> {
+    if args.gpu_pool_size.is_some() || !runs_inference {
+        return args.gpu_pool_size;
+    }
+    let in_args = args
+        .worker_args
+        .iter()
+        .any(|a| a.starts_with("--gpu-pool-size"));
+    let in_profile = args.profile.as_ref().is_some_and(|p| {
+        std::fs::read_to_string(p).is_ok_and(|t| {
+            t.lines()
+                .any(|l| l.trim_start().starts_with("gpu_pool_size"))
+        })
+    });
+    (!(in_args || env_sets_it || in_profile)).then_some(1)
+}
+
 fn spawn_worker(
     mode: Mode,
     url: &str,
     args: &RunArgs,
+    gpu_pool: Option<usize>,
     fx: &fixtures::Fixtures,
     ports: (u16, u16),
     log: &Path,
@@ -544,6 +571,9 @@ fn spawn_worker(
     }
     if let Some(n) = args.io_pool_size {
         cmd.args(["--io-pool-size", &n.to_string()]);
+    }
+    if let Some(n) = gpu_pool {
+        cmd.args(["--gpu-pool-size", &n.to_string()]);
     }
     if let Some(p) = &args.profile {
         cmd.arg("--profile").arg(p);
@@ -579,6 +609,16 @@ async fn bench(args: RunArgs, null_only: bool) -> Result<ExitCode> {
         notes.push("--gate runs its own plan: --rate and --scenario were ignored".to_string());
     }
     let worker_found = !null_only && args.worker_bin.is_file();
+    let gpu_pool = gpu_pool_arg(
+        &args,
+        steps.iter().any(|s| s.spec.scenario == Scenario::Inference),
+        std::env::var_os("WORKER_GPU_POOL_SIZE").is_some(),
+    );
+    if let (Some(n), None) = (gpu_pool, args.gpu_pool_size) {
+        notes.push(format!(
+            "inference: the worker was given --gpu-pool-size {n} (its default, 0, has no GPU pool)"
+        ));
+    }
     if !null_only && !worker_found {
         notes.push(format!(
             "worker binary {} not found: null-echo baseline only",
@@ -654,7 +694,10 @@ async fn bench(args: RunArgs, null_only: bool) -> Result<ExitCode> {
             t.as_secs_f64()
         );
         let mut plain_child = None;
-        if mode == Mode::Core && !null_only && !args.no_plain {
+        let plain_has_work = steps
+            .iter()
+            .any(|s| s.phase != "soak" && s.spec.scenario.plain_loop_can_run());
+        if mode == Mode::Core && !null_only && !args.no_plain && plain_has_work {
             let mut p = spawn_plain_worker(
                 &url,
                 &fx,
@@ -684,6 +727,7 @@ async fn bench(args: RunArgs, null_only: bool) -> Result<ExitCode> {
                 mode,
                 &url,
                 &args,
+                gpu_pool,
                 &fx,
                 ports,
                 &logs.join(format!("{stamp}-worker-{}.log", mode.name())),
@@ -737,7 +781,9 @@ async fn bench(args: RunArgs, null_only: bool) -> Result<ExitCode> {
                     .await?;
                 eprintln!("[{what}] null   #{}: {}", rep + 1, short(&o));
                 null_runs.push(o);
-                if let (Some(p), false) = (plain_child.as_mut(), step.phase == "soak") {
+                // No plain row where the plain loop cannot do the block's work (inference).
+                let plain_runs_it = step.phase != "soak" && step.spec.scenario.plain_loop_can_run();
+                if let (Some(p), true) = (plain_child.as_mut(), plain_runs_it) {
                     let o = ctx
                         .measure(
                             &plain_subjects,
@@ -956,6 +1002,31 @@ mod tests {
         let soak = plan(&args(&["--soak", "2", "--rate", "300"]));
         assert_eq!(soak[0].worker_duration, Some(Duration::from_secs(120)));
         assert_eq!(soak[0].spec.rate, Some(300.0));
+    }
+
+    #[test]
+    fn inference_gets_a_gpu_pool_only_when_nothing_else_sizes_it() {
+        let a = args(&["--scenario", "inference"]);
+        assert_eq!(plan(&a)[0].spec.scenario, Scenario::Inference);
+        assert_eq!(gpu_pool_arg(&a, true, false), Some(1));
+        // Other scenarios: the worker's default (no flag).
+        assert_eq!(gpu_pool_arg(&args(&[]), false, false), None);
+        // The bench's own flag wins, for any scenario.
+        assert_eq!(
+            gpu_pool_arg(&args(&["--gpu-pool-size", "3"]), false, false),
+            Some(3)
+        );
+        // Sized elsewhere: left to the worker.
+        assert_eq!(gpu_pool_arg(&a, true, true), None);
+        let wa = args(&["--worker-arg=--gpu-pool-size=2"]);
+        assert_eq!(gpu_pool_arg(&wa, true, false), None);
+        let dir = tempfile::tempdir().expect("tmp");
+        let (with, without) = (dir.path().join("g.toml"), dir.path().join("n.toml"));
+        std::fs::write(&with, "[worker]\ngpu_pool_size = 2\n").expect("write");
+        std::fs::write(&without, "[worker]\ncpu_pool_size = 2\n").expect("write");
+        let pa = |p: &Path| args(&["--profile", p.to_str().expect("utf8")]);
+        assert_eq!(gpu_pool_arg(&pa(&with), true, false), None);
+        assert_eq!(gpu_pool_arg(&pa(&without), true, false), Some(1));
     }
 
     #[test]

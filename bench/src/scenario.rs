@@ -13,6 +13,10 @@ pub(crate) const TENANT: &str = "bench";
 pub(crate) const PUT_FILES: u64 = 4096;
 /// Rows in the SQL fixture; `sql.query` asks for id `seq mod ROWS + 1`.
 pub(crate) const SQL_ROWS: u64 = 1000;
+/// The `ai.inference` model, tenant-relative (`<fs-root>/bench/bench/model.safetensors`).
+pub(crate) const MODEL_PATH: &str = "/bench/model.safetensors";
+/// Input width of the bench model (one input row per assignment).
+pub(crate) const MODEL_IN: usize = 16;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
@@ -27,9 +31,14 @@ pub(crate) enum Scenario {
     Sql,
     /// Round-robin of the four above (1:1:1:1).
     Mix,
+    /// `ai.inference` of one 16-value row on a small feed-forward model (the worker gets a
+    /// GPU pool; not in the default set, not in `mix`, not gated).
+    Inference,
 }
 
 impl Scenario {
+    /// The default set (no `--scenario`): `inference` is asked for by name only, since it
+    /// needs the worker's GPU pool, which is off at the worker's defaults.
     pub(crate) const ALL: [Scenario; 5] = [
         Scenario::FsGet,
         Scenario::FsPut,
@@ -45,6 +54,7 @@ impl Scenario {
             Scenario::Http => "http",
             Scenario::Sql => "sql",
             Scenario::Mix => "mix",
+            Scenario::Inference => "inference",
         }
     }
 
@@ -55,8 +65,14 @@ impl Scenario {
             Scenario::FsPut => BlockType::FsPut,
             Scenario::Http => BlockType::Http,
             Scenario::Sql => BlockType::Sql,
-            Scenario::Mix => BlockType::ALL[(seq % 4) as usize],
+            Scenario::Mix => BlockType::MIX[(seq % 4) as usize],
+            Scenario::Inference => BlockType::Inference,
         }
+    }
+
+    /// Whether the plain-loop worker can run this scenario (it has no inference).
+    pub(crate) fn plain_loop_can_run(self) -> bool {
+        self != Scenario::Inference
     }
 }
 
@@ -70,10 +86,21 @@ pub(crate) enum BlockType {
     Http,
     #[serde(rename = "sql.query")]
     Sql,
+    #[serde(rename = "ai.inference")]
+    Inference,
 }
 
 impl BlockType {
-    pub(crate) const ALL: [BlockType; 4] = [
+    /// Every type the bench sends, in index order (`RunOutcome::types`).
+    pub(crate) const ALL: [BlockType; 5] = [
+        BlockType::FsGet,
+        BlockType::FsPut,
+        BlockType::Http,
+        BlockType::Sql,
+        BlockType::Inference,
+    ];
+    /// The types of `mix` (and of the gate), in its round-robin order.
+    pub(crate) const MIX: [BlockType; 4] = [
         BlockType::FsGet,
         BlockType::FsPut,
         BlockType::Http,
@@ -90,15 +117,18 @@ impl BlockType {
             BlockType::FsPut => "fs.put",
             BlockType::Http => "http.request",
             BlockType::Sql => "sql.query",
+            BlockType::Inference => "ai.inference",
         }
     }
 
-    /// CP3-LC result-latency limit (p99) for this block type, in milliseconds.
-    pub(crate) fn gate_p99_limit_ms(self) -> f64 {
+    /// CP3-LC result-latency limit (p99) for this block type, in milliseconds; `None`
+    /// for a type the gate does not judge.
+    pub(crate) fn gate_p99_limit_ms(self) -> Option<f64> {
         match self {
-            BlockType::FsGet | BlockType::FsPut => 200.0,
-            BlockType::Http => 500.0,
-            BlockType::Sql => 300.0,
+            BlockType::FsGet | BlockType::FsPut => Some(200.0),
+            BlockType::Http => Some(500.0),
+            BlockType::Sql => Some(300.0),
+            BlockType::Inference => None,
         }
     }
 }
@@ -145,6 +175,19 @@ impl PayloadBuilder {
                 r#"{{"type":"sql.query","connection_string":"sqlite://bench.db","query":"SELECT id, name FROM users WHERE id = ?","parameters":["{k}"]}}"#,
                 k = seq % SQL_ROWS + 1
             ),
+            BlockType::Inference => {
+                // One row that varies with seq, so results are not all the same.
+                let _ = write!(
+                    buf,
+                    r#"{{"type":"ai.inference","model":"{MODEL_PATH}","inputs":[["#
+                );
+                for i in 0..MODEL_IN as u64 {
+                    let sep = if i == 0 { "" } else { "," };
+                    let v = ((seq + i) % 9) as f32 * 0.25 - 1.0;
+                    let _ = write!(buf, "{sep}{v}");
+                }
+                write!(buf, "]]}}")
+            }
         };
         buf.push(b'}');
         Bytes::from(buf)
@@ -177,8 +220,45 @@ mod tests {
     #[test]
     fn mix_is_round_robin() {
         let kinds: Vec<_> = (0..8).map(|s| Scenario::Mix.block_for(s)).collect();
-        assert_eq!(&kinds[..4], &BlockType::ALL);
-        assert_eq!(&kinds[4..], &BlockType::ALL);
+        assert_eq!(&kinds[..4], &BlockType::MIX);
+        assert_eq!(&kinds[4..], &BlockType::MIX);
+        assert!(!kinds.contains(&BlockType::Inference));
         assert_eq!(Scenario::Sql.block_for(3), BlockType::Sql);
+    }
+
+    #[test]
+    fn inference_parses_and_maps_to_ai_inference() {
+        use clap::ValueEnum as _;
+        let s = Scenario::from_str("inference", false).expect("parses");
+        assert_eq!(s, Scenario::Inference);
+        assert_eq!(s.name(), "inference");
+        assert_eq!(s.block_for(0), BlockType::Inference);
+        assert_eq!(s.block_for(7), BlockType::Inference);
+        assert_eq!(BlockType::Inference.job_type(), "ai.inference");
+        assert!(!s.plain_loop_can_run());
+        assert!(Scenario::Sql.plain_loop_can_run());
+        // Opt-in only, and never judged by the gate.
+        assert!(!Scenario::ALL.contains(&Scenario::Inference));
+        assert_eq!(BlockType::Inference.gate_p99_limit_ms(), None);
+        // The index order is what RunOutcome::types is indexed by.
+        for (i, b) in BlockType::ALL.iter().enumerate() {
+            assert_eq!(b.index(), i);
+        }
+    }
+
+    #[test]
+    fn inference_payload_names_the_model_and_one_row_of_its_width() {
+        let b = PayloadBuilder::new(8080);
+        for seq in [0u64, 5, 1_000_003] {
+            let p = b.assignment("bx-2-9", seq, BlockType::Inference);
+            let v: serde_json::Value = serde_json::from_slice(&p).expect("valid json");
+            assert_eq!(v["job"]["type"], "ai.inference");
+            assert_eq!(v["job"]["model"], MODEL_PATH);
+            let rows = v["job"]["inputs"].as_array().expect("rows");
+            assert_eq!(rows.len(), 1);
+            let row = rows[0].as_array().expect("row");
+            assert_eq!(row.len(), MODEL_IN);
+            assert!(row.iter().all(|x| x.as_f64().is_some_and(f64::is_finite)));
+        }
     }
 }

@@ -128,7 +128,7 @@ pub(crate) struct Sample {
 /// Everything one measured run of one target recorded.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct RunOutcome {
-    pub(crate) types: [TypeOutcome; 4],
+    pub(crate) types: [TypeOutcome; 5],
     pub(crate) sent: u64,
     pub(crate) completed: u64,
     /// Sent but no result before the drain timeout (or evicted from the tracking ring).
@@ -481,9 +481,10 @@ pub(crate) fn evaluate_gate(pairs: &[PairReport]) -> GateReport {
                 }
                 "latency" => {
                     saw_lat = true;
-                    for b in BlockType::ALL {
-                        if let Some(f) = w.figures(b.job_type()) {
-                            let limit = b.gate_p99_limit_ms();
+                    for b in BlockType::MIX {
+                        if let (Some(f), Some(limit)) =
+                            (w.figures(b.job_type()), b.gate_p99_limit_ms())
+                        {
                             checks.push(GateCheck {
                                 mode: mode.to_string(),
                                 check: format!(
