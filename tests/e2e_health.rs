@@ -287,15 +287,20 @@ async fn a_lane_that_stays_down_fails_health_and_is_named() {
     drop(worker);
 }
 
-/// A model that takes a while on the CPU fallback (debug build): 4 layers of 256×256.
+/// A model that takes a while on the CPU fallback even with `gemm` optimised in the dev
+/// profile (Cargo.toml): 256 → 6 × 1024 → 256, about 0.4 G multiply-adds per 64-row
+/// request, so 40 requests keep the GPU pool's queue over its bound for seconds.
 fn slow_model() -> Model {
-    let n = 256;
-    let layers = (0..4)
-        .map(|l| {
-            let w = (0..n * n)
+    let dims = [256, 1024, 1024, 1024, 1024, 1024, 1024, 256];
+    let layers = dims
+        .windows(2)
+        .enumerate()
+        .map(|(l, d)| {
+            let (n_in, n_out) = (d[0], d[1]);
+            let w = (0..n_in * n_out)
                 .map(|i| ((i * 7 + l) % 13) as f32 / 100.0 - 0.06)
                 .collect();
-            Layer::new(n, n, w, vec![0.01; n], Activation::Relu).expect("layer")
+            Layer::new(n_in, n_out, w, vec![0.01; n_out], Activation::Relu).expect("layer")
         })
         .collect();
     Model::new(layers).expect("model")
@@ -320,7 +325,7 @@ async fn a_full_gpu_queue_shows_in_health_and_the_pool_gauges() {
     let router = Router::connect(&nats.url()).await;
     ready(&router).await;
     let row: Vec<f32> = (0..256).map(|i| (i % 5) as f32 / 10.0).collect();
-    let rows: Vec<Vec<f32>> = (0..32).map(|_| row.clone()).collect();
+    let rows: Vec<Vec<f32>> = (0..64).map(|_| row.clone()).collect();
     let n = 40;
     for i in 0..n {
         router
