@@ -19,7 +19,10 @@ fi
 command -v cargo-deb >/dev/null 2>&1 || cargo install cargo-deb --locked --quiet
 
 step "cargo deb --profile deb"
-deb=$(cargo deb -p beamline_worker --profile deb 2>&1 | tee /dev/stderr | grep -E '\.deb$' | tail -1)
+# (Not `tee /dev/stderr`: with stderr redirected to a file, that reopens and truncates it.)
+built=$(cargo deb -p beamline_worker --profile deb 2>&1) || { echo "$built" >&2; exit 1; }
+echo "$built"
+deb=$(echo "$built" | grep -E '\.deb$' | tail -1)
 [ -f "$deb" ] || { echo "no .deb built" >&2; exit 1; }
 dpkg-deb --contents "$deb"
 
