@@ -143,28 +143,7 @@ pub fn decode_job<'a>(
         }
     }
     let normalize = job.opt_bool("normalize")?.unwrap_or(true);
-    let device = match job.opt_str("device")? {
-        None => DevicePref::Auto,
-        Some(d) => DevicePref::parse(d).ok_or_else(|| {
-            TaskError::invalid(
-                "job.device",
-                format!("{d:?} is not one of \"auto\", \"cuda\", \"cpu\""),
-            )
-        })?,
-    };
-    if let (DevicePref::Cuda, Some(why)) = (device, no_cuda) {
-        return Err(TaskError::new(
-            ErrorCode::ResourceUnavailable,
-            format!("no CUDA device on this worker ({why}); use \"device\": \"auto\" or \"cpu\""),
-        ));
-    }
-    let priority = job.opt_f64("priority")?.unwrap_or(0.0);
-    if !priority.is_finite() {
-        return Err(TaskError::invalid(
-            "job.priority",
-            "must be a finite number",
-        ));
-    }
+    let (device, priority) = super::inference::decode_placement(&job, no_cuda)?;
     Ok(EmbedJob {
         model,
         inputs,

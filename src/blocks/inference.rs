@@ -161,23 +161,12 @@ fn decode_inputs(job: &Fields<'_, '_>) -> Result<(Vec<f32>, usize, usize), TaskE
     Ok((flat, rows.len(), width))
 }
 
-/// Reads and validates an `ai.inference` job: what [`Block::decode`] does, without the
-/// scheduler. `no_cuda` is `None` when the worker has a CUDA device, else why it has
-/// none (then `device: "cuda"` is 2002 before the ack).
-pub fn decode_job<'a>(
-    job: Fields<'a, 'a>,
+/// `job.device` and `job.priority` of a GPU-pool block (`ai.inference`, `ai.embed`):
+/// `device: "cuda"` on a worker without CUDA is 2002 before the ack (`no_cuda` says why).
+pub(super) fn decode_placement(
+    job: &Fields<'_, '_>,
     no_cuda: Option<&str>,
-) -> Result<InferenceJob<'a>, TaskError> {
-    let model = job.req_nonempty("model")?;
-    if model.contains('\0') {
-        return Err(TaskError::invalid("job.model", "contains a NUL byte"));
-    }
-    if model.ends_with('/') || model.trim_start_matches('/').is_empty() {
-        return Err(TaskError::invalid(
-            "job.model",
-            "must name a file, not a directory",
-        ));
-    }
+) -> Result<(DevicePref, f64), TaskError> {
     let device = match job.opt_str("device")? {
         None => DevicePref::Auto,
         Some(d) => DevicePref::parse(d).ok_or_else(|| {
@@ -200,6 +189,27 @@ pub fn decode_job<'a>(
             "must be a finite number",
         ));
     }
+    Ok((device, priority))
+}
+
+/// Reads and validates an `ai.inference` job: what [`Block::decode`] does, without the
+/// scheduler. `no_cuda` is `None` when the worker has a CUDA device, else why it has
+/// none (then `device: "cuda"` is 2002 before the ack).
+pub fn decode_job<'a>(
+    job: Fields<'a, 'a>,
+    no_cuda: Option<&str>,
+) -> Result<InferenceJob<'a>, TaskError> {
+    let model = job.req_nonempty("model")?;
+    if model.contains('\0') {
+        return Err(TaskError::invalid("job.model", "contains a NUL byte"));
+    }
+    if model.ends_with('/') || model.trim_start_matches('/').is_empty() {
+        return Err(TaskError::invalid(
+            "job.model",
+            "must name a file, not a directory",
+        ));
+    }
+    let (device, priority) = decode_placement(&job, no_cuda)?;
     let (inputs, rows, width) = decode_inputs(&job)?;
     Ok(InferenceJob {
         model,
