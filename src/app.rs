@@ -159,7 +159,9 @@ pub async fn run(cfg: Config) -> Result<(), String> {
         .with_label_values(&[io.backend().as_str()])
         .set(1);
 
-    let client = transport::connect(&cfg, metrics.clone(), transport::Role::Control).await?;
+    let client = transport::connect(&cfg, metrics.clone(), transport::Role::Control)
+        .await
+        .map_err(|e| e.to_string())?;
     // API calls (the result bucket included) give up after 1.5 s and are retried, so a
     // leader change costs about that, not the client's default 5 s per call.
     let js_ctx = async_nats::jetstream::ContextBuilder::new()

@@ -231,7 +231,7 @@ mod tests {
 pub struct ApprovalPort {
     pub approvals: Approvals,
     pub publisher: crate::transport::Publisher,
-    pub kv: Option<async_nats::jetstream::kv::Store>,
+    pub kv: Option<crate::transport::Bucket>,
     pub metrics: Arc<crate::telemetry::Metrics>,
     pub sandbox: bool,
 }
@@ -256,7 +256,10 @@ impl ApprovalPort {
         }
     }
 
-    pub async fn request(&self, body: bytes::Bytes) -> Result<(), String> {
+    pub async fn request(
+        &self,
+        body: bytes::Bytes,
+    ) -> Result<(), crate::transport::TransportError> {
         let subject = self.publisher.subjects().approval_request.clone();
         self.publisher.publish_core(&subject, body).await
     }

@@ -7,10 +7,11 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::kv;
 use base64::Engine as _;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio::sync::watch;
+
+use crate::transport::{Bucket, BucketError};
 
 /// What was published for a finished assignment; re-published byte for byte on a duplicate.
 #[derive(Debug, Clone, PartialEq)]
@@ -80,7 +81,7 @@ fn cost(key: &Key, record: &Record) -> usize {
 pub struct Dedupe {
     inner: Arc<Mutex<Inner>>,
     /// Behind an `Arc`: a `Store` is over a kilobyte, and every guard carries the store.
-    kv: Option<Arc<kv::Store>>,
+    kv: Option<Arc<Bucket>>,
     ttl: Duration,
     capacity: usize,
     /// Most bytes the finished entries may hold ([`cost`]); the oldest go first past it.
@@ -108,7 +109,7 @@ fn kv_key(tenant: &str, id: &str) -> String {
 }
 
 impl Dedupe {
-    pub fn new(kv: Option<kv::Store>, ttl: Duration, capacity: usize) -> Dedupe {
+    pub fn new(kv: Option<Bucket>, ttl: Duration, capacity: usize) -> Dedupe {
         Dedupe {
             inner: Arc::new(Mutex::new(Inner {
                 map: HashMap::new(),
@@ -159,7 +160,7 @@ impl Dedupe {
         }
         if let Some(kv) = &self.kv {
             // Boxed: the lookup's state is large and only JetStream mode has it.
-            match Box::pin(kv.get(kv_key(tenant, id))).await {
+            match Box::pin(kv.get(&kv_key(tenant, id))).await {
                 Ok(Some(bytes)) => {
                     if let Some(r) = Record::decode(bytes) {
                         let r = Arc::new(r);
@@ -221,13 +222,13 @@ impl Dedupe {
 
 /// Stores `record` under `k`, first writer wins, retrying through outages; returns the
 /// record that is stored (`record`, or the one another delivery stored first).
-async fn store_first(kv: &kv::Store, k: String, mut record: Arc<Record>) -> Arc<Record> {
+async fn store_first(kv: &Bucket, k: String, mut record: Arc<Record>) -> Arc<Record> {
     let deadline = Instant::now() + STORE_PATIENCE;
     let mut delay = Duration::from_millis(50);
     loop {
         let problem = match kv.create(&k, record.encode()).await {
-            Ok(_) => break,
-            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => match kv.get(&k).await {
+            Ok(()) => break,
+            Err(BucketError::Exists) => match kv.get(&k).await {
                 Ok(Some(bytes)) => {
                     if let Some(first) = Record::decode(bytes) {
                         record = Arc::new(first);
@@ -237,7 +238,7 @@ async fn store_first(kv: &kv::Store, k: String, mut record: Arc<Record>) -> Arc<
                 Ok(None) => "the stored record vanished".to_owned(),
                 Err(e) => e.to_string(),
             },
-            Err(e) if e.kind() == kv::CreateErrorKind::InvalidKey => {
+            Err(e @ BucketError::InvalidKey(_)) => {
                 tracing::warn!(error = %e, "storing the result for dedupe failed");
                 break;
             }

@@ -44,7 +44,7 @@ pub struct Shared {
     pub cancels: Cancels,
     pub approvals: Approvals,
     /// Key-value bucket for approval clocks (JetStream mode).
-    pub approval_kv: Option<async_nats::jetstream::kv::Store>,
+    pub approval_kv: Option<crate::transport::Bucket>,
     pub io: beamline_io::IoPool,
     /// The GPU pool (`ai.inference`), one for the process, shared by every CPU thread.
     pub gpu: Arc<beamline_gpu::Scheduler>,

@@ -3,18 +3,20 @@
 
 use std::time::Duration;
 
-use async_nats::jetstream::{self, consumer, kv, stream};
+use async_nats::jetstream::{self, consumer, stream};
 
 use crate::config::Config;
+
+use super::{Bucket, TransportError};
 
 /// What JetStream mode works with.
 #[derive(Debug, Clone)]
 pub struct JetStreamHandles {
-    pub ctx: jetstream::Context,
+    pub(super) ctx: jetstream::Context,
     /// The stream that captures the assign subject (ours or one that already existed).
     pub stream_name: String,
     /// Completed results, for dedupe across restarts and instances.
-    pub results: Option<kv::Store>,
+    pub results: Option<Bucket>,
     /// The stream that keeps approval decisions.
     pub approvals: Option<String>,
     /// Whether the ack/result/DLQ subjects are captured by a stream.
@@ -22,8 +24,8 @@ pub struct JetStreamHandles {
     approval_subject: String,
 }
 
-fn err(what: &str, e: impl std::fmt::Display) -> String {
-    format!("{what}: {e}")
+fn err(what: &str, e: impl Into<super::BoxError>) -> TransportError {
+    TransportError::new(what, e)
 }
 
 /// The stream that already captures `config.subjects[0]` (a Router deployment may own
@@ -33,7 +35,7 @@ async fn existing_or_created(
     create: bool,
     config: stream::Config,
     what: &str,
-) -> Result<Option<String>, String> {
+) -> Result<Option<String>, TransportError> {
     let subject = config.subjects.first().cloned().unwrap_or_default();
     if let Ok(name) = ctx.stream_by_subject(subject).await {
         return Ok(Some(name));
@@ -52,7 +54,7 @@ async fn existing_or_created(
 pub async fn bind_jetstream(
     cfg: &Config,
     ctx: jetstream::Context,
-) -> Result<JetStreamHandles, String> {
+) -> Result<JetStreamHandles, TransportError> {
     let s = &cfg.subjects;
     let js = &cfg.js;
     let assign = stream::Config {
@@ -66,7 +68,12 @@ pub async fn bind_jetstream(
     };
     let stream_name = existing_or_created(&ctx, js.create, assign, "assignment")
         .await?
-        .ok_or("no stream captures the assign subject and --js-create is off")?;
+        .ok_or_else(|| {
+            TransportError::new(
+                "binding the assignment stream",
+                "no stream captures the assign subject and --js-create is off",
+            )
+        })?;
 
     // Outputs: every subject already captured somewhere is fine; the rest go in ours.
     let mut missing = Vec::new();
@@ -98,7 +105,7 @@ pub async fn bind_jetstream(
     }
 
     let results = match ctx.get_key_value(js.results_bucket.clone()).await {
-        Ok(kv) => Some(kv),
+        Ok(kv) => Some(Bucket::new(kv)),
         Err(_) if js.create => {
             // A key-value bucket is a stream of this shape. It is created directly because
             // the client's create_key_value first reads account info in a form that
@@ -119,11 +126,11 @@ pub async fn bind_jetstream(
             })
             .await
             .map_err(|e| err("creating the results bucket", e))?;
-            Some(
+            Some(Bucket::new(
                 ctx.get_key_value(js.results_bucket.clone())
                     .await
                     .map_err(|e| err("binding the results bucket", e))?,
-            )
+            ))
         }
         Err(e) => {
             tracing::warn!(error = %e, "no results bucket; dedupe is per process only");
@@ -154,7 +161,7 @@ pub async fn bind_jetstream(
 
 impl JetStreamHandles {
     /// The same objects, reached through another connection's context (an intake lane's).
-    pub fn through(&self, ctx: jetstream::Context) -> JetStreamHandles {
+    pub(super) fn through(&self, ctx: jetstream::Context) -> JetStreamHandles {
         JetStreamHandles {
             ctx,
             ..self.clone()
@@ -162,7 +169,10 @@ impl JetStreamHandles {
     }
 
     /// The durable pull consumer every instance shares (bound again after losses).
-    pub async fn assign_consumer(&self, cfg: &Config) -> Result<consumer::PullConsumer, String> {
+    pub(super) async fn assign_consumer(
+        &self,
+        cfg: &Config,
+    ) -> Result<consumer::PullConsumer, TransportError> {
         let stream = self
             .ctx
             .get_stream(&self.stream_name)
@@ -191,7 +201,7 @@ impl JetStreamHandles {
     }
 
     /// Every approval decision still kept, then new ones as they come.
-    pub async fn decisions(&self) -> Result<consumer::pull::Ordered, String> {
+    pub(super) async fn decisions(&self) -> Result<consumer::pull::Ordered, TransportError> {
         let name = self.approvals.as_deref().unwrap_or_default();
         let stream = self
             .ctx

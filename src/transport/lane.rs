@@ -1,0 +1,80 @@
+//! Opening a CPU thread's intake lane: its own connection (client buffers sized from its
+//! share of the memory budget), its publisher, and its intake loop, all on the calling
+//! thread's runtime, so an assignment goes from socket to result without another thread.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, ConsumerMode};
+use crate::telemetry::Metrics;
+
+use super::{connect_with, core, jetstream};
+use super::{Intake, IntakeBudget, JetStreamHandles, Publisher, Role, Sink, TransportError};
+
+/// JetStream API calls and publish-acks of a lane give up after this (the client's default
+/// is 5 s) and are retried: after a leader loss the pull is rebound and acks/results are
+/// re-sent within the intake promise of docs/RELIABILITY.md instead of waiting 5 s each.
+const JS_API_TIMEOUT: Duration = Duration::from_millis(1500);
+
+/// Connects lane `index` and starts its intake on the current thread's runtime, handing
+/// what it receives to `sink`; returns once it receives (core mode: the server has the
+/// subscription). The intake ends when `stop` is cancelled.
+pub async fn open_lane(
+    cfg: Arc<Config>,
+    metrics: Arc<Metrics>,
+    index: usize,
+    js: Option<&JetStreamHandles>,
+    sink: Arc<dyn Sink>,
+    budget: Arc<IntakeBudget>,
+    stop: CancellationToken,
+) -> Result<JoinHandle<()>, TransportError> {
+    // The client's buffers are bounded from the lane's share of the memory budget: a core
+    // flood faster than the worker can refuse is dropped there, not buffered without bound.
+    let buffers = budget.lane_buffers();
+    let client = connect_with(&cfg, metrics.clone(), Role::Lane(index), buffers).await?;
+    let js = match (cfg.consumer, js) {
+        (ConsumerMode::Jetstream, Some(h)) => Some(
+            h.through(
+                async_nats::jetstream::ContextBuilder::new()
+                    .timeout(JS_API_TIMEOUT)
+                    .build(client.clone()),
+            ),
+        ),
+        _ => None,
+    };
+    // Acks and results go through JetStream when a stream keeps them.
+    let publish_js = js
+        .as_ref()
+        .filter(|h| h.outputs_durable)
+        .map(|h| h.ctx.clone());
+    let publisher = Publisher::new(
+        client.clone(),
+        publish_js,
+        cfg.subjects.clone(),
+        metrics.clone(),
+    );
+    let intake = Intake {
+        cfg,
+        sink,
+        budget,
+        metrics,
+        publisher: Arc::new(publisher),
+        stop,
+    };
+    Ok(match js {
+        Some(js) => tokio::spawn(jetstream::consume_jetstream(intake, js)),
+        None => {
+            let Some(sub) = core::subscribe_assignments(&intake.cfg, &client, &intake.stop).await
+            else {
+                return Err(TransportError::new(
+                    "subscribing to assignments",
+                    "the worker stopped first",
+                ));
+            };
+            tokio::spawn(core::consume_core(intake, sub, client.statistics()))
+        }
+    })
+}
