@@ -145,15 +145,52 @@ impl Cluster {
 
 /// A `$JS.API` request; the reply as JSON (Null when there is none yet).
 async fn js_api(client: &async_nats::Client, subject: &str) -> Value {
-    match tokio::time::timeout(
-        Duration::from_secs(2),
-        client.request(subject.to_owned(), "".into()),
-    )
-    .await
-    {
+    js_api_within(client, subject, Duration::from_secs(2)).await
+}
+
+/// [`js_api`] giving up after `patience` (`Value::Null`).
+async fn js_api_within(client: &async_nats::Client, subject: &str, patience: Duration) -> Value {
+    match tokio::time::timeout(patience, client.request(subject.to_owned(), "".into())).await {
         Ok(Ok(m)) => serde_json::from_slice(&m.payload).unwrap_or(Value::Null),
         _ => Value::Null,
     }
+}
+
+/// Steps leaders down (gracefully: the cluster hands leadership over at once) until one
+/// node other than `avoid` leads both the assignment stream and its durable consumer.
+async fn arrange_leaders(client: &async_nats::Client, avoid: &str) {
+    let names = js_api(client, "$JS.API.CONSUMER.NAMES.CAF_EXEC_ASSIGN").await;
+    let durable = names["consumers"][0]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let stream_api = |verb: &str| format!("$JS.API.STREAM.{verb}.CAF_EXEC_ASSIGN");
+    let consumer_api = |verb: &str| format!("$JS.API.CONSUMER.{verb}.CAF_EXEC_ASSIGN.{durable}");
+    let leader_of = |v: Value| {
+        v["cluster"]["leader"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    for _ in 0..40 {
+        let stream = leader_of(js_api(client, &stream_api("INFO")).await);
+        let consumer = leader_of(js_api(client, &consumer_api("INFO")).await);
+        if stream.is_empty() || consumer.is_empty() {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            continue;
+        }
+        if stream == avoid {
+            js_api(client, &stream_api("LEADER.STEPDOWN")).await;
+        } else if consumer != stream {
+            js_api(client, &consumer_api("LEADER.STEPDOWN")).await;
+        } else {
+            // Settled: the workers' pulls are on the new consumer leader.
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    panic!("could not arrange one leader for the stream and its consumer");
 }
 
 /// Waits until the cluster has a JetStream meta leader (the account info answers).
@@ -210,6 +247,12 @@ async fn a_node_killed_mid_run_loses_nothing_and_runs_nothing_twice() {
     }
     listener.ready(Duration::from_secs(20)).await;
 
+    // The worst case, every run: one node leads both the assignment stream and the durable
+    // consumer, and it is not the node the listener is connected to (whose messages would
+    // be lost to the listener while it reconnects, faking a stall).
+    let listener_node = listener.client.server_info().server_name;
+    arrange_leaders(&listener.client, &listener_node).await;
+
     // Every assignment stored (R3) before the fault: what is lost after this is ours.
     let js = async_nats::jetstream::new(listener.client.clone());
     let started = Instant::now();
@@ -256,9 +299,44 @@ async fn a_node_killed_mid_run_loses_nothing_and_runs_nothing_twice() {
         .iter()
         .position(|nd| nd.name == leader)
         .unwrap_or(2);
+    // The durable consumer's leader: when the kill takes it too, no pull is answered until
+    // the survivors elect a new one (the server's Raft election timeout), whatever a
+    // client does; the worker's share of the stall is what follows that election.
+    let names = js_api(&listener.client, "$JS.API.CONSUMER.NAMES.CAF_EXEC_ASSIGN").await;
+    let durable = names["consumers"][0]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let consumer_info = format!("$JS.API.CONSUMER.INFO.CAF_EXEC_ASSIGN.{durable}");
+    let consumer_leader = js_api(&listener.client, &consumer_info).await["cluster"]["leader"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
     let killed_at = started.elapsed();
     cluster.nodes[victim].kill();
     let kill_instant = Instant::now();
+    // When a consumer leader that survived is named again after the kill (polled).
+    let consumer_back = std::sync::Arc::new(std::sync::Mutex::new(None::<Instant>));
+    {
+        let (client, victim_name) = (listener.client.clone(), leader.clone());
+        let back = consumer_back.clone();
+        tokio::spawn(async move {
+            loop {
+                // Short patience: a request the leaderless group leaves unanswered must
+                // not hide the moment it has a leader again.
+                let v = js_api_within(&client, &consumer_info, Duration::from_millis(200)).await;
+                match v["cluster"]["leader"].as_str() {
+                    Some(l) if l != victim_name => {
+                        *back.lock().expect("lock") = Some(Instant::now());
+                        return;
+                    }
+                    _ => tokio::time::sleep(Duration::from_millis(50)).await,
+                }
+            }
+        });
+    }
+    // The first new accepted ack once the consumer has a leader again (sampled below).
+    let mut first_ack_after_back = None::<Instant>;
 
     // The stalls: the longest time without a new accepted ack (intake) and without a new
     // result (end to end) on the wire after the kill, the time from the kill to the first
@@ -303,10 +381,25 @@ async fn a_node_killed_mid_run_loses_nothing_and_runs_nothing_twice() {
     let watch_end = Instant::now() + Duration::from_secs(40 + n as u64 / 10);
     while results.count < n && Instant::now() < watch_end {
         tokio::time::sleep(Duration::from_millis(10)).await;
+        let before = intake.count;
         intake.step(seen(ACK), n);
         results.step(seen(RESULT), n);
+        let back = *consumer_back.lock().expect("lock");
+        if intake.count > before && first_ack_after_back.is_none() && back.is_some() {
+            first_ack_after_back = Some(Instant::now());
+        }
     }
     let (stall, last_progress) = (results.max, results.last);
+    let consumer_back = *consumer_back.lock().expect("lock");
+    // What the worker added to the server's election: from the consumer's new leader to
+    // the first accepted ack after it (-1: not seen, e.g. nothing was left to take).
+    let worker_share_ms = match (consumer_back, first_ack_after_back) {
+        (Some(b), Some(a)) => a.saturating_duration_since(b).as_millis() as i64,
+        _ => -1,
+    };
+    let consumer_back_ms = consumer_back
+        .map(|b| b.duration_since(kill_instant).as_millis() as i64)
+        .unwrap_or(-1);
 
     // Every assignment ends with a result kept in the output stream.
     let deadline = Instant::now() + Duration::from_secs(40 + n as u64 / 10);
@@ -371,10 +464,13 @@ async fn a_node_killed_mid_run_loses_nothing_and_runs_nothing_twice() {
     // One line per run, for the distribution in docs/RELIABILITY.md.
     eprintln!(
         "CLUSTER_STALL intake_ms {} acks_left_at_kill {acks_left_at_kill} results_ms {} \
-         results_left_at_kill {left_at_kill} kill_to_last_result_ms {}",
+         results_left_at_kill {left_at_kill} kill_to_last_result_ms {} consumer_leader_killed {} \
+         consumer_leader_back_ms {} worker_share_ms {worker_share_ms}",
         intake.max.as_millis(),
         stall.as_millis(),
-        last_progress.duration_since(kill_instant).as_millis()
+        last_progress.duration_since(kill_instant).as_millis(),
+        consumer_leader == leader,
+        consumer_back_ms,
     );
     eprintln!(
         "cluster: N={n}, leader {leader} of CAF_EXEC_ASSIGN killed at {killed_at:?}; all results stored after {elapsed:?} \

@@ -4,7 +4,9 @@
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::pull::{MessagesErrorKind, Stream};
+use async_nats::jetstream::consumer::PullConsumer;
 use async_nats::jetstream::Message;
+use futures::stream::FuturesUnordered;
 use futures::StreamExt;
 use tokio::sync::SemaphorePermit;
 
@@ -41,20 +43,7 @@ pub(super) async fn consume_jetstream(intake: Intake, js: JetStreamHandles) {
 /// once the worker stops.
 async fn pull(intake: &Intake, js: &JetStreamHandles, failures: &mut u32) -> Option<Stream> {
     loop {
-        if intake.stop.is_cancelled() {
-            return None;
-        }
-        let consumer = match js.assign_consumer(&intake.cfg).await {
-            Ok(c) => c,
-            Err(e) => {
-                *failures += 1;
-                tracing::error!(error = %e, "binding the JetStream consumer failed; retrying");
-                // Fast while a new leader is being elected, then backing off.
-                let backoff = Duration::from_millis((50 * u64::from(*failures)).min(1000));
-                pause(intake, backoff).await?;
-                continue;
-            }
-        };
+        let consumer = bind(intake, js, failures).await?;
         // A lane asks for its share of the budget at most, so what waits in the client's
         // buffer is bounded too; never below two of the largest messages the server takes.
         let budget = &intake.budget;
@@ -67,8 +56,7 @@ async fn pull(intake: &Intake, js: &JetStreamHandles, failures: &mut u32) -> Opt
             .max_messages_per_batch(batch)
             .max_bytes_per_batch(max_bytes)
             // The server sends an idle heartbeat every second; two missed (the client's
-            // rule) is a lost consumer or leader, rebound at once by `take`: intake
-            // resumes seconds after a leader loss instead of 10–20 s (docs/RELIABILITY.md).
+            // rule) is a lost consumer or leader, rebound at once by `take`.
             .heartbeat(PULL_HEARTBEAT)
             .expires(Duration::from_secs(30))
             .messages()
@@ -79,6 +67,40 @@ async fn pull(intake: &Intake, js: &JetStreamHandles, failures: &mut u32) -> Opt
                 tracing::error!(error = %e, "starting the pull consumer failed; retrying");
                 pause(intake, Duration::from_millis(100)).await?;
             }
+        }
+    }
+}
+
+/// A new bind attempt starts this often while earlier ones are unanswered.
+const BIND_EVERY: Duration = Duration::from_millis(250);
+/// At most this many bind attempts wait for an answer at once.
+const BINDS_IN_FLIGHT: usize = 4;
+
+/// Binds the durable consumer. While the cluster elects a new leader for it (after a
+/// leader loss: the server's Raft election timeout, 4–9 s in nats-server 2.9), requests
+/// go unanswered until they time out; attempts therefore overlap, a new one every
+/// [`BIND_EVERY`], so the first one the new leader can answer binds it, instead of
+/// waiting out a timeout that started before the election ended (docs/RELIABILITY.md).
+async fn bind(intake: &Intake, js: &JetStreamHandles, failures: &mut u32) -> Option<PullConsumer> {
+    let mut attempts = FuturesUnordered::new();
+    let mut next = tokio::time::Instant::now();
+    loop {
+        if attempts.len() < BINDS_IN_FLIGHT && tokio::time::Instant::now() >= next {
+            attempts.push(js.assign_consumer(&intake.cfg));
+            next = tokio::time::Instant::now() + BIND_EVERY;
+        }
+        tokio::select! {
+            _ = intake.stop.cancelled() => return None,
+            Some(r) = attempts.next(), if !attempts.is_empty() => match r {
+                Ok(c) => return Some(c),
+                Err(e) => {
+                    *failures += 1;
+                    if failures.is_power_of_two() {
+                        tracing::error!(error = %e, failures = *failures, "binding the JetStream consumer failed; retrying");
+                    }
+                }
+            },
+            _ = tokio::time::sleep_until(next) => {}
         }
     }
 }
