@@ -83,7 +83,7 @@ use crate::config::Config;
 use crate::contract::{ErrorCode, Fields, TaskError};
 use crate::policy::sql_guard::{self, Denials, NameRefusal, StatementRefusal};
 
-use super::{Block, ExecCtx, Output};
+use super::{Block, BuildContext, DecodeSettings, ExecCtx, Output};
 
 /// How long SQLite waits for a lock before answering "busy" (then 2002, retryable).
 pub const BUSY_TIMEOUT: Duration = Duration::from_millis(50);
@@ -719,6 +719,18 @@ pub fn decode_job<'a>(job: Fields<'a, 'a>, max_rows: usize) -> Result<SqlJob<'a>
 
 impl Block for SqlBlock {
     type Job<'a> = SqlJob<'a>;
+
+    fn build(ctx: &BuildContext) -> Result<Self, String> {
+        SqlBlock::new(ctx.config)
+    }
+
+    fn decode_with<'a>(
+        job: Fields<'a, 'a>,
+        settings: &DecodeSettings,
+        _assignment_id: &str,
+    ) -> Result<SqlJob<'a>, TaskError> {
+        decode_job(job, settings.sql_max_rows)
+    }
 
     fn decode<'a>(&self, job: Fields<'a, 'a>, _ctx: &ExecCtx<'_>) -> Result<SqlJob<'a>, TaskError> {
         decode_job(job, self.max_rows)
