@@ -10,7 +10,9 @@ cd "$(dirname "$0")/.."
 secs="${1:-300}"
 shift || true
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(assignment job_http job_fs job_sql job_human job_inference job_embed)
+# Default: every target, as fuzz/Cargo.toml's [[bin]] entries name them.
+[ ${#targets[@]} -gt 0 ] ||
+  mapfile -t targets < <(awk '/^\[\[bin\]\]/ { bin = 1; next } bin && $1 == "name" { gsub(/"/, "", $3); print $3; bin = 0 }' fuzz/Cargo.toml)
 mkdir -p fuzz/logs
 for t in "${targets[@]}"; do
   mkdir -p "fuzz/work/$t"

@@ -62,14 +62,14 @@ fn code_of(r: Result<(), TaskError>) -> u16 {
     r.err().map_or(0, |e| e.code.code())
 }
 
-const DECODERS: [BlockKind; 6] = [
-    BlockKind::Http,
-    BlockKind::FsPut,
-    BlockKind::Sql,
-    BlockKind::Human,
-    BlockKind::Inference,
-    BlockKind::Embed,
-];
+/// Every `job.type` the registry accepts (canonical names and aliases), then two it does
+/// not.
+fn job_types() -> Vec<&'static str> {
+    let known = BlockKind::ALL
+        .iter()
+        .flat_map(|k| std::iter::once(k.as_str()).chain(k.aliases().iter().copied()));
+    known.chain(["quantum.compute", ""]).collect()
+}
 
 /// Every field name some decoder reads, plus a few it does not.
 const KEYS: &[&str] = &[
@@ -187,6 +187,35 @@ const HUMAN_KEYS: &[&str] = &["prompt", "approvers"];
 const INFERENCE_KEYS: &[&str] = &["model", "inputs", "device", "priority"];
 const EMBED_KEYS: &[&str] = &["model", "inputs", "normalize", "device", "priority"];
 
+/// Each block's fields, for its `*_shaped_jobs_*` property below.
+const SHAPES: [(&str, &[&str]); 6] = [
+    ("http", HTTP_KEYS),
+    ("fs", FS_KEYS),
+    ("sql", SQL_KEYS),
+    ("human", HUMAN_KEYS),
+    ("inference", INFERENCE_KEYS),
+    ("embed", EMBED_KEYS),
+];
+
+/// A new block gets a shaped-job property (and its fields join `KEYS`): this fails until
+/// it does.
+#[test]
+fn every_block_has_a_shaped_job_property() {
+    for kind in BlockKind::ALL {
+        let shape = SHAPES.iter().find(|(block, _)| *block == kind.block());
+        let Some((_, keys)) = shape else {
+            panic!(
+                "no shaped-job property for block {:?} ({})",
+                kind.block(),
+                kind.as_str()
+            );
+        };
+        for key in *keys {
+            assert!(KEYS.contains(key), "KEYS lacks {key:?} of {}", kind.block());
+        }
+    }
+}
+
 /// The order the pipeline takes an assignment in: parse → envelope (DLQ when no answer
 /// is possible) → validation → `job.type` → the block's decoder.
 #[derive(Debug, PartialEq)]
@@ -228,7 +257,7 @@ proptest! {
     #[test]
     fn any_job_object_gets_ok_or_a_contract_code_from_every_decoder(job in job_object()) {
         let s = settings();
-        for kind in DECODERS {
+        for kind in BlockKind::ALL {
             assert_contract(kind, &decode(kind, &job, &s))?;
         }
     }
@@ -238,7 +267,7 @@ proptest! {
         raw in prop::collection::vec(any::<u8>(), 0..256),
     ) {
         let s = settings();
-        for kind in DECODERS {
+        for kind in BlockKind::ALL {
             let r = blocks::decode_job_json(kind, &mut raw.clone(), "a", &s);
             assert_contract(kind, &r)?;
         }
@@ -279,10 +308,7 @@ proptest! {
     #[test]
     fn every_assignment_is_accepted_rejected_with_a_code_or_dead_lettered(
         id in prop_oneof![Just(Value::Null), Just(json!("a-1")), json_value()],
-        job_type in prop::sample::select(vec![
-            "http.request", "fs.put", "fs.get", "sql.query", "human.approval",
-            "ai.inference", "ai.embed", "quantum.compute", "",
-        ]),
+        job_type in prop::sample::select(job_types()),
         job in job_object(),
     ) {
         let mut job = job;
@@ -552,7 +578,7 @@ fn inference_rows_over_the_limit_are_2004() {
 #[test]
 fn a_job_that_is_not_an_object_is_1003() {
     for raw in [&b"[]"[..], b"\"x\"", b"5", b"null"] {
-        for kind in DECODERS {
+        for kind in BlockKind::ALL {
             let r = blocks::decode_job_json(kind, &mut raw.to_vec(), "a", &settings());
             assert_eq!(code_of(r), 1003, "{}", String::from_utf8_lossy(raw));
         }

@@ -6,7 +6,7 @@
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use crate::model::{softmax_in_place, Activation, Layer, Model};
+use crate::model::{softmax_in_place, Activation, Layer, Model, ModelError};
 
 /// Multiply-adds under which a layer runs single-threaded.
 const PARALLEL_FLOPS: usize = 1 << 20;
@@ -33,6 +33,23 @@ impl CpuPool {
 
     pub(crate) fn forward(&self, model: &Model, inputs: &[f32], rows: usize) -> Vec<f32> {
         forward(model, inputs, rows, Some(self))
+    }
+}
+
+// The CPU entry point of `Model` lives beside the path it runs, so that `model.rs` (the
+// network and its format) depends on nothing here and the dependency runs one way.
+impl Model {
+    /// Runs the network on the calling thread (single-threaded SIMD GEMM). `inputs` is
+    /// row-major `[rows, input_dim]`; the result is row-major `[rows, output_dim]`.
+    pub fn forward_cpu(&self, inputs: &[f32], rows: usize) -> Result<Vec<f32>, ModelError> {
+        if inputs.len() != rows * self.input_dim() {
+            return Err(ModelError(format!(
+                "{} input values for {rows} rows of width {}",
+                inputs.len(),
+                self.input_dim()
+            )));
+        }
+        Ok(forward(self, inputs, rows, None))
     }
 }
 

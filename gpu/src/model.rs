@@ -378,19 +378,6 @@ impl Model {
     pub fn activation_bytes(&self, rows: usize) -> u64 {
         (rows as u64) * (self.input_dim() as u64 + 2 * self.max_width as u64) * 4
     }
-
-    /// Runs the network on the calling thread (single-threaded SIMD GEMM). `inputs` is
-    /// row-major `[rows, input_dim]`; the result is row-major `[rows, output_dim]`.
-    pub fn forward_cpu(&self, inputs: &[f32], rows: usize) -> Result<Vec<f32>, ModelError> {
-        if inputs.len() != rows * self.input_dim() {
-            return Err(err(format!(
-                "{} input values for {rows} rows of width {}",
-                inputs.len(),
-                self.input_dim()
-            )));
-        }
-        Ok(crate::cpu::forward(self, inputs, rows, None))
-    }
 }
 
 fn le_bytes(v: &[f32]) -> Vec<u8> {

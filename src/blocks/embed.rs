@@ -33,7 +33,7 @@ use serde_json::{json, Value};
 use crate::config::Config;
 use crate::contract::{ErrorCode, Fields, TaskError};
 
-use super::{Block, ExecCtx, Output};
+use super::{Block, BuildContext, DecodeSettings, ExecCtx, Output};
 
 /// Inputs one job may send.
 pub const MAX_INPUTS: usize = 1024;
@@ -202,6 +202,18 @@ fn prepare(
 
 impl Block for EmbedBlock {
     type Job<'a> = EmbedJob<'a>;
+
+    fn build(ctx: &BuildContext) -> Result<Self, String> {
+        Ok(EmbedBlock::new(ctx.config, ctx.gpu.clone()))
+    }
+
+    fn decode_with<'a>(
+        job: Fields<'a, 'a>,
+        settings: &DecodeSettings,
+        _assignment_id: &str,
+    ) -> Result<EmbedJob<'a>, TaskError> {
+        decode_job(job, settings.no_cuda.as_deref())
+    }
 
     fn decode<'a>(
         &self,

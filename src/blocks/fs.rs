@@ -13,7 +13,7 @@ use serde_json::json;
 
 use crate::contract::{ErrorCode, Fields, TaskError};
 
-use super::{Block, ExecCtx, Output};
+use super::{Block, BlockKind, BuildContext, DecodeSettings, ExecCtx, Output};
 
 #[derive(Debug)]
 pub struct FsBlock {
@@ -64,7 +64,7 @@ fn validate_path<'a>(job: &Fields<'a, 'a>) -> Result<&'a str, TaskError> {
 pub fn decode_job<'a>(job: Fields<'a, 'a>, max_bytes: u64) -> Result<FsJob<'a>, TaskError> {
     let path = validate_path(&job)?;
     let kind = job.req_str("type")?;
-    if matches!(kind, "fs.get" | "fs.blob_get") {
+    if BlockKind::parse(kind) == Some(BlockKind::FsGet) {
         return Ok(FsJob::Get { path });
     }
     let content = match (job.opt_str("content")?, job.opt_str("content_base64")?) {
@@ -115,6 +115,22 @@ pub fn decode_job<'a>(job: Fields<'a, 'a>, max_bytes: u64) -> Result<FsJob<'a>, 
 
 impl Block for FsBlock {
     type Job<'a> = FsJob<'a>;
+
+    fn build(ctx: &BuildContext) -> Result<Self, String> {
+        Ok(FsBlock::new(
+            ctx.io.clone(),
+            ctx.fs_root.to_path_buf(),
+            ctx.config.fs_max_bytes,
+        ))
+    }
+
+    fn decode_with<'a>(
+        job: Fields<'a, 'a>,
+        settings: &DecodeSettings,
+        _assignment_id: &str,
+    ) -> Result<FsJob<'a>, TaskError> {
+        decode_job(job, settings.fs_max_bytes)
+    }
 
     fn decode<'a>(&self, job: Fields<'a, 'a>, _ctx: &ExecCtx<'_>) -> Result<FsJob<'a>, TaskError> {
         decode_job(job, self.max_bytes)

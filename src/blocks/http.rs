@@ -43,7 +43,7 @@ use crate::config::Config;
 use crate::contract::{ErrorCode, Fields, TaskError};
 use crate::policy::ssrf::{PolicyDenied, ResolveError, SsrfPolicy, SsrfResolver};
 
-use super::{Block, ExecCtx, Output};
+use super::{Block, BuildContext, DecodeSettings, ExecCtx, Output};
 
 /// `User-Agent` sent unless the job sets one.
 pub const USER_AGENT: &str = concat!("beamline_worker/", env!("CARGO_PKG_VERSION"));
@@ -238,6 +238,18 @@ pub fn decode_job(
 
 impl Block for HttpBlock {
     type Job<'a> = HttpJob;
+
+    fn build(ctx: &BuildContext) -> Result<Self, String> {
+        HttpBlock::new(ctx.config)
+    }
+
+    fn decode_with<'a>(
+        job: Fields<'a, 'a>,
+        settings: &DecodeSettings,
+        assignment_id: &str,
+    ) -> Result<HttpJob, TaskError> {
+        decode_job(job, &settings.ssrf, assignment_id)
+    }
 
     fn decode<'a>(&self, job: Fields<'a, 'a>, ctx: &ExecCtx<'_>) -> Result<HttpJob, TaskError> {
         decode_job(job, &self.policy, ctx.assignment_id)

@@ -5,17 +5,67 @@
 //! `expires_at` (kept in the results bucket), and a decision that came while no worker was
 //! waiting (kept in the decision stream) answers it at once.
 
+use std::fmt;
+use std::rc::Rc;
+
+use bytes::Bytes;
+use futures::future::LocalBoxFuture;
 use serde_json::json;
 
 use crate::contract::wire::{encode, now_ms, ApprovalRequest};
 use crate::contract::{ErrorCode, Fields, TaskError};
-use crate::runtime::ApprovalPort;
 
-use super::{Block, ExecCtx, Output};
+use super::{Block, BuildContext, DecodeSettings, ExecCtx, Output};
+
+/// What `human.approval` needs of the worker: a durable clock per request, a wait for a
+/// listed approver's decision, and a way to publish the request. The runtime implements
+/// it (`runtime/approvals.rs`). Its futures are boxed so that the port can be a trait
+/// object; an approval waits for a person, so a box or two costs it nothing.
+pub trait ApprovalPort: fmt::Debug {
+    /// Sandbox mode: every request is approved at once and nothing is published.
+    fn sandbox(&self) -> bool;
+
+    /// The request's `expires_at`: the one first recorded for (tenant, id), else
+    /// `proposed` (recorded now), so that a redelivered approval keeps its clock.
+    fn expires_at<'a>(
+        &'a self,
+        tenant: &'a str,
+        assignment_id: &'a str,
+        proposed: u64,
+    ) -> LocalBoxFuture<'a, u64>;
+
+    /// Registers a wait for a decision from one of `approvers` (one already kept answers
+    /// it at once); the wait ends when the returned value is dropped.
+    fn wait(
+        &self,
+        tenant: &str,
+        assignment_id: &str,
+        approvers: &[&str],
+    ) -> Box<dyn PendingApproval>;
+
+    /// Publishes an encoded `ApprovalRequest`.
+    fn request(&self, body: Bytes) -> LocalBoxFuture<'_, Result<(), String>>;
+}
+
+/// A registered wait ([`ApprovalPort::wait`]).
+pub trait PendingApproval: fmt::Debug {
+    /// The next decision from a listed approver; `None` when none can come any more.
+    fn decision(&mut self) -> LocalBoxFuture<'_, Option<Verdict>>;
+}
+
+/// An approver's decision, as the block reports it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Verdict {
+    pub approved: bool,
+    pub approver: String,
+    pub comment: Option<String>,
+    /// When the decision was taken (ms), if the approver said.
+    pub decided_at: Option<u64>,
+}
 
 #[derive(Debug)]
 pub struct HumanBlock {
-    port: ApprovalPort,
+    port: Rc<dyn ApprovalPort>,
 }
 
 #[derive(Debug)]
@@ -35,7 +85,7 @@ impl<'a> HumanJob<'a> {
 }
 
 impl HumanBlock {
-    pub fn new(port: ApprovalPort) -> Self {
+    pub fn new(port: Rc<dyn ApprovalPort>) -> Self {
         HumanBlock { port }
     }
 }
@@ -59,6 +109,18 @@ pub fn decode_job<'a>(job: Fields<'a, 'a>) -> Result<HumanJob<'a>, TaskError> {
 impl Block for HumanBlock {
     type Job<'a> = HumanJob<'a>;
 
+    fn build(ctx: &BuildContext) -> Result<Self, String> {
+        Ok(HumanBlock::new(ctx.approvals.clone()))
+    }
+
+    fn decode_with<'a>(
+        job: Fields<'a, 'a>,
+        _settings: &DecodeSettings,
+        _assignment_id: &str,
+    ) -> Result<HumanJob<'a>, TaskError> {
+        decode_job(job)
+    }
+
     fn decode<'a>(
         &self,
         job: Fields<'a, 'a>,
@@ -69,7 +131,7 @@ impl Block for HumanBlock {
 
     async fn attempt(&self, job: &Self::Job<'_>, ctx: &ExecCtx<'_>) -> Result<Output, TaskError> {
         let now = now_ms();
-        if self.port.sandbox {
+        if self.port.sandbox() {
             return Ok(Output::new(json!({
                 "approved": true,
                 "approver": "sandbox",
@@ -83,13 +145,9 @@ impl Block for HumanBlock {
             .expires_at(ctx.tenant, ctx.assignment_id, proposed)
             .await;
         // Register before publishing, so a fast decision cannot slip past.
-        let (mut waiter, ignored) =
-            self.port
-                .approvals
-                .wait(ctx.tenant, ctx.assignment_id, &job.approvers);
-        for _ in 0..ignored {
-            self.port.metrics.approval_decisions_ignored.inc();
-        }
+        let mut waiter = self
+            .port
+            .wait(ctx.tenant, ctx.assignment_id, &job.approvers);
         let request = ApprovalRequest {
             assignment_id: ctx.assignment_id,
             tenant_id: ctx.tenant,
@@ -106,7 +164,7 @@ impl Block for HumanBlock {
         })?;
         let left = std::time::Duration::from_millis(expires_at.saturating_sub(now_ms()));
         let decision = tokio::select! {
-            d = waiter.rx.recv() => d,
+            d = waiter.decision() => d,
             _ = tokio::time::sleep(left) => None,
         };
         match decision {

@@ -38,7 +38,7 @@ use simd_json::prelude::*;
 use crate::config::Config;
 use crate::contract::{ErrorCode, Fields, TaskError};
 
-use super::{Block, ExecCtx, Output};
+use super::{Block, BuildContext, DecodeSettings, ExecCtx, Output};
 
 /// Rows one job may send.
 pub const MAX_ROWS: usize = 65_536;
@@ -223,6 +223,18 @@ pub fn decode_job<'a>(
 
 impl Block for InferenceBlock {
     type Job<'a> = InferenceJob<'a>;
+
+    fn build(ctx: &BuildContext) -> Result<Self, String> {
+        InferenceBlock::new(ctx.config, ctx.gpu.clone(), ctx.fs_root.to_path_buf())
+    }
+
+    fn decode_with<'a>(
+        job: Fields<'a, 'a>,
+        settings: &DecodeSettings,
+        _assignment_id: &str,
+    ) -> Result<InferenceJob<'a>, TaskError> {
+        decode_job(job, settings.no_cuda.as_deref())
+    }
 
     fn decode<'a>(
         &self,

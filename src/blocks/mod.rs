@@ -1,6 +1,13 @@
-//! One module per block type, each behind [`Block`]. [`BlockKind`] is the closed list; the
-//! runtime dispatches with an exhaustive `match`, so a new block is one module, one enum
-//! arm, and whatever the compiler then points at (metric labels, docs, fixtures).
+//! One module per block type, each behind [`Block`]. The table below is the one list of
+//! blocks: the `registry!` macro (`registry.rs`) makes [`BlockKind`] (names, aliases, pool,
+//! [`BlockKind::ALL`]), the per-thread [`Blocks`], the decoder dispatch [`decode_job`] and
+//! the execution dispatch [`Blocks::run`] from it. A new block is one module and one entry
+//! here; `docs/ADD_A_BLOCK.md` says what else (fuzz target, docs), and `tests/add_a_block.rs`
+//! fails until it is there. This module is a leaf: it imports nothing from the runtime,
+//! telemetry, transport or app (`human.rs` defines the [`human::ApprovalPort`] it needs).
+
+#[macro_use]
+mod registry;
 
 pub mod embed;
 pub mod fs;
@@ -9,6 +16,9 @@ pub mod human;
 pub mod inference;
 pub mod sql;
 
+use std::path::Path;
+use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Instant;
 
 use simd_json::prelude::*;
@@ -18,68 +28,56 @@ use crate::config::Config;
 use crate::contract::{Fields, TaskError};
 use crate::policy::ssrf::SsrfPolicy;
 
-/// The block types this worker runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum BlockKind {
-    Http,
-    FsPut,
-    FsGet,
-    Sql,
-    Human,
-    Inference,
-    Embed,
+pub use registry::Pool;
+
+registry! {
+    /// `http.request`: outbound HTTP(S) behind the SSRF policy.
+    http: http::HttpBlock {
+        Http = "http.request" => Cpu,
+    },
+    /// `fs.put` / `fs.get`: tenant files on the io_uring shards.
+    fs: fs::FsBlock {
+        FsPut = "fs.put" | "fs.blob_put" => Io,
+        FsGet = "fs.get" | "fs.blob_get" => Io,
+    },
+    /// `sql.query`: read-only SQLite per tenant, on the CPU thread.
+    sql: sql::SqlBlock {
+        Sql = "sql.query" => Cpu,
+    },
+    /// `human.approval`: a request out, a decision back.
+    human: human::HumanBlock {
+        Human = "human.approval" => Cpu,
+    },
+    /// `ai.inference`: feed-forward models on the GPU pool.
+    inference: inference::InferenceBlock {
+        Inference = "ai.inference" => Gpu,
+    },
+    /// `ai.embed`: sentence embeddings on the GPU pool.
+    embed: embed::EmbedBlock {
+        Embed = "ai.embed" => Gpu,
+    },
 }
 
-impl BlockKind {
-    pub const ALL: [BlockKind; 7] = [
-        BlockKind::Http,
-        BlockKind::FsPut,
-        BlockKind::FsGet,
-        BlockKind::Sql,
-        BlockKind::Human,
-        BlockKind::Inference,
-        BlockKind::Embed,
-    ];
+/// What the runtime lends a CPU thread's blocks when it builds them ([`Block::build`]).
+#[derive(Debug)]
+pub struct BuildContext<'a> {
+    pub config: &'a Config,
+    /// The io_uring shards (`fs.*`, model files).
+    pub io: &'a beamline_io::IoPool,
+    /// The FS root in use (a throw-away one in sandbox mode).
+    pub fs_root: &'a Path,
+    /// The GPU pool, one for the process.
+    pub gpu: &'a Arc<beamline_gpu::Scheduler>,
+    /// `human.approval`'s way out to the approvers (implemented by the runtime).
+    pub approvals: Rc<dyn human::ApprovalPort>,
+}
 
-    /// `job.type` → kind; the original worker's names are accepted too.
-    pub fn parse(job_type: &str) -> Option<BlockKind> {
-        Some(match job_type {
-            "http.request" => BlockKind::Http,
-            "fs.put" | "fs.blob_put" => BlockKind::FsPut,
-            "fs.get" | "fs.blob_get" => BlockKind::FsGet,
-            "sql.query" => BlockKind::Sql,
-            "human.approval" => BlockKind::Human,
-            "ai.inference" => BlockKind::Inference,
-            "ai.embed" => BlockKind::Embed,
-            _ => return None,
-        })
-    }
-
-    /// The canonical name (metric label).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            BlockKind::Http => "http.request",
-            BlockKind::FsPut => "fs.put",
-            BlockKind::FsGet => "fs.get",
-            BlockKind::Sql => "sql.query",
-            BlockKind::Human => "human.approval",
-            BlockKind::Inference => "ai.inference",
-            BlockKind::Embed => "ai.embed",
-        }
-    }
-
-    pub fn index(self) -> usize {
-        self as usize
-    }
-
-    /// Which pool's queue this kind waits in (`worker_pool_queue_depth{pool}`).
-    pub fn pool(self) -> &'static str {
-        match self {
-            BlockKind::FsPut | BlockKind::FsGet => "io",
-            BlockKind::Inference | BlockKind::Embed => "gpu",
-            _ => "cpu",
-        }
-    }
+/// What the runtime does with the block a kind runs on, whichever block that is:
+/// [`Blocks::run`] picks the block and calls [`RunBlock::run`] with it, so the caller holds
+/// no match over kinds.
+pub trait RunBlock<'b> {
+    type Output;
+    fn run<B: Block>(self, block: &'b B) -> Self::Output;
 }
 
 /// What one attempt of a block gives back on success.
@@ -132,9 +130,20 @@ impl ExecCtx<'_> {
 /// One block type. Futures are `!Send` by design: each runs on the CPU thread that took
 /// the assignment (thread-per-core), next to its connection pools and caches.
 #[allow(async_fn_in_trait)]
-pub trait Block {
+pub trait Block: Sized {
     /// The job as this block reads it, borrowing from the assignment's buffer.
     type Job<'a>;
+
+    /// Builds this block for the calling CPU thread (once per thread).
+    fn build(ctx: &BuildContext) -> Result<Self, String>;
+
+    /// Reads and validates `job` with only the worker's limits and policy, no block built:
+    /// the same checks as [`Block::decode`], for [`decode_job`].
+    fn decode_with<'a>(
+        job: Fields<'a, 'a>,
+        settings: &DecodeSettings,
+        assignment_id: &str,
+    ) -> Result<Self::Job<'a>, TaskError>;
 
     /// Reads and validates `job` (1001/1002/1003 on bad input). Runs before the ack, so a
     /// job that cannot run is rejected, not accepted and then failed.
@@ -150,7 +159,8 @@ pub trait Block {
 }
 
 /// What decoding a job needs of the worker: its limits and policy, and nothing it runs
-/// with (no pools, connections, files or network). For [`decode_job`].
+/// with (no pools, connections, files or network). For [`decode_job`] and
+/// [`Block::decode_with`].
 #[derive(Debug, Clone)]
 pub struct DecodeSettings {
     /// Judges `http.request` URLs (allow-list, IP literals); DNS is not consulted.
@@ -176,26 +186,6 @@ impl DecodeSettings {
     }
 }
 
-/// Decodes `job` as block `kind` does before the ack, through the same per-block
-/// `decode_job` functions that [`Block::decode`] calls, and drops the decoded job. Builds
-/// no block: for fuzz targets and property tests, and anything else that wants to judge a
-/// job without running it.
-pub fn decode_job(
-    kind: BlockKind,
-    job: Fields<'_, '_>,
-    assignment_id: &str,
-    settings: &DecodeSettings,
-) -> Result<(), TaskError> {
-    match kind {
-        BlockKind::Http => http::decode_job(job, &settings.ssrf, assignment_id).map(drop),
-        BlockKind::FsPut | BlockKind::FsGet => fs::decode_job(job, settings.fs_max_bytes).map(drop),
-        BlockKind::Sql => sql::decode_job(job, settings.sql_max_rows).map(drop),
-        BlockKind::Human => human::decode_job(job).map(drop),
-        BlockKind::Inference => inference::decode_job(job, settings.no_cuda.as_deref()).map(drop),
-        BlockKind::Embed => embed::decode_job(job, settings.no_cuda.as_deref()).map(drop),
-    }
-}
-
 /// [`decode_job`] on a job given as JSON text, parsed in place as the pipeline parses an
 /// assignment: text that is not JSON (or nested too deep) gets the code the parser gives
 /// it, and JSON that is not an object is 1003, as `job` inside an assignment would be.
@@ -210,4 +200,43 @@ pub fn decode_job_json(
         return Err(TaskError::format("job", "an object"));
     }
     decode_job(kind, Fields::new(&value, "job"), assignment_id, settings)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn all_is_in_index_order_and_every_name_parses_back() {
+        for (i, kind) in BlockKind::ALL.into_iter().enumerate() {
+            assert_eq!(kind.index(), i);
+            assert_eq!(BlockKind::parse(kind.as_str()), Some(kind));
+            for alias in kind.aliases() {
+                assert_eq!(BlockKind::parse(alias), Some(kind), "{alias}");
+            }
+        }
+        assert_eq!(BlockKind::parse("quantum.compute"), None);
+        assert_eq!(BlockKind::parse(""), None);
+    }
+
+    #[test]
+    fn no_name_is_given_twice() {
+        let mut names: Vec<&str> = BlockKind::ALL
+            .iter()
+            .flat_map(|k| std::iter::once(k.as_str()).chain(k.aliases().iter().copied()))
+            .collect();
+        let count = names.len();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), count, "a job.type names two kinds");
+    }
+
+    #[test]
+    fn kinds_of_one_block_share_its_pool() {
+        for a in BlockKind::ALL {
+            for b in BlockKind::ALL.iter().filter(|b| b.block() == a.block()) {
+                assert_eq!(a.pool(), b.pool(), "{a:?} and {b:?} run on one block");
+            }
+        }
+    }
 }

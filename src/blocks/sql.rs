@@ -83,7 +83,7 @@ use crate::config::Config;
 use crate::contract::{ErrorCode, Fields, TaskError};
 use crate::policy::sql_guard::{self, Denials, NameRefusal, StatementRefusal};
 
-use super::{Block, ExecCtx, Output};
+use super::{Block, BuildContext, DecodeSettings, ExecCtx, Output};
 
 /// How long SQLite waits for a lock before answering "busy" (then 2002, retryable).
 pub const BUSY_TIMEOUT: Duration = Duration::from_millis(50);
@@ -572,13 +572,7 @@ impl SqlBlock {
     ) -> TaskError {
         use rusqlite::ErrorCode as C;
         let name = job.name;
-        let input = |msg: String| {
-            if phase == Phase::Prepare {
-                TaskError::invalid(QUERY_FIELD, msg)
-            } else {
-                TaskError::new(ErrorCode::ExecutionFailed, msg)
-            }
-        };
+        let input = |msg: String| input_error(phase, msg);
         // Functions are denied with SQLITE_ERROR ("not authorized to use function"), the
         // other actions with SQLITE_AUTH: whatever the code, a denial makes it a 2003.
         if let (Phase::Prepare, Some(what)) = (phase, denial.as_deref()) {
@@ -617,23 +611,7 @@ impl SqlBlock {
                         ErrorCode::ResourceUnavailable,
                         format!("database {name} is locked by a writer ({msg})"),
                     ),
-                    C::OperationInterrupted => match fired {
-                        Some(Stop::TimeLimit) | None => TaskError::new(
-                            ErrorCode::ExecutionFailed,
-                            format!(
-                                "query exceeded the {} ms time limit",
-                                self.time_limit.as_millis()
-                            ),
-                        ),
-                        Some(Stop::Deadline) => TaskError::new(
-                            ErrorCode::CancelledByTimeout,
-                            "the job's deadline passed while the query ran",
-                        ),
-                        Some(Stop::Cancelled) => TaskError::new(
-                            ErrorCode::CancelledByUser,
-                            "cancelled while the query ran",
-                        ),
-                    },
+                    C::OperationInterrupted => self.interrupted(fired),
                     C::NotADatabase => TaskError::new(
                         ErrorCode::ExecutionFailed,
                         format!("{name} is not a SQLite database"),
@@ -658,6 +636,35 @@ impl SqlBlock {
             }
             other => TaskError::new(ErrorCode::ExecutionFailed, format!("query failed: {other}")),
         }
+    }
+
+    /// SQLite stopped the query: which of the time limit, the deadline or a cancel did.
+    fn interrupted(&self, fired: Option<Stop>) -> TaskError {
+        match fired {
+            Some(Stop::TimeLimit) | None => TaskError::new(
+                ErrorCode::ExecutionFailed,
+                format!(
+                    "query exceeded the {} ms time limit",
+                    self.time_limit.as_millis()
+                ),
+            ),
+            Some(Stop::Deadline) => TaskError::new(
+                ErrorCode::CancelledByTimeout,
+                "the job's deadline passed while the query ran",
+            ),
+            Some(Stop::Cancelled) => {
+                TaskError::new(ErrorCode::CancelledByUser, "cancelled while the query ran")
+            }
+        }
+    }
+}
+
+/// An error the job's input caused: 1001 while preparing, 2001 once running.
+fn input_error(phase: Phase, msg: String) -> TaskError {
+    if phase == Phase::Prepare {
+        TaskError::invalid(QUERY_FIELD, msg)
+    } else {
+        TaskError::new(ErrorCode::ExecutionFailed, msg)
     }
 }
 
@@ -719,6 +726,18 @@ pub fn decode_job<'a>(job: Fields<'a, 'a>, max_rows: usize) -> Result<SqlJob<'a>
 
 impl Block for SqlBlock {
     type Job<'a> = SqlJob<'a>;
+
+    fn build(ctx: &BuildContext) -> Result<Self, String> {
+        SqlBlock::new(ctx.config)
+    }
+
+    fn decode_with<'a>(
+        job: Fields<'a, 'a>,
+        settings: &DecodeSettings,
+        _assignment_id: &str,
+    ) -> Result<SqlJob<'a>, TaskError> {
+        decode_job(job, settings.sql_max_rows)
+    }
 
     fn decode<'a>(&self, job: Fields<'a, 'a>, _ctx: &ExecCtx<'_>) -> Result<SqlJob<'a>, TaskError> {
         decode_job(job, self.max_rows)

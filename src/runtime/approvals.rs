@@ -9,8 +9,14 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures::future::LocalBoxFuture;
 use serde::Deserialize;
 use tokio::sync::mpsc;
+
+use crate::blocks::{
+    self,
+    human::{PendingApproval, Verdict},
+};
 
 /// `ApprovalDecision`.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -262,5 +268,58 @@ impl ApprovalPort {
     ) -> Result<(), crate::transport::TransportError> {
         let subject = self.publisher.subjects().approval_request.clone();
         self.publisher.publish_core(&subject, body).await
+    }
+}
+
+/// The runtime's side of `human.approval`: what [`blocks::human::ApprovalPort`] asks for,
+/// on this registry, the publisher and the clock bucket.
+impl blocks::human::ApprovalPort for ApprovalPort {
+    fn sandbox(&self) -> bool {
+        self.sandbox
+    }
+
+    fn expires_at<'a>(
+        &'a self,
+        tenant: &'a str,
+        assignment_id: &'a str,
+        proposed: u64,
+    ) -> LocalBoxFuture<'a, u64> {
+        Box::pin(ApprovalPort::expires_at(
+            self,
+            tenant,
+            assignment_id,
+            proposed,
+        ))
+    }
+
+    fn wait(
+        &self,
+        tenant: &str,
+        assignment_id: &str,
+        approvers: &[&str],
+    ) -> Box<dyn PendingApproval> {
+        let (waiter, ignored) = self.approvals.wait(tenant, assignment_id, approvers);
+        for _ in 0..ignored {
+            self.metrics.approval_decisions_ignored.inc();
+        }
+        Box::new(waiter)
+    }
+
+    fn request(&self, body: bytes::Bytes) -> LocalBoxFuture<'_, Result<(), String>> {
+        Box::pin(ApprovalPort::request(self, body))
+    }
+}
+
+impl PendingApproval for Waiter {
+    fn decision(&mut self) -> LocalBoxFuture<'_, Option<Verdict>> {
+        Box::pin(async {
+            let d = self.rx.recv().await?;
+            Some(Verdict {
+                approved: d.approved,
+                approver: d.approver,
+                comment: d.comment,
+                decided_at: d.decided_at,
+            })
+        })
     }
 }

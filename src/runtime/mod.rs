@@ -23,7 +23,7 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use crate::blocks::BlockKind;
+use crate::blocks::{BlockKind, Blocks, BuildContext, Pool};
 use crate::config::Config;
 use crate::contract::ParseLimits;
 use crate::telemetry::Metrics;
@@ -32,7 +32,6 @@ use crate::transport::{Control, Delivery, IntakeBudget, JetStreamHandles, Publis
 pub use approvals::{ApprovalPort, Approvals, Decision};
 pub use cancel::Cancels;
 pub use dedupe::Dedupe;
-pub use pipeline::Blocks;
 
 /// What every CPU thread shares.
 #[derive(Debug)]
@@ -73,6 +72,17 @@ impl Shared {
             sandbox: self.config.sandbox,
         }
     }
+
+    /// What a CPU thread's blocks are built from ([`Blocks::new`]).
+    pub fn build_context(&self) -> BuildContext<'_> {
+        BuildContext {
+            config: &self.config,
+            io: &self.io,
+            fs_root: &self.fs_root,
+            gpu: &self.gpu,
+            approvals: Rc::new(self.approval_port()),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -103,9 +113,9 @@ impl<'a> PoolBusy<'a> {
     pub(crate) fn new(metrics: &'a crate::telemetry::Metrics, kind: BlockKind) -> PoolBusy<'a> {
         // The pool is `BlockKind::pool`'s: one list decides where a kind waits and counts.
         let g = match kind.pool() {
-            "io" => Some(&metrics.in_flight_io),
-            "gpu" => Some(&metrics.in_flight_gpu),
-            _ => None,
+            Pool::Io => Some(&metrics.in_flight_io),
+            Pool::Gpu => Some(&metrics.in_flight_gpu),
+            Pool::Cpu => None,
         };
         if let Some(g) = g {
             g.inc();
@@ -418,7 +428,7 @@ fn cpu_thread(t: Thread, ready: std::sync::mpsc::Sender<Result<(), String>>) {
     };
     let local = tokio::task::LocalSet::new();
     let run = async move {
-        let blocks = match Blocks::new(&shared) {
+        let blocks = match Blocks::new(&shared.build_context()) {
             Ok(b) => Rc::new(b),
             Err(e) => {
                 let _ = ready.send(Err(e));

@@ -1,61 +1,36 @@
 //! One assignment, start to end: parse in place → dedupe → validate → ack → execute with
 //! retries, deadline and cancel → store → publish result (and DLQ) → settle with the broker.
 //! Runs on the CPU thread that took the assignment; nothing here blocks that thread.
+//!
+//! In code: `handle` parses, then `handle_parsed` runs `claim` (dedupe), `validate`, the
+//! tenant quota, and `Blocks::run` with an `Execute` (`Attempts::run`: decode, ack, the
+//! attempts); `Reply::finish` then stores, publishes (`Reply::publish`, `dead_letter`) and
+//! settles (`Reply::settle`). `Reply` is the answer side of one assignment.
 
+use std::ops::ControlFlow::{self, Break, Continue};
 use std::panic::AssertUnwindSafe;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
+use futures::future::LocalBoxFuture;
 use futures::FutureExt;
 use simd_json::BorrowedValue;
 use tracing::Instrument;
 
-use crate::blocks::{self, Block, BlockKind, ExecCtx, Output};
+use crate::blocks::{Block, BlockKind, Blocks, ExecCtx, Output, RunBlock};
 use crate::contract::assignment::{parse_value, Unanswerable};
 use crate::contract::wire::{
     dlq_reason, encode, now_ms, Ack, DeadLetter, ExecResult, Ids, Original, Outcome, WorkerFacts,
 };
-use crate::contract::{AckStatus, Assignment, ErrorCode, Fields, Status, TaskError};
+use crate::contract::{AckStatus, Assignment, ErrorCode, Fields, RetryPolicy, Status, TaskError};
 use crate::telemetry::Intake;
 use crate::transport::{Delivery, Kind};
 
+use super::cancel::Registration;
 use super::dedupe::{Begin, Guard, Record};
 use super::Shared;
-
-/// The blocks of one CPU thread (each holds that thread's pools and caches).
-#[derive(Debug)]
-pub struct Blocks {
-    pub http: blocks::http::HttpBlock,
-    pub fs: blocks::fs::FsBlock,
-    pub sql: blocks::sql::SqlBlock,
-    pub human: blocks::human::HumanBlock,
-    pub inference: blocks::inference::InferenceBlock,
-    pub embed: blocks::embed::EmbedBlock,
-}
-
-impl Blocks {
-    pub fn new(shared: &Arc<Shared>) -> Result<Blocks, String> {
-        let cfg = &shared.config;
-        Ok(Blocks {
-            http: blocks::http::HttpBlock::new(cfg)?,
-            fs: blocks::fs::FsBlock::new(
-                shared.io.clone(),
-                shared.fs_root.clone(),
-                cfg.fs_max_bytes,
-            ),
-            sql: blocks::sql::SqlBlock::new(cfg)?,
-            human: blocks::human::HumanBlock::new(shared.approval_port()),
-            inference: blocks::inference::InferenceBlock::new(
-                cfg,
-                shared.gpu.clone(),
-                shared.fs_root.clone(),
-            )?,
-            embed: blocks::embed::EmbedBlock::new(cfg, shared.gpu.clone()),
-        })
-    }
-}
 
 const ACCEPTED: &str = "Assignment accepted for execution";
 
@@ -63,38 +38,97 @@ const ACCEPTED: &str = "Assignment accepted for execution";
 enum Finished {
     /// Decoding refused the job: rejected ack.
     Rejected(TaskError),
-    Done {
-        result: Option<serde_json::Value>,
-        error: Option<TaskError>,
-        attempts: u32,
-        cost: f64,
-        device: Option<String>,
-        /// DLQ reason when the error is terminal.
-        reason: &'static str,
-    },
+    /// The block ran: a result, an error, or both (an HTTP error response).
+    Ran(Ran),
     /// The worker is stopping and the grace period is over: hand it back to the broker.
     Abandoned,
 }
 
+/// What a run produced, to be answered.
+struct Ran {
+    result: Option<serde_json::Value>,
+    error: Option<TaskError>,
+    attempts: u32,
+    cost: f64,
+    device: Option<String>,
+    /// Why the error is dead-lettered; `None` when it is not its own reason (success,
+    /// timeout, cancel).
+    dlq: Option<&'static str>,
+}
+
 impl Finished {
-    /// Ended with `e` after `attempts`; what the block produced anyway (an HTTP error
-    /// response) stays in `result`.
-    fn failed(mut e: TaskError, attempts: u32, reason: &'static str) -> Finished {
-        Finished::Done {
-            result: e.result.take().map(|b| *b),
-            error: Some(e),
+    fn succeeded(output: Output, attempts: u32) -> Finished {
+        let Output {
+            result,
+            cost,
+            device,
+        } = output;
+        Finished::Ran(Ran {
+            result: Some(result),
+            error: None,
             attempts,
-            cost: 0.0,
-            device: None,
-            reason,
+            cost,
+            device,
+            dlq: None,
+        })
+    }
+
+    fn failed(error: TaskError, attempts: u32, dlq: Option<&'static str>) -> Finished {
+        Finished::Ran(Ran::failed(error, attempts, dlq))
+    }
+
+    /// What to answer; `None` when the assignment goes back to the broker unanswered.
+    fn into_ran(self) -> Option<Ran> {
+        match self {
+            Finished::Rejected(error) => {
+                let dlq = match error.code {
+                    ErrorCode::SystemOverload => dlq_reason::OVERLOADED,
+                    ErrorCode::QuotaExceeded => dlq_reason::QUOTA_EXCEEDED,
+                    _ => dlq_reason::INVALID_ASSIGNMENT,
+                };
+                Some(Ran::failed(error, 0, Some(dlq)))
+            }
+            Finished::Ran(ran) => Some(ran),
+            Finished::Abandoned => None,
         }
     }
 }
 
-/// The answer side of one assignment: ids, delivery, and what has been published.
-struct Task<'a> {
+impl Ran {
+    /// Ended with `error` after `attempts`; what the block produced anyway (an HTTP error
+    /// response) stays in `result`.
+    fn failed(mut error: TaskError, attempts: u32, dlq: Option<&'static str>) -> Ran {
+        Ran {
+            result: error.result.take().map(|b| *b),
+            error: Some(error),
+            attempts,
+            cost: 0.0,
+            device: None,
+            dlq,
+        }
+    }
+
+    fn outcome(&self, latency_ms: u64) -> Outcome<'_> {
+        Outcome {
+            status: self
+                .error
+                .as_ref()
+                .map_or(Status::Success, |e| e.code.status()),
+            result: self.result.as_ref(),
+            error: self.error.as_ref(),
+            attempts: self.attempts,
+            latency_ms,
+            cost: self.cost,
+            device: self.device.as_deref(),
+        }
+    }
+}
+
+/// The answer side of one assignment: who asked (ids, delivery) and how to answer
+/// (ack, result, DLQ entry, settling the delivery).
+struct Reply<'a> {
     shared: &'a Arc<Shared>,
-    d: &'a Delivery,
+    delivery: &'a Delivery,
     ids: Ids<'a>,
     job_type: Option<&'a str>,
     value: &'a BorrowedValue<'a>,
@@ -102,7 +136,28 @@ struct Task<'a> {
     msg_id: String,
 }
 
-impl Task<'_> {
+impl<'a> Reply<'a> {
+    fn new(
+        shared: &'a Arc<Shared>,
+        delivery: &'a Delivery,
+        assignment: &'a Assignment<'a>,
+        value: &'a BorrowedValue<'a>,
+        received: Instant,
+    ) -> Reply<'a> {
+        let tenant = tenant_of(assignment);
+        Reply {
+            shared,
+            delivery,
+            ids: ids_of(assignment),
+            job_type: assignment.job_type,
+            value,
+            received,
+            msg_id: format!("{tenant}:{}", assignment.assignment_id),
+        }
+    }
+}
+
+impl Reply<'_> {
     fn worker(&self) -> WorkerFacts<'_> {
         WorkerFacts {
             worker_id: &self.shared.config.worker_id,
@@ -121,181 +176,196 @@ impl Task<'_> {
         serde_json::value::RawValue::from_string(text).ok()
     }
 
-    /// Stores and publishes the result (and DLQ entry), then settles the delivery.
-    async fn finish(&self, guard: Option<Guard>, ack: Bytes, kind: Option<BlockKind>, f: Finished) {
-        let shared = self.shared;
-        let m = &shared.metrics;
-        let (result, error, attempts, cost, device, reason) = match f {
-            Finished::Rejected(mut e) => {
-                let reason = match e.code {
-                    ErrorCode::SystemOverload => dlq_reason::OVERLOADED,
-                    ErrorCode::QuotaExceeded => dlq_reason::QUOTA_EXCEEDED,
-                    _ => dlq_reason::INVALID_ASSIGNMENT,
-                };
-                (e.result.take().map(|b| *b), Some(e), 0, 0.0, None, reason)
-            }
-            Finished::Done {
-                result,
-                error,
-                attempts,
-                cost,
-                device,
-                reason,
-            } => (result, error, attempts, cost, device, reason),
-            Finished::Abandoned => {
-                drop(guard);
-                self.d.nak(Duration::from_millis(100)).await;
-                return;
-            }
-        };
-        let status = error.as_ref().map_or(Status::Success, |e| e.code.status());
-        let latency_ms = self.received.elapsed().as_millis() as u64;
-        let now = now_ms();
-        let mut outcome = Outcome {
-            status,
-            result: result.as_ref(),
-            error: error.as_ref(),
-            attempts,
-            latency_ms,
-            cost,
-            device: device.as_deref(),
-        };
-        let mut body = encode(&ExecResult::new(
+    fn result_body(&self, outcome: &Outcome<'_>, now: u64) -> Bytes {
+        encode(&ExecResult::new(
             &self.ids,
             self.job_type,
-            &outcome,
+            outcome,
             self.worker(),
             now,
-        ));
-        // A result the broker would refuse is replaced by a 2004 that says so.
-        let too_big;
-        let limit = self.d.publisher().max_payload().saturating_sub(1024);
-        if limit > 0 && body.len() > limit {
-            too_big = TaskError::new(
+        ))
+    }
+
+    /// A 2004 when a result of `len` bytes is more than the broker takes.
+    fn over_max_payload(&self, len: usize) -> Option<TaskError> {
+        let limit = self.delivery.publisher().max_payload().saturating_sub(1024);
+        (limit > 0 && len > limit).then(|| {
+            TaskError::new(
                 ErrorCode::QuotaExceeded,
                 format!(
-                    "result of {} bytes exceeds the NATS max_payload ({} bytes)",
-                    body.len(),
+                    "result of {len} bytes exceeds the NATS max_payload ({} bytes)",
                     limit + 1024
                 ),
-            );
+            )
+        })
+    }
+
+    /// Store → publish → settle, once the run has ended.
+    async fn finish(
+        &self,
+        guard: Option<Guard>,
+        ack: Bytes,
+        kind: Option<BlockKind>,
+        finished: Finished,
+    ) {
+        let Some(ran) = finished.into_ran() else {
+            drop(guard);
+            return self.delivery.nak(Duration::from_millis(100)).await;
+        };
+        let latency_ms = self.received.elapsed().as_millis() as u64;
+        let now = now_ms();
+        let mut outcome = ran.outcome(latency_ms);
+        let mut body = self.result_body(&outcome, now);
+        // A result the broker would refuse is replaced by a 2004 that says so.
+        let too_big = self.over_max_payload(body.len());
+        if let Some(error) = &too_big {
             outcome.status = Status::Error;
             outcome.result = None;
-            outcome.error = Some(&too_big);
-            body = encode(&ExecResult::new(
-                &self.ids,
-                self.job_type,
-                &outcome,
-                self.worker(),
-                now,
-            ));
+            outcome.error = Some(error);
+            body = self.result_body(&outcome, now);
         }
-        if let Some(g) = guard {
-            let stored = g
-                .complete(Record {
-                    ack,
-                    result: body.clone(),
-                })
-                .await;
-            if stored.result != body {
-                // Another delivery of this assignment stored its result first: publish
-                // that one, so every copy of the result is the same bytes.
-                if let Some(k) = kind {
-                    m.task_done(k, outcome.status, latency_ms);
-                }
-                return republish(self, &stored).await;
-            }
+        if let Some(stored) = store(guard, ack, &body).await {
+            // Another delivery of this assignment stored its result first: publish that
+            // one, so every copy of the result is the same bytes.
+            self.count(kind, &outcome);
+            return republish(self, &stored).await;
         }
+        let published = self
+            .publish(&outcome, body, ran.dlq, now)
+            .instrument(self.publish_span())
+            .await;
+        self.settle(published).await;
+        self.count(kind, &outcome);
+        self.log(&outcome);
+    }
 
-        let span = if child_spans(shared) {
-            tracing::info_span!(
-                "worker.result.publish",
-                tenant_id = self.ids.tenant_id,
-                trace_id = self.ids.trace_id,
-                run_id = self.ids.run_id,
-                block_type = self.job_type,
-                worker_id = shared.config.worker_id.as_str()
-            )
-        } else {
-            tracing::Span::none()
+    /// The result, and the DLQ entry when it is an error.
+    async fn publish(
+        &self,
+        outcome: &Outcome<'_>,
+        body: Bytes,
+        dlq: Option<&'static str>,
+        now: u64,
+    ) -> Result<(), String> {
+        let published = self
+            .delivery
+            .publisher()
+            .publish(Kind::Result, Some(&self.msg_id), body)
+            .await;
+        if outcome.status == Status::Error {
+            self.dead_letter(outcome, dlq, now).await;
+        }
+        published
+    }
+
+    async fn dead_letter(&self, outcome: &Outcome<'_>, dlq: Option<&'static str>, now: u64) {
+        // An error with no reason of its own (a result over max_payload) is dead-lettered
+        // with an empty reason, as it always was.
+        let reason = dlq.unwrap_or("");
+        let original = self.original();
+        let entry = DeadLetter {
+            result: ExecResult::new(&self.ids, self.job_type, outcome, self.worker(), now),
+            dlq_reason: reason,
+            worker_id: &self.shared.config.worker_id,
+            failed_at: now,
+            original: match &original {
+                Some(raw) => Original::Assignment(raw),
+                None => Original::Text(""),
+            },
         };
-        let published = async {
-            let r = self
-                .d
-                .publisher()
-                .publish(Kind::Result, Some(&self.msg_id), body)
-                .await;
-            if outcome.status == Status::Error {
-                let original = self.original();
-                let dl = DeadLetter {
-                    result: ExecResult::new(&self.ids, self.job_type, &outcome, self.worker(), now),
-                    dlq_reason: reason,
-                    worker_id: &shared.config.worker_id,
-                    failed_at: now,
-                    original: match &original {
-                        Some(raw) => Original::Assignment(raw),
-                        None => Original::Text(""),
-                    },
-                };
-                m.dlq(reason);
-                if let Err(e) = self
-                    .d
-                    .publisher()
-                    .publish(Kind::Dlq, Some(&self.msg_id), encode(&dl))
-                    .await
-                {
-                    tracing::error!(error = %e, "DLQ publish failed");
-                }
-            }
-            r
+        self.shared.metrics.dlq(reason);
+        if let Err(error) = self
+            .delivery
+            .publisher()
+            .publish(Kind::Dlq, Some(&self.msg_id), encode(&entry))
+            .await
+        {
+            tracing::error!(error = %error, "DLQ publish failed");
         }
-        .instrument(span)
-        .await;
+    }
+
+    /// Acks the delivery once its result is out; else hands it back for a redelivery.
+    async fn settle<E: std::fmt::Display>(&self, published: Result<(), E>) {
         match published {
-            Ok(()) => self.d.ack().await,
-            Err(e) => {
-                tracing::error!(error = %e, assignment_id = self.ids.assignment_id, "result publish failed");
+            Ok(()) => self.delivery.ack().await,
+            Err(error) => {
+                tracing::error!(error = %error, assignment_id = self.ids.assignment_id, "result publish failed");
                 // Stored for dedupe: the redelivery re-publishes it without running again.
-                self.d.nak(Duration::from_secs(1)).await;
+                self.delivery.nak(Duration::from_secs(1)).await;
             }
         }
-        if let Some(k) = kind {
-            m.task_done(k, outcome.status, latency_ms);
+    }
+
+    fn publish_span(&self) -> tracing::Span {
+        if !child_spans(self.shared) {
+            return tracing::Span::none();
         }
-        let e = outcome.error;
-        let fields_code = e.map(|e| e.code.code());
+        tracing::info_span!(
+            "worker.result.publish",
+            tenant_id = self.ids.tenant_id,
+            trace_id = self.ids.trace_id,
+            run_id = self.ids.run_id,
+            block_type = self.job_type,
+            worker_id = self.shared.config.worker_id.as_str()
+        )
+    }
+
+    /// `worker_tasks_total` and `worker_task_latency_ms`, for a known kind.
+    fn count(&self, kind: Option<BlockKind>, outcome: &Outcome<'_>) {
+        if let Some(kind) = kind {
+            let metrics = &self.shared.metrics;
+            metrics.task_done(kind, outcome.status, outcome.latency_ms);
+        }
+    }
+
+    /// The per-step log line.
+    fn log(&self, outcome: &Outcome<'_>) {
+        let ids = &self.ids;
         if outcome.status == Status::Success {
             tracing::info!(
-                assignment_id = self.ids.assignment_id,
+                assignment_id = ids.assignment_id,
                 block_type = self.job_type,
                 status = outcome.status.as_str(),
-                latency_ms,
-                attempts,
-                tenant_id = self.ids.tenant_id,
-                trace_id = self.ids.trace_id,
-                run_id = self.ids.run_id,
-                flow_id = self.ids.flow_id,
-                step_id = self.ids.step_id,
+                latency_ms = outcome.latency_ms,
+                attempts = outcome.attempts,
+                tenant_id = ids.tenant_id,
+                trace_id = ids.trace_id,
+                run_id = ids.run_id,
+                flow_id = ids.flow_id,
+                step_id = ids.step_id,
                 "Step execution completed"
             );
         } else {
+            let error = outcome.error;
             tracing::warn!(
-                assignment_id = self.ids.assignment_id,
+                assignment_id = ids.assignment_id,
                 block_type = self.job_type,
                 status = outcome.status.as_str(),
-                latency_ms,
-                attempts,
-                error_code = fields_code,
-                error_message = e.map(|e| e.message.as_str()),
-                tenant_id = self.ids.tenant_id,
-                trace_id = self.ids.trace_id,
-                run_id = self.ids.run_id,
-                flow_id = self.ids.flow_id,
-                step_id = self.ids.step_id,
+                latency_ms = outcome.latency_ms,
+                attempts = outcome.attempts,
+                error_code = error.map(|e| e.code.code()),
+                error_message = error.map(|e| e.message.as_str()),
+                tenant_id = ids.tenant_id,
+                trace_id = ids.trace_id,
+                run_id = ids.run_id,
+                flow_id = ids.flow_id,
+                step_id = ids.step_id,
                 "Step execution failed"
             );
         }
     }
+}
+
+/// Stores the result for dedupe; returns the record another delivery stored first, if one
+/// did.
+async fn store(guard: Option<Guard>, ack: Bytes, body: &Bytes) -> Option<Arc<Record>> {
+    let guard = guard?;
+    let record = Record {
+        ack,
+        result: body.clone(),
+    };
+    let stored = guard.complete(record).await;
+    (stored.result != *body).then_some(stored)
 }
 
 /// Whether the per-step child spans (`worker.block.execute`, `worker.result.publish`) are
@@ -308,208 +378,284 @@ fn child_spans(shared: &Shared) -> bool {
 }
 
 /// Handles one delivery to the end. Never panics on input.
-pub(super) async fn handle(shared: Arc<Shared>, blocks: Rc<Blocks>, mut d: Delivery) {
+pub(super) async fn handle(shared: Arc<Shared>, blocks: Rc<Blocks>, mut delivery: Delivery) {
     let received = Instant::now();
-    let m = &shared.metrics;
-    m.intake(Intake::Received);
-    if d.redelivered() {
-        m.js_redeliveries.inc();
+    let metrics = &shared.metrics;
+    metrics.intake(Intake::Received);
+    if delivery.redelivered() {
+        metrics.js_redeliveries.inc();
     }
-    let payload = std::mem::take(&mut d.payload);
+    let payload = std::mem::take(&mut delivery.payload);
     let (mut buf, pristine) = own_buffer(payload);
     // The error arm falls out of the match so that the buffer's borrow has ended.
-    let u = match parse_value(&mut buf) {
-        Ok(value) => return handle_parsed(&shared, &blocks, &d, &value, received).await,
-        Err(u) => u,
+    let why = match parse_value(&mut buf) {
+        Ok(value) => {
+            return handle_parsed(&shared, &blocks, &delivery, &value, received).await;
+        }
+        Err(why) => why,
     };
-    unparseable(&shared, &d, u, pristine, buf).await
+    unparseable(&shared, &delivery, why, pristine, buf).await
 }
 
+/// Dedupe → validate → admit → execute (decode, ack, attempts) → finish.
 async fn handle_parsed(
     shared: &Arc<Shared>,
-    blocks: &Rc<Blocks>,
-    d: &Delivery,
+    blocks: &Blocks,
+    delivery: &Delivery,
     value: &BorrowedValue<'_>,
     received: Instant,
 ) {
-    let (a, problem) = match Assignment::read(value, &d.headers, shared.limits) {
-        Ok(x) => x,
-        Err(u) => return no_id(shared, d, u, value).await,
+    let (assignment, problem) = match Assignment::read(value, &delivery.headers, shared.limits) {
+        Ok(read) => read,
+        Err(why) => return no_id(shared, delivery, why, value).await,
     };
-    let tenant = a.tenant_id.as_deref().unwrap_or("");
-    let span = tracing::info_span!(
-        "worker.assignment.receive",
-        tenant_id = tenant,
-        trace_id = a.trace_id.as_deref(),
-        run_id = a.run_id,
-        block_type = a.job_type,
-        worker_id = shared.config.worker_id.as_str(),
-        assignment_id = a.assignment_id
-    );
-    crate::telemetry::trace::continue_trace(&span, a.trace_id.as_deref());
-    let task = Task {
-        shared,
-        d,
-        ids: ids_of(&a),
-        job_type: a.job_type,
-        value,
-        received,
-        msg_id: format!("{tenant}:{}", a.assignment_id),
+    let span = receive_span(shared, &assignment);
+    let reply = Reply::new(shared, delivery, &assignment, value, received);
+    let Some(guard) = claim(&reply, &assignment, &span).await else {
+        return; // a duplicate, answered
     };
-    let guard = match shared
-        .dedupe
-        .begin(tenant, a.assignment_id)
-        .instrument(span.clone())
-        .await
-    {
-        Begin::New(g) => *g,
-        Begin::Done(record) => return republish(&task, &record).await,
-        Begin::Running(mut rx) => {
-            // The same assignment is running here now: answer with its result when it lands.
-            let record = loop {
-                if let Some(r) = rx.borrow_and_update().clone() {
-                    break Some(r);
-                }
-                if rx.changed().await.is_err() {
-                    break None;
-                }
-            };
-            match record {
-                Some(r) => return republish(&task, &r).await,
-                None => return d.nak(Duration::from_millis(200)).await,
-            }
+    let (kind, job) = match validate(&assignment, problem) {
+        Ok(valid) => valid,
+        Err((kind, error)) => {
+            return reject(&reply, Some(guard), kind, error)
+                .instrument(span)
+                .await;
         }
     };
-
-    if let Some(e) = problem {
-        return reject(&task, Some(guard), None, e).instrument(span).await;
-    }
-    let job_type = a.job_type.unwrap_or_default();
-    let Some(kind) = BlockKind::parse(job_type) else {
-        let e = TaskError::invalid("job.type", format!("unknown block type {job_type:?}"));
-        return reject(&task, Some(guard), None, e).instrument(span).await;
-    };
-    let Some(job) = a.job else {
-        return reject(&task, Some(guard), Some(kind), TaskError::missing("job"))
-            .instrument(span)
-            .await;
-    };
-    let _quota = match shared.quotas.take(tenant) {
+    let _quota = match shared.quotas.take(tenant_of(&assignment)) {
         Ok(slot) => slot,
-        Err(e) => {
+        Err(error) => {
             // Not remembered for dedupe: the Router's later retry of it runs.
             drop(guard);
-            return reject(&task, None, Some(kind), e).instrument(span).await;
+            return reject(&reply, None, Some(kind), error)
+                .instrument(span)
+                .await;
         }
     };
-    let reg = shared
-        .cancels
-        .register(tenant, a.assignment_id, &shared.hard_stop);
-    let traceparent = a.trace_id.as_deref().and_then(traceparent_for);
-    let ctx = ExecCtx {
-        tenant,
-        assignment_id: a.assignment_id,
-        trace_id: a.trace_id.as_deref(),
-        traceparent: traceparent.as_deref(),
-        deadline: received + a.deadline,
-        attempt: 0,
-        cancel: &reg.token,
-        redelivered: d.redelivered(),
-    };
-    let run = Run {
-        task: &task,
-        retry: a.retry,
-        kind,
-    };
-    let exec_span = if child_spans(shared) {
-        tracing::info_span!(parent: &span, "worker.block.execute",
-            tenant_id = tenant, trace_id = a.trace_id.as_deref(), run_id = a.run_id,
-            block_type = kind.as_str(), worker_id = shared.config.worker_id.as_str())
-    } else {
-        tracing::Span::none()
-    };
-    // Each block's run is its own allocation, sized for that block: inlined, every
-    // assignment's task would carry the largest block's state (8.3 KiB per task instead
-    // of 4.9 KiB, `-Zprint-type-sizes`).
+    let cancel = shared.cancels.register(
+        tenant_of(&assignment),
+        assignment.assignment_id,
+        &shared.hard_stop,
+    );
+    let traceparent = assignment.trace_id.as_deref().and_then(traceparent_for);
+    let run = Execute::new(
+        &reply,
+        &assignment,
+        (kind, job),
+        &cancel,
+        traceparent.as_deref(),
+    );
+    let exec_span = execute_span(&span, &reply, kind);
     let _pool = super::PoolBusy::new(&shared.metrics, kind); // worker_pool_in_flight{pool}
-    let (ack, finished) = async {
-        match kind {
-            BlockKind::Http => Box::pin(run.go(&blocks.http, job, ctx)).await,
-            BlockKind::FsPut | BlockKind::FsGet => Box::pin(run.go(&blocks.fs, job, ctx)).await,
-            BlockKind::Sql => Box::pin(run.go(&blocks.sql, job, ctx)).await,
-            BlockKind::Human => Box::pin(run.go(&blocks.human, job, ctx)).await,
-            BlockKind::Inference => Box::pin(run.go(&blocks.inference, job, ctx)).await,
-            BlockKind::Embed => Box::pin(run.go(&blocks.embed, job, ctx)).await,
-        }
-    }
-    .instrument(exec_span)
-    .await;
-    let finished = match finished {
-        Finished::Done {
-            error: Some(e),
-            attempts,
-            ..
-        } if e.code == ErrorCode::CancelledByUser => {
-            let reason = reg
-                .reason()
-                .unwrap_or_else(|| "cancel requested".to_owned());
-            let e = TaskError::new(ErrorCode::CancelledByUser, format!("cancelled: {reason}"));
-            Finished::failed(e, attempts, "")
-        }
-        f => f,
-    };
-    task.finish(Some(guard), ack, Some(kind), finished)
+    let (ack, finished) = blocks.run(kind, run).instrument(exec_span).await;
+    let finished = with_cancel_reason(finished, &cancel);
+    reply
+        .finish(Some(guard), ack, Some(kind), finished)
         .instrument(span)
         .await;
 }
 
-struct Run<'t, 'a> {
-    task: &'t Task<'a>,
-    retry: crate::contract::RetryPolicy,
+fn tenant_of<'a>(assignment: &'a Assignment<'_>) -> &'a str {
+    assignment.tenant_id.as_deref().unwrap_or("")
+}
+
+fn receive_span(shared: &Shared, assignment: &Assignment<'_>) -> tracing::Span {
+    let span = tracing::info_span!(
+        "worker.assignment.receive",
+        tenant_id = tenant_of(assignment),
+        trace_id = assignment.trace_id.as_deref(),
+        run_id = assignment.run_id,
+        block_type = assignment.job_type,
+        worker_id = shared.config.worker_id.as_str(),
+        assignment_id = assignment.assignment_id
+    );
+    crate::telemetry::trace::continue_trace(&span, assignment.trace_id.as_deref());
+    span
+}
+
+fn execute_span(parent: &tracing::Span, reply: &Reply<'_>, kind: BlockKind) -> tracing::Span {
+    if !child_spans(reply.shared) {
+        return tracing::Span::none();
+    }
+    let ids = &reply.ids;
+    tracing::info_span!(parent: parent, "worker.block.execute",
+        tenant_id = ids.tenant_id.unwrap_or(""), trace_id = ids.trace_id, run_id = ids.run_id,
+        block_type = kind.as_str(), worker_id = reply.shared.config.worker_id.as_str())
+}
+
+/// Claims the assignment for this delivery. A duplicate is answered here, with the result
+/// stored for it (waiting for it when it is running here now), and gets `None`.
+async fn claim(
+    reply: &Reply<'_>,
+    assignment: &Assignment<'_>,
+    span: &tracing::Span,
+) -> Option<Guard> {
+    let begun = reply
+        .shared
+        .dedupe
+        .begin(tenant_of(assignment), assignment.assignment_id)
+        .instrument(span.clone())
+        .await;
+    let mut running = match begun {
+        Begin::New(guard) => return Some(*guard),
+        Begin::Done(record) => {
+            republish(reply, &record).await;
+            return None;
+        }
+        Begin::Running(running) => running,
+    };
+    // The same assignment is running here now: answer with its result when it lands.
+    let record = loop {
+        if let Some(record) = running.borrow_and_update().clone() {
+            break Some(record);
+        }
+        if running.changed().await.is_err() {
+            break None;
+        }
+    };
+    match record {
+        Some(record) => republish(reply, &record).await,
+        None => reply.delivery.nak(Duration::from_millis(200)).await,
+    }
+    None
+}
+
+/// The kind and job to run, or why not (with the kind when it is known).
+fn validate<'v>(
+    assignment: &Assignment<'v>,
+    problem: Option<TaskError>,
+) -> Result<(BlockKind, Fields<'v, 'v>), (Option<BlockKind>, TaskError)> {
+    if let Some(error) = problem {
+        return Err((None, error));
+    }
+    let job_type = assignment.job_type.unwrap_or_default();
+    let Some(kind) = BlockKind::parse(job_type) else {
+        let error = TaskError::invalid("job.type", format!("unknown block type {job_type:?}"));
+        return Err((None, error));
+    };
+    match assignment.job {
+        Some(job) => Ok((kind, job)),
+        None => Err((Some(kind), TaskError::missing("job"))),
+    }
+}
+
+/// A cancel request's reason, when it is what ended the run.
+fn with_cancel_reason(finished: Finished, cancel: &Registration) -> Finished {
+    match finished {
+        Finished::Ran(Ran {
+            error: Some(error),
+            attempts,
+            ..
+        }) if error.code == ErrorCode::CancelledByUser => {
+            let reason = cancel
+                .reason()
+                .unwrap_or_else(|| "cancel requested".to_owned());
+            let error = TaskError::new(ErrorCode::CancelledByUser, format!("cancelled: {reason}"));
+            Finished::failed(error, attempts, None)
+        }
+        other => other,
+    }
+}
+
+/// One assignment's run, handed to whichever block its kind runs on ([`Blocks::run`]).
+struct Execute<'r, 'a> {
+    attempts: Attempts<'r, 'a>,
+    job: Fields<'r, 'r>,
+    ctx: ExecCtx<'r>,
+}
+
+impl<'r, 'a> Execute<'r, 'a> {
+    fn new(
+        reply: &'r Reply<'a>,
+        assignment: &'r Assignment<'r>,
+        (kind, job): (BlockKind, Fields<'r, 'r>),
+        cancel: &'r Registration,
+        traceparent: Option<&'r str>,
+    ) -> Self {
+        let ctx = ExecCtx {
+            tenant: tenant_of(assignment),
+            assignment_id: assignment.assignment_id,
+            trace_id: assignment.trace_id.as_deref(),
+            traceparent,
+            deadline: reply.received + assignment.deadline,
+            attempt: 0,
+            cancel: &cancel.token,
+            redelivered: reply.delivery.redelivered(),
+        };
+        let attempts = Attempts {
+            reply,
+            retry: assignment.retry,
+            kind,
+        };
+        Execute { attempts, job, ctx }
+    }
+}
+
+impl<'r, 'a> RunBlock<'r> for Execute<'r, 'a> {
+    type Output = LocalBoxFuture<'r, (Bytes, Finished)>;
+
+    fn run<B: Block>(self, block: &'r B) -> Self::Output {
+        // Each block's run is its own allocation, sized for that block: inlined, every
+        // assignment's task would carry the largest block's state (8.3 KiB per task instead
+        // of 4.9 KiB, `-Zprint-type-sizes`).
+        Box::pin(async move { self.attempts.run(block, self.job, self.ctx).await })
+    }
+}
+
+/// Decode → ack → the attempts, with retries, deadline and cancel.
+struct Attempts<'r, 'a> {
+    reply: &'r Reply<'a>,
+    retry: RetryPolicy,
     kind: BlockKind,
 }
 
-impl Run<'_, '_> {
+impl Attempts<'_, '_> {
     /// Decodes, acks, and runs the attempts. Returns the ack body sent and how it ended.
-    async fn go<'j, B: Block>(
+    async fn run<'j, B: Block>(
         &self,
         block: &B,
         job: Fields<'j, 'j>,
         mut ctx: ExecCtx<'_>,
     ) -> (Bytes, Finished) {
-        let t = self.task;
-        // A decoder that panics on some input is a worker bug (4001), answered like any
-        // rejection, not a lost assignment that JetStream would redeliver forever.
-        let decoded = std::panic::catch_unwind(AssertUnwindSafe(|| block.decode(job, &ctx)))
-            .unwrap_or_else(|_| {
-                t.shared.metrics.panics.inc();
-                Err(TaskError::internal(format!(
-                    "the {} block panicked decoding the job",
-                    self.kind.as_str()
-                )))
-            });
-        let decoded = match decoded {
-            Ok(j) => j,
-            Err(e) => {
-                let ack = t.ack_body(AckStatus::Rejected, Some(&e));
-                publish_ack(t, ack.clone()).await;
-                t.shared.metrics.intake(Intake::Rejected);
-                return (ack, Finished::Rejected(e));
+        let reply = self.reply;
+        let job = match self.decode(block, job, &ctx) {
+            Ok(job) => job,
+            Err(error) => {
+                let ack = send_rejection(reply, &error).await;
+                return (ack, Finished::Rejected(error));
             }
         };
-        let ack = t.ack_body(AckStatus::Accepted, None);
-        t.shared.metrics.intake(Intake::Accepted);
-        let progress = keep_alive(t);
+        let ack = reply.ack_body(AckStatus::Accepted, None);
+        reply.shared.metrics.intake(Intake::Accepted);
+        let progress = keep_alive(reply);
         // The ack is handed to the connection before the block starts, so it precedes the
         // result on the wire; its publish-ack is awaited alongside the work.
-        let (_, finished) = futures::join!(publish_ack(t, ack.clone()), async {
+        let (_, finished) = futures::join!(publish_ack(reply, ack.clone()), async {
             tokio::select! {
                 biased;
-                f = self.attempts(block, &decoded, &mut ctx) => f,
+                f = self.attempts(block, &job, &mut ctx) => f,
                 never = progress => match never {},
             }
         });
         (ack, finished)
+    }
+
+    /// [`Block::decode`]. A decoder that panics on some input is a worker bug (4001),
+    /// answered like any rejection, not a lost assignment that JetStream would redeliver
+    /// forever.
+    fn decode<'j, B: Block>(
+        &self,
+        block: &B,
+        job: Fields<'j, 'j>,
+        ctx: &ExecCtx<'_>,
+    ) -> Result<B::Job<'j>, TaskError> {
+        std::panic::catch_unwind(AssertUnwindSafe(|| block.decode(job, ctx))).unwrap_or_else(|_| {
+            self.reply.shared.metrics.panics.inc();
+            Err(TaskError::internal(format!(
+                "the {} block panicked decoding the job",
+                self.kind.as_str()
+            )))
+        })
     }
 
     async fn attempts<B: Block>(
@@ -518,7 +664,6 @@ impl Run<'_, '_> {
         job: &B::Job<'_>,
         ctx: &mut ExecCtx<'_>,
     ) -> Finished {
-        let shared = self.task.shared;
         let deadline = tokio::time::Instant::from_std(ctx.deadline);
         let mut attempts = 0;
         loop {
@@ -527,71 +672,14 @@ impl Run<'_, '_> {
             }
             attempts += 1;
             ctx.attempt = attempts;
-            let r = tokio::select! {
-                biased;
-                _ = ctx.cancel.cancelled() => return self.stopped(attempts),
-                _ = tokio::time::sleep_until(deadline) => return timed_out(attempts),
-                r = AssertUnwindSafe(block.attempt(job, ctx)).catch_unwind() => r,
+            let error = match self.attempt(block, job, ctx, deadline).await {
+                Break(finished) => return finished,
+                Continue(error) => error,
             };
-            if let Some(e) = super::cputime::over_limit() {
-                return Finished::failed(e, attempts, ""); // --max-cpu-time-ms (cputime.rs)
-            }
-            if ctx.cancel.is_cancelled() {
-                // Whatever the block made of it, a cancel (or the hard stop) decides.
-                return self.stopped(attempts);
-            }
-            let e = match r {
-                Ok(Ok(Output {
-                    result,
-                    cost,
-                    device,
-                })) => {
-                    return Finished::Done {
-                        result: Some(result),
-                        error: None,
-                        attempts,
-                        cost,
-                        device,
-                        reason: "",
-                    }
-                }
-                Ok(Err(e)) => e,
-                Err(_) => {
-                    shared.metrics.panics.inc();
-                    TaskError::internal(format!("the {} block panicked", self.kind.as_str()))
-                }
+            let delay = match self.retry_delay(error, attempts, deadline) {
+                Break(finished) => return finished,
+                Continue(delay) => delay,
             };
-            if e.code.status() != Status::Error {
-                // Timeout or cancel from inside the block: terminal, never dead-lettered.
-                return Finished::failed(e, attempts, "");
-            }
-            if !e.retryable || attempts >= self.retry.max_attempts {
-                let reason = if e.retryable {
-                    dlq_reason::RETRIES_EXHAUSTED
-                } else {
-                    dlq_reason::NON_RETRYABLE
-                };
-                return Finished::failed(with_attempts(e, attempts), attempts, reason);
-            }
-            let delay = self
-                .retry
-                .backoff(attempts + 1)
-                .max(e.retry_after.unwrap_or_default());
-            if tokio::time::Instant::now() + delay >= deadline {
-                // Waiting would run into the deadline: return the last error instead.
-                return Finished::failed(
-                    with_attempts(e, attempts),
-                    attempts,
-                    dlq_reason::RETRIES_EXHAUSTED,
-                );
-            }
-            shared.metrics.retry(e.code);
-            tracing::debug!(
-                code = e.code.code(),
-                attempt = attempts,
-                delay_ms = delay.as_millis() as u64,
-                "retrying"
-            );
             tokio::select! {
                 biased;
                 _ = ctx.cancel.cancelled() => return self.stopped(attempts),
@@ -600,89 +688,176 @@ impl Run<'_, '_> {
         }
     }
 
+    /// One attempt under the cancel and the deadline: how the run ended, or the attempt's
+    /// error to weigh for a retry.
+    async fn attempt<B: Block>(
+        &self,
+        block: &B,
+        job: &B::Job<'_>,
+        ctx: &ExecCtx<'_>,
+        deadline: tokio::time::Instant,
+    ) -> ControlFlow<Finished, TaskError> {
+        let attempts = ctx.attempt;
+        let tried = tokio::select! {
+            biased;
+            _ = ctx.cancel.cancelled() => return Break(self.stopped(attempts)),
+            _ = tokio::time::sleep_until(deadline) => return Break(timed_out(attempts)),
+            tried = AssertUnwindSafe(block.attempt(job, ctx)).catch_unwind() => tried,
+        };
+        if let Some(error) = super::cputime::over_limit() {
+            return Break(Finished::failed(error, attempts, None)); // --max-cpu-time-ms
+        }
+        if ctx.cancel.is_cancelled() {
+            // Whatever the block made of it, a cancel (or the hard stop) decides.
+            return Break(self.stopped(attempts));
+        }
+        match tried {
+            Ok(Ok(output)) => Break(Finished::succeeded(output, attempts)),
+            Ok(Err(error)) => Continue(error),
+            Err(_) => {
+                self.reply.shared.metrics.panics.inc();
+                let what = format!("the {} block panicked", self.kind.as_str());
+                Continue(TaskError::internal(what))
+            }
+        }
+    }
+
+    /// How long to wait before the next attempt after `error`, or how the run ends.
+    fn retry_delay(
+        &self,
+        error: TaskError,
+        attempts: u32,
+        deadline: tokio::time::Instant,
+    ) -> ControlFlow<Finished, Duration> {
+        if error.code.status() != Status::Error {
+            // Timeout or cancel from inside the block: terminal, never dead-lettered.
+            return Break(Finished::failed(error, attempts, None));
+        }
+        if !error.retryable || attempts >= self.retry.max_attempts {
+            let reason = if error.retryable {
+                dlq_reason::RETRIES_EXHAUSTED
+            } else {
+                dlq_reason::NON_RETRYABLE
+            };
+            let error = with_attempts(error, attempts);
+            return Break(Finished::failed(error, attempts, Some(reason)));
+        }
+        let delay = self
+            .retry
+            .backoff(attempts + 1)
+            .max(error.retry_after.unwrap_or_default());
+        if tokio::time::Instant::now() + delay >= deadline {
+            // Waiting would run into the deadline: return the last error instead.
+            let error = with_attempts(error, attempts);
+            return Break(Finished::failed(
+                error,
+                attempts,
+                Some(dlq_reason::RETRIES_EXHAUSTED),
+            ));
+        }
+        self.reply.shared.metrics.retry(error.code);
+        tracing::debug!(
+            code = error.code.code(),
+            attempt = attempts,
+            delay_ms = delay.as_millis() as u64,
+            "retrying"
+        );
+        Continue(delay)
+    }
+
     /// Cancelled: by a cancel request, or by the worker's hard stop.
     fn stopped(&self, attempts: u32) -> Finished {
-        if self.task.shared.hard_stop.is_cancelled() && self.task.d.is_jetstream() {
+        let shared = self.reply.shared;
+        if shared.hard_stop.is_cancelled() && self.reply.delivery.is_jetstream() {
             return Finished::Abandoned;
         }
-        let e = if self.task.shared.hard_stop.is_cancelled() {
-            TaskError::retryable(
+        if shared.hard_stop.is_cancelled() {
+            let error = TaskError::retryable(
                 ErrorCode::SystemOverload,
                 "worker shut down before the assignment finished",
-            )
-        } else {
-            TaskError::new(ErrorCode::CancelledByUser, "cancelled")
-        };
-        let reason = if e.code == ErrorCode::SystemOverload {
-            dlq_reason::OVERLOADED
-        } else {
-            ""
-        };
-        Finished::failed(e, attempts, reason)
+            );
+            return Finished::failed(error, attempts, Some(dlq_reason::OVERLOADED));
+        }
+        let error = TaskError::new(ErrorCode::CancelledByUser, "cancelled");
+        Finished::failed(error, attempts, None)
     }
 }
 
 fn timed_out(attempts: u32) -> Finished {
-    let e = TaskError::new(
+    let error = TaskError::new(
         ErrorCode::CancelledByTimeout,
         format!("job deadline passed after {attempts} attempt(s)"),
     );
-    Finished::failed(e, attempts, "")
+    Finished::failed(error, attempts, None)
 }
 
-fn with_attempts(mut e: TaskError, attempts: u32) -> TaskError {
-    if attempts > 1 && !e.message.contains("attempts") {
-        e.message = format!("{} after {attempts} attempts", e.message);
+fn with_attempts(mut error: TaskError, attempts: u32) -> TaskError {
+    if attempts > 1 && !error.message.contains("attempts") {
+        error.message = format!("{} after {attempts} attempts", error.message);
     }
-    e
+    error
 }
 
 /// Sends in-progress acks while a JetStream task runs, so long tasks are not redelivered.
 /// Never completes (hence `Infallible`).
-async fn keep_alive(t: &Task<'_>) -> std::convert::Infallible {
-    if !t.d.is_jetstream() {
+async fn keep_alive(reply: &Reply<'_>) -> std::convert::Infallible {
+    if !reply.delivery.is_jetstream() {
         return futures::future::pending().await;
     }
-    let every = t.shared.config.js.ack_wait / 3;
+    let every = reply.shared.config.js.ack_wait / 3;
     loop {
         tokio::time::sleep(every).await;
-        t.d.in_progress().await;
+        reply.delivery.in_progress().await;
     }
 }
 
-async fn publish_ack(t: &Task<'_>, ack: Bytes) {
-    if let Err(e) =
-        t.d.publisher()
-            .publish(Kind::Ack, Some(&t.msg_id), ack)
-            .await
-    {
-        tracing::error!(error = %e, "ack publish failed");
+async fn publish_ack(reply: &Reply<'_>, ack: Bytes) {
+    let publisher = reply.delivery.publisher();
+    if let Err(error) = publisher.publish(Kind::Ack, Some(&reply.msg_id), ack).await {
+        tracing::error!(error = %error, "ack publish failed");
     }
 }
 
-async fn reject(t: &Task<'_>, guard: Option<Guard>, kind: Option<BlockKind>, e: TaskError) {
-    let ack = t.ack_body(AckStatus::Rejected, Some(&e));
-    publish_ack(t, ack.clone()).await;
-    t.shared.metrics.intake(Intake::Rejected);
-    t.finish(guard, ack, kind, Finished::Rejected(e)).await;
+/// Publishes the rejected ack for `error`; returns its body (kept for dedupe).
+async fn send_rejection(reply: &Reply<'_>, error: &TaskError) -> Bytes {
+    let ack = reply.ack_body(AckStatus::Rejected, Some(error));
+    publish_ack(reply, ack.clone()).await;
+    reply.shared.metrics.intake(Intake::Rejected);
+    ack
+}
+
+/// Rejected before the block ran: the rejected ack, then the error result and DLQ entry.
+async fn reject(
+    reply: &Reply<'_>,
+    guard: Option<Guard>,
+    kind: Option<BlockKind>,
+    error: TaskError,
+) {
+    let ack = send_rejection(reply, &error).await;
+    reply
+        .finish(guard, ack, kind, Finished::Rejected(error))
+        .await;
 }
 
 /// A duplicate: the stored ack and result again, byte for byte.
-async fn republish(t: &Task<'_>, r: &Record) {
-    let p = t.d.publisher();
-    t.shared.metrics.intake(Intake::Deduplicated);
+async fn republish(reply: &Reply<'_>, record: &Record) {
+    let publisher = reply.delivery.publisher();
+    reply.shared.metrics.intake(Intake::Deduplicated);
     tracing::info!(
-        assignment_id = t.ids.assignment_id,
-        tenant_id = t.ids.tenant_id,
+        assignment_id = reply.ids.assignment_id,
+        tenant_id = reply.ids.tenant_id,
         "duplicate assignment; re-publishing its result"
     );
-    let _ = p.publish(Kind::Ack, Some(&t.msg_id), r.ack.clone()).await;
-    match p
-        .publish(Kind::Result, Some(&t.msg_id), r.result.clone())
+    let msg_id = Some(reply.msg_id.as_str());
+    let _ = publisher
+        .publish(Kind::Ack, msg_id, record.ack.clone())
+        .await;
+    match publisher
+        .publish(Kind::Result, msg_id, record.result.clone())
         .await
     {
-        Ok(()) => t.d.ack().await,
-        Err(_) => t.d.nak(Duration::from_secs(1)).await,
+        Ok(()) => reply.delivery.ack().await,
+        Err(_) => reply.delivery.nak(Duration::from_secs(1)).await,
     }
 }
 
@@ -690,7 +865,7 @@ async fn republish(t: &Task<'_>, r: &Record) {
 /// pristine copy when parsing could change it. simd-json unescapes strings in place; a
 /// payload without a backslash is left as it was even when parsing fails.
 fn own_buffer(payload: Bytes) -> (BytesMut, Option<Bytes>) {
-    let pristine = memchr_backslash(&payload).then(|| payload.clone());
+    let pristine = has_backslash(&payload).then(|| payload.clone());
     match payload.try_into_mut() {
         Ok(buf) => (buf, pristine),
         // Shared with someone else: copy it, and keep the original for the DLQ.
@@ -700,83 +875,84 @@ fn own_buffer(payload: Bytes) -> (BytesMut, Option<Bytes>) {
 
 async fn unparseable(
     shared: &Arc<Shared>,
-    d: &Delivery,
-    u: Unanswerable,
+    delivery: &Delivery,
+    why: Unanswerable,
     pristine: Option<Bytes>,
     buf: BytesMut,
 ) {
     let raw = pristine.unwrap_or_else(|| buf.freeze());
-    unanswerable(shared, d, u, raw_original(&raw)).await
+    unanswerable(shared, delivery, why, raw_original(&raw)).await
 }
 
-async fn no_id(shared: &Arc<Shared>, d: &Delivery, u: Unanswerable, value: &BorrowedValue<'_>) {
+async fn no_id(
+    shared: &Arc<Shared>,
+    delivery: &Delivery,
+    why: Unanswerable,
+    value: &BorrowedValue<'_>,
+) {
     let text = simd_json::to_string(value).unwrap_or_default();
     let raw = serde_json::value::RawValue::from_string(text).ok();
     let original = match &raw {
-        Some(r) if u.parsed_object => Original::Assignment(r),
-        Some(r) => Original::Text(r.get()),
+        Some(raw) if why.parsed_object => Original::Assignment(raw),
+        Some(raw) => Original::Text(raw.get()),
         None => Original::Text(""),
     };
-    unanswerable(shared, d, u, original).await
+    unanswerable(shared, delivery, why, original).await
 }
 
 /// Core mode with every queue full: the assignment is answered 4002 (rejected ack, error
 /// result, DLQ) without running. Not remembered for dedupe: the Router may retry it.
-pub(super) async fn refuse(shared: Arc<Shared>, mut d: Delivery) {
+pub(super) async fn refuse(shared: Arc<Shared>, mut delivery: Delivery) {
     shared.metrics.intake(Intake::Received);
     shared.metrics.intake(Intake::Overloaded);
-    let (mut buf, pristine) = own_buffer(std::mem::take(&mut d.payload));
-    let u = match parse_value(&mut buf) {
-        Ok(value) => return refuse_parsed(&shared, &d, &value).await,
-        Err(u) => u,
+    let (mut buf, pristine) = own_buffer(std::mem::take(&mut delivery.payload));
+    let why = match parse_value(&mut buf) {
+        Ok(value) => return refuse_parsed(&shared, &delivery, &value).await,
+        Err(why) => why,
     };
-    unparseable(&shared, &d, u, pristine, buf).await
+    unparseable(&shared, &delivery, why, pristine, buf).await
 }
 
-async fn refuse_parsed(shared: &Arc<Shared>, d: &Delivery, value: &BorrowedValue<'_>) {
-    let (a, _) = match Assignment::read(value, &d.headers, shared.limits) {
-        Ok(x) => x,
-        Err(u) => return no_id(shared, d, u, value).await,
+async fn refuse_parsed(shared: &Arc<Shared>, delivery: &Delivery, value: &BorrowedValue<'_>) {
+    let (assignment, _) = match Assignment::read(value, &delivery.headers, shared.limits) {
+        Ok(read) => read,
+        Err(why) => return no_id(shared, delivery, why, value).await,
     };
-    let tenant = a.tenant_id.as_deref().unwrap_or("");
-    let task = Task {
-        shared,
-        d,
-        ids: ids_of(&a),
-        job_type: a.job_type,
-        value,
-        received: Instant::now(),
-        msg_id: format!("{tenant}:{}", a.assignment_id),
-    };
-    let e = TaskError::retryable(
+    let reply = Reply::new(shared, delivery, &assignment, value, Instant::now());
+    let error = TaskError::retryable(
         ErrorCode::SystemOverload,
         "worker saturated: every queue is full; retry later",
     );
-    let kind = a.job_type.and_then(BlockKind::parse);
-    reject(&task, None, kind, e).await
+    let kind = assignment.job_type.and_then(BlockKind::parse);
+    reject(&reply, None, kind, error).await
 }
 
-fn ids_of<'a>(a: &'a Assignment<'a>) -> Ids<'a> {
+fn ids_of<'a>(assignment: &'a Assignment<'a>) -> Ids<'a> {
     Ids {
-        assignment_id: Some(a.assignment_id),
-        request_id: a.request_id.as_deref(),
-        tenant_id: a.tenant_id.as_deref(),
-        trace_id: a.trace_id.as_deref(),
-        run_id: a.run_id,
-        flow_id: a.flow_id,
-        step_id: a.step_id,
-        provider_id: a.provider_id,
+        assignment_id: Some(assignment.assignment_id),
+        request_id: assignment.request_id.as_deref(),
+        tenant_id: assignment.tenant_id.as_deref(),
+        trace_id: assignment.trace_id.as_deref(),
+        run_id: assignment.run_id,
+        flow_id: assignment.flow_id,
+        step_id: assignment.step_id,
+        provider_id: assignment.provider_id,
     }
 }
 
 /// Not answerable (not JSON, not an object, no usable id): a DLQ entry, nothing else.
-async fn unanswerable(shared: &Arc<Shared>, d: &Delivery, u: Unanswerable, original: Original<'_>) {
+async fn unanswerable(
+    shared: &Arc<Shared>,
+    delivery: &Delivery,
+    why: Unanswerable,
+    original: Original<'_>,
+) {
     shared.metrics.intake(Intake::Unparseable);
     let now = now_ms();
     let outcome = Outcome {
         status: Status::Error,
         result: None,
-        error: Some(&u.error),
+        error: Some(&why.error),
         attempts: 0,
         latency_ms: 0,
         cost: 0.0,
@@ -786,7 +962,7 @@ async fn unanswerable(shared: &Arc<Shared>, d: &Delivery, u: Unanswerable, origi
         worker_id: &shared.config.worker_id,
         sandbox: shared.config.sandbox,
     };
-    let dl = DeadLetter {
+    let entry = DeadLetter {
         result: ExecResult::new(&Ids::default(), None, &outcome, worker, now),
         dlq_reason: dlq_reason::UNPARSEABLE,
         worker_id: &shared.config.worker_id,
@@ -794,10 +970,14 @@ async fn unanswerable(shared: &Arc<Shared>, d: &Delivery, u: Unanswerable, origi
         original,
     };
     shared.metrics.dlq(dlq_reason::UNPARSEABLE);
-    tracing::warn!(error = %u.error, "unanswerable assignment sent to the DLQ");
-    match d.publisher().publish(Kind::Dlq, None, encode(&dl)).await {
-        Ok(()) => d.ack().await,
-        Err(_) => d.nak(Duration::from_secs(1)).await,
+    tracing::warn!(error = %why.error, "unanswerable assignment sent to the DLQ");
+    match delivery
+        .publisher()
+        .publish(Kind::Dlq, None, encode(&entry))
+        .await
+    {
+        Ok(()) => delivery.ack().await,
+        Err(_) => delivery.nak(Duration::from_secs(1)).await,
     }
 }
 
@@ -811,8 +991,9 @@ fn raw_original(raw: &Bytes) -> Original<'_> {
     }
 }
 
-fn memchr_backslash(b: &[u8]) -> bool {
-    b.contains(&b'\\')
+/// `<[u8]>::contains` on a byte is a memchr underneath.
+fn has_backslash(bytes: &[u8]) -> bool {
+    bytes.contains(&b'\\')
 }
 
 /// A W3C traceparent continuing the Router's trace (its id when it is one, else a hash).
@@ -823,11 +1004,11 @@ fn traceparent_for(trace_id: &str) -> Option<String> {
     } else {
         // Not a W3C id: derive a stable one so the upstream still sees one trace per id.
         use std::hash::{Hash, Hasher};
-        let mut h1 = std::collections::hash_map::DefaultHasher::new();
-        trace_id.hash(&mut h1);
-        let a = h1.finish();
-        (a, trace_id.len()).hash(&mut h1);
-        format!("{a:016x}{:016x}", h1.finish())
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        trace_id.hash(&mut hasher);
+        let high = hasher.finish();
+        (high, trace_id.len()).hash(&mut hasher);
+        format!("{high:016x}{:016x}", hasher.finish())
     };
     let span: u64 = rand_u64();
     Some(format!("00-{trace}-{span:016x}-01"))
@@ -835,9 +1016,9 @@ fn traceparent_for(trace_id: &str) -> Option<String> {
 
 fn rand_u64() -> u64 {
     use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(Instant::now().elapsed().as_nanos() ^ now_ms() as u128);
-    h.finish() | 1
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(Instant::now().elapsed().as_nanos() ^ now_ms() as u128);
+    hasher.finish() | 1
 }
 
 #[cfg(test)]
@@ -853,7 +1034,7 @@ mod tests {
             br#"{"k": tru}"#,
             b"\xff\xfe{}",
         ] {
-            assert!(!memchr_backslash(bad));
+            assert!(!has_backslash(bad));
             let mut buf = bad.to_vec();
             assert!(parse_value(&mut buf).is_err());
             assert_eq!(

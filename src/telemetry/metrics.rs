@@ -8,7 +8,7 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use crate::blocks::BlockKind;
+use crate::blocks::{BlockKind, Pool};
 use crate::contract::{ErrorCode, Status};
 
 const STATUSES: [Status; 4] = [
@@ -66,8 +66,9 @@ impl Intake {
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
-    tasks: Vec<[IntCounter; 4]>,
-    latency: Vec<Histogram>,
+    /// By [`BlockKind::index`]: one entry per kind, sized by the block registry.
+    tasks: [[IntCounter; 4]; BlockKind::COUNT],
+    latency: [Histogram; BlockKind::COUNT],
     pub resource_usage: prometheus::GaugeVec,
     pub queue_depth: IntGaugeVec,
     pub in_flight: IntGaugeVec,
@@ -150,13 +151,8 @@ impl Metrics {
         r.register(Box::new(latency_vec.clone()))
             .expect("unique metric");
         let tasks = BlockKind::ALL
-            .iter()
-            .map(|k| STATUSES.map(|s| tasks_vec.with_label_values(&[k.as_str(), s.as_str()])))
-            .collect();
-        let latency = BlockKind::ALL
-            .iter()
-            .map(|k| latency_vec.with_label_values(&[k.as_str()]))
-            .collect();
+            .map(|k| STATUSES.map(|s| tasks_vec.with_label_values(&[k.as_str(), s.as_str()])));
+        let latency = BlockKind::ALL.map(|k| latency_vec.with_label_values(&[k.as_str()]));
         let resource_usage = prometheus::GaugeVec::new(
             Opts::new(
                 "worker_resource_usage",
@@ -179,7 +175,7 @@ impl Metrics {
             "Tasks executing in each pool",
             &["pool"],
         );
-        for pool in ["cpu", "io", "gpu"] {
+        for pool in Pool::ALL.map(Pool::as_str) {
             queue_depth.with_label_values(&[pool]).set(0);
             in_flight.with_label_values(&[pool]).set(0);
         }
