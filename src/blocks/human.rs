@@ -43,9 +43,13 @@ pub trait ApprovalPort: fmt::Debug {
         approvers: &[&str],
     ) -> Box<dyn PendingApproval>;
 
-    /// Publishes an encoded `ApprovalRequest`.
-    fn request(&self, body: Bytes) -> LocalBoxFuture<'_, Result<(), String>>;
+    /// Publishes an encoded `ApprovalRequest`; the error is the transport's, boxed (this
+    /// module knows no transport).
+    fn request(&self, body: Bytes) -> LocalBoxFuture<'_, Result<(), RequestError>>;
 }
+
+/// Why an approval request could not be published.
+pub type RequestError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A registered wait ([`ApprovalPort::wait`]).
 pub trait PendingApproval: fmt::Debug {

@@ -305,8 +305,11 @@ impl blocks::human::ApprovalPort for ApprovalPort {
         Box::new(waiter)
     }
 
-    fn request(&self, body: bytes::Bytes) -> LocalBoxFuture<'_, Result<(), String>> {
-        Box::pin(ApprovalPort::request(self, body))
+    fn request(
+        &self,
+        body: bytes::Bytes,
+    ) -> LocalBoxFuture<'_, Result<(), crate::blocks::human::RequestError>> {
+        Box::pin(async move { Ok(ApprovalPort::request(self, body).await?) })
     }
 }
 

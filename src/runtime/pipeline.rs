@@ -26,7 +26,7 @@ use crate::contract::wire::{
 };
 use crate::contract::{AckStatus, Assignment, ErrorCode, Fields, RetryPolicy, Status, TaskError};
 use crate::telemetry::Intake;
-use crate::transport::{Delivery, Kind};
+use crate::transport::{Delivery, Kind, TransportError};
 
 use super::cancel::Registration;
 use super::dedupe::{Begin, Guard, Record};
@@ -246,7 +246,7 @@ impl Reply<'_> {
         body: Bytes,
         dlq: Option<&'static str>,
         now: u64,
-    ) -> Result<(), String> {
+    ) -> Result<(), TransportError> {
         let published = self
             .delivery
             .publisher()
