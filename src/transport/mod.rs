@@ -2,6 +2,7 @@
 //! JetStream stream, durable consumer, output streams and result bucket, consuming in
 //! either mode, and publishing acks, results, DLQ entries and heartbeats.
 
+mod handles;
 mod setup;
 
 use std::sync::Arc;
@@ -18,6 +19,7 @@ use crate::config::{Config, Subjects};
 use crate::contract::AssignmentHeaders;
 use crate::telemetry::Metrics;
 
+pub use handles::*;
 pub use setup::{bind_jetstream, JetStreamHandles};
 
 /// Which of the worker's connections: the control connection (heartbeats, cancels,
