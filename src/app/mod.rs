@@ -14,7 +14,6 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 
 use crate::config::{Config, ConsumerMode};
-use crate::telemetry::http::Probe;
 use crate::transport;
 use build::Worker;
 
@@ -62,7 +61,7 @@ impl Worker {
         // systemd Type=notify: READY=1 once the health check is green, then watchdog pings.
         let ready_probe = self.probe.clone();
         tokio::spawn(crate::systemd::notify_when_ready(
-            move || ready_probe.indicators().iter().all(|i| i.ok),
+            move || ready_probe.healthy(),
             self.stop.clone(),
         ));
         Tasks {

@@ -475,11 +475,7 @@ impl Config {
         };
         // Placement is resolved against the topology the plan shows (crate::host).
         let host = Usable::read(&cli)?;
-        let defaults = Defaults {
-            cores: host.allowed.len().max(1),
-            data: PathBuf::from("beamline-data"),
-        };
-        let o = Options::pick(&cli, &p.worker, &defaults);
+        let o = Options::pick(&cli, &p.worker, &Defaults::new(host.allowed.len()));
         let checked = Checked::check(&cli, &p, &o, host)?;
         Config::assemble(o, p, cli.profile, checked)
     }
@@ -705,5 +701,20 @@ mod tests {
         }
         assert!(flags >= 50, "only {flags} flags");
         assert_eq!(help.matches("[default: ").count(), flags, "{help}");
+    }
+
+    #[test]
+    fn defaults_in_help_are_the_defaults_used() {
+        for (name, value, shown) in Options::defaults_shown(&Defaults::new(4)) {
+            let value = value.trim_matches('"').to_ascii_lowercase();
+            // Host-dependent, or empty (shown as `none`/`empty`).
+            if matches!(name, "cpu_pool_size" | "io_pool_size" | "worker_id") || value.is_empty() {
+                continue;
+            }
+            assert!(
+                shown.to_ascii_lowercase().starts_with(&value),
+                "--{name}: the default is {value:?} but --help shows {shown:?}"
+            );
+        }
     }
 }

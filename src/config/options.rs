@@ -22,6 +22,15 @@ pub(super) struct Defaults {
     pub(super) data: PathBuf,
 }
 
+impl Defaults {
+    pub(super) fn new(cores: usize) -> Defaults {
+        Defaults {
+            cores: cores.max(1),
+            data: PathBuf::from("beamline-data"),
+        }
+    }
+}
+
 /// The help line of one option: its doc comment on one line, then its default.
 fn help(doc: &[&str], default: &str) -> String {
     let text: Vec<&str> = doc.iter().map(|l| l.trim()).collect();
@@ -94,6 +103,17 @@ macro_rules! options {
         pub(super) struct Options {
             $( $(#[doc = $pdoc])+ pub(super) $p: $pty, )*
             $( $(#[doc = $fdoc])+ pub(super) $f: $fty, )*
+        }
+
+        #[cfg(test)]
+        impl Options {
+            /// (name, the default as `Debug` prints it, the default as `--help` shows it).
+            pub(super) fn defaults_shown($d: &Defaults) -> Vec<(&'static str, String, String)> {
+                vec![
+                    $( (stringify!($p), format!("{:?}", { let v: $pty = $pdef; v }), $pshown.to_string()), )*
+                    $( (stringify!($f), format!("{:?}", { let v: $fty = $fdef; v }), $fshown.to_string()), )*
+                ]
+            }
         }
 
         impl Options {
