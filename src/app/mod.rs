@@ -1,7 +1,7 @@
-//! The worker's third stage (after flags and [`Config`]): [`build`] makes the working
+//! The worker's third stage (after flags and [`Config`]): `build.rs` makes the working
 //! objects from the `Config`; [`run`] starts the control tasks, waits for SIGTERM/SIGINT
-//! and drains. The tasks: the health probe ([`probe`]), the memory watcher ([`memory`]),
-//! heartbeats ([`heartbeat`]) and the stop signal ([`signal`]).
+//! and drains. Beside them: the health probe (`probe.rs`), the memory watcher
+//! (`memory.rs`), heartbeats (`heartbeat.rs`) and the stop signal (`signal.rs`).
 
 mod build;
 mod heartbeat;

@@ -467,7 +467,7 @@ impl Config {
     }
 
     /// Resolves flags/env (already merged by clap) over the profile over defaults
-    /// ([`Options`]), then checks each value; an error names the flag.
+    /// (`Options`), then checks each value; an error names the flag.
     pub fn resolve(cli: Cli) -> Result<Config, ConfigError> {
         let p = match &cli.profile {
             Some(path) => Profile::load(path).map_err(|e| bad("profile", e))?,

@@ -1,6 +1,6 @@
 //! Every option of the worker, declared once: its flag (the field name in kebab case), its
 //! environment variable, its help line, its default and how the default reads in `--help`.
-//! The [`options!`] table generates the clap [`Cli`] (every field optional, so that the
+//! The `options!` table generates the clap [`Cli`] (every field optional, so that the
 //! profile can sit between the environment and the default), the profile's `[worker]`
 //! section ([`WorkerSection`], unknown keys refused) and [`Options`], each value after
 //! the precedence flag > environment > profile > default. `Config::resolve` validates
@@ -90,21 +90,18 @@ macro_rules! options {
                 pub $u: Option<$uty>,
             )*
         }
-
         /// Settings a profile may give (`[worker]`); each one is also a flag of the same name.
         #[derive(Debug, Default, Deserialize)]
         #[serde(deny_unknown_fields)]
         pub struct WorkerSection {
             $( $(#[doc = $pdoc])+ pub $p: Option<$pty>, )*
         }
-
         /// Every option that has a default, after precedence; not yet validated.
         #[derive(Debug)]
         pub(super) struct Options {
             $( $(#[doc = $pdoc])+ pub(super) $p: $pty, )*
             $( $(#[doc = $fdoc])+ pub(super) $f: $fty, )*
         }
-
         #[cfg(test)]
         impl Options {
             /// (name, the default as `Debug` prints it, the default as `--help` shows it).
@@ -115,7 +112,6 @@ macro_rules! options {
                 ]
             }
         }
-
         impl Options {
             /// Flag (or environment, which clap has merged) > profile > default.
             pub(super) fn pick(cli: &Cli, profile: &WorkerSection, $d: &Defaults) -> Options {
