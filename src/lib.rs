@@ -6,6 +6,9 @@
 //! # Layout
 //! - [`contract`]: wire types only (assignment as read, ack/result/DLQ as written, codes).
 //! - [`config`]: flags + environment + tuning profile → one validated [`config::Config`].
+//! - [`host`]: the host's topology from sysfs, the cores placement may use (a leaf).
+//! - [`plan`]: `beamline_worker plan`, the resolved thread placement as a table or JSON.
+//! - [`app`]: builds the working objects from the `Config` and runs until a stop signal.
 //! - [`transport`]: the only module that knows NATS (consume, ack policy, publish).
 //! - [`runtime`]: pinned CPU threads, admission, the per-assignment pipeline, dedupe,
 //!   cancel and approval registries, shutdown.
@@ -18,6 +21,7 @@ pub mod app;
 pub mod blocks;
 pub mod config;
 pub mod contract;
+pub mod host;
 pub mod plan;
 pub mod policy;
 pub mod runtime;

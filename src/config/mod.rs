@@ -1,8 +1,14 @@
 //! Configuration in two stages: [`Cli`] (flags with environment fallback, as the guide
 //! names them) and an optional TOML profile from `tuning/` are read, then resolved once
 //! into one validated [`Config`]. Precedence: flag > environment > profile > default.
+//!
+//! Every option is declared once, with its help and default, in the table of
+//! `options.rs`; it generates the flags, the profile's `[worker]` keys and the picking.
+//! The third stage, the objects that do the work, is `app`.
 
+mod options;
 mod profile;
+mod url;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -10,7 +16,11 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 
+use crate::host::{HostClass, Topology};
+pub use options::Cli;
+use options::{Defaults, Options};
 pub use profile::{Placement, Profile};
+use url::{split_url_credentials, UrlAuth};
 
 /// How the worker takes assignments from NATS.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Deserialize)]
@@ -39,170 +49,6 @@ pub enum FsBackend {
 pub enum LogFormat {
     Json,
     Text,
-}
-
-/// Command line. Every option is optional here so that the profile can sit between the
-/// environment and the default.
-#[derive(Debug, Parser, Default)]
-#[command(
-    name = "beamline_worker",
-    version,
-    about = "CAF execution worker",
-    after_help = "Subcommand: `beamline_worker plan [FLAGS] [--json]` prints the thread placement these flags give and exits."
-)]
-pub struct Cli {
-    /// CPU pool threads (pinned); default: online cores.
-    #[arg(long, env = "WORKER_CPU_POOL_SIZE")]
-    pub cpu_pool_size: Option<usize>,
-    /// GPU pool slots (0 disables the pool).
-    #[arg(long, env = "WORKER_GPU_POOL_SIZE")]
-    pub gpu_pool_size: Option<usize>,
-    /// IO pool threads, one io_uring ring each; default: 1 per 2 online cores.
-    #[arg(long, env = "WORKER_IO_POOL_SIZE")]
-    pub io_pool_size: Option<usize>,
-    /// Memory budget: admission stops taking work above it.
-    #[arg(long, env = "WORKER_MAX_MEMORY_MB")]
-    pub max_memory_mb: Option<u64>,
-    /// Longest any one job may run (its deadline is clamped to this).
-    #[arg(long, env = "WORKER_MAX_CPU_TIME_MS")]
-    pub max_cpu_time_ms: Option<u64>,
-    #[arg(long, env = "NATS_URL")]
-    pub nats_url: Option<String>,
-    /// Address of `/metrics` and `/_health`.
-    #[arg(long, env = "PROMETHEUS_ENDPOINT")]
-    pub prometheus_endpoint: Option<String>,
-    /// Second address serving `/_health` (the original worker's port 9091); `off` disables.
-    #[arg(long, env = "WORKER_HEALTH_ENDPOINT")]
-    pub health_endpoint: Option<String>,
-    /// OTLP/HTTP collector for traces; unset means no exporter at all.
-    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
-    pub otlp_endpoint: Option<String>,
-    /// No external side effects: HTTP answered by the worker, FS in a throw-away root,
-    /// approvals auto-granted.
-    #[arg(long, env = "WORKER_SANDBOX_MODE", num_args = 0..=1, default_missing_value = "true")]
-    pub sandbox_mode: Option<bool>,
-    /// A TOML tuning profile (see tuning/).
-    #[arg(long, env = "WORKER_PROFILE")]
-    pub profile: Option<PathBuf>,
-    #[arg(long, env = "WORKER_FS_ROOT")]
-    pub fs_root: Option<PathBuf>,
-    #[arg(long, env = "WORKER_SQL_ROOT")]
-    pub sql_root: Option<PathBuf>,
-    #[arg(long, env = "WORKER_CONSUMER", value_enum)]
-    pub consumer: Option<ConsumerMode>,
-    #[arg(long, env = "WORKER_ID")]
-    pub worker_id: Option<String>,
-    /// Subject prefix (`caf` → `caf.exec.assign.v1`).
-    #[arg(long, env = "WORKER_SUBJECT_PREFIX")]
-    pub subject_prefix: Option<String>,
-    /// Deadline of a job that names none.
-    #[arg(long, env = "WORKER_DEFAULT_TIMEOUT_MS")]
-    pub default_timeout_ms: Option<u64>,
-    /// Queue group in core mode.
-    #[arg(long, env = "WORKER_QUEUE_GROUP")]
-    pub queue_group: Option<String>,
-    /// JetStream stream that captures the assign subject.
-    #[arg(long, env = "WORKER_JS_STREAM")]
-    pub js_stream: Option<String>,
-    /// Durable pull consumer shared by all instances.
-    #[arg(long, env = "WORKER_JS_DURABLE")]
-    pub js_durable: Option<String>,
-    /// Stream that keeps acks, results and DLQ entries.
-    #[arg(long, env = "WORKER_JS_OUTPUT_STREAM")]
-    pub js_output_stream: Option<String>,
-    /// Key-value bucket of completed results (dedupe across restarts).
-    #[arg(long, env = "WORKER_JS_RESULTS_BUCKET")]
-    pub js_results_bucket: Option<String>,
-    /// Stream that keeps approval decisions (so none is lost while a worker restarts).
-    #[arg(long, env = "WORKER_JS_APPROVAL_STREAM")]
-    pub js_approval_stream: Option<String>,
-    /// Create missing streams/consumers/buckets (false: bind only).
-    #[arg(long, env = "WORKER_JS_CREATE", num_args = 0..=1, default_missing_value = "true")]
-    pub js_create: Option<bool>,
-    /// JetStream replicas for created streams (3 on a three-node cluster).
-    #[arg(long, env = "WORKER_JS_REPLICAS")]
-    pub js_replicas: Option<usize>,
-    /// How long a completed result is remembered for dedupe.
-    #[arg(long, env = "WORKER_DEDUPE_TTL_S")]
-    pub dedupe_ttl_s: Option<u64>,
-    /// Redelivery wait of the durable consumer; in-progress acks are sent at a third of it.
-    #[arg(long, env = "WORKER_JS_ACK_WAIT_MS")]
-    pub js_ack_wait_ms: Option<u64>,
-    /// Bound of each pool's queue; a full queue stops pulling (JetStream) or answers 4002.
-    #[arg(long, env = "WORKER_QUEUE_CAPACITY")]
-    pub queue_capacity: Option<usize>,
-    /// Assignments executing at once per CPU thread.
-    #[arg(long, env = "WORKER_MAX_IN_FLIGHT")]
-    pub max_in_flight: Option<usize>,
-    #[arg(long, env = "WORKER_FS_BACKEND", value_enum)]
-    pub fs_backend: Option<FsBackend>,
-    #[arg(long, env = "WORKER_FS_MAX_BYTES")]
-    pub fs_max_bytes: Option<u64>,
-    /// Extra PEM CA bundle trusted by `http.request` (besides the built-in web roots).
-    #[arg(long, env = "WORKER_HTTP_CA_FILE")]
-    pub http_ca_file: Option<PathBuf>,
-    #[arg(long, env = "WORKER_HTTP_MAX_RESPONSE_BYTES")]
-    pub http_max_response_bytes: Option<usize>,
-    /// Comma-separated CIDRs `http.request` may not reach.
-    #[arg(long, env = "WORKER_HTTP_DENY_CIDRS")]
-    pub http_deny_cidrs: Option<String>,
-    /// Comma-separated hosts `http.request` may reach (empty: any host not denied).
-    #[arg(long, env = "WORKER_HTTP_ALLOW_HOSTS")]
-    pub http_allow_hosts: Option<String>,
-    #[arg(long, env = "WORKER_SQL_MAX_ROWS")]
-    pub sql_max_rows: Option<usize>,
-    #[arg(long, env = "WORKER_SQL_TIME_LIMIT_MS")]
-    pub sql_time_limit_ms: Option<u64>,
-    #[arg(long, env = "WORKER_HEARTBEAT_INTERVAL_MS")]
-    pub heartbeat_interval_ms: Option<u64>,
-    #[arg(long, env = "WORKER_SHUTDOWN_GRACE_MS")]
-    pub shutdown_grace_ms: Option<u64>,
-    #[arg(long, env = "WORKER_LOG_FORMAT", value_enum)]
-    pub log_format: Option<LogFormat>,
-    /// Most assignments one tenant may have running at once on this worker (0: no limit);
-    /// beyond it → 2004.
-    #[arg(long, env = "WORKER_TENANT_MAX_IN_FLIGHT")]
-    pub tenant_max_in_flight: Option<usize>,
-    /// Most assignments one tenant may start per second on this worker (0: no limit);
-    /// beyond it → 2004.
-    #[arg(long, env = "WORKER_TENANT_RATE_LIMIT")]
-    pub tenant_rate_limit: Option<u32>,
-    /// How many assignments a tenant may start at once under `--tenant-rate-limit`
-    /// (0: one second's worth).
-    #[arg(long, env = "WORKER_TENANT_RATE_BURST")]
-    pub tenant_rate_burst: Option<u32>,
-    /// Dynamic batching: most inference requests run as one batch.
-    #[arg(long, env = "WORKER_GPU_MAX_BATCH_SIZE")]
-    pub gpu_max_batch_size: Option<usize>,
-    /// Dynamic batching: how long a request may wait for others to join its batch.
-    #[arg(long, env = "WORKER_GPU_MAX_QUEUE_DELAY_US")]
-    pub gpu_max_queue_delay_us: Option<u64>,
-    /// Device memory the weight cache may use per device (LRU beyond it).
-    #[arg(long, env = "WORKER_GPU_MEMORY_BUDGET_MB")]
-    pub gpu_memory_budget_mb: Option<u64>,
-    /// Directory of the models `ai.embed` jobs name (one subdirectory per model, e.g.
-    /// `all-MiniLM-L6-v2/`; scripts/ensure-model.sh installs it). Default `<data>/models`.
-    #[arg(long, env = "WORKER_MODELS_DIR")]
-    pub models_dir: Option<PathBuf>,
-    #[arg(long, env = "NATS_USER")]
-    pub nats_user: Option<String>,
-    #[arg(long, env = "NATS_PASSWORD", hide_env_values = true)]
-    pub nats_password: Option<String>,
-    #[arg(long, env = "NATS_TOKEN", hide_env_values = true)]
-    pub nats_token: Option<String>,
-    /// NATS credentials file (JWT + NKey seed).
-    #[arg(long, env = "NATS_CREDS")]
-    pub nats_creds: Option<PathBuf>,
-    /// File holding an NKey seed.
-    #[arg(long, env = "NATS_NKEY_FILE")]
-    pub nats_nkey_file: Option<PathBuf>,
-    /// PEM CA that signs the NATS server certificate (enables TLS).
-    #[arg(long, env = "NATS_TLS_CA")]
-    pub nats_tls_ca: Option<PathBuf>,
-    /// Topology source for placement (a tree captured by scripts/capture-sysfs.sh plans
-    /// another host: `beamline_worker plan --sysfs-root DIR`).
-    #[arg(long, env = "WORKER_SYSFS_ROOT")]
-    pub sysfs_root: Option<PathBuf>,
 }
 
 /// NATS credentials, resolved; secrets never appear in Debug output.
@@ -328,7 +174,7 @@ pub struct Config {
     pub gpu_cores: Vec<usize>,
     pub profile_path: Option<PathBuf>,
     pub profile_hardware: Option<String>,
-    pub profile_host: Option<crate::plan::HostClass>,
+    pub profile_host: Option<HostClass>,
 }
 
 /// A start-up configuration error; the message names the flag.
@@ -380,119 +226,56 @@ fn js_name(flag: &str, v: String) -> Result<String, ConfigError> {
     Ok(v)
 }
 
-/// Credentials found in the userinfo of `--nats-url`.
-#[derive(Default)]
-struct UrlAuth {
-    user: Option<String>,
-    password: Option<String>,
-    token: Option<String>,
+/// The cores placement may use, read from the topology `--sysfs-root` names.
+struct Usable {
+    sysfs_root: PathBuf,
+    topo: Option<Topology>,
+    allowed: Vec<usize>,
 }
 
-/// Takes `user:password@` or `token@` out of each comma-separated NATS URL (async-nats
-/// ignores userinfo, and `nats_url` is logged and quoted in errors). The URLs keep scheme,
-/// host and port; the (percent-decoded) credentials fill the [`NatsAuth`] fields that no
-/// flag or variable set.
-fn split_url_credentials(list: &str) -> Result<(String, UrlAuth), String> {
-    let mut auth = UrlAuth::default();
-    let mut urls = Vec::new();
-    for url in list.split(',').map(str::trim).filter(|u| !u.is_empty()) {
-        let (scheme, rest) = match url.split_once("://") {
-            Some((s, r)) => (Some(s), r),
-            None => (None, url),
-        };
-        let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-        let (userinfo, host) = match rest[..end].rsplit_once('@') {
-            Some((u, h)) => (Some(u), h),
-            None => (None, &rest[..end]),
-        };
-        match userinfo.map(|u| u.split_once(':')) {
-            None => {}
-            Some(Some((user, password))) => {
-                auth.user.get_or_insert_with(|| percent_decode(user));
-                auth.password
-                    .get_or_insert_with(|| percent_decode(password));
-            }
-            Some(None) => {
-                auth.token
-                    .get_or_insert_with(|| percent_decode(userinfo.unwrap_or_default()));
-            }
-        }
-        let tail = &rest[end..];
-        urls.push(match scheme {
-            Some(s) => format!("{s}://{host}{tail}"),
-            None => format!("{host}{tail}"),
-        });
-    }
-    if urls.is_empty() {
-        return Err("must not be empty".to_owned());
-    }
-    Ok((urls.join(","), auth))
-}
-
-/// `%40` → `@` (userinfo is percent-encoded in a URL); anything else is kept as written.
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let hex = b
-            .get(i + 1..i + 3)
-            .and_then(|h| std::str::from_utf8(h).ok());
-        match (b[i], hex.and_then(|h| u8::from_str_radix(h, 16).ok())) {
-            (b'%', Some(v)) => {
-                out.push(v);
-                i += 3;
-            }
-            (c, _) => {
-                out.push(c);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-impl Config {
-    /// Parses the process arguments and environment and resolves them.
-    pub fn from_env() -> Result<Config, ConfigError> {
-        let cli = Cli::try_parse().map_err(|e| ConfigError(e.to_string()))?;
-        Config::resolve(cli)
-    }
-
-    /// Resolves flags/env (already merged by clap) over the profile over defaults.
-    pub fn resolve(cli: Cli) -> Result<Config, ConfigError> {
-        let p = match &cli.profile {
-            Some(path) => Profile::load(path).map_err(|e| bad("profile", e))?,
-            None => Profile::default(),
-        };
-        let w = &p.worker;
-        macro_rules! pick {
-            ($field:ident, $default:expr) => {
-                cli.$field
-                    .clone()
-                    .or_else(|| w.$field.clone())
-                    .unwrap_or_else(|| $default)
-            };
-        }
-        // Placement is resolved against the topology the plan shows (crate::plan).
+impl Usable {
+    /// The live host (`/sys`, where an unreadable tree means "all online cores") or the
+    /// captured tree `--sysfs-root` names (where it is an error).
+    fn read(cli: &Cli) -> Result<Usable, ConfigError> {
+        let live = cli.sysfs_root.is_none();
         let sysfs_root = cli
             .sysfs_root
             .clone()
-            .unwrap_or_else(|| crate::plan::live_root().to_path_buf());
-        let live = cli.sysfs_root.is_none();
-        let topo = match crate::plan::Topology::read(&sysfs_root) {
+            .unwrap_or_else(|| crate::host::live_root().to_path_buf());
+        let topo = match Topology::read(&sysfs_root) {
             Ok(t) => Some(t),
             Err(e) if !live => return Err(bad("sysfs-root", e)),
             Err(_) => None,
         };
         let allowed = match &topo {
-            Some(t) => crate::plan::allowed_cores(t, live),
+            Some(t) => crate::host::allowed_cores(t, live),
             None => (0..online_cores()).collect(),
         };
-        let cores = allowed.len().max(1);
-        let cpu_pool_size = positive("cpu-pool-size", pick!(cpu_pool_size, cores))?;
-        let io_pool_size = positive("io-pool-size", pick!(io_pool_size, cores.div_ceil(2)))?;
-        let gpu_pool_size = pick!(gpu_pool_size, 0);
+        Ok(Usable {
+            sysfs_root,
+            topo,
+            allowed,
+        })
+    }
+}
+
+/// Pool sizes and the cores each pool's threads are pinned to.
+struct Pools {
+    cpu: usize,
+    io: usize,
+    gpu: usize,
+    cpu_cores: Vec<usize>,
+    io_cores: Vec<usize>,
+    gpu_cores: Vec<usize>,
+}
+
+impl Pools {
+    /// The sizes from the options, the cores from the profile's `[pools]` (auto by default).
+    fn place(cli: &Cli, p: &Profile, o: &Options, host: &Usable) -> Result<Pools, ConfigError> {
+        let cpu = positive("cpu-pool-size", o.cpu_pool_size)?;
+        let io = positive("io-pool-size", o.io_pool_size)?;
+        let gpu = o.gpu_pool_size;
+        let allowed = &host.allowed;
         let profile_err = |pool: &str, e: String| {
             let path = cli.profile.as_ref().map(|p| p.display().to_string());
             bad(
@@ -503,201 +286,278 @@ impl Config {
         let cpu_cores = p
             .pools
             .cpu_cores
-            .resolve(cpu_pool_size, 0, &allowed)
+            .resolve(cpu, 0, allowed)
             .map_err(|e| profile_err("cpu_cores", e))?;
         let io_cores = p
             .pools
             .io_cores
-            .resolve(io_pool_size, cpu_pool_size, &allowed)
+            .resolve(io, cpu, allowed)
             .map_err(|e| profile_err("io_cores", e))?;
-        let gpu_cores = match (&p.pools.gpu_cores, &topo) {
-            (Placement::Auto, Some(t)) => crate::plan::auto_gpu_cores(t, &allowed, gpu_pool_size),
+        let gpu_cores = match (&p.pools.gpu_cores, &host.topo) {
+            (Placement::Auto, Some(t)) => crate::host::auto_gpu_cores(t, allowed, gpu),
             (Placement::Named(n), Some(t)) if n == "auto" => {
-                crate::plan::auto_gpu_cores(t, &allowed, gpu_pool_size)
+                crate::host::auto_gpu_cores(t, allowed, gpu)
             }
             (Placement::Auto, None) => Vec::new(),
             (other, _) => other
-                .resolve(gpu_pool_size, 0, &allowed)
+                .resolve(gpu, 0, allowed)
                 .map_err(|e| profile_err("gpu_cores", e))?,
         };
+        Ok(Pools {
+            cpu,
+            io,
+            gpu,
+            cpu_cores,
+            io_cores,
+            gpu_cores,
+        })
+    }
+}
 
-        let prefix = pick!(subject_prefix, "caf".to_owned());
-        if prefix.is_empty() || prefix.contains(['*', '>', ' ']) || prefix.ends_with('.') {
+fn subject_prefix(prefix: &str) -> Result<Subjects, ConfigError> {
+    if prefix.is_empty() || prefix.contains(['*', '>', ' ']) || prefix.ends_with('.') {
+        return Err(bad(
+            "subject-prefix",
+            format!("{prefix:?} is not a subject prefix"),
+        ));
+    }
+    Ok(Subjects::new(prefix))
+}
+
+/// The server URLs without credentials (checked by the rule the client applies: a URL,
+/// `nats://` assumed without a scheme, of scheme nats, tls, ws or wss), and the
+/// credentials they held.
+fn nats_urls(list: &str) -> Result<(String, UrlAuth), ConfigError> {
+    let (urls, auth) = split_url_credentials(list).map_err(|e| bad("nats-url", e))?;
+    for server in urls.split(',').map(str::trim) {
+        if !is_server_url(server) {
             return Err(bad(
-                "subject-prefix",
-                format!("{prefix:?} is not a subject prefix"),
+                "nats-url",
+                format!("{server:?} is not a NATS server URL"),
             ));
         }
-        let nats_url = pick!(nats_url, "nats://localhost:4222".to_owned());
-        let (nats_url, url_auth) =
-            split_url_credentials(&nats_url).map_err(|e| bad("nats-url", e))?;
-        for server in nats_url.split(',').map(str::trim) {
-            if server.parse::<async_nats::ServerAddr>().is_err() {
-                return Err(bad(
-                    "nats-url",
-                    format!("{server:?} is not a NATS server URL"),
-                ));
-            }
-        }
-        let prometheus_endpoint = addr(
-            "prometheus-endpoint",
-            &pick!(prometheus_endpoint, "0.0.0.0:9090".to_owned()),
-        )?;
-        let health = pick!(health_endpoint, "0.0.0.0:9091".to_owned());
-        let health_endpoint = match health.as_str() {
+    }
+    Ok((urls, auth))
+}
+
+/// Whether `server` is one server URL (`nats://h:4222`, `tls://h`, `h:4222`), as the
+/// NATS client's own parser judges it; checked here so that config needs no transport.
+fn is_server_url(server: &str) -> bool {
+    let parsed = if server.contains("://") {
+        ::url::Url::parse(server)
+    } else {
+        ::url::Url::parse(&format!("nats://{server}"))
+    };
+    parsed.is_ok_and(|u| matches!(u.scheme(), "nats" | "tls" | "ws" | "wss"))
+}
+
+/// Flags and variables first, then what the URL held.
+fn nats_auth(cli: &Cli, url_auth: UrlAuth) -> Result<NatsAuth, ConfigError> {
+    let nkey_seed = match &cli.nats_nkey_file {
+        Some(f) => Some(
+            std::fs::read_to_string(f)
+                .map_err(|e| bad("nats-nkey-file", format!("{}: {e}", f.display())))?
+                .trim()
+                .to_owned(),
+        ),
+        None => None,
+    };
+    Ok(NatsAuth {
+        user: cli.nats_user.clone().or(url_auth.user),
+        password: cli.nats_password.clone().or(url_auth.password),
+        token: cli.nats_token.clone().or(url_auth.token),
+        creds_file: cli.nats_creds.clone(),
+        nkey_seed,
+        tls_ca: cli.nats_tls_ca.clone(),
+    })
+}
+
+/// `--js-ack-wait-ms` and `--js-replicas`, checked.
+fn jetstream_limits(o: &Options) -> Result<(Duration, usize), ConfigError> {
+    if o.js_ack_wait_ms < 1000 {
+        return Err(bad("js-ack-wait-ms", "must be at least 1000"));
+    }
+    if !(1..=5).contains(&o.js_replicas) {
+        return Err(bad("js-replicas", "must be between 1 and 5"));
+    }
+    Ok((Duration::from_millis(o.js_ack_wait_ms), o.js_replicas))
+}
+
+fn jetstream(
+    o: &Options,
+    ack_wait: Duration,
+    replicas: usize,
+) -> Result<JetStreamNames, ConfigError> {
+    Ok(JetStreamNames {
+        stream: js_name("js-stream", o.js_stream.clone())?,
+        durable: js_name("js-durable", o.js_durable.clone())?,
+        output_stream: js_name("js-output-stream", o.js_output_stream.clone())?,
+        results_bucket: js_name("js-results-bucket", o.js_results_bucket.clone())?,
+        approval_stream: js_name("js-approval-stream", o.js_approval_stream.clone())?,
+        create: o.js_create,
+        replicas,
+        ack_wait,
+    })
+}
+
+fn deny_cidrs(list: &str) -> Result<Vec<ipnet::IpNet>, ConfigError> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .map(|c| {
+            c.parse::<ipnet::IpNet>()
+                .or_else(|_| c.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| bad("http-deny-cidrs", format!("{c:?} is not a CIDR")))
+        })
+        .collect()
+}
+
+fn allow_hosts(list: &str) -> Vec<String> {
+    list.split(',')
+        .map(|h| h.trim().to_ascii_lowercase())
+        .filter(|h| !h.is_empty())
+        .collect()
+}
+
+fn millis(flag: &str, v: u64) -> Result<Duration, ConfigError> {
+    positive_u64(flag, v).map(Duration::from_millis)
+}
+
+/// What is checked before the limits: placement, NATS, endpoints, deadlines (in this
+/// order, which is the order their errors are reported in).
+struct Checked {
+    host: Usable,
+    pools: Pools,
+    subjects: Subjects,
+    nats_url: String,
+    nats_auth: NatsAuth,
+    prometheus_endpoint: SocketAddr,
+    health_endpoint: Option<SocketAddr>,
+    max_job_time: Duration,
+    default_timeout: Duration,
+    js: JetStreamNames,
+}
+
+impl Checked {
+    fn check(cli: &Cli, p: &Profile, o: &Options, host: Usable) -> Result<Checked, ConfigError> {
+        let pools = Pools::place(cli, p, o, &host)?;
+        let subjects = subject_prefix(&o.subject_prefix)?;
+        let (nats_url, url_auth) = nats_urls(&o.nats_url)?;
+        let prometheus_endpoint = addr("prometheus-endpoint", &o.prometheus_endpoint)?;
+        let health_endpoint = match o.health_endpoint.as_str() {
             "off" | "" => None,
             h => Some(addr("health-endpoint", h)?),
         };
-        let worker_id = pick!(worker_id, default_worker_id());
-        if worker_id.is_empty() {
+        if o.worker_id.is_empty() {
             return Err(bad("worker-id", "must not be empty"));
         }
-        let parse_cidrs = |s: &str| -> Result<Vec<ipnet::IpNet>, ConfigError> {
-            s.split(',')
-                .map(str::trim)
-                .filter(|c| !c.is_empty())
-                .map(|c| {
-                    c.parse::<ipnet::IpNet>()
-                        .or_else(|_| c.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
-                        .map_err(|_| bad("http-deny-cidrs", format!("{c:?} is not a CIDR")))
-                })
-                .collect()
-        };
-        let otlp_endpoint = pick!(otlp_endpoint, String::new());
-        let data = PathBuf::from("beamline-data");
-        let max_cpu_time_ms = positive_u64("max-cpu-time-ms", pick!(max_cpu_time_ms, 7_200_000))?;
-        let default_timeout_ms =
-            positive_u64("default-timeout-ms", pick!(default_timeout_ms, 30_000))?;
-        let ack_wait_ms = pick!(js_ack_wait_ms, 30_000);
-        if ack_wait_ms < 1000 {
-            return Err(bad("js-ack-wait-ms", "must be at least 1000"));
-        }
-        let replicas = pick!(js_replicas, 1);
-        if !(1..=5).contains(&replicas) {
-            return Err(bad("js-replicas", "must be between 1 and 5"));
-        }
-        Ok(Config {
-            worker_id,
+        let max_job_time = millis("max-cpu-time-ms", o.max_cpu_time_ms)?;
+        let default_timeout = millis("default-timeout-ms", o.default_timeout_ms)?;
+        let (ack_wait, replicas) = jetstream_limits(o)?;
+        let nats_auth = nats_auth(cli, url_auth)?;
+        let js = jetstream(o, ack_wait, replicas)?;
+        Ok(Checked {
+            host,
+            pools,
+            subjects,
             nats_url,
-            nats_auth: NatsAuth {
-                user: cli.nats_user.clone().or(url_auth.user),
-                password: cli.nats_password.clone().or(url_auth.password),
-                token: cli.nats_token.clone().or(url_auth.token),
-                creds_file: cli.nats_creds.clone(),
-                nkey_seed: match &cli.nats_nkey_file {
-                    Some(f) => Some(
-                        std::fs::read_to_string(f)
-                            .map_err(|e| bad("nats-nkey-file", format!("{}: {e}", f.display())))?
-                            .trim()
-                            .to_owned(),
-                    ),
-                    None => None,
-                },
-                tls_ca: cli.nats_tls_ca.clone(),
-            },
-            consumer: pick!(consumer, ConsumerMode::Jetstream),
-            subjects: Subjects::new(&prefix),
-            queue_group: pick!(queue_group, "beamline_worker".to_owned()),
-            js: JetStreamNames {
-                stream: js_name("js-stream", pick!(js_stream, "CAF_EXEC_ASSIGN".to_owned()))?,
-                durable: js_name(
-                    "js-durable",
-                    pick!(js_durable, "beamline_worker".to_owned()),
-                )?,
-                output_stream: js_name(
-                    "js-output-stream",
-                    pick!(js_output_stream, "CAF_EXEC_OUT".to_owned()),
-                )?,
-                results_bucket: js_name(
-                    "js-results-bucket",
-                    pick!(js_results_bucket, "CAF_EXEC_RESULTS".to_owned()),
-                )?,
-                approval_stream: js_name(
-                    "js-approval-stream",
-                    pick!(js_approval_stream, "CAF_HUMAN_APPROVAL".to_owned()),
-                )?,
-                create: pick!(js_create, true),
-                replicas,
-                ack_wait: Duration::from_millis(ack_wait_ms),
-            },
-            cpu_pool_size,
-            io_pool_size,
-            gpu_pool_size,
-            cpu_cores,
-            io_cores,
-            queue_capacity: positive("queue-capacity", pick!(queue_capacity, 4096))?,
-            max_in_flight: positive("max-in-flight", pick!(max_in_flight, 1024))?,
-            max_memory_mb: positive_u64("max-memory-mb", pick!(max_memory_mb, 2048))?,
-            max_job_time: Duration::from_millis(max_cpu_time_ms),
-            default_timeout: Duration::from_millis(default_timeout_ms),
-            dedupe_ttl: Duration::from_secs(positive_u64(
-                "dedupe-ttl-s",
-                pick!(dedupe_ttl_s, 86_400),
-            )?),
+            nats_auth,
             prometheus_endpoint,
             health_endpoint,
-            otlp_endpoint: (!otlp_endpoint.is_empty()).then_some(otlp_endpoint),
-            sandbox: pick!(sandbox_mode, false),
-            fs_root: pick!(fs_root, data.join("fs")),
-            sql_root: pick!(sql_root, data.join("sql")),
-            fs_backend: pick!(fs_backend, FsBackend::Auto),
-            fs_max_bytes: positive_u64("fs-max-bytes", pick!(fs_max_bytes, 64 << 20))?,
-            http_ca_file: pick!(http_ca_file, PathBuf::new())
+            max_job_time,
+            default_timeout,
+            js,
+        })
+    }
+}
+
+impl Config {
+    /// Parses the process arguments and environment and resolves them.
+    pub fn from_env() -> Result<Config, ConfigError> {
+        let cli = Cli::try_parse().map_err(|e| ConfigError(e.to_string()))?;
+        Config::resolve(cli)
+    }
+
+    /// Resolves flags/env (already merged by clap) over the profile over defaults
+    /// (`Options`), then checks each value; an error names the flag.
+    pub fn resolve(cli: Cli) -> Result<Config, ConfigError> {
+        let p = match &cli.profile {
+            Some(path) => Profile::load(path).map_err(|e| bad("profile", e))?,
+            None => Profile::default(),
+        };
+        // Placement is resolved against the topology the plan shows (crate::host).
+        let host = Usable::read(&cli)?;
+        let o = Options::pick(&cli, &p.worker, &Defaults::new(host.allowed.len()));
+        let checked = Checked::check(&cli, &p, &o, host)?;
+        Config::assemble(o, p, cli.profile, checked)
+    }
+
+    /// The limits checked last, and everything in its place.
+    fn assemble(
+        o: Options,
+        p: Profile,
+        profile_path: Option<PathBuf>,
+        c: Checked,
+    ) -> Result<Config, ConfigError> {
+        Ok(Config {
+            worker_id: o.worker_id,
+            nats_url: c.nats_url,
+            nats_auth: c.nats_auth,
+            consumer: o.consumer,
+            subjects: c.subjects,
+            queue_group: o.queue_group,
+            js: c.js,
+            cpu_pool_size: c.pools.cpu,
+            io_pool_size: c.pools.io,
+            gpu_pool_size: c.pools.gpu,
+            cpu_cores: c.pools.cpu_cores,
+            io_cores: c.pools.io_cores,
+            queue_capacity: positive("queue-capacity", o.queue_capacity)?,
+            max_in_flight: positive("max-in-flight", o.max_in_flight)?,
+            max_memory_mb: positive_u64("max-memory-mb", o.max_memory_mb)?,
+            max_job_time: c.max_job_time,
+            default_timeout: c.default_timeout,
+            dedupe_ttl: Duration::from_secs(positive_u64("dedupe-ttl-s", o.dedupe_ttl_s)?),
+            prometheus_endpoint: c.prometheus_endpoint,
+            health_endpoint: c.health_endpoint,
+            otlp_endpoint: (!o.otlp_endpoint.is_empty()).then_some(o.otlp_endpoint),
+            sandbox: o.sandbox_mode,
+            fs_root: o.fs_root,
+            sql_root: o.sql_root,
+            fs_backend: o.fs_backend,
+            fs_max_bytes: positive_u64("fs-max-bytes", o.fs_max_bytes)?,
+            http_ca_file: o
+                .http_ca_file
                 .to_str()
                 .filter(|s| !s.is_empty())
                 .map(PathBuf::from),
             http_max_response_bytes: positive(
                 "http-max-response-bytes",
-                pick!(http_max_response_bytes, 10 << 20),
+                o.http_max_response_bytes,
             )?,
-            http_deny_cidrs: parse_cidrs(&pick!(http_deny_cidrs, DEFAULT_DENY_CIDRS.to_owned()))?,
-            http_allow_hosts: pick!(http_allow_hosts, String::new())
-                .split(',')
-                .map(|h| h.trim().to_ascii_lowercase())
-                .filter(|h| !h.is_empty())
-                .collect(),
-            sql_max_rows: positive("sql-max-rows", pick!(sql_max_rows, 10_000))?,
-            sql_time_limit: Duration::from_millis(positive_u64(
-                "sql-time-limit-ms",
-                pick!(sql_time_limit_ms, 5_000),
-            )?),
-            heartbeat_interval: Duration::from_millis(positive_u64(
-                "heartbeat-interval-ms",
-                pick!(heartbeat_interval_ms, 5_000),
-            )?),
-            shutdown_grace: Duration::from_millis(pick!(shutdown_grace_ms, 10_000)),
-            log_format: pick!(log_format, LogFormat::Json),
-            profile_name: p.name.clone(),
-            tenant_max_in_flight: pick!(tenant_max_in_flight, 0),
-            tenant_rate_limit: pick!(tenant_rate_limit, 0),
-            tenant_rate_burst: pick!(tenant_rate_burst, 0),
-            gpu_max_batch_size: positive("gpu-max-batch-size", pick!(gpu_max_batch_size, 64))?,
-            gpu_max_queue_delay: Duration::from_micros(pick!(gpu_max_queue_delay_us, 500)),
-            gpu_memory_budget_mb: positive_u64(
-                "gpu-memory-budget-mb",
-                pick!(gpu_memory_budget_mb, 4096),
-            )?,
-            // Operator-only (flag or env), not a profile key: a profile is shared, the
-            // models installed on a host are not.
-            models_dir: cli
-                .models_dir
-                .clone()
-                .unwrap_or_else(|| data.join("models")),
-            sysfs_root,
-            allowed_cores: allowed,
-            gpu_cores,
-            profile_path: cli.profile.clone(),
-            profile_hardware: p.hardware.clone(),
-            profile_host: p.host.clone(),
+            http_deny_cidrs: deny_cidrs(&o.http_deny_cidrs)?,
+            http_allow_hosts: allow_hosts(&o.http_allow_hosts),
+            sql_max_rows: positive("sql-max-rows", o.sql_max_rows)?,
+            sql_time_limit: millis("sql-time-limit-ms", o.sql_time_limit_ms)?,
+            heartbeat_interval: millis("heartbeat-interval-ms", o.heartbeat_interval_ms)?,
+            shutdown_grace: Duration::from_millis(o.shutdown_grace_ms),
+            log_format: o.log_format,
+            profile_name: p.name,
+            tenant_max_in_flight: o.tenant_max_in_flight,
+            tenant_rate_limit: o.tenant_rate_limit,
+            tenant_rate_burst: o.tenant_rate_burst,
+            gpu_max_batch_size: positive("gpu-max-batch-size", o.gpu_max_batch_size)?,
+            gpu_max_queue_delay: Duration::from_micros(o.gpu_max_queue_delay_us),
+            gpu_memory_budget_mb: positive_u64("gpu-memory-budget-mb", o.gpu_memory_budget_mb)?,
+            models_dir: o.models_dir,
+            sysfs_root: c.host.sysfs_root,
+            allowed_cores: c.host.allowed,
+            gpu_cores: c.pools.gpu_cores,
+            profile_path,
+            profile_hardware: p.hardware,
+            profile_host: p.host,
         })
     }
-}
-
-fn default_worker_id() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_owned())
-        .unwrap_or_else(|_| "worker".to_owned());
-    format!("{host}-{}", std::process::id())
 }
 
 #[cfg(test)]
@@ -818,5 +678,55 @@ mod tests {
         .expect("resolves");
         let dbg = format!("{c:?}");
         assert!(!dbg.contains("hunter2") && !dbg.contains("tok3n"), "{dbg}");
+    }
+
+    #[test]
+    fn every_flag_in_help_says_what_it_does_and_its_default() {
+        use clap::CommandFactory;
+        let mut cmd = Cli::command();
+        let help = cmd.render_long_help().to_string();
+        let mut flags = 0;
+        for arg in cmd.get_arguments() {
+            let Some(long) = arg.get_long() else { continue };
+            if matches!(long, "help" | "version") {
+                continue;
+            }
+            flags += 1;
+            let text = arg.get_help().map(|h| h.to_string()).unwrap_or_default();
+            let (purpose, default) = text.split_once(" [default: ").unwrap_or((&text, ""));
+            assert!(
+                purpose.trim().len() > 3,
+                "--{long} has no help line: {text:?}"
+            );
+            assert!(
+                default.ends_with(']') && default.len() > 1,
+                "--{long} does not show its default (or `none`): {text:?}"
+            );
+            assert!(
+                help.contains(&format!("--{long}")),
+                "--{long} not in --help"
+            );
+            assert!(
+                help.contains(purpose.trim()),
+                "--{long}'s help line not in --help"
+            );
+        }
+        assert!(flags >= 50, "only {flags} flags");
+        assert_eq!(help.matches("[default: ").count(), flags, "{help}");
+    }
+
+    #[test]
+    fn defaults_in_help_are_the_defaults_used() {
+        for (name, value, shown) in Options::defaults_shown(&Defaults::new(4)) {
+            let value = value.trim_matches('"').to_ascii_lowercase();
+            // Host-dependent, or empty (shown as `none`/`empty`).
+            if matches!(name, "cpu_pool_size" | "io_pool_size" | "worker_id") || value.is_empty() {
+                continue;
+            }
+            assert!(
+                shown.to_ascii_lowercase().starts_with(&value),
+                "--{name}: the default is {value:?} but --help shows {shown:?}"
+            );
+        }
     }
 }

@@ -1,11 +1,13 @@
 //! Tuning profiles (`tuning/*.toml`): the settings measured best on one kind of host,
-//! with core placement as data.
+//! with core placement as data. The `[worker]` keys are declared with the flags, in
+//! `config/options.rs`.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::Deserialize;
 
-use super::{ConsumerMode, FsBackend, LogFormat};
+use super::options::WorkerSection;
+use crate::host::{format_list, HostClass};
 
 /// Where a pool's threads run: `"auto"` spreads over the online cores (pools after the
 /// first start where the previous one ended), a list pins thread i to `cores[i % len]`,
@@ -22,7 +24,7 @@ pub enum Placement {
 
 impl Placement {
     /// Core ids for `threads` threads; `offset` is where `auto` starts counting; `online`
-    /// the cores this process may use (`plan::allowed_cores`).
+    /// the cores this process may use (`host::allowed_cores`).
     pub fn resolve(
         &self,
         threads: usize,
@@ -42,7 +44,7 @@ impl Placement {
                     return Err(format!(
                         "names core {bad}, which this host does not have or does not allow \
                          (usable cores: {})",
-                        crate::plan::format_list(&online)
+                        format_list(&online)
                     ));
                 }
                 Ok(list.clone())
@@ -72,57 +74,6 @@ pub struct Pools {
     pub gpu_cores: Placement,
 }
 
-/// Settings a profile may give; each one is also a flag of the same name.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct WorkerSection {
-    pub cpu_pool_size: Option<usize>,
-    pub gpu_pool_size: Option<usize>,
-    pub io_pool_size: Option<usize>,
-    pub max_memory_mb: Option<u64>,
-    pub max_cpu_time_ms: Option<u64>,
-    pub nats_url: Option<String>,
-    pub prometheus_endpoint: Option<String>,
-    pub health_endpoint: Option<String>,
-    pub otlp_endpoint: Option<String>,
-    pub sandbox_mode: Option<bool>,
-    pub fs_root: Option<PathBuf>,
-    pub sql_root: Option<PathBuf>,
-    pub consumer: Option<ConsumerMode>,
-    pub worker_id: Option<String>,
-    pub subject_prefix: Option<String>,
-    pub default_timeout_ms: Option<u64>,
-    pub queue_group: Option<String>,
-    pub js_stream: Option<String>,
-    pub js_durable: Option<String>,
-    pub js_output_stream: Option<String>,
-    pub js_results_bucket: Option<String>,
-    pub js_approval_stream: Option<String>,
-    pub js_create: Option<bool>,
-    pub js_replicas: Option<usize>,
-    pub dedupe_ttl_s: Option<u64>,
-    pub js_ack_wait_ms: Option<u64>,
-    pub queue_capacity: Option<usize>,
-    pub max_in_flight: Option<usize>,
-    pub fs_backend: Option<FsBackend>,
-    pub fs_max_bytes: Option<u64>,
-    pub http_ca_file: Option<PathBuf>,
-    pub http_max_response_bytes: Option<usize>,
-    pub http_deny_cidrs: Option<String>,
-    pub http_allow_hosts: Option<String>,
-    pub sql_max_rows: Option<usize>,
-    pub sql_time_limit_ms: Option<u64>,
-    pub heartbeat_interval_ms: Option<u64>,
-    pub shutdown_grace_ms: Option<u64>,
-    pub log_format: Option<LogFormat>,
-    pub tenant_max_in_flight: Option<usize>,
-    pub tenant_rate_limit: Option<u32>,
-    pub tenant_rate_burst: Option<u32>,
-    pub gpu_max_batch_size: Option<usize>,
-    pub gpu_max_queue_delay_us: Option<u64>,
-    pub gpu_memory_budget_mb: Option<u64>,
-}
-
 /// A tuning profile file.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -135,7 +86,7 @@ pub struct Profile {
     #[serde(default)]
     pub worker: WorkerSection,
     /// The host class it was written for; `plan` warns on other hardware.
-    pub host: Option<crate::plan::HostClass>,
+    pub host: Option<HostClass>,
 }
 
 impl Profile {

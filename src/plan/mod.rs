@@ -1,79 +1,15 @@
 //! `beamline_worker plan`: the thread placement the worker will use, resolved by the same
-//! code the worker runs ([`Config::resolve`]) against the host's topology ([`topology`]),
+//! code the worker runs ([`Config::resolve`]) against the host's topology ([`crate::host`]),
 //! shown as a table or JSON with the warnings an operator would regret ignoring. The
 //! worker logs the same plan at start-up.
 
-pub mod topology;
-
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use serde::Serialize;
 
 use crate::config::{Cli, Config, ConsumerMode};
-pub use topology::{format_list, parse_list, Topology};
-
-/// The host class a profile was written for (`[host]` in a profile); the plan warns when
-/// the host it runs on differs.
-#[derive(Debug, Clone, Default, serde::Deserialize, Serialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct HostClass {
-    pub logical_cpus: Option<usize>,
-    pub numa_nodes: Option<usize>,
-    pub gpus: Option<usize>,
-}
-
-/// Where the worker's placement may pin threads: the online CPUs of the tree, and on the
-/// live `/sys` only those the process may run on (`taskset`, the unit's `CPUAffinity`).
-pub fn allowed_cores(topo: &Topology, live: bool) -> Vec<usize> {
-    let online = topo.online();
-    if !live {
-        return online;
-    }
-    let mask: Vec<usize> = core_affinity::get_core_ids()
-        .map(|ids| ids.into_iter().map(|c| c.id).collect())
-        .unwrap_or_default();
-    let both: Vec<usize> = online
-        .iter()
-        .copied()
-        .filter(|c| mask.contains(c))
-        .collect();
-    if both.is_empty() {
-        online
-    } else {
-        both
-    }
-}
-
-/// `auto` for GPU slot threads: slot i serves device `i % gpus` (the scheduler's spread)
-/// and runs on an allowed core of that device's NUMA node, counted from the node's last
-/// core down, so that the CPU pool (spread from the first core up) meets it last.
-pub fn auto_gpu_cores(topo: &Topology, allowed: &[usize], slots: usize) -> Vec<usize> {
-    if topo.gpus.is_empty() || allowed.is_empty() {
-        return Vec::new();
-    }
-    let mut next: BTreeMap<Option<usize>, usize> = BTreeMap::new();
-    (0..slots)
-        .map(|i| {
-            let gpu = &topo.gpus[i % topo.gpus.len()];
-            let mut local: Vec<usize> = allowed
-                .iter()
-                .copied()
-                .filter(|c| {
-                    gpu.numa_node.is_none()
-                        || topo.cpu(*c).and_then(|x| x.numa_node) == gpu.numa_node
-                })
-                .collect();
-            if local.is_empty() {
-                local = allowed.to_vec();
-            }
-            let k = next.entry(gpu.numa_node).or_insert(0);
-            let core = local[local.len() - 1 - (*k % local.len())];
-            *k += 1;
-            core
-        })
-        .collect()
-}
+pub use crate::host::{format_list, parse_list, topology, HostClass, Topology};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Host {
@@ -142,96 +78,116 @@ pub struct Plan {
     pub warnings: Vec<String>,
 }
 
-impl Plan {
-    /// The plan of `cfg` (already resolved against `topo`).
-    pub fn build(cfg: &Config, topo: &Topology) -> Plan {
-        let place = |thread: String, pool: &'static str, core: Option<usize>| {
-            let cpu = core.and_then(|c| topo.cpu(c));
-            ThreadPlace {
+/// Where a thread of `pool` pinned to `core` runs, with its neighbours.
+fn place(topo: &Topology, thread: String, pool: &'static str, core: Option<usize>) -> ThreadPlace {
+    let cpu = core.and_then(|c| topo.cpu(c));
+    ThreadPlace {
+        thread,
+        pool,
+        core,
+        numa_node: cpu.and_then(|c| c.numa_node),
+        smt_siblings: cpu.map_or("-".into(), |c| {
+            format_list(
+                &c.smt_siblings
+                    .iter()
+                    .copied()
+                    .filter(|s| *s != c.id)
+                    .collect::<Vec<_>>(),
+            )
+        }),
+        l3_shared_with: cpu.map_or("-".into(), |c| format_list(&c.l3)),
+    }
+}
+
+/// Thread i of a pool runs on `list[i % len]`; an empty list pins nothing.
+fn pick(list: &[usize], i: usize) -> Option<usize> {
+    (!list.is_empty()).then(|| list[i % list.len()])
+}
+
+/// Every thread the worker starts (CPU, IO, GPU slots, transport), and the GPU slots.
+fn threads(cfg: &Config, topo: &Topology) -> (Vec<ThreadPlace>, Vec<GpuSlot>) {
+    let mut threads = Vec::new();
+    for i in 0..cfg.cpu_pool_size {
+        threads.push(place(
+            topo,
+            format!("cpu-{i}"),
+            "cpu",
+            pick(&cfg.cpu_cores, i),
+        ));
+    }
+    for i in 0..cfg.io_pool_size {
+        threads.push(place(
+            topo,
+            format!("beamline-io-{i}"),
+            "io",
+            pick(&cfg.io_cores, i),
+        ));
+    }
+    let mut gpu_slots = Vec::new();
+    if cfg.gpu_pool_size > 0 && !topo.gpus.is_empty() {
+        for i in 0..cfg.gpu_pool_size {
+            let gpu = &topo.gpus[i % topo.gpus.len()];
+            let thread = format!("gpu-slot-{i}-dev{}", gpu.ordinal);
+            let core = pick(&cfg.gpu_cores, i);
+            threads.push(place(topo, thread.clone(), "gpu", core));
+            gpu_slots.push(GpuSlot {
+                slot: i,
                 thread,
-                pool,
                 core,
-                numa_node: cpu.and_then(|c| c.numa_node),
-                smt_siblings: cpu.map_or("-".into(), |c| {
-                    format_list(
-                        &c.smt_siblings
-                            .iter()
-                            .copied()
-                            .filter(|s| *s != c.id)
-                            .collect::<Vec<_>>(),
-                    )
-                }),
-                l3_shared_with: cpu.map_or("-".into(), |c| format_list(&c.l3)),
-            }
-        };
-        let pick = |list: &[usize], i: usize| (!list.is_empty()).then(|| list[i % list.len()]);
-        let mut threads = Vec::new();
-        for i in 0..cfg.cpu_pool_size {
-            threads.push(place(format!("cpu-{i}"), "cpu", pick(&cfg.cpu_cores, i)));
+                core_numa_node: core.and_then(|c| topo.cpu(c)).and_then(|c| c.numa_node),
+                device: gpu.ordinal,
+                pci: gpu.pci.clone(),
+                device_numa_node: gpu.numa_node,
+            });
         }
-        for i in 0..cfg.io_pool_size {
-            threads.push(place(
-                format!("beamline-io-{i}"),
-                "io",
-                pick(&cfg.io_cores, i),
-            ));
-        }
-        let mut gpu_slots = Vec::new();
-        if cfg.gpu_pool_size > 0 && !topo.gpus.is_empty() {
-            for i in 0..cfg.gpu_pool_size {
-                let gpu = &topo.gpus[i % topo.gpus.len()];
-                let thread = format!("gpu-slot-{i}-dev{}", gpu.ordinal);
-                let core = pick(&cfg.gpu_cores, i);
-                threads.push(place(thread.clone(), "gpu", core));
-                gpu_slots.push(GpuSlot {
-                    slot: i,
-                    thread,
-                    core,
-                    core_numa_node: core.and_then(|c| topo.cpu(c)).and_then(|c| c.numa_node),
-                    device: gpu.ordinal,
-                    pci: gpu.pci.clone(),
-                    device_numa_node: gpu.numa_node,
-                });
-            }
-        }
-        threads.push(place("transport".into(), "transport", None));
-        let intake = match cfg.consumer {
-            ConsumerMode::Jetstream => format!(
-                "JetStream pulls on durable {} (stream {}); ack, result, DLQ publishes",
-                cfg.js.durable, cfg.js.stream
-            ),
-            ConsumerMode::Core => format!(
-                "queue subscription {} on {}; ack, result, DLQ publishes",
-                cfg.queue_group, cfg.subjects.assign
-            ),
-        };
-        let mut lanes: Vec<Lane> = (0..cfg.cpu_pool_size)
-            .map(|i| Lane {
-                lane: format!("lane-{i}"),
-                thread: format!("cpu-{i}"),
-                core: pick(&cfg.cpu_cores, i),
-                carries: intake.clone(),
-            })
-            .collect();
-        lanes.push(Lane {
-            lane: "control".into(),
-            thread: "transport".into(),
-            core: None,
-            carries: "heartbeats, cancels, approvals, dedupe bucket".into(),
-        });
-        let allowed = cfg.allowed_cores.clone();
+    }
+    threads.push(place(topo, "transport".into(), "transport", None));
+    (threads, gpu_slots)
+}
+
+/// One intake lane per CPU thread, and the control connection.
+fn lanes(cfg: &Config) -> Vec<Lane> {
+    let intake = match cfg.consumer {
+        ConsumerMode::Jetstream => format!(
+            "JetStream pulls on durable {} (stream {}); ack, result, DLQ publishes",
+            cfg.js.durable, cfg.js.stream
+        ),
+        ConsumerMode::Core => format!(
+            "queue subscription {} on {}; ack, result, DLQ publishes",
+            cfg.queue_group, cfg.subjects.assign
+        ),
+    };
+    let mut lanes: Vec<Lane> = (0..cfg.cpu_pool_size)
+        .map(|i| Lane {
+            lane: format!("lane-{i}"),
+            thread: format!("cpu-{i}"),
+            core: pick(&cfg.cpu_cores, i),
+            carries: intake.clone(),
+        })
+        .collect();
+    lanes.push(Lane {
+        lane: "control".into(),
+        thread: "transport".into(),
+        core: None,
+        carries: "heartbeats, cancels, approvals, dedupe bucket".into(),
+    });
+    lanes
+}
+
+impl Host {
+    fn of(topo: &Topology, allowed: &[usize]) -> Host {
         let threads_per_core = topo
             .cpus
             .iter()
             .map(|c| c.smt_siblings.len())
             .max()
             .unwrap_or(1);
-        let host = Host {
+        Host {
             sysfs_root: topo.root.clone(),
             logical_cpus: topo.cpus.len(),
             physical_cores: topo.physical_cores(),
             threads_per_core,
-            allowed_cores: format_list(&allowed),
+            allowed_cores: format_list(allowed),
             numa_nodes: topo
                 .nodes
                 .iter()
@@ -239,38 +195,52 @@ impl Plan {
                 .collect(),
             l3_groups: topo.l3_groups(),
             gpus: topo.gpus.clone(),
-        };
+        }
+    }
+}
+
+/// systemd `CPUAffinity=`: the pinned cores and their allowed SMT siblings; the allowed
+/// cores when nothing is pinned.
+fn affinity(threads: &[ThreadPlace], topo: &Topology, allowed: &[usize]) -> Vec<usize> {
+    let mut affinity: Vec<usize> = Vec::new();
+    for t in threads {
+        if let Some(cpu) = t.core.and_then(|c| topo.cpu(c)) {
+            affinity.extend(
+                cpu.smt_siblings
+                    .iter()
+                    .copied()
+                    .filter(|s| allowed.contains(s)),
+            );
+            affinity.push(cpu.id);
+        }
+    }
+    if affinity.is_empty() {
+        affinity = allowed.to_vec();
+    }
+    affinity
+}
+
+impl Plan {
+    /// The plan of `cfg` (already resolved against `topo`).
+    pub fn build(cfg: &Config, topo: &Topology) -> Plan {
+        let (threads, gpu_slots) = threads(cfg, topo);
+        let allowed = cfg.allowed_cores.clone();
         let profile = (cfg.profile_path.is_some()).then(|| ProfileInfo {
             name: cfg.profile_name.clone(),
             path: cfg.profile_path.clone(),
             hardware: cfg.profile_hardware.clone(),
             host: cfg.profile_host.clone(),
         });
-        let mut affinity: Vec<usize> = Vec::new();
-        for t in &threads {
-            if let Some(cpu) = t.core.and_then(|c| topo.cpu(c)) {
-                affinity.extend(
-                    cpu.smt_siblings
-                        .iter()
-                        .copied()
-                        .filter(|s| allowed.contains(s)),
-                );
-                affinity.push(cpu.id);
-            }
-        }
-        if affinity.is_empty() {
-            affinity = allowed.clone();
-        }
         let mut plan = Plan {
-            cpu_affinity: format_list(&affinity),
-            host,
+            cpu_affinity: format_list(&affinity(&threads, topo, &allowed)),
+            host: Host::of(topo, &allowed),
             profile,
             cpu_pool_size: cfg.cpu_pool_size,
             io_pool_size: cfg.io_pool_size,
             gpu_pool_size: cfg.gpu_pool_size,
             threads,
             gpu_slots,
-            lanes,
+            lanes: lanes(cfg),
             warnings: Vec::new(),
         };
         plan.warnings = warnings(&plan, cfg, topo, &allowed);
@@ -279,8 +249,17 @@ impl Plan {
 
     /// The plan as an aligned text table.
     pub fn table(&self) -> String {
-        use std::fmt::Write;
         let mut s = String::new();
+        self.write_host(&mut s);
+        self.write_pools(&mut s);
+        self.write_threads(&mut s);
+        self.write_lanes(&mut s);
+        s
+    }
+
+    /// The host: CPUs, NUMA nodes, L3 groups, GPUs.
+    fn write_host(&self, s: &mut String) {
+        use std::fmt::Write;
         let h = &self.host;
         let _ = writeln!(
             s,
@@ -311,6 +290,11 @@ impl Plan {
                 opt(g.numa_node)
             );
         }
+    }
+
+    /// The profile and the pool sizes.
+    fn write_pools(&self, s: &mut String) {
+        use std::fmt::Write;
         match &self.profile {
             Some(p) => {
                 let _ = writeln!(
@@ -334,6 +318,11 @@ impl Plan {
             "pools: cpu {}, io {}, gpu {}\n",
             self.cpu_pool_size, self.io_pool_size, self.gpu_pool_size
         );
+    }
+
+    /// One line per thread, then one per GPU slot.
+    fn write_threads(&self, s: &mut String) {
+        use std::fmt::Write;
         let _ = writeln!(
             s,
             "{:<20} {:<10} {:>5} {:>5}  {:<14} L3 SHARED WITH",
@@ -371,6 +360,11 @@ impl Plan {
                 );
             }
         }
+    }
+
+    /// The NATS lanes, the systemd affinity and the warnings.
+    fn write_lanes(&self, s: &mut String) {
+        use std::fmt::Write;
         let intake = self.lanes.first().map_or("", |l| l.carries.as_str());
         let _ = writeln!(
             s,
@@ -400,7 +394,6 @@ impl Plan {
                 let _ = writeln!(s, "  - {w}");
             }
         }
-        s
     }
 }
 
@@ -408,11 +401,21 @@ fn opt(v: Option<usize>) -> String {
     v.map_or("-".into(), |v| v.to_string())
 }
 
+/// What an operator would regret ignoring, in the order the table shows them.
 fn warnings(plan: &Plan, cfg: &Config, topo: &Topology, allowed: &[usize]) -> Vec<String> {
     let mut out = Vec::new();
-    let pinned: Vec<&ThreadPlace> = plan.threads.iter().filter(|t| t.core.is_some()).collect();
+    shared_cores(plan, allowed, &mut out);
+    io_on_cpu_siblings(plan, topo, &mut out);
+    gpu_placement(plan, cfg, topo, &mut out);
+    too_many_pinned(plan, cfg, allowed, &mut out);
+    other_hardware(cfg, topo, &mut out);
+    out
+}
+
+/// Two pools on one core while others idle.
+fn shared_cores(plan: &Plan, allowed: &[usize], out: &mut Vec<String>) {
     let mut pools_on: BTreeMap<usize, BTreeSet<&str>> = BTreeMap::new();
-    for t in &pinned {
+    for t in &plan.threads {
         if let Some(c) = t.core {
             pools_on.entry(c).or_default().insert(t.pool);
         }
@@ -439,6 +442,10 @@ fn warnings(plan: &Plan, cfg: &Config, topo: &Topology, allowed: &[usize]) -> Ve
             format_list(&idle)
         ));
     }
+}
+
+/// An IO thread on the SMT sibling of a CPU-pool core.
+fn io_on_cpu_siblings(plan: &Plan, topo: &Topology, out: &mut Vec<String>) {
     let cpu_cores: BTreeSet<usize> = plan
         .threads
         .iter()
@@ -464,6 +471,10 @@ fn warnings(plan: &Plan, cfg: &Config, topo: &Topology, allowed: &[usize]) -> Ve
             ));
         }
     }
+}
+
+/// GPU slot threads off their device's NUMA node; a GPU pool without a GPU.
+fn gpu_placement(plan: &Plan, cfg: &Config, topo: &Topology, out: &mut Vec<String>) {
     for g in &plan.gpu_slots {
         if let (Some(a), Some(b)) = (g.core_numa_node, g.device_numa_node) {
             if a != b {
@@ -482,16 +493,25 @@ fn warnings(plan: &Plan, cfg: &Config, topo: &Topology, allowed: &[usize]) -> Ve
             cfg.gpu_pool_size
         ));
     }
-    if pinned.len() > allowed.len() {
+}
+
+/// More pinned threads than cores.
+fn too_many_pinned(plan: &Plan, cfg: &Config, allowed: &[usize], out: &mut Vec<String>) {
+    let pinned = plan.threads.iter().filter(|t| t.core.is_some()).count();
+    if pinned > allowed.len() {
         out.push(format!(
             "{} pinned threads (cpu {}, io {}, gpu {}) for {} cores",
-            pinned.len(),
+            pinned,
             cfg.cpu_pool_size,
             cfg.io_pool_size,
             plan.gpu_slots.len(),
             allowed.len()
         ));
     }
+}
+
+/// A profile written for another host class.
+fn other_hardware(cfg: &Config, topo: &Topology, out: &mut Vec<String>) {
     if let Some(h) = &cfg.profile_host {
         let mut diff = Vec::new();
         let mut check = |what: &str, want: Option<usize>, have: usize| {
@@ -512,7 +532,6 @@ fn warnings(plan: &Plan, cfg: &Config, topo: &Topology, allowed: &[usize]) -> Ve
             ));
         }
     }
-    out
 }
 
 /// `beamline_worker plan`: the worker's flags plus `--json`.
@@ -589,11 +608,6 @@ pub fn main<I: IntoIterator<Item = std::ffi::OsString>>(args: I) -> std::process
             std::process::ExitCode::from(2)
         }
     }
-}
-
-/// The default sysfs root.
-pub fn live_root() -> &'static Path {
-    Path::new("/sys")
 }
 
 /// Logs the plan of the starting worker (one line with the JSON, then one per warning).

@@ -14,6 +14,7 @@
 //! | `bucket.rs` | [`Bucket`]: the key-value calls dedupe and approvals make |
 //! | `control.rs` | cancel requests and approval decisions |
 //! | `setup.rs` | binding or creating streams, consumer and buckets |
+//! | `handles.rs` | the handles the app holds without naming a NATS type (connection, context) |
 
 mod bucket;
 mod budget;
@@ -21,6 +22,7 @@ mod connect;
 mod control;
 mod core;
 mod delivery;
+mod handles;
 mod jetstream;
 mod lane;
 mod publish;
@@ -38,6 +40,7 @@ pub use budget::IntakeBudget;
 pub use connect::{connect, connect_with, Buffers, Role};
 pub use control::consume_control;
 pub use delivery::{Control, Delivery, Sink};
+pub use handles::*;
 pub use lane::open_lane;
 pub use publish::{Kind, Publisher};
 pub use setup::{bind_jetstream, JetStreamHandles};

@@ -94,6 +94,86 @@ fn read(root: &Path, rel: &str) -> Option<String> {
         .map(|s| s.trim().to_owned())
 }
 
+/// NUMA node → its online CPUs.
+fn read_nodes(root: &Path, online: &[usize]) -> BTreeMap<usize, Vec<usize>> {
+    let mut nodes = BTreeMap::new();
+    if let Ok(dir) = std::fs::read_dir(root.join("devices/system/node")) {
+        for entry in dir.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(id) = name.strip_prefix("node").and_then(|n| n.parse().ok()) else {
+                continue;
+            };
+            let list = read(root, &format!("devices/system/node/{name}/cpulist"))
+                .and_then(|l| parse_list(&l).ok())
+                .unwrap_or_default();
+            let list: Vec<usize> = list.into_iter().filter(|c| online.contains(c)).collect();
+            nodes.insert(id, list);
+        }
+    }
+    nodes
+}
+
+/// One online CPU: its package, core, SMT siblings and L3 group.
+fn read_cpu(root: &Path, id: usize, numa_node: Option<usize>) -> Cpu {
+    let base = format!("devices/system/cpu/cpu{id}");
+    let num =
+        |f: &str| read(root, &format!("{base}/topology/{f}")).and_then(|v| v.parse::<usize>().ok());
+    let smt_siblings = read(root, &format!("{base}/topology/thread_siblings_list"))
+        .and_then(|l| parse_list(&l).ok())
+        .unwrap_or_else(|| vec![id]);
+    let mut l3 = vec![id];
+    if let Ok(dir) = std::fs::read_dir(root.join(&base).join("cache")) {
+        for entry in dir.flatten() {
+            let idx = entry.file_name().to_string_lossy().into_owned();
+            if !idx.starts_with("index") {
+                continue;
+            }
+            if read(root, &format!("{base}/cache/{idx}/level")).as_deref() == Some("3") {
+                if let Some(list) = read(root, &format!("{base}/cache/{idx}/shared_cpu_list"))
+                    .and_then(|l| parse_list(&l).ok())
+                {
+                    l3 = list;
+                }
+            }
+        }
+    }
+    Cpu {
+        id,
+        package: num("physical_package_id").unwrap_or(0),
+        core_id: num("core_id").unwrap_or(id),
+        numa_node,
+        smt_siblings,
+        l3,
+    }
+}
+
+/// NVIDIA display/3D controllers on the PCI bus, in PCI order.
+fn read_gpus(root: &Path) -> Vec<Gpu> {
+    let mut gpus = Vec::new();
+    if let Ok(dir) = std::fs::read_dir(root.join("bus/pci/devices")) {
+        let mut addrs: Vec<String> = dir
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        addrs.sort();
+        for pci in addrs {
+            let f = |name: &str| read(root, &format!("bus/pci/devices/{pci}/{name}"));
+            let nvidia = f("vendor").is_some_and(|v| v.eq_ignore_ascii_case("0x10de"));
+            let display = f("class").is_some_and(|c| c.starts_with("0x03"));
+            if nvidia && display {
+                gpus.push(Gpu {
+                    ordinal: gpus.len(),
+                    device_id: f("device").unwrap_or_default(),
+                    // -1: the firmware does not say (single-node hosts, most VMs).
+                    numa_node: f("numa_node").and_then(|n| n.parse::<usize>().ok()),
+                    pci,
+                });
+            }
+        }
+    }
+    gpus
+}
+
 impl Topology {
     /// Reads the tree under `root` (normally `/sys`). Fails only when the CPU list itself
     /// is missing or malformed; absent details (cache, NUMA, PCI) read as unknown.
@@ -106,88 +186,22 @@ impl Topology {
         })?;
         let online = parse_list(&online_text)
             .map_err(|e| format!("{}/devices/system/cpu/online: {e}", root.display()))?;
-        let mut nodes = BTreeMap::new();
-        if let Ok(dir) = std::fs::read_dir(root.join("devices/system/node")) {
-            for entry in dir.flatten() {
-                let name = entry.file_name().to_string_lossy().into_owned();
-                let Some(id) = name.strip_prefix("node").and_then(|n| n.parse().ok()) else {
-                    continue;
-                };
-                let list = read(root, &format!("devices/system/node/{name}/cpulist"))
-                    .and_then(|l| parse_list(&l).ok())
-                    .unwrap_or_default();
-                let list: Vec<usize> = list.into_iter().filter(|c| online.contains(c)).collect();
-                nodes.insert(id, list);
-            }
-        }
+        let nodes = read_nodes(root, &online);
         let node_of = |c: usize| {
             nodes
                 .iter()
                 .find(|(_, cpus)| cpus.contains(&c))
                 .map(|(n, _)| *n)
         };
-        let mut cpus = Vec::new();
-        for &id in &online {
-            let base = format!("devices/system/cpu/cpu{id}");
-            let num = |f: &str| {
-                read(root, &format!("{base}/topology/{f}")).and_then(|v| v.parse::<usize>().ok())
-            };
-            let smt_siblings = read(root, &format!("{base}/topology/thread_siblings_list"))
-                .and_then(|l| parse_list(&l).ok())
-                .unwrap_or_else(|| vec![id]);
-            let mut l3 = vec![id];
-            if let Ok(dir) = std::fs::read_dir(root.join(&base).join("cache")) {
-                for entry in dir.flatten() {
-                    let idx = entry.file_name().to_string_lossy().into_owned();
-                    if !idx.starts_with("index") {
-                        continue;
-                    }
-                    if read(root, &format!("{base}/cache/{idx}/level")).as_deref() == Some("3") {
-                        if let Some(list) =
-                            read(root, &format!("{base}/cache/{idx}/shared_cpu_list"))
-                                .and_then(|l| parse_list(&l).ok())
-                        {
-                            l3 = list;
-                        }
-                    }
-                }
-            }
-            cpus.push(Cpu {
-                id,
-                package: num("physical_package_id").unwrap_or(0),
-                core_id: num("core_id").unwrap_or(id),
-                numa_node: node_of(id),
-                smt_siblings,
-                l3,
-            });
-        }
-        let mut gpus = Vec::new();
-        if let Ok(dir) = std::fs::read_dir(root.join("bus/pci/devices")) {
-            let mut addrs: Vec<String> = dir
-                .flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect();
-            addrs.sort();
-            for pci in addrs {
-                let f = |name: &str| read(root, &format!("bus/pci/devices/{pci}/{name}"));
-                let nvidia = f("vendor").is_some_and(|v| v.eq_ignore_ascii_case("0x10de"));
-                let display = f("class").is_some_and(|c| c.starts_with("0x03"));
-                if nvidia && display {
-                    gpus.push(Gpu {
-                        ordinal: gpus.len(),
-                        device_id: f("device").unwrap_or_default(),
-                        // -1: the firmware does not say (single-node hosts, most VMs).
-                        numa_node: f("numa_node").and_then(|n| n.parse::<usize>().ok()),
-                        pci,
-                    });
-                }
-            }
-        }
+        let cpus = online
+            .iter()
+            .map(|&id| read_cpu(root, id, node_of(id)))
+            .collect();
         Ok(Topology {
             root: root.to_path_buf(),
             cpus,
+            gpus: read_gpus(root),
             nodes,
-            gpus,
         })
     }
 
