@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::probe::WorkerProbe;
 use super::signal::shutdown_signal;
+use super::{setup, AppError};
 use crate::config::{Config, ConsumerMode, FsBackend};
 use crate::contract::ParseLimits;
 use crate::runtime::{Approvals, Cancels, Dedupe, Runtime, Shared};
@@ -37,7 +38,7 @@ pub(super) struct Worker {
 impl Worker {
     /// Builds every component; `None` when a stop signal came while JetStream was being
     /// bound (NATS not up yet).
-    pub(super) async fn build(cfg: Config) -> Result<Option<Worker>, String> {
+    pub(super) async fn build(cfg: Config) -> Result<Option<Worker>, AppError> {
         let cfg = Arc::new(cfg);
         let metrics = Arc::new(Metrics::new());
         crate::telemetry::trace::bind_metrics(&metrics);
@@ -45,9 +46,7 @@ impl Worker {
         let (sandbox_dir, fs_root) = fs_root(&cfg)?;
         let io = start_io(&cfg, &metrics)?;
 
-        let client = transport::connect(&cfg, metrics.clone(), transport::Role::Control)
-            .await
-            .map_err(|e| e.to_string())?;
+        let client = transport::connect(&cfg, metrics.clone(), transport::Role::Control).await?;
         // API calls (the result bucket included) give up after 1.5 s and are retried, so a
         // leader change costs about that, not the client's default 5 s per call.
         let js_ctx = transport::jetstream_context(client.clone(), Duration::from_millis(1500));
@@ -111,13 +110,13 @@ impl Worker {
 
 /// The FS root in use: `--fs-root`, or in sandbox mode a throw-away one (removed when the
 /// returned directory is dropped).
-fn fs_root(cfg: &Config) -> Result<(Option<tempfile::TempDir>, PathBuf), String> {
+fn fs_root(cfg: &Config) -> Result<(Option<tempfile::TempDir>, PathBuf), AppError> {
     let sandbox_dir = if cfg.sandbox {
         Some(
             tempfile::Builder::new()
                 .prefix("beamline-sandbox-")
                 .tempdir()
-                .map_err(|e| format!("sandbox root: {e}"))?,
+                .map_err(setup("sandbox root"))?,
         )
     } else {
         None
@@ -126,13 +125,12 @@ fn fs_root(cfg: &Config) -> Result<(Option<tempfile::TempDir>, PathBuf), String>
         Some(d) => d.path().to_path_buf(),
         None => cfg.fs_root.clone(),
     };
-    std::fs::create_dir_all(&fs_root)
-        .map_err(|e| format!("--fs-root {}: {e}", fs_root.display()))?;
+    std::fs::create_dir_all(&fs_root).map_err(setup(format!("--fs-root {}", fs_root.display())))?;
     Ok((sandbox_dir, fs_root))
 }
 
 /// The IO pool (`fs.*` blocks) on the backend `--fs-backend` asks for.
-fn start_io(cfg: &Config, metrics: &Metrics) -> Result<beamline_io::IoPool, String> {
+fn start_io(cfg: &Config, metrics: &Metrics) -> Result<beamline_io::IoPool, AppError> {
     let io = beamline_io::IoPool::start(beamline_io::IoConfig {
         threads: cfg.io_pool_size,
         cores: cfg.io_cores.clone(),
@@ -145,9 +143,10 @@ fn start_io(cfg: &Config, metrics: &Metrics) -> Result<beamline_io::IoPool, Stri
         },
         max_file_bytes: cfg.fs_max_bytes,
     })
-    .map_err(|e| format!("starting the IO pool: {e}"))?;
+    .map_err(setup("starting the IO pool"))?;
     if cfg.fs_backend == FsBackend::IoUring && io.backend() != beamline_io::Backend::Uring {
-        return Err("--fs-backend io_uring: io_uring is not available on this kernel".into());
+        let why = "io_uring is not available on this kernel";
+        return Err(setup("--fs-backend io_uring")(why));
     }
     metrics
         .fs_backend
@@ -163,7 +162,7 @@ async fn serve_http(
     metrics: &Arc<Metrics>,
     probe: &Arc<WorkerProbe>,
     stop: &CancellationToken,
-) -> Result<(std::net::SocketAddr, Option<std::net::SocketAddr>), String> {
+) -> Result<(std::net::SocketAddr, Option<std::net::SocketAddr>), AppError> {
     let metrics_addr = crate::telemetry::http::serve(
         cfg.prometheus_endpoint,
         Some(metrics.clone()),
@@ -171,12 +170,15 @@ async fn serve_http(
         stop.clone(),
     )
     .await
-    .map_err(|e| format!("--prometheus-endpoint {}: {e}", cfg.prometheus_endpoint))?;
+    .map_err(setup(format!(
+        "--prometheus-endpoint {}",
+        cfg.prometheus_endpoint
+    )))?;
     let health_addr = match cfg.health_endpoint {
         Some(a) => Some(
             crate::telemetry::http::serve(a, None, probe.clone(), stop.clone())
                 .await
-                .map_err(|e| format!("--health-endpoint {a}: {e}"))?,
+                .map_err(setup(format!("--health-endpoint {a}")))?,
         ),
         None => None,
     };
@@ -207,7 +209,7 @@ async fn bind_until_stopped(
 
 /// The GPU pool. Device discovery: no GPU or no driver is the CPU fallback (logged
 /// once), not an error.
-fn start_gpu(cfg: &Config, metrics: &Metrics) -> Result<Arc<beamline_gpu::Scheduler>, String> {
+fn start_gpu(cfg: &Config, metrics: &Metrics) -> Result<Arc<beamline_gpu::Scheduler>, AppError> {
     let gpu = Arc::new(
         beamline_gpu::Scheduler::start_pinned(
             beamline_gpu::SchedulerConfig {
@@ -221,7 +223,7 @@ fn start_gpu(cfg: &Config, metrics: &Metrics) -> Result<Arc<beamline_gpu::Schedu
             },
             cfg.gpu_cores.clone(),
         )
-        .map_err(|e| format!("starting the GPU pool: {e}"))?,
+        .map_err(setup("starting the GPU pool"))?,
     );
     metrics.gpu_devices.set(gpu.devices().len() as i64);
     Ok(gpu)

@@ -17,8 +17,35 @@ use crate::config::{Config, ConsumerMode};
 use crate::transport;
 use build::Worker;
 
+/// Why the worker could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// Something a flag names could not be set up: which, and the system's error.
+    #[error("{what}: {source}")]
+    Setup {
+        what: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error(transparent)]
+    Nats(#[from] transport::TransportError),
+    #[error(transparent)]
+    CpuPool(#[from] crate::runtime::StartError),
+}
+
+/// Maps an error to [`AppError::Setup`] of `what`.
+fn setup<E: Into<Box<dyn std::error::Error + Send + Sync>>>(
+    what: impl Into<String>,
+) -> impl FnOnce(E) -> AppError {
+    let what = what.into();
+    move |e| AppError::Setup {
+        what,
+        source: e.into(),
+    }
+}
+
 /// Runs the worker until a stop signal; returns when it has drained.
-pub async fn run(cfg: Config) -> Result<(), String> {
+pub async fn run(cfg: Config) -> Result<(), AppError> {
     let Some(worker) = Worker::build(cfg).await? else {
         return Ok(());
     };

@@ -237,29 +237,7 @@ impl<'a> Assignment<'a> {
             });
         }
         let top = Fields::new(value, "");
-        let assignment_id = match top.get("assignment_id") {
-            None => {
-                return Err(Unanswerable {
-                    error: TaskError::missing("assignment_id"),
-                    parsed_object: true,
-                })
-            }
-            Some(v) => match v.as_str() {
-                Some("") => {
-                    return Err(Unanswerable {
-                        error: TaskError::missing("assignment_id"),
-                        parsed_object: true,
-                    })
-                }
-                Some(s) => s,
-                None => {
-                    return Err(Unanswerable {
-                        error: TaskError::format("assignment_id", "a string"),
-                        parsed_object: true,
-                    })
-                }
-            },
-        };
+        let assignment_id = assignment_id_of(&top)?;
 
         // Ids are read leniently (an id of the wrong type is ignored for echoing, and
         // reported by validate()).
@@ -316,31 +294,33 @@ impl<'a> Assignment<'a> {
         headers: &AssignmentHeaders,
         limits: ParseLimits,
     ) -> Result<(), TaskError> {
+        self.validate_envelope(top, headers)?;
+        let job = match top.get("job") {
+            None => return Err(TaskError::missing("job")),
+            Some(v) if v.is_object() => Fields::new(v, "job"),
+            Some(_) => return Err(TaskError::format("job", "an object")),
+        };
+        match job.opt_str("type")? {
+            None | Some("") => return Err(TaskError::missing("job.type")),
+            Some(_) => {}
+        }
+        self.read_options(top, &job, limits)
+    }
+
+    /// The envelope around the job: id length, version (body, else header), ids, tenant,
+    /// executor.
+    fn validate_envelope(
+        &self,
+        top: &Fields<'a, 'a>,
+        headers: &AssignmentHeaders,
+    ) -> Result<(), TaskError> {
         if self.assignment_id.chars().count() > MAX_ASSIGNMENT_ID_LEN {
             return Err(TaskError::invalid(
                 "assignment_id",
                 format!("longer than {MAX_ASSIGNMENT_ID_LEN} characters"),
             ));
         }
-        match top.opt_str("version")? {
-            Some("1") => {}
-            Some(v) => {
-                return Err(TaskError::invalid(
-                    "version",
-                    format!("unsupported version {v:?}, expected \"1\""),
-                ))
-            }
-            None => match headers.version.as_deref() {
-                Some("1") => {}
-                Some(v) => {
-                    return Err(TaskError::invalid(
-                        "version",
-                        format!("unsupported version {v:?} (NATS header), expected \"1\""),
-                    ))
-                }
-                None => return Err(TaskError::missing("version")),
-            },
-        }
+        check_version(top, headers)?;
         if let Some(v) = top.get("request_id") {
             if id_string(v).is_none() {
                 return Err(TaskError::format("request_id", "a string"));
@@ -360,16 +340,17 @@ impl<'a> Assignment<'a> {
         if let Some(exec) = top.opt_object("executor")? {
             exec.opt_str("provider_id")?;
         }
-        let job = match top.get("job") {
-            None => return Err(TaskError::missing("job")),
-            Some(v) if v.is_object() => Fields::new(v, "job"),
-            Some(_) => return Err(TaskError::format("job", "an object")),
-        };
-        match job.opt_str("type")? {
-            None | Some("") => return Err(TaskError::missing("job.type")),
-            Some(_) => {}
-        }
+        Ok(())
+    }
 
+    /// Deadline, retry policy and priority, from the job and `options` (or the original
+    /// worker's top-level names).
+    fn read_options(
+        &mut self,
+        top: &Fields<'a, 'a>,
+        job: &Fields<'a, 'a>,
+        limits: ParseLimits,
+    ) -> Result<(), TaskError> {
         let options = top.opt_object("options")?;
         let timeout_ms = match job.opt_u64("timeout_ms")? {
             Some(ms) => Some(ms),
@@ -402,6 +383,38 @@ impl<'a> Assignment<'a> {
         };
         self.priority = priority.unwrap_or(0.0) as i64;
         Ok(())
+    }
+}
+
+/// `assignment_id`, without which nothing can be answered.
+fn assignment_id_of<'a>(top: &Fields<'a, 'a>) -> Result<&'a str, Unanswerable> {
+    let problem = match top.get("assignment_id").map(|v| v.as_str()) {
+        Some(Some(s)) if !s.is_empty() => return Ok(s),
+        None | Some(Some(_)) => TaskError::missing("assignment_id"),
+        Some(None) => TaskError::format("assignment_id", "a string"),
+    };
+    Err(Unanswerable {
+        error: problem,
+        parsed_object: true,
+    })
+}
+
+/// `version` must be "1": the body's, else the NATS header's.
+fn check_version(top: &Fields<'_, '_>, headers: &AssignmentHeaders) -> Result<(), TaskError> {
+    match top.opt_str("version")? {
+        Some("1") => Ok(()),
+        Some(v) => Err(TaskError::invalid(
+            "version",
+            format!("unsupported version {v:?}, expected \"1\""),
+        )),
+        None => match headers.version.as_deref() {
+            Some("1") => Ok(()),
+            Some(v) => Err(TaskError::invalid(
+                "version",
+                format!("unsupported version {v:?} (NATS header), expected \"1\""),
+            )),
+            None => Err(TaskError::missing("version")),
+        },
     }
 }
 

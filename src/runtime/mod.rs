@@ -7,6 +7,7 @@
 
 pub mod approvals;
 pub mod cancel;
+mod cpu_thread;
 mod cputime;
 pub mod dedupe;
 pub mod fair;
@@ -16,22 +17,24 @@ pub mod quota;
 
 use std::path::PathBuf;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use crate::blocks::{BlockKind, Blocks, BuildContext, Pool};
+use crate::blocks::{BlockKind, BuildContext, Pool};
 use crate::config::Config;
 use crate::contract::ParseLimits;
 use crate::telemetry::Metrics;
-use crate::transport::{Control, Delivery, IntakeBudget, JetStreamHandles, Publisher};
+use crate::transport::{Control, IntakeBudget, JetStreamHandles, Publisher};
 
 pub use approvals::{ApprovalPort, Approvals, Decision};
 pub use cancel::Cancels;
+pub use cpu_thread::StartError;
 pub use dedupe::Dedupe;
+
+use cpu_thread::{CpuQueue, CpuThread};
 
 /// What every CPU thread shares.
 #[derive(Debug)]
@@ -85,19 +88,12 @@ impl Shared {
     }
 }
 
-#[derive(Debug)]
-struct Shard {
-    tx: flume::Sender<Delivery>,
-    /// Taken off `tx` into the thread's fair queue, not started yet.
-    waiting: Arc<AtomicUsize>,
-    in_flight: Arc<AtomicUsize>,
-}
-
 /// The CPU pool.
 #[derive(Debug)]
 pub struct Runtime {
     shared: Arc<Shared>,
-    shards: Vec<Shard>,
+    /// One per CPU thread: its queue and counters.
+    queues: Vec<CpuQueue>,
     threads: std::sync::Mutex<Vec<std::thread::JoinHandle<()>>>,
     /// Cancelled when the grace period is over: each CPU thread drops what it still holds
     /// and ends, whatever the broker does.
@@ -139,49 +135,33 @@ impl Runtime {
     pub fn start(
         shared: Arc<Shared>,
         js: Option<JetStreamHandles>,
-    ) -> Result<Arc<Runtime>, String> {
+    ) -> Result<Arc<Runtime>, StartError> {
         let cfg = shared.config.clone();
-        let mut shards = Vec::new();
+        let mut queues = Vec::new();
         let mut threads = Vec::new();
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), StartError>>();
         let abandon = CancellationToken::new();
-        for i in 0..cfg.cpu_pool_size {
-            let (tx, rx) = flume::bounded::<Delivery>(cfg.queue_capacity);
-            let in_flight = Arc::new(AtomicUsize::new(0));
-            let waiting = Arc::new(AtomicUsize::new(0));
-            let core = (!cfg.cpu_cores.is_empty()).then(|| cfg.cpu_cores[i % cfg.cpu_cores.len()]);
-            let thread = Thread {
-                index: i,
+        for index in 0..cfg.cpu_pool_size {
+            let core =
+                (!cfg.cpu_cores.is_empty()).then(|| cfg.cpu_cores[index % cfg.cpu_cores.len()]);
+            let (queue, handle) = CpuThread::spawn(
+                index,
                 core,
-                shared: shared.clone(),
-                js: js.clone(),
-                tx: tx.clone(),
-                rx,
-                waiting: waiting.clone(),
-                in_flight: in_flight.clone(),
-                abandon: abandon.clone(),
-            };
-            let ready = ready_tx.clone();
-            let handle = std::thread::Builder::new()
-                .name(format!("cpu-{i}"))
-                .spawn(move || cpu_thread(thread, ready))
-                .map_err(|e| format!("spawning cpu thread {i}: {e}"))?;
-            shards.push(Shard {
-                tx,
-                waiting,
-                in_flight,
-            });
+                shared.clone(),
+                js.clone(),
+                abandon.clone(),
+                ready_tx.clone(),
+            )?;
+            queues.push(queue);
             threads.push(handle);
         }
         drop(ready_tx);
         for _ in 0..cfg.cpu_pool_size {
-            ready_rx
-                .recv()
-                .map_err(|_| "a cpu thread died while starting".to_owned())??;
+            ready_rx.recv().map_err(|_| StartError::Died)??;
         }
         Ok(Arc::new(Runtime {
             shared,
-            shards,
+            queues,
             threads: std::sync::Mutex::new(threads),
             abandon,
         }))
@@ -193,14 +173,14 @@ impl Runtime {
 
     /// Tasks queued (not yet started) across the CPU threads, fair queues included.
     pub fn queue_depth(&self) -> usize {
-        self.shards
+        self.queues
             .iter()
             .map(|s| s.tx.len() + s.waiting.load(Ordering::Relaxed))
             .sum()
     }
 
     pub fn in_flight(&self) -> usize {
-        self.shards
+        self.queues
             .iter()
             .map(|s| s.in_flight.load(Ordering::Relaxed))
             .sum()
@@ -209,7 +189,7 @@ impl Runtime {
     /// Whether every queue is at more than 90 % of its bound.
     pub fn saturated(&self) -> bool {
         let cap = self.shared.config.queue_capacity;
-        self.shards.iter().all(|s| s.tx.len() * 10 > cap * 9)
+        self.queues.iter().all(|s| s.tx.len() * 10 > cap * 9)
     }
 
     /// The `resource_pools` health indicator: fine unless a pool's queue is full — every
@@ -383,138 +363,4 @@ impl Control for Runtime {
             }
         }
     }
-}
-
-/// What one CPU thread starts with.
-struct Thread {
-    index: usize,
-    core: Option<usize>,
-    shared: Arc<Shared>,
-    js: Option<JetStreamHandles>,
-    /// The thread's own queue (its lane submits into it).
-    tx: flume::Sender<Delivery>,
-    rx: flume::Receiver<Delivery>,
-    waiting: Arc<AtomicUsize>,
-    in_flight: Arc<AtomicUsize>,
-    abandon: CancellationToken,
-}
-
-fn cpu_thread(t: Thread, ready: std::sync::mpsc::Sender<Result<(), String>>) {
-    let Thread {
-        index,
-        core,
-        shared,
-        js,
-        tx,
-        rx,
-        waiting: waiting_count,
-        in_flight,
-        abandon,
-    } = t;
-    if let Some(id) = core {
-        if !core_affinity::set_for_current(core_affinity::CoreId { id }) {
-            tracing::warn!(core = id, "could not pin cpu thread");
-        }
-    }
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            let _ = ready.send(Err(format!("building a cpu thread runtime: {e}")));
-            return;
-        }
-    };
-    let local = tokio::task::LocalSet::new();
-    let run = async move {
-        let blocks = match Blocks::new(&shared.build_context()) {
-            Ok(b) => Rc::new(b),
-            Err(e) => {
-                let _ = ready.send(Err(e));
-                return;
-            }
-        };
-        let mut intake = match lane::open(&shared, index, js.as_ref(), tx).await {
-            Ok(h) => Some(h),
-            Err(e) => {
-                let _ = ready.send(Err(format!("cpu thread {index}: {e}")));
-                return;
-            }
-        };
-        let _ = ready.send(Ok(()));
-        let max = shared.config.max_in_flight;
-        let limit = Arc::new(Semaphore::new(max));
-        let cpu_hist = Rc::new((
-            shared.metrics.task_cpu_time.clone(),
-            shared.metrics.task_polls.clone(),
-        ));
-        // Start order fair across tenants (fair.rs). Half a queue more at most: while it is
-        // full, deliveries stay in `rx` and the transport's back-pressure applies.
-        let mut waiting = fair::FairQueue::new(shared.config.queue_capacity / 2);
-        let fill = |waiting: &mut fair::FairQueue<Delivery>| {
-            while !waiting.is_full() {
-                let Ok(d) = rx.try_recv() else { break };
-                let _ = waiting.push(d, fair::tenant_of); // not full: checked above
-            }
-        };
-        loop {
-            fill(&mut waiting);
-            waiting_count.store(waiting.len(), Ordering::Relaxed);
-            if waiting.is_empty() {
-                let d = tokio::select! {
-                    biased;
-                    d = rx.recv_async() => match d { Ok(d) => d, Err(_) => break },
-                    // Stopping: once the lane has stopped receiving, what is already queued
-                    // still runs (within the grace period).
-                    _ = shared.stopping.cancelled() => {
-                        if let Some(h) = intake.take() {
-                            let _ = h.await;
-                        }
-                        match rx.try_recv() { Ok(d) => d, Err(_) => break }
-                    }
-                };
-                let _ = waiting.push(d, fair::tenant_of); // empty: cannot be full
-                continue;
-            }
-            let Ok(permit) = limit.clone().acquire_owned().await else {
-                break;
-            };
-            // What arrived while every slot was busy takes its turn too.
-            fill(&mut waiting);
-            let d = waiting.pop();
-            waiting_count.store(waiting.len(), Ordering::Relaxed);
-            let Some(d) = d else { continue };
-            let (shared, blocks, inf) = (shared.clone(), blocks.clone(), in_flight.clone());
-            inf.fetch_add(1, Ordering::Relaxed);
-            let (cpu_limit, cpu_hist) = (shared.config.max_job_time, cpu_hist.clone());
-            tokio::task::spawn_local(async move {
-                // The delivery's intake share is given back as the pipeline drops it. Its
-                // polls' CPU time is accounted (and limited) by `cputime`.
-                cputime::metered(
-                    cpu_limit,
-                    pipeline::handle(shared, blocks, d),
-                    |ns, polls| {
-                        cpu_hist.0.observe(ns as f64 / 1e6);
-                        cpu_hist.1.inc_by(u64::from(polls));
-                    },
-                )
-                .await;
-                inf.fetch_sub(1, Ordering::Relaxed);
-                drop(permit);
-            });
-        }
-        let _ = limit.acquire_many(max as u32).await;
-    };
-    // Past the grace period the thread ends whatever its tasks wait for (a broker that is
-    // gone); dropping the LocalSet drops them.
-    local.block_on(&rt, async move {
-        tokio::select! {
-            _ = run => {}
-            _ = abandon.cancelled() => {}
-        }
-    });
-    drop(local);
-    // Nothing of this thread's runtime may hold the process (a blocking DNS lookup).
-    rt.shutdown_background();
 }

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use tracing::field::{Field, Visit};
-use tracing::{Event, Level, Subscriber};
+use tracing::{Event, Level, Metadata, Subscriber};
 use tracing_log::NormalizeEvent;
 use tracing_subscriber::filter::{Directive, EnvFilter, LevelFilter};
 use tracing_subscriber::fmt::MakeWriter;
@@ -847,7 +847,6 @@ where
         for (k, v) in &own.0 {
             set(k, v);
         }
-        let is_id = |(k, v): &(&str, &Val)| CORRELATION.contains(k) && v.is_id();
         let message = message.as_deref().unwrap_or_else(|| meta.target());
 
         LINE.with(|cell| {
@@ -856,57 +855,8 @@ where
             };
             line.clear();
             match self.format {
-                LogFormat::Json => {
-                    line.push_str("{\"timestamp\":\"");
-                    push_timestamp(&mut line);
-                    line.push_str("\",\"level\":\"");
-                    line.push_str(level_name(meta.level()));
-                    line.push_str("\",\"component\":\"worker\",\"message\":");
-                    json_str(&mut line, message);
-                    line.push_str(",\"fields\":{");
-                    let mut first = true;
-                    for (k, v) in all.iter().filter(|(k, _)| !CORRELATION.contains(k)) {
-                        if !first {
-                            line.push(',');
-                        }
-                        first = false;
-                        json_str(&mut line, k);
-                        line.push(':');
-                        v.write_json(&mut line);
-                    }
-                    line.push('}');
-                    for name in CORRELATION {
-                        if let Some((k, v)) = all.iter().find(|f| f.0 == name && is_id(f)) {
-                            line.push(',');
-                            json_str(&mut line, k);
-                            line.push(':');
-                            v.write_id_json(&mut line);
-                        }
-                    }
-                    line.push('}');
-                }
-                LogFormat::Text => {
-                    push_timestamp(&mut line);
-                    let _ = write!(
-                        line,
-                        " {:>5} {}: {}",
-                        level_name(meta.level()),
-                        meta.target(),
-                        message.replace('\n', "\\n")
-                    );
-                    for (k, v) in all.iter().filter(|(k, _)| !CORRELATION.contains(k)) {
-                        let _ = write!(line, " {k}=");
-                        v.write_text(&mut line);
-                    }
-                    for name in CORRELATION {
-                        if let Some((k, v)) = all.iter().find(|f| f.0 == name && is_id(f)) {
-                            let _ = write!(line, " {k}=");
-                            if let Some(id) = v.as_id() {
-                                Val::Str(id).write_text(&mut line);
-                            }
-                        }
-                    }
-                }
+                LogFormat::Json => json_line(&mut line, meta, message, &all),
+                LogFormat::Text => text_line(&mut line, meta, message, &all),
             }
             line.push('\n');
             // One write per line, so lines from different threads never interleave.
@@ -916,6 +866,67 @@ where
                 *line = String::with_capacity(512);
             }
         });
+    }
+}
+
+/// Whether a field is a correlation id lifted to the line's top level.
+fn is_id((k, v): &(&str, &Val)) -> bool {
+    CORRELATION.contains(k) && v.is_id()
+}
+
+/// One guide-shaped JSON line (without its newline): timestamp, level, component,
+/// message, the other fields under `fields`, then the correlation ids at the top level.
+fn json_line(line: &mut String, meta: &Metadata<'_>, message: &str, all: &[(&str, &Val)]) {
+    line.push_str("{\"timestamp\":\"");
+    push_timestamp(line);
+    line.push_str("\",\"level\":\"");
+    line.push_str(level_name(meta.level()));
+    line.push_str("\",\"component\":\"worker\",\"message\":");
+    json_str(line, message);
+    line.push_str(",\"fields\":{");
+    let mut first = true;
+    for (k, v) in all.iter().filter(|(k, _)| !CORRELATION.contains(k)) {
+        if !first {
+            line.push(',');
+        }
+        first = false;
+        json_str(line, k);
+        line.push(':');
+        v.write_json(line);
+    }
+    line.push('}');
+    for name in CORRELATION {
+        if let Some((k, v)) = all.iter().find(|f| f.0 == name && is_id(f)) {
+            line.push(',');
+            json_str(line, k);
+            line.push(':');
+            v.write_id_json(line);
+        }
+    }
+    line.push('}');
+}
+
+/// One `--log-format text` line (without its newline).
+fn text_line(line: &mut String, meta: &Metadata<'_>, message: &str, all: &[(&str, &Val)]) {
+    push_timestamp(line);
+    let _ = write!(
+        line,
+        " {:>5} {}: {}",
+        level_name(meta.level()),
+        meta.target(),
+        message.replace('\n', "\\n")
+    );
+    for (k, v) in all.iter().filter(|(k, _)| !CORRELATION.contains(k)) {
+        let _ = write!(line, " {k}=");
+        v.write_text(line);
+    }
+    for name in CORRELATION {
+        if let Some((k, v)) = all.iter().find(|f| f.0 == name && is_id(f)) {
+            let _ = write!(line, " {k}=");
+            if let Some(id) = v.as_id() {
+                Val::Str(id).write_text(line);
+            }
+        }
     }
 }
 

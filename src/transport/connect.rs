@@ -66,15 +66,11 @@ pub async fn connect_with(
     role: Role,
     buffers: Buffers,
 ) -> Result<Client, TransportError> {
-    let m = metrics.clone();
     let label = role.label();
     metrics.connections.opening(&label);
-    let (name, lane) = match role {
-        Role::Control => (format!("beamline_worker {}", cfg.worker_id), None),
-        Role::Lane(i) => (
-            format!("beamline_worker {} lane {i}", cfg.worker_id),
-            Some(i),
-        ),
+    let name = match role {
+        Role::Control => format!("beamline_worker {}", cfg.worker_id),
+        Role::Lane(i) => format!("beamline_worker {} lane {i}", cfg.worker_id),
     };
     let mut opts = async_nats::ConnectOptions::new()
         .name(name)
@@ -91,52 +87,12 @@ pub async fn connect_with(
         // server pool it hands this callback carries the cause (certificate not trusted,
         // connection refused, ...): log it, at attempts 1, 2, 4, 8, ... per server.
         .reconnect_to_server_callback(|servers, _info| async move {
-            for s in servers
-                .iter()
-                .filter(|s| s.failed_attempts.is_power_of_two())
-            {
-                if let Some(error) = &s.last_error {
-                    tracing::warn!(
-                        server = %format!("{}:{}", s.addr.host(), s.addr.port()),
-                        attempts = s.failed_attempts,
-                        error = %error,
-                        "NATS connection attempt failed"
-                    );
-                }
-            }
+            log_failed_attempts(&servers);
             None
         })
         .event_callback(move |event| {
-            let (m, label) = (m.clone(), label.clone());
-            async move {
-                match (lane, event) {
-                    (_, async_nats::Event::Connected) => {
-                        m.connections.up(&label);
-                        match lane {
-                            Some(lane) => tracing::debug!(lane, "NATS lane connection up"),
-                            None => {
-                                tracing::info!(event = "nats_connected", "NATS connection up")
-                            }
-                        }
-                    }
-                    (_, async_nats::Event::Disconnected) => {
-                        m.connections.down(&label);
-                        tracing::warn!(
-                            event = "nats_disconnected",
-                            connection = %label,
-                            "NATS connection lost; reconnecting"
-                        );
-                    }
-                    // The lane's subscription buffer was full: the client dropped an
-                    // assignment (counted by `consume_core` from the client's statistics).
-                    (Some(lane), async_nats::Event::SlowConsumer(_)) => {
-                        tracing::debug!(lane, "lane subscription full: assignment dropped");
-                    }
-                    (_, other) => {
-                        tracing::warn!(connection = %label, event = %other, "NATS event")
-                    }
-                }
-            }
+            on_event(metrics.clone(), label.clone(), role, event);
+            std::future::ready(())
         });
     let auth = &cfg.nats_auth;
     if let (Some(u), Some(p)) = (&auth.user, &auth.password) {
@@ -169,4 +125,49 @@ pub async fn connect_with(
         .await
         .map_err(|e| TransportError::new(format!("connecting to {}", cfg.nats_url), e))?;
     Ok(client)
+}
+
+/// Logs why connection attempts failed, at attempts 1, 2, 4, 8, ... per server.
+fn log_failed_attempts(servers: &[async_nats::Server]) {
+    for s in servers
+        .iter()
+        .filter(|s| s.failed_attempts.is_power_of_two())
+    {
+        if let Some(error) = &s.last_error {
+            tracing::warn!(
+                server = %format!("{}:{}", s.addr.host(), s.addr.port()),
+                attempts = s.failed_attempts,
+                error = %error,
+                "NATS connection attempt failed"
+            );
+        }
+    }
+}
+
+/// A connection's event: its state in `metrics.connections` (gauge, reconnects, health)
+/// and a log line.
+fn on_event(metrics: Arc<Metrics>, label: String, role: Role, event: async_nats::Event) {
+    match (role, event) {
+        (_, async_nats::Event::Connected) => {
+            metrics.connections.up(&label);
+            match role {
+                Role::Lane(lane) => tracing::debug!(lane, "NATS lane connection up"),
+                Role::Control => tracing::info!(event = "nats_connected", "NATS connection up"),
+            }
+        }
+        (_, async_nats::Event::Disconnected) => {
+            metrics.connections.down(&label);
+            tracing::warn!(
+                event = "nats_disconnected",
+                connection = %label,
+                "NATS connection lost; reconnecting"
+            );
+        }
+        // The lane's subscription buffer was full: the client dropped an assignment
+        // (counted by the core intake from the client's statistics).
+        (Role::Lane(lane), async_nats::Event::SlowConsumer(_)) => {
+            tracing::debug!(lane, "lane subscription full: assignment dropped");
+        }
+        (_, other) => tracing::warn!(connection = %label, event = %other, "NATS event"),
+    }
 }

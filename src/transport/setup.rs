@@ -75,6 +75,34 @@ pub async fn bind_jetstream(
             )
         })?;
 
+    let outputs_durable = bind_outputs(cfg, &ctx).await;
+    let results = bind_results(cfg, &ctx).await?;
+
+    let decisions = stream::Config {
+        name: js.approval_stream.clone(),
+        subjects: vec![s.approval_decision.clone()],
+        retention: stream::RetentionPolicy::Limits,
+        storage: stream::StorageType::File,
+        num_replicas: js.replicas,
+        max_age: Duration::from_secs(7 * 24 * 3600),
+        ..Default::default()
+    };
+    let approvals = existing_or_created(&ctx, js.create, decisions, "approval decision").await?;
+
+    Ok(JetStreamHandles {
+        ctx,
+        stream_name,
+        results,
+        approvals,
+        outputs_durable,
+        approval_subject: s.approval_decision.clone(),
+    })
+}
+
+/// Whether the ack, result and DLQ subjects are kept by a stream: those captured by one
+/// already are fine; the rest go in ours when `--js-create` allows.
+async fn bind_outputs(cfg: &Config, ctx: &jetstream::Context) -> bool {
+    let (s, js) = (&cfg.subjects, &cfg.js);
     // Outputs: every subject already captured somewhere is fine; the rest go in ours.
     let mut missing = Vec::new();
     for subject in [&s.ack, &s.result, &s.dlq] {
@@ -103,8 +131,17 @@ pub async fn bind_jetstream(
             }
         }
     }
+    outputs_durable
+}
 
-    let results = match ctx.get_key_value(js.results_bucket.clone()).await {
+/// The bucket of completed results (dedupe across restarts and instances); created when
+/// `--js-create` allows, else `None` (dedupe is then per process).
+async fn bind_results(
+    cfg: &Config,
+    ctx: &jetstream::Context,
+) -> Result<Option<Bucket>, TransportError> {
+    let js = &cfg.js;
+    Ok(match ctx.get_key_value(js.results_bucket.clone()).await {
         Ok(kv) => Some(Bucket::new(kv)),
         Err(_) if js.create => {
             // A key-value bucket is a stream of this shape. It is created directly because
@@ -136,26 +173,6 @@ pub async fn bind_jetstream(
             tracing::warn!(error = %e, "no results bucket; dedupe is per process only");
             None
         }
-    };
-
-    let decisions = stream::Config {
-        name: js.approval_stream.clone(),
-        subjects: vec![s.approval_decision.clone()],
-        retention: stream::RetentionPolicy::Limits,
-        storage: stream::StorageType::File,
-        num_replicas: js.replicas,
-        max_age: Duration::from_secs(7 * 24 * 3600),
-        ..Default::default()
-    };
-    let approvals = existing_or_created(&ctx, js.create, decisions, "approval decision").await?;
-
-    Ok(JetStreamHandles {
-        ctx,
-        stream_name,
-        results,
-        approvals,
-        outputs_durable,
-        approval_subject: s.approval_decision.clone(),
     })
 }
 

@@ -1,0 +1,232 @@
+//! One CPU thread: pinned to its core, running its own current-thread tokio runtime, it
+//! opens its intake lane, takes what the lane queues in the per-tenant fair order, and runs
+//! each assignment's pipeline as a local task while under `--max-in-flight`.
+
+use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::sync::Arc;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::blocks::Blocks;
+use crate::transport::{Delivery, JetStreamHandles, TransportError};
+
+use super::{cputime, fair, lane, pipeline, Shared};
+
+/// Why the CPU pool could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("spawning cpu thread {index}: {source}")]
+    Spawn {
+        index: usize,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("building a cpu thread runtime: {0}")]
+    Runtime(#[source] std::io::Error),
+    /// A block could not be built (its configuration: a TLS root, a database).
+    #[error("{0}")]
+    Blocks(String),
+    #[error("cpu thread {index}: {source}")]
+    Lane {
+        index: usize,
+        #[source]
+        source: TransportError,
+    },
+    #[error("a cpu thread died while starting")]
+    Died,
+}
+
+/// What the pool keeps of one CPU thread: its queue and its counters.
+#[derive(Debug)]
+pub(super) struct CpuQueue {
+    /// The thread's queue (its lane submits into it); its length is queued work.
+    pub(super) tx: flume::Sender<Delivery>,
+    /// Taken off `tx` into the thread's fair queue, not started yet.
+    pub(super) waiting: Arc<AtomicUsize>,
+    /// Started and not finished.
+    pub(super) in_flight: Arc<AtomicUsize>,
+}
+
+/// One CPU thread, as it runs on that thread.
+pub(super) struct CpuThread {
+    index: usize,
+    shared: Arc<Shared>,
+    rx: flume::Receiver<Delivery>,
+    waiting: Arc<AtomicUsize>,
+    in_flight: Arc<AtomicUsize>,
+}
+
+type Ready = mpsc::Sender<Result<(), StartError>>;
+
+impl CpuThread {
+    /// Spawns CPU thread `index` (pinned to `core` when given). It reports on `ready` once
+    /// its lane receives, or why it could not start; it ends when the worker has stopped
+    /// and its work is done, or at once when `abandon` is cancelled.
+    pub(super) fn spawn(
+        index: usize,
+        core: Option<usize>,
+        shared: Arc<Shared>,
+        js: Option<JetStreamHandles>,
+        abandon: CancellationToken,
+        ready: Ready,
+    ) -> Result<(CpuQueue, std::thread::JoinHandle<()>), StartError> {
+        let (tx, rx) = flume::bounded::<Delivery>(shared.config.queue_capacity);
+        let queue = CpuQueue {
+            tx: tx.clone(),
+            waiting: Arc::new(AtomicUsize::new(0)),
+            in_flight: Arc::new(AtomicUsize::new(0)),
+        };
+        let thread = CpuThread {
+            index,
+            shared,
+            rx,
+            waiting: queue.waiting.clone(),
+            in_flight: queue.in_flight.clone(),
+        };
+        let handle = std::thread::Builder::new()
+            .name(format!("cpu-{index}"))
+            .spawn(move || thread.run(core, js, tx, abandon, ready))
+            .map_err(|source| StartError::Spawn { index, source })?;
+        Ok((queue, handle))
+    }
+
+    /// The thread's body: pin, build the runtime, serve until done or abandoned.
+    fn run(
+        self,
+        core: Option<usize>,
+        js: Option<JetStreamHandles>,
+        tx: flume::Sender<Delivery>,
+        abandon: CancellationToken,
+        ready: Ready,
+    ) {
+        if let Some(id) = core {
+            if !core_affinity::set_for_current(core_affinity::CoreId { id }) {
+                tracing::warn!(core = id, "could not pin cpu thread");
+            }
+        }
+        let rt = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => rt,
+            Err(e) => {
+                let _ = ready.send(Err(StartError::Runtime(e)));
+                return;
+            }
+        };
+        let local = tokio::task::LocalSet::new();
+        // Past the grace period the thread ends whatever its tasks wait for (a broker that
+        // is gone); dropping the LocalSet drops them.
+        local.block_on(&rt, async move {
+            tokio::select! {
+                _ = self.serve(js, tx, ready) => {}
+                _ = abandon.cancelled() => {}
+            }
+        });
+        drop(local);
+        // Nothing of this thread's runtime may hold the process (a blocking DNS lookup).
+        rt.shutdown_background();
+    }
+
+    /// Builds the thread's blocks and lane, then starts what its queue holds, fairly
+    /// across tenants, while under `--max-in-flight`; returns once the worker stopped and
+    /// every task of this thread finished.
+    async fn serve(self, js: Option<JetStreamHandles>, tx: flume::Sender<Delivery>, ready: Ready) {
+        let shared = &self.shared;
+        let blocks = match Blocks::new(&shared.build_context()) {
+            Ok(b) => Rc::new(b),
+            Err(e) => {
+                let _ = ready.send(Err(StartError::Blocks(e)));
+                return;
+            }
+        };
+        let intake = match lane::open(shared, self.index, js.as_ref(), tx).await {
+            Ok(h) => h,
+            Err(source) => {
+                let index = self.index;
+                let _ = ready.send(Err(StartError::Lane { index, source }));
+                return;
+            }
+        };
+        let _ = ready.send(Ok(()));
+        let max = shared.config.max_in_flight;
+        let limit = Arc::new(Semaphore::new(max));
+        // Start order fair across tenants (fair.rs). Half a queue more at most: while it is
+        // full, deliveries stay in `rx` and the transport's back-pressure applies.
+        let mut waiting = fair::FairQueue::new(shared.config.queue_capacity / 2);
+        let mut intake = Some(intake);
+        loop {
+            self.fill(&mut waiting);
+            if waiting.is_empty() {
+                let Some(d) = self.next(&mut intake).await else {
+                    break;
+                };
+                let _ = waiting.push(d, fair::tenant_of); // empty: cannot be full
+                continue;
+            }
+            let Ok(permit) = limit.clone().acquire_owned().await else {
+                break;
+            };
+            // What arrived while every slot was busy takes its turn too.
+            self.fill(&mut waiting);
+            let d = waiting.pop();
+            self.waiting.store(waiting.len(), Ordering::Relaxed);
+            if let Some(d) = d {
+                self.start(&blocks, d, permit);
+            }
+        }
+        let _ = limit.acquire_many(max as u32).await;
+    }
+
+    /// Moves what the queue holds into the fair queue, while it has room.
+    fn fill(&self, waiting: &mut fair::FairQueue<Delivery>) {
+        while !waiting.is_full() {
+            let Ok(d) = self.rx.try_recv() else { break };
+            let _ = waiting.push(d, fair::tenant_of); // not full: checked above
+        }
+        self.waiting.store(waiting.len(), Ordering::Relaxed);
+    }
+
+    /// The next delivery when nothing waits; `None` once the worker stops and the queue is
+    /// empty. Stopping: once the lane has stopped receiving, what is already queued still
+    /// runs (within the grace period).
+    async fn next(&self, intake: &mut Option<JoinHandle<()>>) -> Option<Delivery> {
+        tokio::select! {
+            biased;
+            d = self.rx.recv_async() => d.ok(),
+            _ = self.shared.stopping.cancelled() => {
+                if let Some(h) = intake.take() {
+                    let _ = h.await;
+                }
+                self.rx.try_recv().ok()
+            }
+        }
+    }
+
+    /// Runs one assignment's pipeline as a local task holding `permit`. The delivery's
+    /// intake share is given back as the pipeline drops it; its polls' CPU time is
+    /// accounted (and limited) by `cputime`.
+    fn start(&self, blocks: &Rc<Blocks>, d: Delivery, permit: OwnedSemaphorePermit) {
+        let (shared, blocks) = (self.shared.clone(), blocks.clone());
+        let in_flight = self.in_flight.clone();
+        in_flight.fetch_add(1, Ordering::Relaxed);
+        let cpu_limit = shared.config.max_job_time;
+        let (cpu_time, polls) = (
+            shared.metrics.task_cpu_time.clone(),
+            shared.metrics.task_polls.clone(),
+        );
+        tokio::task::spawn_local(async move {
+            cputime::metered(cpu_limit, pipeline::handle(shared, blocks, d), |ns, n| {
+                cpu_time.observe(ns as f64 / 1e6);
+                polls.inc_by(u64::from(n));
+            })
+            .await;
+            in_flight.fetch_sub(1, Ordering::Relaxed);
+            drop(permit);
+        });
+    }
+}
