@@ -474,7 +474,20 @@ impl Checked {
 impl Config {
     /// Parses the process arguments and environment and resolves them.
     pub fn from_env() -> Result<Config, ConfigError> {
-        let cli = Cli::try_parse().map_err(|e| ConfigError(e.to_string()))?;
+        let cli = match Cli::try_parse() {
+            Ok(cli) => cli,
+            // `--help` and `--version` are answers, not errors: clap prints them on stdout
+            // and exits 0.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion
+                ) =>
+            {
+                e.exit()
+            }
+            Err(e) => return Err(ConfigError(e.to_string())),
+        };
         Config::resolve(cli)
     }
 
