@@ -571,12 +571,12 @@ fn ca_file_problems_fail_the_build() {
     let mut c = config();
     c.http_ca_file = Some(dir.path().join("missing.pem"));
     let err = HttpBlock::new(&c).expect_err("missing file");
-    assert!(err.contains("missing.pem"), "{err}");
+    assert!(err.to_string().contains("missing.pem"), "{err}");
     let empty = dir.path().join("empty.pem");
     std::fs::write(&empty, "not a certificate\n").expect("write");
     c.http_ca_file = Some(empty);
     let err = HttpBlock::new(&c).expect_err("no certificate");
-    assert!(err.contains("no PEM certificate"), "{err}");
+    assert!(err.to_string().contains("no PEM certificate"), "{err}");
 }
 
 #[tokio::test]

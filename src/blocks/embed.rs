@@ -33,7 +33,7 @@ use serde_json::{json, Value};
 use crate::config::Config;
 use crate::contract::{ErrorCode, Fields, TaskError};
 
-use super::{Block, BuildContext, DecodeSettings, ExecCtx, Output};
+use super::{Block, BuildContext, BuildError, DecodeSettings, ExecCtx, Output};
 
 /// Inputs one job may send.
 pub const MAX_INPUTS: usize = 1024;
@@ -203,7 +203,7 @@ fn prepare(
 impl Block for EmbedBlock {
     type Job<'a> = EmbedJob<'a>;
 
-    fn build(ctx: &BuildContext) -> Result<Self, String> {
+    fn build(ctx: &BuildContext) -> Result<Self, BuildError> {
         Ok(EmbedBlock::new(ctx.config, ctx.gpu.clone()))
     }
 

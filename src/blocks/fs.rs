@@ -13,7 +13,7 @@ use serde_json::json;
 
 use crate::contract::{ErrorCode, Fields, TaskError};
 
-use super::{Block, BlockKind, BuildContext, DecodeSettings, ExecCtx, Output};
+use super::{Block, BlockKind, BuildContext, BuildError, DecodeSettings, ExecCtx, Output};
 
 #[derive(Debug)]
 pub struct FsBlock {
@@ -116,7 +116,7 @@ pub fn decode_job<'a>(job: Fields<'a, 'a>, max_bytes: u64) -> Result<FsJob<'a>, 
 impl Block for FsBlock {
     type Job<'a> = FsJob<'a>;
 
-    fn build(ctx: &BuildContext) -> Result<Self, String> {
+    fn build(ctx: &BuildContext) -> Result<Self, BuildError> {
         Ok(FsBlock::new(
             ctx.io.clone(),
             ctx.fs_root.to_path_buf(),

@@ -43,7 +43,7 @@ use crate::config::Config;
 use crate::contract::{ErrorCode, Fields, TaskError};
 use crate::policy::ssrf::{PolicyDenied, ResolveError, SsrfPolicy, SsrfResolver};
 
-use super::{Block, BuildContext, DecodeSettings, ExecCtx, Output};
+use super::{Block, BuildContext, BuildError, DecodeSettings, ExecCtx, Output};
 
 /// `User-Agent` sent unless the job sets one.
 pub const USER_AGENT: &str = concat!("beamline_worker/", env!("CARGO_PKG_VERSION"));
@@ -89,7 +89,7 @@ impl fmt::Debug for HttpBlock {
 impl HttpBlock {
     /// Builds the client: web PKI roots plus `config.http_ca_file` (PEM) when given.
     /// Needs no runtime; connections are made on the runtime that runs the attempts.
-    pub fn new(config: &Config) -> Result<HttpBlock, String> {
+    pub fn new(config: &Config) -> Result<HttpBlock, BuildError> {
         let policy = Arc::new(SsrfPolicy::from_config(config));
         let tls = tls_config(config.http_ca_file.as_deref())?;
 
@@ -121,29 +121,30 @@ impl HttpBlock {
     }
 }
 
-fn tls_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, String> {
+fn tls_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, BuildError> {
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     if let Some(path) = ca_file {
         let shown = path.display();
-        let pem =
-            std::fs::read(path).map_err(|e| format!("cannot read HTTP CA file {shown}: {e}"))?;
+        let pem = std::fs::read(path)
+            .map_err(BuildError::of(format!("cannot read HTTP CA file {shown}")))?;
         let mut added = 0usize;
         for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
-            let cert = cert.map_err(|e| format!("HTTP CA file {shown}: {e}"))?;
-            roots
-                .add(cert)
-                .map_err(|e| format!("HTTP CA file {shown}: bad certificate: {e}"))?;
+            let cert = cert.map_err(BuildError::of(format!("HTTP CA file {shown}")))?;
+            roots.add(cert).map_err(BuildError::of(format!(
+                "HTTP CA file {shown}: bad certificate"
+            )))?;
             added += 1;
         }
         if added == 0 {
-            return Err(format!("HTTP CA file {shown} holds no PEM certificate"));
+            let none = "holds no PEM certificate";
+            return Err(BuildError::of(format!("HTTP CA file {shown}"))(none));
         }
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     Ok(rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| format!("TLS setup: {e}"))?
+        .map_err(BuildError::of("TLS setup"))?
         .with_root_certificates(roots)
         .with_no_client_auth())
 }
@@ -239,7 +240,7 @@ pub fn decode_job(
 impl Block for HttpBlock {
     type Job<'a> = HttpJob;
 
-    fn build(ctx: &BuildContext) -> Result<Self, String> {
+    fn build(ctx: &BuildContext) -> Result<Self, BuildError> {
         HttpBlock::new(ctx.config)
     }
 

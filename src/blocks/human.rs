@@ -15,7 +15,7 @@ use serde_json::json;
 use crate::contract::wire::{encode, now_ms, ApprovalRequest};
 use crate::contract::{ErrorCode, Fields, TaskError};
 
-use super::{Block, BuildContext, DecodeSettings, ExecCtx, Output};
+use super::{Block, BuildContext, BuildError, DecodeSettings, ExecCtx, Output};
 
 /// What `human.approval` needs of the worker: a durable clock per request, a wait for a
 /// listed approver's decision, and a way to publish the request. The runtime implements
@@ -113,7 +113,7 @@ pub fn decode_job<'a>(job: Fields<'a, 'a>) -> Result<HumanJob<'a>, TaskError> {
 impl Block for HumanBlock {
     type Job<'a> = HumanJob<'a>;
 
-    fn build(ctx: &BuildContext) -> Result<Self, String> {
+    fn build(ctx: &BuildContext) -> Result<Self, BuildError> {
         Ok(HumanBlock::new(ctx.approvals.clone()))
     }
 

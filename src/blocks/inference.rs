@@ -38,7 +38,7 @@ use simd_json::prelude::*;
 use crate::config::Config;
 use crate::contract::{ErrorCode, Fields, TaskError};
 
-use super::{Block, BuildContext, DecodeSettings, ExecCtx, Output};
+use super::{Block, BuildContext, BuildError, DecodeSettings, ExecCtx, Output};
 
 /// Rows one job may send.
 pub const MAX_ROWS: usize = 65_536;
@@ -99,7 +99,7 @@ impl InferenceBlock {
         config: &Config,
         gpu: Arc<Scheduler>,
         fs_root: PathBuf,
-    ) -> Result<InferenceBlock, String> {
+    ) -> Result<InferenceBlock, BuildError> {
         Ok(InferenceBlock {
             gpu,
             root: fs_root,
@@ -224,7 +224,7 @@ pub fn decode_job<'a>(
 impl Block for InferenceBlock {
     type Job<'a> = InferenceJob<'a>;
 
-    fn build(ctx: &BuildContext) -> Result<Self, String> {
+    fn build(ctx: &BuildContext) -> Result<Self, BuildError> {
         InferenceBlock::new(ctx.config, ctx.gpu.clone(), ctx.fs_root.to_path_buf())
     }
 

@@ -127,6 +127,29 @@ impl ExecCtx<'_> {
     }
 }
 
+/// Why a block could not be built from the configuration (at start, once per CPU thread):
+/// what it was setting up, and the cause.
+#[derive(Debug, thiserror::Error)]
+#[error("{what}: {source}")]
+pub struct BuildError {
+    what: String,
+    #[source]
+    source: Box<dyn std::error::Error + Send + Sync>,
+}
+
+impl BuildError {
+    /// Maps an error to a `BuildError` about `what`.
+    pub fn of<E: Into<Box<dyn std::error::Error + Send + Sync>>>(
+        what: impl Into<String>,
+    ) -> impl FnOnce(E) -> BuildError {
+        let what = what.into();
+        move |e| BuildError {
+            what,
+            source: e.into(),
+        }
+    }
+}
+
 /// One block type. Futures are `!Send` by design: each runs on the CPU thread that took
 /// the assignment (thread-per-core), next to its connection pools and caches.
 #[allow(async_fn_in_trait)]
@@ -135,7 +158,7 @@ pub trait Block: Sized {
     type Job<'a>;
 
     /// Builds this block for the calling CPU thread (once per thread).
-    fn build(ctx: &BuildContext) -> Result<Self, String>;
+    fn build(ctx: &BuildContext) -> Result<Self, BuildError>;
 
     /// Reads and validates `job` with only the worker's limits and policy, no block built:
     /// the same checks as [`Block::decode`], for [`decode_job`].

@@ -106,7 +106,7 @@ macro_rules! registry {
 
         impl Blocks {
             /// Builds every block for the calling CPU thread.
-            pub fn new(ctx: &BuildContext) -> Result<Blocks, String> {
+            pub fn new(ctx: &BuildContext) -> Result<Blocks, BuildError> {
                 Ok(Blocks {
                     $( $field: <$module::$block as Block>::build(ctx)?, )+
                 })

@@ -83,7 +83,7 @@ use crate::config::Config;
 use crate::contract::{ErrorCode, Fields, TaskError};
 use crate::policy::sql_guard::{self, Denials, NameRefusal, StatementRefusal};
 
-use super::{Block, BuildContext, DecodeSettings, ExecCtx, Output};
+use super::{Block, BuildContext, BuildError, DecodeSettings, ExecCtx, Output};
 
 /// How long SQLite waits for a lock before answering "busy" (then 2002, retryable).
 pub const BUSY_TIMEOUT: Duration = Duration::from_millis(50);
@@ -330,7 +330,7 @@ fn json_value(v: ValueRef<'_>) -> Value {
 }
 
 impl SqlBlock {
-    pub fn new(config: &Config) -> Result<Self, String> {
+    pub fn new(config: &Config) -> Result<SqlBlock, BuildError> {
         Ok(SqlBlock {
             root: config.sql_root.clone(),
             max_rows: config.sql_max_rows.max(1),
@@ -727,7 +727,7 @@ pub fn decode_job<'a>(job: Fields<'a, 'a>, max_rows: usize) -> Result<SqlJob<'a>
 impl Block for SqlBlock {
     type Job<'a> = SqlJob<'a>;
 
-    fn build(ctx: &BuildContext) -> Result<Self, String> {
+    fn build(ctx: &BuildContext) -> Result<Self, BuildError> {
         SqlBlock::new(ctx.config)
     }
 

@@ -27,9 +27,9 @@ pub enum StartError {
     },
     #[error("building a cpu thread runtime: {0}")]
     Runtime(#[source] std::io::Error),
-    /// A block could not be built (its configuration: a TLS root, a database).
-    #[error("{0}")]
-    Blocks(String),
+    /// A block could not be built (its configuration: a TLS root file).
+    #[error(transparent)]
+    Blocks(#[from] crate::blocks::BuildError),
     #[error("cpu thread {index}: {source}")]
     Lane {
         index: usize,
