@@ -1,6 +1,5 @@
-//! Keeps "How to add a block" true (`docs/ADD_A_BLOCK.md`, or the same section in
-//! `docs/ARCHITECTURE.md`): every kind of the block registry is in the places the registry
-//! does not generate, and the section names only paths that exist. The fuzz targets and
+//! Keeps "How to add a block" (its section in `docs/ARCHITECTURE.md`) true: every kind of
+//! the block registry is in the places the registry does not generate, and the section names only paths that exist. The fuzz targets and
 //! the decoder properties are checked where they live (`tests/fuzz_replay.rs`,
 //! `tests/decoder_props.rs`).
 
@@ -20,7 +19,7 @@ fn read(path: &str) -> String {
 /// The section under the "How to add a block" heading, down to the next heading of the
 /// same or a higher level, and the file it is in.
 fn section() -> (&'static str, String) {
-    for path in ["docs/ARCHITECTURE.md", "docs/ADD_A_BLOCK.md"] {
+    for path in ["docs/ARCHITECTURE.md"] {
         let Ok(text) = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(path))
         else {
             continue;
@@ -35,7 +34,7 @@ fn section() -> (&'static str, String) {
         let body: Vec<&str> = lines.take_while(|l| !ends(l)).collect();
         return (path, body.join("\n"));
     }
-    panic!("no \"{HEADING}\" section in docs/ARCHITECTURE.md or docs/ADD_A_BLOCK.md");
+    panic!("no \"{HEADING}\" section in docs/ARCHITECTURE.md");
 }
 
 /// The row of the section's table of blocks that names `kind`.

@@ -2,8 +2,8 @@
 //! blocks: the `registry!` macro (`registry.rs`) makes [`BlockKind`] (names, aliases, pool,
 //! [`BlockKind::ALL`]), the per-thread [`Blocks`], the decoder dispatch [`decode_job`] and
 //! the execution dispatch [`Blocks::run`] from it. A new block is one module and one entry
-//! here; `docs/ADD_A_BLOCK.md` says what else (fuzz target, docs), and `tests/add_a_block.rs`
-//! fails until it is there. This module is a leaf: it imports nothing from the runtime,
+//! here; "How to add a block" in `docs/ARCHITECTURE.md` says what else (fuzz target,
+//! docs), and `tests/add_a_block.rs` fails until it is there. This module is a leaf: it imports nothing from the runtime,
 //! telemetry, transport or app (`human.rs` defines the [`human::ApprovalPort`] it needs).
 
 #[macro_use]

@@ -1,5 +1,5 @@
 //! What the worker publishes: `ExecAssignmentAck`, `ExecResult`, `DeadLetter`,
-//! `ApprovalRequest`, heartbeat — field names and order as in the guide and the golden
+//! `ApprovalRequest` — field names and order as in the guide and the golden
 //! examples, plus the deployed Router's extra fields (CONTRACT.md, Compatibility).
 
 use std::cell::RefCell;
