@@ -1,7 +1,7 @@
 //! Keeps "How to add a block" (its section in `docs/ARCHITECTURE.md`) true: every kind of
-//! the block registry is in the places the registry does not generate, and the section names only paths that exist. The fuzz targets and
-//! the decoder properties are checked where they live (`tests/fuzz_replay.rs`,
-//! `tests/decoder_props.rs`).
+//! the block registry is in the places the registry does not generate, and the section
+//! names only paths that exist. The fuzz targets and the decoder properties are checked
+//! where they live (`tests/fuzz_replay.rs`, `tests/decoder_props.rs`).
 
 use std::path::Path;
 
