@@ -2,27 +2,20 @@
 //! 2-vCPU VM, a 16-core one-GPU host and a two-socket 64-core SMT host with 8 GPUs; the
 //! shipped host-class profiles; the warnings; the start-up refusal of missing cores.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
+use beamline_testkit::fixtures::{fixture_path, repo_path};
 use beamline_worker::config::{Cli, Profile};
 use beamline_worker::plan::{plan_for, Plan};
 use clap::Parser;
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
 fn fixture(name: &str) -> String {
-    root()
-        .join("tests/fixtures/sysfs")
-        .join(name)
-        .display()
-        .to_string()
+    fixture_path("sysfs").join(name).display().to_string()
 }
 
 fn profile(name: &str) -> String {
-    root().join("tuning").join(name).display().to_string()
+    repo_path("tuning").join(name).display().to_string()
 }
 
 fn plan(args: &[&str]) -> Result<Plan, String> {
