@@ -100,6 +100,19 @@ fn expect_err(r: Result<Output, TaskError>) -> TaskError {
     }
 }
 
+/// A GET of `path` on a fresh plain-HTTP server with the default config: its error.
+async fn get_error(path: &str) -> TaskError {
+    let server = start_server(None).await;
+    let b = block(&config());
+    expect_err(
+        run(
+            &b,
+            &json!({"type": "http.request", "url": server.http(path)}),
+        )
+        .await,
+    )
+}
+
 // ---------------------------------------------------------------------------------------
 // Tests
 // ---------------------------------------------------------------------------------------
@@ -334,15 +347,7 @@ async fn keep_alive_reuses_one_connection() {
 #[tokio::test]
 async fn not_found_is_an_http_error_not_retried_with_the_response_attached() {
     bounded(async {
-        let server = start_server(None).await;
-        let b = block(&config());
-        let err = expect_err(
-            run(
-                &b,
-                &json!({"type": "http.request", "url": server.http("/status/404")}),
-            )
-            .await,
-        );
+        let err = get_error("/status/404").await;
         assert_eq!(err.code, ErrorCode::HttpError);
         assert!(!err.retryable);
         assert_eq!(err.message, "upstream answered 404 Not Found");
@@ -356,15 +361,7 @@ async fn not_found_is_an_http_error_not_retried_with_the_response_attached() {
 #[tokio::test]
 async fn server_errors_are_retryable_5xx() {
     bounded(async {
-        let server = start_server(None).await;
-        let b = block(&config());
-        let err = expect_err(
-            run(
-                &b,
-                &json!({"type": "http.request", "url": server.http("/status/503")}),
-            )
-            .await,
-        );
+        let err = get_error("/status/503").await;
         assert_eq!(err.code, ErrorCode::HttpError);
         assert!(err.retryable);
         assert_eq!(err.error_type(), "5xx");
@@ -378,15 +375,7 @@ async fn server_errors_are_retryable_5xx() {
 #[tokio::test]
 async fn too_many_requests_is_retryable_after_retry_after() {
     bounded(async {
-        let server = start_server(None).await;
-        let b = block(&config());
-        let err = expect_err(
-            run(
-                &b,
-                &json!({"type": "http.request", "url": server.http("/status/429")}),
-            )
-            .await,
-        );
+        let err = get_error("/status/429").await;
         assert_eq!(err.code, ErrorCode::HttpError);
         assert!(err.retryable);
         assert_eq!(err.retry_after, Some(Duration::from_secs(2)));

@@ -89,14 +89,14 @@ impl Fixture {
     }
 
     fn run(&self, job: Value) -> Result<(Value, Option<String>), TaskError> {
-        let cancel = CancellationToken::new();
-        let ctx = exec_ctx(
+        blocks::run(
+            &self.block,
             TENANT,
-            "a-1",
-            Instant::now() + Duration::from_secs(10),
-            &cancel,
-        );
-        blocks::run(&self.block, &job, &ctx, Executor::Tokio).map(|o| (o.result, o.device))
+            &job,
+            Duration::from_secs(10),
+            Executor::Tokio,
+        )
+        .map(|o| (o.result, o.device))
     }
 }
 

@@ -10,13 +10,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use beamline_gpu::{Activation, Layer, Model, Scheduler, SchedulerConfig};
-use beamline_testkit::blocks::{self, exec_ctx, Executor};
+use beamline_testkit::blocks::{self, Executor};
 use beamline_worker::blocks::inference::InferenceBlock;
 use beamline_worker::config::{Cli, Config};
 use beamline_worker::contract::{ErrorCode, TaskError};
 use clap::Parser;
 use serde_json::{json, Value};
-use tokio_util::sync::CancellationToken;
 
 const TENANT: &str = "tenant-a";
 const OTHER: &str = "tenant-b";
@@ -80,14 +79,14 @@ impl Fixture {
 
     fn run(&self, model: &str) -> Result<Value, TaskError> {
         let job = json!({"type": "ai.inference", "model": model, "inputs": [[1, 10]]});
-        let cancel = CancellationToken::new();
-        let ctx = exec_ctx(
+        blocks::run(
+            &self.block,
             TENANT,
-            "a-1",
-            Instant::now() + Duration::from_secs(10),
-            &cancel,
-        );
-        blocks::run(&self.block, &job, &ctx, Executor::Tokio).map(|o| o.result["outputs"].clone())
+            &job,
+            Duration::from_secs(10),
+            Executor::Tokio,
+        )
+        .map(|o| o.result["outputs"].clone())
     }
 
     /// Refused with `code`, and no model was parsed or cached.

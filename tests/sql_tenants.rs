@@ -4,16 +4,15 @@
 //! SQLite files in a temporary directory.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use beamline_testkit::blocks::{self, exec_ctx, Executor};
+use beamline_testkit::blocks::{self, Executor};
 use beamline_worker::blocks::sql::SqlBlock;
 use beamline_worker::config::{Cli, Config};
 use beamline_worker::contract::{ErrorCode, TaskError};
 use clap::Parser;
 use rusqlite::Connection;
 use serde_json::{json, Value};
-use tokio_util::sync::CancellationToken;
 
 struct Fixture {
     _dir: tempfile::TempDir,
@@ -55,14 +54,14 @@ impl Fixture {
 
     fn query(&self, tenant: &str, connection: &str, sql: &str) -> Result<Value, TaskError> {
         let job = json!({"type": "sql.query", "connection_string": connection, "query": sql});
-        let cancel = CancellationToken::new();
-        let ctx = exec_ctx(
+        blocks::run(
+            &self.block,
             tenant,
-            "a-1",
-            Instant::now() + Duration::from_secs(5),
-            &cancel,
-        );
-        blocks::run(&self.block, &job, &ctx, Executor::Plain).map(|o| o.result)
+            &job,
+            Duration::from_secs(5),
+            Executor::Plain,
+        )
+        .map(|o| o.result)
     }
 
     /// Whose database `tenant` reads under `sqlite://NAME`.

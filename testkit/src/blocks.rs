@@ -2,7 +2,7 @@
 //! parsed as the worker parses it (simd-json), decoded, one attempt (tests of a single
 //! block: tests/inference.rs, sandbox_models.rs, sql_block.rs, sql_tenants.rs).
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use beamline_worker::blocks::{Block, ExecCtx, Output};
 use beamline_worker::contract::{Fields, TaskError};
@@ -37,8 +37,22 @@ pub fn exec_ctx<'a>(
     }
 }
 
-/// Parses `job` with simd-json, decodes it with `block`, and runs one attempt on `on`.
+/// [`run_with`] for a first attempt of assignment `a-1` of `tenant`, due `within` from
+/// now, never cancelled.
 pub fn run<B: Block>(
+    block: &B,
+    tenant: &str,
+    job: &Value,
+    within: Duration,
+    on: Executor,
+) -> Result<Output, TaskError> {
+    let cancel = CancellationToken::new();
+    let ctx = exec_ctx(tenant, "a-1", Instant::now() + within, &cancel);
+    run_with(block, job, &ctx, on)
+}
+
+/// Parses `job` with simd-json, decodes it with `block`, and runs one attempt on `on`.
+pub fn run_with<B: Block>(
     block: &B,
     job: &Value,
     ctx: &ExecCtx<'_>,
@@ -49,7 +63,7 @@ pub fn run<B: Block>(
     run_parsed(block, &value, ctx, on)
 }
 
-/// [`run`] on a job already parsed (or built in memory: values JSON cannot carry).
+/// [`run_with`] on a job already parsed (or built in memory: values JSON cannot carry).
 pub fn run_parsed<B: Block>(
     block: &B,
     value: &simd_json::BorrowedValue<'_>,
