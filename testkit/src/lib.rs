@@ -22,10 +22,12 @@
 //! under `tests/` are compiled again into every test that names them (with `dead_code`
 //! allowed), and `bench/` cannot reach them at all; a workspace member is built once and is
 //! a normal dependency of both (a dev-dependency of the root crate, a dependency of
-//! `beamline-bench`). It sits beside `bench/`, `io/` and `gpu/` like every other member, not
-//! under `tests/`, where cargo would look for test targets. Only its `blocks` feature
-//! depends on the worker's library (a dev-dependency cycle cargo allows: the root crate's
-//! tests enable it); the bench builds the kit without it.
+//! `beamline-bench`). It sits beside `bench/`, `io/` and `gpu/` like every other member
+//! rather than under `tests/`, whose entries cargo takes for test targets (`tests/*.rs`,
+//! `tests/*/main.rs`), so that the top level stays one folder per crate. Its features keep
+//! the bench's build small: `otlp`, `https` and `blocks` are enabled by the root crate's
+//! tests only, and only `blocks` depends on the worker's library (a dev-dependency cycle,
+//! which cargo allows).
 //!
 //! Everything panics on failure (it is for tests) except what the bench calls, which returns
 //! `std::io::Result`: [`NatsServer::builder`], [`ports::try_free_port`],
