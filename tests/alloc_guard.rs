@@ -15,8 +15,6 @@ use std::time::{Duration, Instant};
 use clap::Parser as _;
 use futures::StreamExt;
 
-mod common;
-
 struct Counting;
 
 static ALLOCS: AtomicU64 = AtomicU64::new(0);
@@ -71,7 +69,7 @@ const WINDOW: usize = 64;
 #[test]
 fn fs_get_allocations_per_task_stay_under_the_ceiling() {
     SKIP.with(|s| s.set(true));
-    let nats = common::Nats::start();
+    let nats = beamline_testkit::prelude::Nats::start();
     let dir = tempfile::tempdir().expect("tempdir");
     let fs_root = dir.path().join("fs");
     let sql_root = dir.path().join("sql");
@@ -86,8 +84,14 @@ fn fs_get_allocations_per_task_stay_under_the_ceiling() {
         "--consumer=core".to_owned(),
         format!("--fs-root={}", fs_root.display()),
         format!("--sql-root={}", sql_root.display()),
-        format!("--prometheus-endpoint=127.0.0.1:{}", common::free_port()),
-        format!("--health-endpoint=127.0.0.1:{}", common::free_port()),
+        format!(
+            "--prometheus-endpoint=127.0.0.1:{}",
+            beamline_testkit::prelude::free_port()
+        ),
+        format!(
+            "--health-endpoint=127.0.0.1:{}",
+            beamline_testkit::prelude::free_port()
+        ),
         "--cpu-pool-size=1".to_owned(),
         "--io-pool-size=1".to_owned(),
     ])

@@ -5,26 +5,16 @@
 use std::path::Path;
 use std::process::Command;
 
+use beamline_testkit::worker::example_bin;
+
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
-/// `examples/uring_probe`, built by this test's cargo (a no-op when `cargo test` already
-/// built the examples).
+/// `examples/uring_probe`, built by this test's cargo (kit's `example_bin`).
 fn probe_binary() -> String {
-    let status = Command::new(env!("CARGO"))
-        .args(["build", "--quiet", "--example", "uring_probe"])
-        .current_dir(ROOT)
-        .status()
-        .expect("cargo runs");
-    assert!(status.success(), "cargo build --example uring_probe failed");
-    let exe = std::env::current_exe().expect("test binary path");
-    let probe = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target profile directory")
-        .join("examples")
-        .join("uring_probe");
-    assert!(probe.exists(), "{} not built", probe.display());
-    probe.to_str().expect("utf8 path").to_owned()
+    example_bin("uring_probe")
+        .to_str()
+        .expect("utf8 path")
+        .to_owned()
 }
 
 /// What `BEAMLINE_IO_REQUIRE_URING` is after sourcing the script with `probe`.

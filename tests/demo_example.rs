@@ -3,31 +3,15 @@
 //! with its ids, and exits non-zero naming the failure otherwise (issue 13, item 10).
 //! Real nats-server, real worker binary, the real example binary.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use common::{Nats, Worker};
+use beamline_testkit::prelude::{Nats, Worker};
+use beamline_testkit::worker::example_bin;
 
-/// The example binary, built by this test's cargo (a no-op when `cargo test` already
-/// built the examples, as `scripts/test.sh` does).
+/// The example binary, built by this test's cargo (kit's `example_bin`).
 fn demo_binary() -> PathBuf {
-    let status = Command::new(env!("CARGO"))
-        .args(["build", "--quiet", "--example", "demo"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .status()
-        .expect("cargo runs");
-    assert!(status.success(), "cargo build --example demo failed");
-    // This test runs from <target>/debug/deps/; examples sit in <target>/debug/examples/.
-    let exe = std::env::current_exe().expect("test binary path");
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target profile directory");
-    let demo = profile_dir.join("examples").join("demo");
-    assert!(demo.exists(), "{} not built", demo.display());
-    demo
+    example_bin("demo")
 }
 
 fn run_demo(nats: &Nats, sql_root: &Path) -> Output {

@@ -1,13 +1,11 @@
 //! Deployment: systemd readiness (`Type=notify`) against a real nats-server, and the
 //! shipped unit's settings agreeing with the worker's (stop timeout over the drain grace).
 
-mod common;
-
 use std::os::unix::net::UnixDatagram;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{free_port, http_get, Nats};
+use beamline_testkit::prelude::{free_port, http_get, Nats};
 
 /// Datagrams received on `sock` within `wait`.
 fn receive(sock: &UnixDatagram, wait: Duration) -> Vec<String> {

@@ -7,58 +7,31 @@
 //!
 //! `CLUSTER_N` sets N (default 200, about 20 s here); docs/RELIABILITY.md has the long form.
 
-mod common;
-mod support;
-
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+
 use std::time::{Duration, Instant};
 
-use common::*;
+use beamline_testkit::http_client::wait_health;
+use beamline_testkit::listener::Listener;
+use beamline_testkit::metrics::metric_sum;
+use beamline_testkit::prelude::*;
 use serde_json::{json, Value};
-use support::{metric_sum, wait_health, Listener};
 
-/// One `nats-server` of the cluster.
+/// One `nats-server` of the cluster (the kit's launcher), its log in a temp dir of its own.
 struct Node {
     name: String,
-    port: u16,
-    args: Vec<String>,
+    server: NatsServer,
     log: PathBuf,
-    _store: tempfile::TempDir,
-    child: Option<Child>,
+    _logs: tempfile::TempDir,
 }
 
 impl Node {
-    fn spawn(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .expect("node log");
-        let child = Command::new(nats_server_bin())
-            .args(&self.args)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("nats-server runs");
-        self.child = Some(child);
-    }
-
     fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.server.kill();
     }
 
     fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        self.kill();
+        self.server.url()
     }
 }
 
@@ -69,54 +42,42 @@ struct Cluster {
 
 impl Cluster {
     fn start() -> Cluster {
-        let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
-        let mut nodes = Vec::new();
-        for (i, &(port, cport)) in ports.iter().enumerate() {
-            let store = tempfile::tempdir().expect("store");
-            let routes: Vec<String> = ports
-                .iter()
-                .enumerate()
-                .filter(|(j, _)| *j != i)
-                .map(|(_, (_, c))| format!("nats://127.0.0.1:{c}"))
-                .collect();
-            let name = format!("n{}", i + 1);
-            let args = vec![
-                "-a".into(),
-                "127.0.0.1".into(),
-                "-p".into(),
-                port.to_string(),
-                "-js".into(),
-                "-sd".into(),
-                store.path().display().to_string(),
-                "--cluster".into(),
-                format!("nats://127.0.0.1:{cport}"),
-                "--routes".into(),
-                routes.join(","),
-                "--cluster_name".into(),
-                "c1".into(),
-                "--server_name".into(),
-                name.clone(),
-            ];
-            let log = store.path().join("server.log");
-            nodes.push(Node {
-                name,
-                port,
-                args,
-                log,
-                _store: store,
-                child: None,
-            });
-        }
-        for n in &mut nodes {
-            n.spawn();
-        }
-        let end = Instant::now() + Duration::from_secs(10);
-        for n in &nodes {
-            while std::net::TcpStream::connect(("127.0.0.1", n.port)).is_err() {
-                assert!(Instant::now() < end, "{} did not start", n.name);
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
+        let cluster_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let nodes = cluster_ports
+            .iter()
+            .enumerate()
+            .map(|(i, &cport)| {
+                let routes: Vec<String> = cluster_ports
+                    .iter()
+                    .enumerate()
+                    .filter(|(j, _)| *j != i)
+                    .map(|(_, c)| format!("nats://127.0.0.1:{c}"))
+                    .collect();
+                let name = format!("n{}", i + 1);
+                let logs = tempfile::tempdir().expect("log dir");
+                let log = logs.path().join("server.log");
+                let server = NatsServer::builder()
+                    .args(&[
+                        "--cluster",
+                        &format!("nats://127.0.0.1:{cport}"),
+                        "--routes",
+                        &routes.join(","),
+                        "--cluster_name",
+                        "c1",
+                        "--server_name",
+                        &name,
+                    ])
+                    .log(&log)
+                    .start()
+                    .unwrap_or_else(|e| panic!("{name} did not start: {e}"));
+                Node {
+                    name,
+                    server,
+                    log,
+                    _logs: logs,
+                }
+            })
+            .collect();
         Cluster { nodes }
     }
 

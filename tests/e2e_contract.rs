@@ -2,23 +2,10 @@
 //! unanswerable assignments; NATS headers; dedupe; cancel; timeouts; overload; sandbox;
 //! heartbeat. Each test runs its own nats-server and worker.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use beamline_testkit::prelude::*;
 use serde_json::{json, Value};
-
-async fn setup(mode: &str, extra: &[&str]) -> (Nats, Worker, Router) {
-    let nats = Nats::start();
-    let worker = Worker::builder(&nats.url())
-        .arg(&format!("--consumer={mode}"))
-        .args(extra)
-        .start();
-    let router = Router::connect(&nats.url()).await;
-    ready(&router).await;
-    (nats, worker, router)
-}
 
 fn code(r: &Value) -> u64 {
     r["error"]["code"].as_u64().unwrap_or(0)

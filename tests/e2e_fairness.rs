@@ -5,16 +5,15 @@
 //!
 //! Figures are printed as one `fairness: …` / `flood: …` line each under `--nocapture`.
 
-mod common;
-
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::*;
+use beamline_testkit::http_server::Scripted;
+use beamline_testkit::metrics::metric_value;
+use beamline_testkit::prelude::*;
 use futures::StreamExt;
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 /// One result as seen on the wire: when it arrived, its status and error code (0: none).
 #[derive(Debug, Clone)]
@@ -95,54 +94,14 @@ impl Results {
     }
 }
 
-/// An HTTP/1.1 upstream that answers every request `200 {}` after `delay` (keep-alive):
-/// a slow dependency that holds a worker slot for that long per task.
+/// A slow dependency (kit's `Scripted::slow`: `200 {}` after `delay`) that holds a worker
+/// slot for that long per task; its URL.
 async fn slow_upstream(delay: Duration) -> String {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let port = l.local_addr().expect("addr").port();
-    tokio::spawn(async move {
-        while let Ok((s, _)) = l.accept().await {
-            tokio::spawn(async move {
-                let (r, mut w) = s.into_split();
-                let mut r = BufReader::new(r);
-                loop {
-                    // GET requests: the head is all there is.
-                    loop {
-                        let mut line = String::new();
-                        if r.read_line(&mut line).await.unwrap_or(0) == 0 {
-                            return;
-                        }
-                        if line == "\r\n" {
-                            break;
-                        }
-                    }
-                    tokio::time::sleep(delay).await;
-                    let resp = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}";
-                    if w.write_all(resp.as_bytes()).await.is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    format!("http://127.0.0.1:{port}/slow")
+    Scripted::slow(delay).await.url_for("/slow")
 }
 
 fn http_get_job(url: &str) -> Value {
     json!({"type": "http.request", "method": "GET", "url": url})
-}
-
-async fn start(mode: &str, args: &[&str]) -> (Nats, Worker, Router) {
-    let nats = Nats::start();
-    let worker = Worker::builder(&nats.url())
-        .arg(&format!("--consumer={mode}"))
-        .args(args)
-        .start();
-    let router = Router::connect(&nats.url()).await;
-    ready(&router).await;
-    (nats, worker, router)
 }
 
 /// Tenant `flood` queues `FLOOD` slow tasks (100 ms upstream each, 4 slots: a 5 s backlog),
@@ -152,7 +111,7 @@ async fn a_flood_does_not_starve_a_quiet_tenant(mode: &str) {
     const FLOOD: usize = 200;
     const QUIET: usize = 5;
     const BOUND: Duration = Duration::from_secs(2);
-    let (_n, _w, router) = start(
+    let (_n, _w, router) = setup(
         mode,
         &["--cpu-pool-size=1", "--max-in-flight=4", "--io-pool-size=1"],
     )
@@ -162,13 +121,9 @@ async fn a_flood_does_not_starve_a_quiet_tenant(mode: &str) {
     let t0 = Instant::now();
     for i in 0..FLOOD {
         let a = assignment(&format!("{mode}-flood-{i}"), "flood", http_get_job(&url));
-        router
-            .client
-            .publish(ASSIGN, serde_json::to_vec(&a).expect("json").into())
-            .await
-            .expect("publish");
+        router.assign_unflushed(&a).await;
     }
-    router.client.flush().await.expect("flush");
+    router.flush().await;
     // Let the worker take the flood in before the quiet tenant shows up behind it.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let sent_quiet = Instant::now();
@@ -427,6 +382,84 @@ fn flood_body(i: usize, job: &str, pad: &str) -> bytes::Bytes {
 
 const BUDGET_MB: u64 = 128;
 
+/// A worker for a flood test: `--consumer=<mode>`, `--max-memory-mb=BUDGET_MB`, `pools`,
+/// and tenant `flood`'s small `/in.txt` (what `ready_on` and the after-flood check read).
+fn flood_worker(nats: &Nats, mode: &str, pools: &[String]) -> WorkerBuilder {
+    let b = Worker::builder(&nats.url())
+        .args(&[
+            &format!("--consumer={mode}"),
+            &format!("--max-memory-mb={BUDGET_MB}"),
+        ])
+        .args(&pools.iter().map(String::as_str).collect::<Vec<_>>());
+    std::fs::create_dir_all(b.fs_root().join("flood")).expect("tenant dir");
+    std::fs::write(b.fs_root().join("flood/in.txt"), "small").expect("file");
+    b
+}
+
+/// A core-mode worker ready for a flood of 50 ms HTTP tasks: its broker, pid, a bare
+/// client and the results it sees, its idle RSS, an RSS sampler, the flood's job (JSON
+/// text) and `kib` KiB of padding.
+struct CoreFlood {
+    _nats: Nats,
+    w: Worker,
+    pid: u32,
+    client: async_nats::Client,
+    results: Results,
+    idle: u64,
+    sampler: RssSampler,
+    job: String,
+    pad: String,
+}
+
+impl CoreFlood {
+    /// `pools` unless `FLOOD_ARGS` is set (see `pool_args`).
+    async fn start(pools: &str, kib: usize) -> CoreFlood {
+        let nats = Nats::start();
+        let w = flood_worker(&nats, "core", &pool_args(pools)).start();
+        let pid = w.pid().expect("worker pid");
+        let client = async_nats::connect(nats.url()).await.expect("connect");
+        let results = Results::listen(&client).await;
+        ready_on(&client, &results).await;
+        let idle = rss_kib(pid).expect("rss").0;
+        let sampler = RssSampler::start(pid);
+        let url = slow_upstream(Duration::from_millis(50)).await;
+        CoreFlood {
+            _nats: nats,
+            w,
+            pid,
+            client,
+            results,
+            idle,
+            sampler,
+            job: http_get_job(&url).to_string(),
+            pad: "x".repeat(kib << 10),
+        }
+    }
+}
+
+/// After a flood, an fs.get of tenant `flood` with id `id` succeeds within 10 s (sent
+/// again every 300 ms while the worker still refuses).
+async fn assert_intake_resumes(client: &async_nats::Client, results: &Results, id: &str) {
+    let a = assignment(id, "flood", json!({"type": "fs.get", "path": "/in.txt"}));
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        client
+            .publish(ASSIGN, serde_json::to_vec(&a).expect("json").into())
+            .await
+            .expect("publish");
+        client.flush().await.expect("flush");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let seen = results.snapshot().get(id).cloned().unwrap_or_default();
+        if seen.iter().any(|s| s.status == "success") {
+            break;
+        }
+        assert!(
+            Instant::now() < end,
+            "still refusing work after the flood: {seen:?}"
+        );
+    }
+}
+
 /// Core NATS: `FLOOD_N` (default 10 000) assignments of `FLOOD_KIB` KiB (default 8),
 /// published at `FLOOD_RATE` per second (default 1 500), at a worker whose tasks take 50 ms
 /// each (slow upstream) and whose pools hold about 1 600 (2 CPU threads × 32 running +
@@ -440,23 +473,17 @@ async fn a_flood_of_large_assignments_stays_under_the_memory_budget_core() {
     let n = env_or("FLOOD_N", 10_000);
     let kib = env_or("FLOOD_KIB", 8);
     let rate = env_or("FLOOD_RATE", 1_500);
-    let nats = Nats::start();
-    let pools = pool_args("--max-in-flight=32 --queue-capacity=512");
-    let b = Worker::builder(&nats.url())
-        .args(&["--consumer=core", &format!("--max-memory-mb={BUDGET_MB}")])
-        .args(&pools.iter().map(String::as_str).collect::<Vec<_>>());
-    std::fs::create_dir_all(b.fs_root().join("flood")).expect("tenant dir");
-    std::fs::write(b.fs_root().join("flood/in.txt"), "small").expect("file");
-    let w = b.start();
-    let pid = w.pid().expect("worker pid");
-    let client = async_nats::connect(nats.url()).await.expect("connect");
-    let results = Results::listen(&client).await;
-    ready_on(&client, &results).await;
-    let idle = rss_kib(pid).expect("rss").0;
-    let sampler = RssSampler::start(pid);
-    let url = slow_upstream(Duration::from_millis(50)).await;
-    let job = http_get_job(&url).to_string();
-    let pad = "x".repeat(kib << 10);
+    let CoreFlood {
+        _nats,
+        w,
+        pid,
+        client,
+        results,
+        idle,
+        sampler,
+        job,
+        pad,
+    } = CoreFlood::start("--max-in-flight=32 --queue-capacity=512", kib).await;
 
     let t0 = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_millis(10));
@@ -475,18 +502,14 @@ async fn a_flood_of_large_assignments_stays_under_the_memory_budget_core() {
     // worker refuses slower than they come, e.g. on a loaded machine).
     let end = Instant::now() + Duration::from_secs(60);
     let dropped = loop {
-        let dropped = support_metric(&w.metrics().await, "worker_intake_dropped_total") as usize;
+        let dropped = metric_value(&w.metrics().await, "worker_intake_dropped_total") as usize;
         if results.answered("flood-") + dropped >= n || Instant::now() > end {
             break dropped;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     let done = t0.elapsed();
-    // Duplicates, if any, arrive late.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let (rss, hwm) = rss_kib(pid).expect("rss");
-    let peak = sampler.peak().max(hwm);
-    let t = tally(&results, n);
+    let (rss, peak, t) = after_flood(pid, &sampler, &results, n).await;
     eprintln!(
         "flood (core): {n} × {kib} KiB ({} MiB) published in {published:.2?} (paced at {rate}/s), \
          all answered or dropped ({dropped}) in {done:.2?}; first results by code {:?}, {} re-published copies; RSS \
@@ -498,11 +521,7 @@ async fn a_flood_of_large_assignments_stays_under_the_memory_budget_core() {
         peak >> 10,
         rss >> 10
     );
-    assert!(
-        t.different.is_empty(),
-        "two different results for {:?}",
-        &t.different[..t.different.len().min(10)]
-    );
+    assert_no_two_different(&t);
     assert_eq!(
         t.missing.len(),
         dropped,
@@ -518,38 +537,9 @@ async fn a_flood_of_large_assignments_stays_under_the_memory_budget_core() {
         codes.get(&4002).is_some_and(|&r| r > 0),
         "the flood never overloaded the worker, so it tested nothing: {codes:?}"
     );
-    assert!(
-        peak < BUDGET_MB << 10,
-        "peak RSS {} MiB over the {BUDGET_MB} MiB budget",
-        peak >> 10
-    );
+    assert_under_budget(peak);
     // Intake resumes: a new assignment runs.
-    let a = assignment(
-        "after-flood",
-        "flood",
-        json!({"type": "fs.get", "path": "/in.txt"}),
-    );
-    let end = Instant::now() + Duration::from_secs(10);
-    loop {
-        client
-            .publish(ASSIGN, serde_json::to_vec(&a).expect("json").into())
-            .await
-            .expect("publish");
-        client.flush().await.expect("flush");
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let seen = results
-            .snapshot()
-            .get("after-flood")
-            .cloned()
-            .unwrap_or_default();
-        if seen.iter().any(|s| s.status == "success") {
-            break;
-        }
-        assert!(
-            Instant::now() < end,
-            "still refusing work after the flood: {seen:?}"
-        );
-    }
+    assert_intake_resumes(&client, &results, "after-flood").await;
     drop(w);
 }
 
@@ -564,23 +554,17 @@ async fn a_flood_of_large_assignments_stays_under_the_memory_budget_core() {
 async fn an_unpaced_core_flood_stays_under_the_memory_budget() {
     let n = env_or("FLOOD_N", 20_000);
     let kib = env_or("FLOOD_KIB", 8);
-    let nats = Nats::start();
-    let pools = pool_args("--max-in-flight=32 --queue-capacity=256");
-    let b = Worker::builder(&nats.url())
-        .args(&["--consumer=core", &format!("--max-memory-mb={BUDGET_MB}")])
-        .args(&pools.iter().map(String::as_str).collect::<Vec<_>>());
-    std::fs::create_dir_all(b.fs_root().join("flood")).expect("tenant dir");
-    std::fs::write(b.fs_root().join("flood/in.txt"), "small").expect("file");
-    let w = b.start();
-    let pid = w.pid().expect("worker pid");
-    let client = async_nats::connect(nats.url()).await.expect("connect");
-    let results = Results::listen(&client).await;
-    ready_on(&client, &results).await;
-    let idle = rss_kib(pid).expect("rss").0;
-    let sampler = RssSampler::start(pid);
-    let url = slow_upstream(Duration::from_millis(50)).await;
-    let job = http_get_job(&url).to_string();
-    let pad = "x".repeat(kib << 10);
+    let CoreFlood {
+        _nats,
+        w,
+        pid,
+        client,
+        results,
+        idle,
+        sampler,
+        job,
+        pad,
+    } = CoreFlood::start("--max-in-flight=32 --queue-capacity=256", kib).await;
 
     let t0 = Instant::now();
     for i in 0..n {
@@ -596,7 +580,7 @@ async fn an_unpaced_core_flood_stays_under_the_memory_budget() {
     let end = Instant::now() + Duration::from_secs(90);
     let dropped = loop {
         let m = w.metrics().await;
-        let dropped = support_metric(&m, "worker_intake_dropped_total") as usize;
+        let dropped = metric_value(&m, "worker_intake_dropped_total") as usize;
         if !health_named_intake && dropped > 0 {
             let (status, _, body) = http_get(w.health_port, "/_health").await;
             health_named_intake = status == 503 && body.contains("\"intake\"");
@@ -607,10 +591,7 @@ async fn an_unpaced_core_flood_stays_under_the_memory_budget() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     let done = t0.elapsed();
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let (rss, hwm) = rss_kib(pid).expect("rss");
-    let peak = sampler.peak().max(hwm);
-    let t = tally(&results, n);
+    let (rss, peak, t) = after_flood(pid, &sampler, &results, n).await;
     eprintln!(
         "flood (core, unpaced): {n} × {kib} KiB ({} MiB) published in {published:.2?}; answered {} \
          + dropped {dropped} in {done:.2?}; first results by code {:?}; RSS idle {} MiB, peak {} MiB \
@@ -622,11 +603,7 @@ async fn an_unpaced_core_flood_stays_under_the_memory_budget() {
         peak >> 10,
         rss >> 10
     );
-    assert!(
-        t.different.is_empty(),
-        "two different results for {:?}",
-        &t.different[..t.different.len().min(10)]
-    );
+    assert_no_two_different(&t);
     assert_eq!(t.republished, 0, "core mode publishes each result once");
     assert_eq!(
         n - t.missing.len() + dropped,
@@ -638,47 +615,10 @@ async fn an_unpaced_core_flood_stays_under_the_memory_budget() {
         "the flood was absorbed whole, so it tested nothing"
     );
     assert!(health_named_intake, "health named the dropped intake");
-    assert!(
-        peak < BUDGET_MB << 10,
-        "peak RSS {} MiB over the {BUDGET_MB} MiB budget",
-        peak >> 10
-    );
+    assert_under_budget(peak);
     // Intake resumes: a new assignment runs.
-    let a = assignment(
-        "after-unpaced",
-        "flood",
-        json!({"type": "fs.get", "path": "/in.txt"}),
-    );
-    let end = Instant::now() + Duration::from_secs(10);
-    loop {
-        client
-            .publish(ASSIGN, serde_json::to_vec(&a).expect("json").into())
-            .await
-            .expect("publish");
-        client.flush().await.expect("flush");
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let seen = results
-            .snapshot()
-            .get("after-unpaced")
-            .cloned()
-            .unwrap_or_default();
-        if seen.iter().any(|s| s.status == "success") {
-            break;
-        }
-        assert!(
-            Instant::now() < end,
-            "still refusing work after the flood: {seen:?}"
-        );
-    }
+    assert_intake_resumes(&client, &results, "after-unpaced").await;
     drop(w);
-}
-
-/// The value of an unlabelled metric in a Prometheus exposition (0 when absent).
-fn support_metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-        .unwrap_or(0.0)
 }
 
 /// JetStream: `FLOOD_N` (default 10 000) assignments of `FLOOD_KIB` KiB (default 8) are
@@ -693,15 +633,7 @@ async fn a_flood_of_large_assignments_stays_under_the_memory_budget_jetstream() 
     let kib = env_or("FLOOD_KIB", 8);
     let nats = Nats::start();
     let pools = pool_args("");
-    let b = Worker::builder(&nats.url())
-        .args(&[
-            "--consumer=jetstream",
-            &format!("--max-memory-mb={BUDGET_MB}"),
-        ])
-        .args(&pools.iter().map(String::as_str).collect::<Vec<_>>());
-    std::fs::create_dir_all(b.fs_root().join("flood")).expect("tenant dir");
-    std::fs::write(b.fs_root().join("flood/in.txt"), "small").expect("file");
-    let mut w = b.start();
+    let mut w = flood_worker(&nats, "jetstream", &pools).start();
     let client = async_nats::connect(nats.url()).await.expect("connect");
     let results = Results::listen(&client).await;
     // The worker creates the stream; then it goes away and the backlog builds up.
@@ -737,10 +669,7 @@ async fn a_flood_of_large_assignments_stays_under_the_memory_budget_jetstream() 
         .wait_answered("flood-", n, Duration::from_secs(60))
         .await;
     let done = t1.elapsed();
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let (rss, hwm) = rss_kib(pid).expect("rss");
-    let peak = sampler.peak().max(hwm);
-    let t = tally(&results, n);
+    let (rss, peak, t) = after_flood(pid, &sampler, &results, n).await;
     let redeliveries = w
         .metrics()
         .await
@@ -764,11 +693,7 @@ async fn a_flood_of_large_assignments_stays_under_the_memory_budget_jetstream() 
     assert_one_result_each(&t);
     let codes = t.codes;
     assert_eq!(codes.get(&0), Some(&n), "all succeed: {codes:?}");
-    assert!(
-        peak < BUDGET_MB << 10,
-        "peak RSS {} MiB over the {BUDGET_MB} MiB budget",
-        peak >> 10
-    );
+    assert_under_budget(peak);
 }
 
 /// What came back for `flood-0` … `flood-<n-1>`.
@@ -808,9 +733,36 @@ fn assert_one_result_each(t: &Tally) {
         "no result for {:?}",
         &t.missing[..t.missing.len().min(10)]
     );
+    assert_no_two_different(t);
+}
+
+/// No id got two different results (a re-publish must be the same bytes).
+fn assert_no_two_different(t: &Tally) {
     assert!(
         t.different.is_empty(),
         "two different results for {:?}",
         &t.different[..t.different.len().min(10)]
     );
+}
+
+/// The worker's peak RSS (KiB) stayed under `--max-memory-mb`.
+fn assert_under_budget(peak: u64) {
+    assert!(
+        peak < BUDGET_MB << 10,
+        "peak RSS {} MiB over the {BUDGET_MB} MiB budget",
+        peak >> 10
+    );
+}
+
+/// After a flood: waits 500 ms (duplicates, if any, arrive late); then the worker's RSS
+/// now (KiB), its peak (the sampler's, or VmHWM when higher) and the tally of `flood-*`.
+async fn after_flood(
+    pid: u32,
+    sampler: &RssSampler,
+    results: &Results,
+    n: usize,
+) -> (u64, u64, Tally) {
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (rss, hwm) = rss_kib(pid).expect("rss");
+    (rss, sampler.peak().max(hwm), tally(results, n))
 }

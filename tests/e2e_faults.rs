@@ -2,12 +2,10 @@
 //! restarted mid-run, SIGTERM drain. Every assignment ends with a result; none runs twice
 //! once its result was published.
 
-mod common;
-
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use common::*;
+use beamline_testkit::prelude::*;
 use serde_json::{json, Value};
 
 const N: usize = 300;
@@ -19,13 +17,9 @@ async fn publish_batch(router: &Router, prefix: &str, n: usize) {
             "t",
             json!({"type":"fs.put","path":format!("out/{prefix}-{i}.json"),"content":"{\"n\":1}"}),
         );
-        router
-            .client
-            .publish(ASSIGN, serde_json::to_vec(&a).expect("json").into())
-            .await
-            .expect("publish");
+        router.assign_unflushed(&a).await;
     }
-    router.client.flush().await.expect("flush");
+    router.flush().await;
 }
 
 #[tokio::test]

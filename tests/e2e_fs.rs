@@ -1,10 +1,8 @@
 //! fs.put / fs.get end to end over NATS, both consumer modes and both file backends.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use beamline_testkit::prelude::*;
 use serde_json::json;
 
 async fn round_trip(mode: &str, backend: &str) {

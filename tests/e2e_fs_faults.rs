@@ -12,16 +12,13 @@
 //! tests say so on stderr and pass without checking (the errno → code mapping is then only
 //! covered by io/src/error.rs and io/tests/fs.rs); the link tests need no privilege.
 
-mod common;
-mod support;
-
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::*;
+use beamline_testkit::metrics::metric_sum;
+use beamline_testkit::prelude::*;
 use serde_json::{json, Value};
-use support::metric_sum;
 
 /// A tmpfs mounted for one test; lazily unmounted on drop (also when the test fails).
 struct Mount {

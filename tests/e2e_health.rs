@@ -3,17 +3,15 @@
 //! and GPU pools show in `resource_pools` and `worker_pool_in_flight`; the CPU time each
 //! assignment uses is accounted, exported and limited.
 
-mod common;
-mod support;
-
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use beamline_gpu::{Activation, Layer, Model};
-use common::*;
+use beamline_testkit::http_client::wait_health;
+use beamline_testkit::metrics::metric_sum;
+use beamline_testkit::prelude::*;
 use serde_json::{json, Value};
-use support::{metric_sum, wait_health};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 

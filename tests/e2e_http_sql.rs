@@ -1,127 +1,12 @@
 //! http.request and sql.query end to end, with the guide's golden messages: a real local
 //! HTTP upstream and real SQLite files.
 
-mod common;
-
-use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::*;
+use beamline_testkit::fixtures::golden;
+use beamline_testkit::http_server::Scripted;
+use beamline_testkit::prelude::*;
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-
-/// One scripted answer: status, body, extra headers.
-type Answer = (u16, String, Vec<(String, String)>);
-
-/// A scripted HTTP/1.1 upstream: answers each request with the next (status, body,
-/// extra headers), repeating the last; records every request's head.
-#[derive(Clone)]
-struct Upstream {
-    port: u16,
-    script: Arc<Mutex<VecDeque<Answer>>>,
-    requests: Arc<Mutex<Vec<String>>>,
-}
-
-impl Upstream {
-    #[allow(clippy::type_complexity)]
-    async fn start(script: Vec<(u16, &str, Vec<(&str, &str)>)>) -> Upstream {
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let up = Upstream {
-            port: l.local_addr().expect("addr").port(),
-            script: Arc::new(Mutex::new(
-                script
-                    .into_iter()
-                    .map(|(s, b, h)| {
-                        (
-                            s,
-                            b.to_owned(),
-                            h.into_iter()
-                                .map(|(k, v)| (k.to_owned(), v.to_owned()))
-                                .collect(),
-                        )
-                    })
-                    .collect(),
-            )),
-            requests: Arc::default(),
-        };
-        let u = up.clone();
-        tokio::spawn(async move {
-            while let Ok((s, _)) = l.accept().await {
-                let u = u.clone();
-                tokio::spawn(async move {
-                    let (r, mut w) = s.into_split();
-                    let mut r = BufReader::new(r);
-                    loop {
-                        let mut head = String::new();
-                        loop {
-                            let mut line = String::new();
-                            if r.read_line(&mut line).await.unwrap_or(0) == 0 {
-                                return;
-                            }
-                            if line == "\r\n" {
-                                break;
-                            }
-                            head.push_str(&line);
-                        }
-                        let len = head
-                            .lines()
-                            .find_map(|l| {
-                                l.to_ascii_lowercase()
-                                    .strip_prefix("content-length:")
-                                    .map(|v| v.trim().parse::<usize>().unwrap_or(0))
-                            })
-                            .unwrap_or(0);
-                        let mut body = vec![0; len];
-                        let _ = r.read_exact(&mut body).await;
-                        u.requests
-                            .lock()
-                            .expect("lock")
-                            .push(format!("{head}\r\n{}", String::from_utf8_lossy(&body)));
-                        let (status, body, headers) = {
-                            let mut s = u.script.lock().expect("lock");
-                            if s.len() > 1 {
-                                s.pop_front()
-                            } else {
-                                s.front().cloned()
-                            }
-                        }
-                        .unwrap_or((200, String::new(), vec![]));
-                        let mut resp = format!("HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\n", body.len());
-                        for (k, v) in headers {
-                            resp.push_str(&format!("{k}: {v}\r\n"));
-                        }
-                        resp.push_str("\r\n");
-                        resp.push_str(&body);
-                        if w.write_all(resp.as_bytes()).await.is_err() {
-                            return;
-                        }
-                    }
-                });
-            }
-        });
-        up
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}/process", self.port)
-    }
-
-    fn requests(&self) -> Vec<String> {
-        self.requests.lock().expect("lock").clone()
-    }
-}
-
-fn golden(name: &str) -> Value {
-    let text = std::fs::read_to_string(format!(
-        "{}/tests/fixtures/{name}",
-        env!("CARGO_MANIFEST_DIR")
-    ))
-    .expect("fixture");
-    serde_json::from_str(&text).expect("json")
-}
 
 fn keys(v: &Value) -> Vec<String> {
     let mut k: Vec<String> = v.as_object().expect("object").keys().cloned().collect();
@@ -129,21 +14,15 @@ fn keys(v: &Value) -> Vec<String> {
     k
 }
 
-async fn setup(mode: &str) -> (Nats, Worker, Router) {
-    let nats = Nats::start();
-    let worker = Worker::builder(&nats.url())
-        .arg(&format!("--consumer={mode}"))
-        .arg("--worker-id=worker-1")
-        .start();
-    let router = Router::connect(&nats.url()).await;
-    ready(&router).await;
-    (nats, worker, router)
+/// A broker, a worker with id `worker-1` (the golden result's) and a Router stand-in.
+async fn setup_worker_1(mode: &str) -> (Nats, Worker, Router) {
+    setup(mode, &["--worker-id=worker-1"]).await
 }
 
 #[tokio::test]
 async fn the_routers_golden_assignment_gets_the_golden_success_result() {
-    let up = Upstream::start(vec![(200, r#"{"output":"processed"}"#, vec![])]).await;
-    let (_n, _w, router) = setup("jetstream").await;
+    let up = Scripted::start(vec![(200, r#"{"output":"processed"}"#, vec![])]).await;
+    let (_n, _w, router) = setup_worker_1("jetstream").await;
     let mut a = golden("router-assignment.json");
     a["job"]["url"] = json!(up.url());
     let h = golden("router-assignment.headers.json");
@@ -200,8 +79,8 @@ async fn the_routers_golden_assignment_gets_the_golden_success_result() {
 
 #[tokio::test]
 async fn an_upstream_503_is_retried_then_reported_like_the_golden_error() {
-    let up = Upstream::start(vec![(503, r#"{"error":"busy"}"#, vec![])]).await;
-    let (_n, _w, router) = setup("core").await;
+    let up = Scripted::start(vec![(503, r#"{"error":"busy"}"#, vec![])]).await;
+    let (_n, _w, router) = setup_worker_1("core").await;
     let mut a = golden("router-assignment.json");
     a["job"]["url"] = json!(up.url());
     router.assign(&a).await;
@@ -238,13 +117,13 @@ async fn an_upstream_503_is_retried_then_reported_like_the_golden_error() {
 
 #[tokio::test]
 async fn retries_back_off_and_recover_and_4xx_is_not_retried() {
-    let up = Upstream::start(vec![
+    let up = Scripted::start(vec![
         (503, "{}", vec![]),
         (429, "{}", vec![("Retry-After", "1")]),
         (200, r#"{"ok":true}"#, vec![]),
     ])
     .await;
-    let (_n, _w, router) = setup("core").await;
+    let (_n, _w, router) = setup_worker_1("core").await;
     let started = std::time::Instant::now();
     router
         .assign(&assignment(
@@ -263,7 +142,7 @@ async fn retries_back_off_and_recover_and_4xx_is_not_retried() {
         started.elapsed() >= Duration::from_millis(1100),
         "Retry-After is a minimum delay"
     );
-    let up404 = Upstream::start(vec![(404, r#"{"error":"nope"}"#, vec![])]).await;
+    let up404 = Scripted::start(vec![(404, r#"{"error":"nope"}"#, vec![])]).await;
     router
         .assign(&assignment(
             "h-404",
@@ -301,8 +180,8 @@ async fn retries_back_off_and_recover_and_4xx_is_not_retried() {
 
 #[tokio::test]
 async fn a_backoff_that_would_pass_the_deadline_returns_the_last_error() {
-    let up = Upstream::start(vec![(503, "{}", vec![("Retry-After", "30")])]).await;
-    let (_n, _w, router) = setup("core").await;
+    let up = Scripted::start(vec![(503, "{}", vec![("Retry-After", "30")])]).await;
+    let (_n, _w, router) = setup_worker_1("core").await;
     let started = std::time::Instant::now();
     router
         .assign(&assignment(
@@ -326,7 +205,7 @@ async fn a_backoff_that_would_pass_the_deadline_returns_the_last_error() {
 
 #[tokio::test]
 async fn sql_queries_read_and_never_write() {
-    let (_n, w, router) = setup("jetstream").await;
+    let (_n, w, router) = setup_worker_1("jetstream").await;
     let db = rusqlite::Connection::open(w.sql_root.join("db.sqlite")).expect("db");
     db.execute_batch("CREATE TABLE users (id TEXT, name TEXT, email TEXT); INSERT INTO users VALUES ('123','John','john@example.com');").expect("fixture");
     drop(db);

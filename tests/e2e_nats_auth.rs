@@ -5,16 +5,15 @@
 //! Each test writes a server config file holding only the authorization/TLS blocks (the
 //! harness passes address, port and JetStream on the command line).
 
-mod common;
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use common::*;
+use beamline_testkit::http_client::wait_health;
+use beamline_testkit::listener::Listener;
+use beamline_testkit::prelude::*;
+use beamline_testkit::tls::TestPki;
 use serde_json::{json, Value};
-use support::{wait_health, Listener};
 
 /// Verbose enough to show everything the worker and its NATS client say while connecting
 /// (async_nats is held at WARN unless named, so it is named).
@@ -301,37 +300,9 @@ async fn credentials_file() {
 // --- TLS ------------------------------------------------------------------------------------
 
 /// A test CA and a server certificate for 127.0.0.1/localhost signed by it, as PEM files
-/// in `dir`: (ca.pem, server.pem, server-key.pem).
+/// in `dir`: (<ca_name>.pem, server.pem, server-key.pem).
 fn test_pki(dir: &Path, ca_name: &str) -> (PathBuf, PathBuf, PathBuf) {
-    use rcgen::{
-        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
-        KeyUsagePurpose,
-    };
-    let ca_key = KeyPair::generate().expect("ca key");
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("ca params");
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, ca_name);
-    ca_params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    let ca = ca_params.self_signed(&ca_key).expect("ca cert");
-    let key = KeyPair::generate().expect("server key");
-    let mut params = CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
-        .expect("params");
-    params
-        .distinguished_name
-        .push(DnType::CommonName, "nats test server");
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    let cert = params.signed_by(&key, &ca, &ca_key).expect("server cert");
-    (
-        write(dir, &format!("{ca_name}.pem"), &ca.pem()),
-        write(dir, "server.pem", &cert.pem()),
-        write(dir, "server-key.pem", &key.serialize_pem()),
-    )
+    TestPki::new(ca_name).write_pem(dir)
 }
 
 fn tls_conf(cert: &Path, key: &Path) -> String {

@@ -3,11 +3,9 @@
 //! `--shutdown-grace-ms` (plus process start-up slack), in both consumer modes, idle or
 //! with work it can no longer hand back.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use beamline_testkit::prelude::*;
 use serde_json::json;
 
 const GRACE_MS: u64 = 3_000;

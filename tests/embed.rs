@@ -3,30 +3,12 @@
 //! end to end over NATS on the CPU fallback (CI has no GPU), and the decoder's limits.
 //! The numerical agreement with the independent reference is gpu/tests/embed_ref.rs.
 
-mod common;
-
-use std::path::PathBuf;
 use std::time::Duration;
 
+use beamline_testkit::fixtures::models_dir;
 use beamline_worker::blocks::embed::{decode_job, MAX_INPUTS, MAX_INPUT_CHARS};
 use beamline_worker::contract::{ErrorCode, Fields};
 use serde_json::{json, Value};
-
-fn models_dir() -> PathBuf {
-    let base = std::env::var_os("BEAMLINE_MODELS_DIR")
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").expect("HOME is set"))
-                .join(".cache/beamline/models")
-        });
-    assert!(
-        base.join("all-MiniLM-L6-v2/model.safetensors").is_file(),
-        "{} has no all-MiniLM-L6-v2: run scripts/ensure-model.sh first",
-        base.display()
-    );
-    base
-}
 
 fn job(inputs: Value, extra: Value) -> Value {
     let mut j = json!({"type": "ai.embed", "model": "all-MiniLM-L6-v2", "inputs": inputs});
@@ -126,17 +108,21 @@ fn decoder_limits_and_codes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn end_to_end_over_nats_with_the_real_model() {
     let models = models_dir();
-    let nats = common::Nats::start();
-    let worker = common::Worker::builder(&nats.url())
+    let nats = beamline_testkit::prelude::Nats::start();
+    let worker = beamline_testkit::prelude::Worker::builder(&nats.url())
         .arg(&format!("--models-dir={}", models.display()))
         .start();
-    let router = common::Router::connect(&nats.url()).await;
-    common::ready(&router).await;
+    let router = beamline_testkit::prelude::Router::connect(&nats.url()).await;
+    beamline_testkit::prelude::ready(&router).await;
     let wait = |id: &'static str| {
         let seen = &router.seen;
         async move {
-            seen.wait_for(common::RESULT, id, Duration::from_secs(120))
-                .await
+            seen.wait_for(
+                beamline_testkit::prelude::RESULT,
+                id,
+                Duration::from_secs(120),
+            )
+            .await
         }
     };
 
@@ -151,11 +137,15 @@ async fn end_to_end_over_nats_with_the_real_model() {
         long,
     ]);
     router
-        .assign(&common::assignment("emb-1", "acme", job(inputs, json!({}))))
+        .assign(&beamline_testkit::prelude::assignment(
+            "emb-1",
+            "acme",
+            job(inputs, json!({})),
+        ))
         .await;
     assert_eq!(router.ack("emb-1").await["status"], "accepted");
     let r = wait("emb-1").await;
-    common::assert_result_shape(&r);
+    beamline_testkit::prelude::assert_result_shape(&r);
     assert_eq!(r["status"], "success", "{r}\n{}", worker.logs());
     let res = &r["result"];
     assert_eq!(res["model"], "all-MiniLM-L6-v2");
@@ -188,7 +178,7 @@ async fn end_to_end_over_nats_with_the_real_model() {
 
     // normalize: false gives the raw mean (not unit length), same direction.
     router
-        .assign(&common::assignment(
+        .assign(&beamline_testkit::prelude::assignment(
             "emb-raw",
             "acme",
             job(
@@ -208,7 +198,11 @@ async fn end_to_end_over_nats_with_the_real_model() {
     let mut j = job(json!(["x"]), json!({}));
     j["model"] = json!("no-such-model");
     router
-        .assign(&common::assignment("emb-unknown", "acme", j))
+        .assign(&beamline_testkit::prelude::assignment(
+            "emb-unknown",
+            "acme",
+            j,
+        ))
         .await;
     let r = wait("emb-unknown").await;
     assert_eq!(r["status"], "error", "{r}");
@@ -218,7 +212,7 @@ async fn end_to_end_over_nats_with_the_real_model() {
 
     // device "cuda" on this GPU-less worker: rejected before the ack with 2002.
     router
-        .assign(&common::assignment(
+        .assign(&beamline_testkit::prelude::assignment(
             "emb-cuda",
             "acme",
             job(json!(["x"]), json!({"device": "cuda"})),

@@ -1,33 +1,22 @@
 //! `http.request` against real local servers: plain HTTP/1.1 and HTTPS (HTTP/1.1 and
 //! HTTP/2 by ALPN) served by hyper on ephemeral ports of 127.0.0.1, with a throw-away CA
-//! made by rcgen, plus raw TCP servers that never answer or reset. Every test is bounded
-//! by [`bounded`].
+//! made by rcgen, plus raw TCP servers that never answer or reset (the test kit's
+//! `echo_server` and `tls`). Every test is bounded by [`bounded`].
 
-use std::convert::Infallible;
 use std::future::Future;
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use beamline_testkit::echo_server::{closed_port, start_resetting, start_server, start_silent};
+use beamline_testkit::tls::TestPki;
 use beamline_worker::blocks::http::{HttpBlock, USER_AGENT};
 use beamline_worker::blocks::{Block, ExecCtx, Output};
 use beamline_worker::config::{Cli, Config};
 use beamline_worker::contract::{ErrorCode, Fields, TaskError};
 use bytes::Bytes;
-use http::{HeaderMap, Version};
-use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Full, StreamBody};
-use hyper::body::{Frame, Incoming};
-use hyper::service::service_fn;
-use hyper::{Request, Response};
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use http::Version;
 use serde_json::{json, Value};
-use tokio::io::AsyncReadExt;
-use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 const ASSIGNMENT_ID: &str = "asg-0001";
@@ -38,271 +27,6 @@ async fn bounded<T>(fut: impl Future<Output = T>) -> T {
     tokio::time::timeout(Duration::from_secs(30), fut)
         .await
         .expect("test ran past 30 s")
-}
-
-// ---------------------------------------------------------------------------------------
-// Servers
-// ---------------------------------------------------------------------------------------
-
-/// Aborts the server task when the test ends.
-struct Task(JoinHandle<()>);
-
-impl Drop for Task {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
-/// What the server received.
-#[derive(Debug, Clone)]
-struct Seen {
-    method: String,
-    path: String,
-    version: Version,
-    headers: HeaderMap,
-    body: Bytes,
-}
-
-struct Server {
-    addr: SocketAddr,
-    accepted: Arc<AtomicUsize>,
-    seen: Arc<Mutex<Vec<Seen>>>,
-    _task: Task,
-}
-
-impl Server {
-    fn accepted(&self) -> usize {
-        self.accepted.load(Ordering::SeqCst)
-    }
-
-    fn seen(&self) -> Vec<Seen> {
-        self.seen.lock().expect("lock").clone()
-    }
-
-    fn http(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-
-    fn https(&self, path: &str) -> String {
-        format!("https://{}{path}", self.addr)
-    }
-}
-
-type Body = BoxBody<Bytes, Infallible>;
-
-fn full(b: impl Into<Bytes>) -> Body {
-    Full::new(b.into()).boxed()
-}
-
-/// Routes: `/echo` (default) echoes the request as JSON; `/golden` is the guide's example;
-/// `/status/N` answers N (`429` with `Retry-After: 2`, `302` with a `Location`);
-/// `/stream/N` streams N bytes without a length; `/sized/N` sends N bytes with one;
-/// `/binary` is not UTF-8.
-async fn handle(
-    req: Request<Incoming>,
-    seen: Arc<Mutex<Vec<Seen>>>,
-) -> Result<Response<Body>, Infallible> {
-    let (parts, body) = req.into_parts();
-    let body = body
-        .collect()
-        .await
-        .map(|c| c.to_bytes())
-        .unwrap_or_default();
-    let path = parts.uri.path().to_owned();
-    let record = Seen {
-        method: parts.method.to_string(),
-        path: path.clone(),
-        version: parts.version,
-        headers: parts.headers.clone(),
-        body: body.clone(),
-    };
-    seen.lock().expect("lock").push(record);
-
-    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-    let response = match segments.as_slice() {
-        ["golden"] => Response::builder()
-            .header("content-type", "application/json")
-            .body(full(r#"{"result":"success"}"#)),
-        ["status", code] => {
-            let code: u16 = code.parse().expect("status code");
-            let mut b = Response::builder().status(code);
-            if code == 429 {
-                b = b.header("retry-after", "2");
-            }
-            if code == 302 {
-                b = b.header("location", "http://169.254.169.254/latest/meta-data/");
-            }
-            b.body(full(format!("status {code}")))
-        }
-        ["stream", n] => {
-            let n: usize = n.parse().expect("size");
-            let chunks: Vec<Result<Frame<Bytes>, Infallible>> = (0..n.div_ceil(512))
-                .map(|i| Ok(Frame::data(Bytes::from(vec![b'x'; 512.min(n - i * 512)]))))
-                .collect();
-            Response::builder().body(StreamBody::new(futures::stream::iter(chunks)).boxed())
-        }
-        ["sized", n] => {
-            let n: usize = n.parse().expect("size");
-            Response::builder().body(full(vec![b'y'; n]))
-        }
-        ["binary"] => Response::builder()
-            .header("content-type", "application/octet-stream")
-            .body(full(vec![0xff, 0xfe, 0x00, 0x80])),
-        _ => {
-            let headers: serde_json::Map<String, Value> = parts
-                .headers
-                .iter()
-                .map(|(k, v)| {
-                    (
-                        k.as_str().to_owned(),
-                        Value::from(v.to_str().unwrap_or("?")),
-                    )
-                })
-                .collect();
-            let echo = json!({
-                "method": parts.method.as_str(),
-                "path": path,
-                "version": format!("{:?}", parts.version),
-                "headers": headers,
-                "body": String::from_utf8_lossy(&body),
-            });
-            Response::builder()
-                .header("content-type", "application/json")
-                .header("x-multi", "a")
-                .header("x-multi", "b")
-                .body(full(echo.to_string()))
-        }
-    };
-    Ok(response.expect("response"))
-}
-
-/// A hyper server (HTTP/1.1 and HTTP/2) on 127.0.0.1, over TLS when `tls` is given.
-async fn start_server(tls: Option<Arc<rustls::ServerConfig>>) -> Server {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let accepted = Arc::new(AtomicUsize::new(0));
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let (count, log) = (Arc::clone(&accepted), Arc::clone(&seen));
-    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
-    let task = tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                return;
-            };
-            count.fetch_add(1, Ordering::SeqCst);
-            let log = Arc::clone(&log);
-            let acceptor = acceptor.clone();
-            tokio::spawn(async move {
-                let service = service_fn(move |req| handle(req, Arc::clone(&log)));
-                let builder = auto::Builder::new(TokioExecutor::new());
-                match acceptor {
-                    Some(acceptor) => {
-                        let Ok(stream) = acceptor.accept(stream).await else {
-                            return;
-                        };
-                        let _ = builder
-                            .serve_connection(TokioIo::new(stream), service)
-                            .await;
-                    }
-                    None => {
-                        let _ = builder
-                            .serve_connection(TokioIo::new(stream), service)
-                            .await;
-                    }
-                }
-            });
-        }
-    });
-    Server {
-        addr,
-        accepted,
-        seen,
-        _task: Task(task),
-    }
-}
-
-/// A CA, and a server certificate for `localhost` / `127.0.0.1` that it signed.
-struct Pki {
-    ca_pem: String,
-    server: Arc<rustls::ServerConfig>,
-}
-
-fn pki() -> Pki {
-    let ca_key = rcgen::KeyPair::generate().expect("ca key");
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("ca params");
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "beamline test CA");
-    ca_params.key_usages = vec![
-        rcgen::KeyUsagePurpose::KeyCertSign,
-        rcgen::KeyUsagePurpose::DigitalSignature,
-    ];
-    let ca = ca_params.self_signed(&ca_key).expect("ca cert");
-
-    let leaf_key = rcgen::KeyPair::generate().expect("leaf key");
-    let mut leaf_params =
-        rcgen::CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
-            .expect("leaf params");
-    leaf_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "localhost");
-    let leaf = leaf_params
-        .signed_by(&leaf_key, &ca, &ca_key)
-        .expect("leaf cert");
-
-    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf_key.serialize_der()));
-    let chain: Vec<CertificateDer<'static>> = vec![leaf.der().clone()];
-    let mut server = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("protocols")
-    .with_no_client_auth()
-    .with_single_cert(chain, key)
-    .expect("server config");
-    server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Pki {
-        ca_pem: ca.pem(),
-        server: Arc::new(server),
-    }
-}
-
-/// Accepts connections and never answers; counts them.
-async fn start_silent() -> (SocketAddr, Arc<AtomicUsize>, Task) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let accepted = Arc::new(AtomicUsize::new(0));
-    let count = Arc::clone(&accepted);
-    let task = tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((stream, _)) = listener.accept().await {
-            count.fetch_add(1, Ordering::SeqCst);
-            held.push(stream);
-        }
-    });
-    (addr, accepted, Task(task))
-}
-
-/// Reads the request, then resets the connection (RST, not FIN).
-async fn start_resetting() -> (SocketAddr, Task) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let task = tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            let mut buf = [0u8; 4096];
-            let _ = stream.read(&mut buf).await;
-            let _ = stream.set_zero_linger();
-            drop(stream);
-        }
-    });
-    (addr, Task(task))
-}
-
-/// A port nothing listens on.
-async fn closed_port() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    listener.local_addr().expect("addr")
 }
 
 // ---------------------------------------------------------------------------------------
@@ -323,7 +47,7 @@ fn block(config: &Config) -> HttpBlock {
 }
 
 /// A config trusting `pki`'s CA through `http_ca_file` (the file lives as long as `dir`).
-fn tls_config(pki: &Pki, dir: &tempfile::TempDir) -> Config {
+fn tls_config(pki: &TestPki, dir: &tempfile::TempDir) -> Config {
     let path = dir.path().join("ca.pem");
     std::fs::write(&path, &pki.ca_pem).expect("write CA");
     let mut c = config();
@@ -374,6 +98,19 @@ fn expect_err(r: Result<Output, TaskError>) -> TaskError {
         Ok(out) => panic!("expected an error, got {}", out.result),
         Err(e) => e,
     }
+}
+
+/// A GET of `path` on a fresh plain-HTTP server with the default config: its error.
+async fn get_error(path: &str) -> TaskError {
+    let server = start_server(None).await;
+    let b = block(&config());
+    expect_err(
+        run(
+            &b,
+            &json!({"type": "http.request", "url": server.http(path)}),
+        )
+        .await,
+    )
 }
 
 // ---------------------------------------------------------------------------------------
@@ -516,7 +253,7 @@ async fn binary_bodies_come_back_as_base64() {
 #[tokio::test]
 async fn https_with_the_ca_file_and_http2_by_alpn() {
     bounded(async {
-        let pki = pki();
+        let pki = TestPki::new("beamline test CA");
         let dir = tempfile::tempdir().expect("tempdir");
         let server = start_server(Some(Arc::clone(&pki.server))).await;
         let b = block(&tls_config(&pki, &dir));
@@ -546,7 +283,7 @@ async fn https_with_the_ca_file_and_http2_by_alpn() {
 #[tokio::test]
 async fn https_without_the_ca_is_a_tls_error_not_retried() {
     bounded(async {
-        let pki = pki();
+        let pki = TestPki::new("beamline test CA");
         let server = start_server(Some(Arc::clone(&pki.server))).await;
         let b = block(&config());
         let err = expect_err(
@@ -610,15 +347,7 @@ async fn keep_alive_reuses_one_connection() {
 #[tokio::test]
 async fn not_found_is_an_http_error_not_retried_with_the_response_attached() {
     bounded(async {
-        let server = start_server(None).await;
-        let b = block(&config());
-        let err = expect_err(
-            run(
-                &b,
-                &json!({"type": "http.request", "url": server.http("/status/404")}),
-            )
-            .await,
-        );
+        let err = get_error("/status/404").await;
         assert_eq!(err.code, ErrorCode::HttpError);
         assert!(!err.retryable);
         assert_eq!(err.message, "upstream answered 404 Not Found");
@@ -632,15 +361,7 @@ async fn not_found_is_an_http_error_not_retried_with_the_response_attached() {
 #[tokio::test]
 async fn server_errors_are_retryable_5xx() {
     bounded(async {
-        let server = start_server(None).await;
-        let b = block(&config());
-        let err = expect_err(
-            run(
-                &b,
-                &json!({"type": "http.request", "url": server.http("/status/503")}),
-            )
-            .await,
-        );
+        let err = get_error("/status/503").await;
         assert_eq!(err.code, ErrorCode::HttpError);
         assert!(err.retryable);
         assert_eq!(err.error_type(), "5xx");
@@ -654,15 +375,7 @@ async fn server_errors_are_retryable_5xx() {
 #[tokio::test]
 async fn too_many_requests_is_retryable_after_retry_after() {
     bounded(async {
-        let server = start_server(None).await;
-        let b = block(&config());
-        let err = expect_err(
-            run(
-                &b,
-                &json!({"type": "http.request", "url": server.http("/status/429")}),
-            )
-            .await,
-        );
+        let err = get_error("/status/429").await;
         assert_eq!(err.code, ErrorCode::HttpError);
         assert!(err.retryable);
         assert_eq!(err.retry_after, Some(Duration::from_secs(2)));

@@ -1,15 +1,14 @@
 //! `ai.inference`: the block on real model files under a temporary FS root (CPU fallback,
 //! since CI has no GPU), and once end to end over NATS.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use beamline_gpu::{Activation, Layer, Model, Scheduler, SchedulerConfig};
+use beamline_testkit::blocks::{self, exec_ctx, Executor};
 use beamline_worker::blocks::inference::InferenceBlock;
-use beamline_worker::blocks::{Block, ExecCtx};
+use beamline_worker::blocks::Block;
 use beamline_worker::config::{Cli, Config};
 use beamline_worker::contract::{ErrorCode, Fields, TaskError};
 use clap::Parser;
@@ -90,34 +89,15 @@ impl Fixture {
     }
 
     fn run(&self, job: Value) -> Result<(Value, Option<String>), TaskError> {
-        let mut bytes = serde_json::to_vec(&job).expect("json");
-        let value = simd_json::to_borrowed_value(&mut bytes).expect("parse");
-        run_value(&self.block, &value)
-    }
-}
-
-fn run_value(
-    block: &InferenceBlock,
-    value: &simd_json::BorrowedValue<'_>,
-) -> Result<(Value, Option<String>), TaskError> {
-    let cancel = CancellationToken::new();
-    let ctx = ExecCtx {
-        tenant: TENANT,
-        assignment_id: "a-1",
-        trace_id: None,
-        traceparent: None,
-        deadline: Instant::now() + Duration::from_secs(10),
-        attempt: 1,
-        cancel: &cancel,
-        redelivered: false,
-    };
-    let decoded = block.decode(Fields::new(value, "job"), &ctx)?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    rt.block_on(block.attempt(&decoded, &ctx))
+        blocks::run(
+            &self.block,
+            TENANT,
+            &job,
+            Duration::from_secs(10),
+            Executor::Tokio,
+        )
         .map(|o| (o.result, o.device))
+    }
 }
 
 /// A safetensors file written by hand: little-endian header length, JSON header, then
@@ -336,7 +316,16 @@ fn nan_input_is_1001() {
         .expect("inputs");
     let row = inputs[0].as_array_mut().expect("row");
     row[1] = simd_json::BorrowedValue::from(f64::NAN);
-    let e = expect_code(run_value(&f.block, &value), ErrorCode::InvalidInput);
+    let cancel = CancellationToken::new();
+    let ctx = exec_ctx(
+        TENANT,
+        "a-1",
+        Instant::now() + Duration::from_secs(10),
+        &cancel,
+    );
+    let r =
+        blocks::run_parsed(&f.block, &value, &ctx, Executor::Tokio).map(|o| (o.result, o.device));
+    let e = expect_code(r, ErrorCode::InvalidInput);
     assert!(e.message.contains("row 0, column 1"), "{e}");
 }
 
@@ -416,16 +405,12 @@ fn concurrent_jobs_for_one_model_share_a_batch() {
             .map(|b| simd_json::to_borrowed_value(b).expect("parse"))
             .collect();
         let cancel = CancellationToken::new();
-        let ctx = ExecCtx {
-            tenant: TENANT,
-            assignment_id: "a",
-            trace_id: None,
-            traceparent: None,
-            deadline: Instant::now() + Duration::from_secs(10),
-            attempt: 1,
-            cancel: &cancel,
-            redelivered: false,
-        };
+        let ctx = exec_ctx(
+            TENANT,
+            "a",
+            Instant::now() + Duration::from_secs(10),
+            &cancel,
+        );
         let decoded: Vec<_> = values
             .iter()
             .map(|v| {
@@ -457,18 +442,18 @@ fn write_model(root: &Path, tenant: &str, rel: &str, m: &Model) {
 /// 2002 error result and a DLQ entry.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn end_to_end_over_nats() {
-    let nats = common::Nats::start();
-    let worker = common::Worker::builder(&nats.url()).start();
+    let nats = beamline_testkit::prelude::Nats::start();
+    let worker = beamline_testkit::prelude::Worker::builder(&nats.url()).start();
     write_model(
         &worker.fs_root,
         "acme",
         "models/x.safetensors",
         &hand_network(),
     );
-    let router = common::Router::connect(&nats.url()).await;
-    common::ready(&router).await;
+    let router = beamline_testkit::prelude::Router::connect(&nats.url()).await;
+    beamline_testkit::prelude::ready(&router).await;
 
-    let a = common::assignment(
+    let a = beamline_testkit::prelude::assignment(
         "inf-1",
         "acme",
         job("models/x.safetensors", json!([[1, 2], [-1, 0.5]])),
@@ -476,7 +461,7 @@ async fn end_to_end_over_nats() {
     router.assign(&a).await;
     assert_eq!(router.ack("inf-1").await["status"], "accepted");
     let r = router.result("inf-1").await;
-    common::assert_result_shape(&r);
+    beamline_testkit::prelude::assert_result_shape(&r);
     assert_eq!(r["status"], "success", "{r}\n{}", worker.logs());
     assert_eq!(
         r["result"]["outputs"],
@@ -487,7 +472,7 @@ async fn end_to_end_over_nats() {
     assert_eq!(r["metadata"]["device"], "cpu", "{r}");
 
     router
-        .assign(&common::assignment(
+        .assign(&beamline_testkit::prelude::assignment(
             "inf-missing",
             "acme",
             job("models/nope.safetensors", json!([[1, 2]])),

@@ -3,14 +3,13 @@
 //! `/metrics` and `/_health` read over HTTP, and the ops files checked against the metrics the
 //! worker exports. Every wait is bounded.
 
-mod common;
-mod otlp_common;
-
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use common::*;
-use otlp_common::*;
+use beamline_testkit::log_schema::*;
+use beamline_testkit::metrics::*;
+use beamline_testkit::otlp::*;
+use beamline_testkit::prelude::*;
 use serde_json::{json, Value};
 
 const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";

@@ -2,33 +2,31 @@
 //! 2-vCPU VM, a 16-core one-GPU host and a two-socket 64-core SMT host with 8 GPUs; the
 //! shipped host-class profiles; the warnings; the start-up refusal of missing cores.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
+use beamline_testkit::fixtures::{fixture_path, repo_path};
 use beamline_worker::config::{Cli, Profile};
 use beamline_worker::plan::{plan_for, Plan};
 use clap::Parser;
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
 fn fixture(name: &str) -> String {
-    root()
-        .join("tests/fixtures/sysfs")
-        .join(name)
-        .display()
-        .to_string()
+    fixture_path("sysfs").join(name).display().to_string()
 }
 
 fn profile(name: &str) -> String {
-    root().join("tuning").join(name).display().to_string()
+    repo_path("tuning").join(name).display().to_string()
 }
 
 fn plan(args: &[&str]) -> Result<Plan, String> {
     let mut v = vec!["beamline_worker"];
     v.extend_from_slice(args);
     plan_for(Cli::try_parse_from(v).map_err(|e| e.to_string())?)
+}
+
+/// The plan for the profile at `path` on the captured host `host`.
+fn plan_profile(path: &str, host: &str) -> Result<Plan, String> {
+    plan(&["--profile", path, "--sysfs-root", &fixture(host)])
 }
 
 fn cores(p: &Plan, pool: &str) -> Vec<Option<usize>> {
@@ -80,13 +78,7 @@ fn sixteen_core_profile_loads_and_plans_without_warning() {
         .hardware
         .as_deref()
         .is_some_and(|h| h.contains("planned, not measured")));
-    let p = plan(&[
-        "--profile",
-        &path,
-        "--sysfs-root",
-        &fixture("host-16c-1gpu"),
-    ])
-    .expect("plans");
+    let p = plan_profile(&path, "host-16c-1gpu").expect("plans");
     assert!(p.warnings.is_empty(), "{:?}", p.warnings);
     assert_eq!(p.host.gpus.len(), 1);
     assert_eq!(p.host.gpus[0].pci, "0000:17:00.0");
@@ -100,13 +92,7 @@ fn sixteen_core_profile_loads_and_plans_without_warning() {
 fn two_socket_profile_keeps_every_gpu_slot_on_its_devices_socket() {
     let path = profile("host-2s-64c-8gpu.toml");
     Profile::load(Path::new(&path)).expect("loads");
-    let p = plan(&[
-        "--profile",
-        &path,
-        "--sysfs-root",
-        &fixture("host-2s-64c-8gpu"),
-    ])
-    .expect("plans");
+    let p = plan_profile(&path, "host-2s-64c-8gpu").expect("plans");
     assert!(p.warnings.is_empty(), "{:?}", p.warnings);
     assert_eq!(p.host.logical_cpus, 128);
     assert_eq!(p.host.physical_cores, 64);
@@ -156,13 +142,7 @@ fn each_regrettable_placement_is_warned() {
         "[host]\nlogical_cpus = 16\n[pools]\ncpu_cores = [0, 1]\nio_cores = [64, 1]\ngpu_cores = [40]\n\
          [worker]\ncpu_pool_size = 2\nio_pool_size = 2\ngpu_pool_size = 1\n",
     );
-    let p = plan(&[
-        "--profile",
-        &path,
-        "--sysfs-root",
-        &fixture("host-2s-64c-8gpu"),
-    ])
-    .expect("plans");
+    let p = plan_profile(&path, "host-2s-64c-8gpu").expect("plans");
     let has = |s: &str| p.warnings.iter().any(|w| w.contains(s));
     assert!(has("SMT sibling of CPU-pool core(s) 0"), "{:?}", p.warnings);
     assert!(has("two pools share core 1 (cpu+io)"), "{:?}", p.warnings);
@@ -204,13 +184,7 @@ fn each_regrettable_placement_is_warned() {
 fn a_profile_naming_a_missing_core_is_refused_by_plan_and_by_the_worker() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = write_profile(dir.path(), "[pools]\ncpu_cores = [0, 200]\n");
-    let err = plan(&[
-        "--profile",
-        &path,
-        "--sysfs-root",
-        &fixture("host-16c-1gpu"),
-    ])
-    .expect_err("refused");
+    let err = plan_profile(&path, "host-16c-1gpu").expect_err("refused");
     assert!(err.contains("pools.cpu_cores names core 200"), "{err}");
     assert!(err.contains(&path), "the error names the profile: {err}");
     // The worker itself refuses it at start-up, before connecting anywhere.

@@ -10,13 +10,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use beamline_gpu::{Activation, Layer, Model, Scheduler, SchedulerConfig};
+use beamline_testkit::blocks::{self, Executor};
 use beamline_worker::blocks::inference::InferenceBlock;
-use beamline_worker::blocks::{Block, ExecCtx};
 use beamline_worker::config::{Cli, Config};
-use beamline_worker::contract::{ErrorCode, Fields, TaskError};
+use beamline_worker::contract::{ErrorCode, TaskError};
 use clap::Parser;
 use serde_json::{json, Value};
-use tokio_util::sync::CancellationToken;
 
 const TENANT: &str = "tenant-a";
 const OTHER: &str = "tenant-b";
@@ -80,26 +79,14 @@ impl Fixture {
 
     fn run(&self, model: &str) -> Result<Value, TaskError> {
         let job = json!({"type": "ai.inference", "model": model, "inputs": [[1, 10]]});
-        let mut bytes = serde_json::to_vec(&job).expect("json");
-        let value = simd_json::to_borrowed_value(&mut bytes).expect("parse");
-        let cancel = CancellationToken::new();
-        let ctx = ExecCtx {
-            tenant: TENANT,
-            assignment_id: "a-1",
-            trace_id: None,
-            traceparent: None,
-            deadline: Instant::now() + Duration::from_secs(10),
-            attempt: 1,
-            cancel: &cancel,
-            redelivered: false,
-        };
-        let decoded = self.block.decode(Fields::new(&value, "job"), &ctx)?;
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        rt.block_on(self.block.attempt(&decoded, &ctx))
-            .map(|o| o.result["outputs"].clone())
+        blocks::run(
+            &self.block,
+            TENANT,
+            &job,
+            Duration::from_secs(10),
+            Executor::Tokio,
+        )
+        .map(|o| o.result["outputs"].clone())
     }
 
     /// Refused with `code`, and no model was parsed or cached.

@@ -3,10 +3,10 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use beamline_testkit::blocks::{self, exec_ctx, Executor};
 use beamline_worker::blocks::sql::SqlBlock;
-use beamline_worker::blocks::{Block, ExecCtx};
 use beamline_worker::config::{Cli, Config};
-use beamline_worker::contract::{ErrorCode, Fields, TaskError};
+use beamline_worker::contract::{ErrorCode, TaskError};
 use clap::Parser;
 use rusqlite::Connection;
 use serde_json::{json, Value};
@@ -69,20 +69,8 @@ fn run_job(
     deadline: Instant,
     cancel: &CancellationToken,
 ) -> Result<Value, TaskError> {
-    let mut bytes = serde_json::to_vec(&job).expect("json");
-    let value = simd_json::to_borrowed_value(&mut bytes).expect("parse");
-    let ctx = ExecCtx {
-        tenant: "tenant-a",
-        assignment_id: "a-1",
-        trace_id: None,
-        traceparent: None,
-        deadline,
-        attempt: 1,
-        cancel,
-        redelivered: false,
-    };
-    let decoded = block.decode(Fields::new(&value, "job"), &ctx)?;
-    futures::executor::block_on(block.attempt(&decoded, &ctx)).map(|out| out.result)
+    let ctx = exec_ctx("tenant-a", "a-1", deadline, cancel);
+    blocks::run_with(block, &job, &ctx, Executor::Plain).map(|out| out.result)
 }
 
 fn query(sql: &str) -> Value {

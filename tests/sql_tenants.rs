@@ -4,16 +4,15 @@
 //! SQLite files in a temporary directory.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use beamline_testkit::blocks::{self, Executor};
 use beamline_worker::blocks::sql::SqlBlock;
-use beamline_worker::blocks::{Block, ExecCtx};
 use beamline_worker::config::{Cli, Config};
-use beamline_worker::contract::{ErrorCode, Fields, TaskError};
+use beamline_worker::contract::{ErrorCode, TaskError};
 use clap::Parser;
 use rusqlite::Connection;
 use serde_json::{json, Value};
-use tokio_util::sync::CancellationToken;
 
 struct Fixture {
     _dir: tempfile::TempDir,
@@ -55,21 +54,14 @@ impl Fixture {
 
     fn query(&self, tenant: &str, connection: &str, sql: &str) -> Result<Value, TaskError> {
         let job = json!({"type": "sql.query", "connection_string": connection, "query": sql});
-        let mut bytes = serde_json::to_vec(&job).expect("json");
-        let value = simd_json::to_borrowed_value(&mut bytes).expect("parse");
-        let cancel = CancellationToken::new();
-        let ctx = ExecCtx {
+        blocks::run(
+            &self.block,
             tenant,
-            assignment_id: "a-1",
-            trace_id: None,
-            traceparent: None,
-            deadline: Instant::now() + Duration::from_secs(5),
-            attempt: 1,
-            cancel: &cancel,
-            redelivered: false,
-        };
-        let decoded = self.block.decode(Fields::new(&value, "job"), &ctx)?;
-        futures::executor::block_on(self.block.attempt(&decoded, &ctx)).map(|o| o.result)
+            &job,
+            Duration::from_secs(5),
+            Executor::Plain,
+        )
+        .map(|o| o.result)
     }
 
     /// Whose database `tenant` reads under `sqlite://NAME`.

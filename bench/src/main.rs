@@ -4,6 +4,7 @@
 //! null-echo worker (the ceiling for any worker on this host) and against the real worker,
 //! and reports the worker's figures also as ratios to the null-echo ones.
 
+mod cputime_cost;
 mod driver;
 mod fixtures;
 mod null_worker;
@@ -20,6 +21,9 @@ use std::process::{Command, ExitCode};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, Context as _, Result};
+use beamline_testkit::http_client;
+use beamline_testkit::ports::try_free_port;
+use beamline_testkit::NatsServer;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
@@ -53,6 +57,9 @@ enum Cmd {
     Null(Box<RunArgs>),
     /// Choose pool sizes and core placement by measuring them; writes a tuning/ profile.
     Tune(Box<tune::TuneArgs>),
+    /// What the worker's per-task CPU time accounting costs (runtime/cputime.rs's meter,
+    /// bare vs metered tasks of 1, 4 and 8 polls); run it from a release build.
+    CputimeCost,
     /// Internal: the null-echo worker process the bench spawns.
     #[command(hide = true)]
     NullWorker(NullWorkerArgs),
@@ -206,6 +213,15 @@ fn main() -> ExitCode {
         Some(Cmd::PlainWorker(a)) => return plain_worker_main(a),
         Some(Cmd::Tune(a)) => {
             return match tune::tune_main(&a) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Some(Cmd::CputimeCost) => {
+            return match cputime_cost::cputime_cost_main() {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("error: {e:#}");
@@ -630,18 +646,21 @@ async fn bench(args: RunArgs, null_only: bool) -> Result<ExitCode> {
     }
 
     let fx = fixtures::create_fixtures()?;
-    let upstream = fixtures::start_upstream().await?;
+    let upstream = beamline_testkit::http_server::Responder::start().await?;
     let store = tempfile::Builder::new().prefix("bench-nats-").tempdir()?;
     let (broker, url, broker_pid, nats_version) = match &args.nats_url {
         Some(u) => (None, u.clone(), args.broker_pid, String::from("attached")),
         None => {
-            let b = procs::start_nats_server(
-                &args.nats_server_bin,
-                store.path(),
-                &logs.join(format!("{stamp}-nats.log")),
-            )?;
-            let (url, pid, v) = (b.url.clone(), b.guard.pid(), b.version.clone());
-            (Some(b), url, Some(pid), v)
+            let b = NatsServer::builder()
+                .exe(&args.nats_server_bin)
+                .store_dir(store.path())
+                .log(&logs.join(format!("{stamp}-nats.log")))
+                .die_with_parent()
+                .ready_timeout(Duration::from_secs(15))
+                .start()
+                .context("start nats-server")?;
+            let (url, pid, v) = (b.url(), b.pid(), b.version());
+            (Some(b), url, pid, v)
         }
     };
     eprintln!(
@@ -722,7 +741,7 @@ async fn bench(args: RunArgs, null_only: bool) -> Result<ExitCode> {
         }
         let mut worker_child = None;
         if worker_found {
-            let ports = (procs::free_port()?, procs::free_port()?);
+            let ports = (try_free_port()?, try_free_port()?);
             let mut w = spawn_worker(
                 mode,
                 &url,
@@ -742,8 +761,8 @@ async fn bench(args: RunArgs, null_only: bool) -> Result<ExitCode> {
                 &mut w,
             )
             .await?;
-            let h = procs::http_status(ports.1, "/_health");
-            let m = procs::http_status(ports.0, "/metrics");
+            let h = http_client::status(ports.1, "/_health");
+            let m = http_client::status(ports.0, "/metrics");
             let line = format!(
                 "{}: ready in {:.2} s; /_health on :{} -> {}; /metrics on :{} -> {}",
                 mode.name(),

@@ -1,14 +1,13 @@
-//! Child processes (broker, workers) and what `/proc` tells about them.
+//! Child processes (workers) and what `/proc` tells about them. The broker is the test
+//! kit's (`beamline_testkit::nats_server`).
 
 use std::fs::File;
-use std::io::{Read as _, Write as _};
-use std::net::{TcpListener, TcpStream};
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context as _, Result};
+use anyhow::{Context as _, Result};
 
 /// Owns a child process; dropping it (normal exit, `?`, Ctrl-C dropping the main future,
 /// panic unwinding) sends SIGTERM, waits up to 3 s, then SIGKILLs. Children also get
@@ -103,12 +102,6 @@ impl Drop for ChildGuard {
     }
 }
 
-/// A port that was free a moment ago on 127.0.0.1.
-pub(crate) fn free_port() -> Result<u16> {
-    let l = TcpListener::bind("127.0.0.1:0").context("bind 127.0.0.1:0")?;
-    Ok(l.local_addr()?.port())
-}
-
 fn clock_ticks_per_second() -> f64 {
     // SAFETY: sysconf has no preconditions.
     let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
@@ -148,87 +141,6 @@ pub(crate) fn parse_vmrss_kib(status: &str) -> Option<u64> {
 
 pub(crate) fn rss_kib(pid: u32) -> Option<u64> {
     parse_vmrss_kib(&std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?)
-}
-
-/// Finds an executable: the path itself if it has a slash, else `$PATH`, else `fallbacks`.
-pub(crate) fn find_executable(name: &Path, fallbacks: &[&str]) -> Option<PathBuf> {
-    if name.components().count() > 1 {
-        return name.is_file().then(|| name.to_path_buf());
-    }
-    if let Some(paths) = std::env::var_os("PATH") {
-        for dir in std::env::split_paths(&paths) {
-            let p = dir.join(name);
-            if p.is_file() {
-                return Some(p);
-            }
-        }
-    }
-    fallbacks.iter().map(PathBuf::from).find(|p| p.is_file())
-}
-
-/// A nats-server we started, with JetStream, on a free port of 127.0.0.1.
-#[derive(Debug)]
-pub(crate) struct Broker {
-    pub(crate) guard: ChildGuard,
-    pub(crate) url: String,
-    pub(crate) version: String,
-}
-
-pub(crate) fn start_nats_server(bin: &Path, store_dir: &Path, log: &Path) -> Result<Broker> {
-    let exe = find_executable(bin, &["/usr/sbin/nats-server", "/usr/bin/nats-server"])
-        .with_context(|| format!("nats-server not found ({})", bin.display()))?;
-    let version = Command::new(&exe)
-        .arg("--version")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_default();
-    let port = free_port()?;
-    let mut cmd = Command::new(&exe);
-    cmd.args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
-        .arg(store_dir);
-    let mut guard = ChildGuard::spawn("nats-server", &mut cmd, Some(log))?;
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        if let Some(st) = guard.exited() {
-            bail!("nats-server exited ({st}): {}", guard.log_tail(2000));
-        }
-        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            break;
-        }
-        if Instant::now() > deadline {
-            bail!("nats-server did not listen on {port} within 15 s");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Ok(Broker {
-        guard,
-        url: format!("nats://127.0.0.1:{port}"),
-        version,
-    })
-}
-
-/// `GET <path>` on 127.0.0.1:port with a 1 s budget; returns the status code.
-pub(crate) fn http_status(port: u16, path: &str) -> Option<u16> {
-    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
-    s.set_write_timeout(Some(Duration::from_secs(1))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut buf = [0u8; 64];
-    let mut n = 0;
-    while n < 12 {
-        let r = s.read(&mut buf[n..]).ok()?;
-        if r == 0 {
-            break;
-        }
-        n += r;
-    }
-    let head = std::str::from_utf8(&buf[..n]).ok()?;
-    head.split_whitespace().nth(1)?.parse().ok()
 }
 
 #[cfg(test)]

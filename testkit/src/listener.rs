@@ -1,7 +1,6 @@
-//! Helpers for the reliability tests (e2e_nats_auth, e2e_cluster, e2e_fs_faults) that
-//! tests/common does not offer: a Router stand-in that connects with credentials or TLS and
-//! keeps the raw bytes of what the worker published, health polling, and metric sums.
-#![allow(dead_code, unreachable_pub)]
+//! A Router stand-in that connects with any `ConnectOptions` (credentials, TLS, several
+//! URLs of a cluster) and keeps the raw bytes of what the worker published, so duplicates
+//! can be compared byte for byte (e2e_nats_auth, e2e_cluster, e2e_fs_faults, e2e_health).
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -9,7 +8,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use serde_json::Value;
 
-use crate::common::{ACK, ASSIGN, DLQ, RESULT};
+use crate::router::{ACK, ASSIGN, DLQ, RESULT};
 
 static READY_SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
@@ -136,7 +135,7 @@ impl Listener {
     }
 
     /// Waits until a worker answers (an fs.get of a missing file round-trips), like
-    /// `common::ready`.
+    /// [`crate::router::ready`].
     pub async fn ready(&self, timeout: Duration) {
         let end = Instant::now() + timeout;
         loop {
@@ -170,30 +169,4 @@ impl Listener {
             );
         }
     }
-}
-
-/// Polls `/_health` on `port` until it answers `want` (200 or 503); returns the last body.
-pub async fn wait_health(port: u16, want: u16, timeout: Duration) -> (u16, String) {
-    let end = Instant::now() + timeout;
-    loop {
-        let (status, _, body) = crate::common::http_get(port, "/_health").await;
-        if status == want || Instant::now() > end {
-            return (status, body);
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// Sum of the samples of `name` whose label set contains every one of `labels`
-/// (`type="fs.put"`), in Prometheus text exposition.
-pub fn metric_sum(text: &str, name: &str, labels: &[&str]) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let (series, value) = l.rsplit_once(' ')?;
-            let (metric, rest) = series.split_once('{').unwrap_or((series, ""));
-            (metric == name && labels.iter().all(|want| rest.contains(want)))
-                .then(|| value.parse::<f64>().ok())?
-        })
-        .sum()
 }
