@@ -3,6 +3,9 @@
 //! the scheduler's CPU thread pool; small ones stay on the calling thread, where spreading
 //! them would cost more than it saves.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
 use gemm::Parallelism;
 use rayon::prelude::*;
 
@@ -18,21 +21,109 @@ const PARALLEL_ELEMS: usize = 1 << 15;
 pub(crate) struct CpuPool {
     pool: rayon::ThreadPool,
     threads: usize,
+    /// The CPU-time clock of each pool thread (registered by the thread as it starts).
+    clocks: Arc<Mutex<Vec<libc::clockid_t>>>,
+    /// Batches using the pool now (for [`CpuPool::busy`]).
+    users: AtomicUsize,
+}
+
+fn read_clock(id: libc::clockid_t) -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec for the call; an invalid clock id (a
+    // thread that has exited) makes the call fail with EINVAL, nothing else.
+    let r = unsafe { libc::clock_gettime(id, &mut ts) };
+    if r != 0 {
+        return 0;
+    }
+    (ts.tv_sec as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(ts.tv_nsec as u64)
+}
+
+/// The calling thread's CPU time in ns (`CLOCK_THREAD_CPUTIME_ID`, a system call).
+pub(crate) fn thread_cpu_ns() -> u64 {
+    read_clock(libc::CLOCK_THREAD_CPUTIME_ID)
+}
+
+/// The calling thread's CPU-time clock, for other threads to read.
+fn own_clock() -> Option<libc::clockid_t> {
+    let mut id: libc::clockid_t = 0;
+    // SAFETY: `pthread_self()` is the calling thread, alive for the call; `id` is a valid,
+    // writable clockid_t.
+    let r = unsafe { libc::pthread_getcpuclockid(libc::pthread_self(), &mut id) };
+    (r == 0).then_some(id)
 }
 
 impl CpuPool {
     pub(crate) fn new(threads: usize) -> Result<CpuPool, String> {
         let threads = threads.max(1);
+        let clocks = Arc::new(Mutex::new(Vec::with_capacity(threads)));
+        let register = clocks.clone();
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
             .thread_name(|i| format!("gpu-cpu-{i}"))
+            .start_handler(move |_| {
+                if let Some(id) = own_clock() {
+                    register.lock().unwrap_or_else(|p| p.into_inner()).push(id);
+                }
+            })
             .build()
             .map_err(|e| format!("CPU inference pool: {e}"))?;
-        Ok(CpuPool { pool, threads })
+        Ok(CpuPool {
+            pool,
+            threads,
+            clocks,
+            users: AtomicUsize::new(0),
+        })
+    }
+
+    /// CPU time (ns) the pool's threads have used since they started; 0 for a pool of one
+    /// thread, which never runs anything (everything then runs on the caller's thread).
+    pub(crate) fn cpu_ns(&self) -> u64 {
+        if self.threads <= 1 {
+            return 0;
+        }
+        let clocks = self.clocks.lock().unwrap_or_else(|p| p.into_inner());
+        clocks.iter().map(|&id| read_clock(id)).sum()
+    }
+
+    /// Marks a batch as using the pool until the guard drops; the guard tells how many
+    /// batches shared it (the most seen at its start and end), to split the pool's time.
+    pub(crate) fn busy(&self) -> PoolUse<'_> {
+        let at_start = self.users.fetch_add(1, Ordering::AcqRel) + 1;
+        PoolUse {
+            pool: self,
+            at_start,
+        }
     }
 
     pub(crate) fn forward(&self, model: &Model, inputs: &[f32], rows: usize) -> Vec<f32> {
         forward(model, inputs, rows, Some(self))
+    }
+}
+
+/// A batch's use of the [`CpuPool`] (see [`CpuPool::busy`]).
+#[derive(Debug)]
+pub(crate) struct PoolUse<'a> {
+    pool: &'a CpuPool,
+    at_start: usize,
+}
+
+impl PoolUse<'_> {
+    /// Batches that used the pool at once with this one, itself included (≥ 1).
+    pub(crate) fn sharers(&self) -> usize {
+        self.at_start
+            .max(self.pool.users.load(Ordering::Acquire))
+            .max(1)
+    }
+}
+
+impl Drop for PoolUse<'_> {
+    fn drop(&mut self) {
+        self.pool.users.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

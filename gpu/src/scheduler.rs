@@ -20,7 +20,7 @@ use std::time::{Duration, Instant, SystemTime};
 use futures_channel::oneshot;
 
 use crate::cache::Lru;
-use crate::cpu::CpuPool;
+use crate::cpu::{self, CpuPool};
 use crate::cuda::{self, CudaDevice, CudaSlot};
 use crate::encoder::{self, Encoder};
 use crate::error::{ErrorKind, InferError};
@@ -148,6 +148,10 @@ pub struct Inference {
     pub batch_rows: usize,
     /// Dispatch order of that batch (0 first).
     pub batch_id: u64,
+    /// CPU time (ns) the pool spent on this request: its share (by request, evenly) of
+    /// the batch's CPU time on the slot thread (the CPU fallback's compute, or a GPU
+    /// batch's host-side work) and on the CPU fallback's GEMM threads.
+    pub cpu_ns: u64,
 }
 
 impl Inference {
@@ -792,8 +796,13 @@ struct Outcome {
     device_failed: bool,
 }
 
-/// Runs one batch outside the lock and answers its requests.
+/// Runs one batch outside the lock and answers its requests, each with its share of the
+/// batch's CPU time: the slot thread's (its CPU clock) and, on the CPU fallback, the GEMM
+/// pool threads' (their clocks, divided among the batches that used the pool at once).
 fn run_batch(inner: &Inner, kind: &SlotKind, items: Vec<Pending>, batch_id: u64) -> Outcome {
+    let slot_start = cpu::thread_cpu_ns();
+    let pool_use = matches!(kind, SlotKind::Cpu).then(|| inner.cpu.busy());
+    let pool_start = pool_use.as_ref().map_or(0, |_| inner.cpu.cpu_ns());
     let max_batch = inner.cfg.max_batch_size;
     let total: usize = items.iter().map(|p| p.rows).sum();
     let (device, result, cols) = match &items[0].work {
@@ -808,6 +817,11 @@ fn run_batch(inner: &Inner, kind: &SlotKind, items: Vec<Pending>, batch_id: u64)
             (device, result, encoder.dim())
         }
     };
+    let pool_ns = pool_use.map_or(0, |u| {
+        inner.cpu.cpu_ns().saturating_sub(pool_start) / u.sharers() as u64
+    });
+    let spent = cpu::thread_cpu_ns().saturating_sub(slot_start) + pool_ns;
+    let cpu_ns = spent / items.len().max(1) as u64;
     let c = &inner.counters;
     match result {
         Ok(out) => {
@@ -834,6 +848,7 @@ fn run_batch(inner: &Inner, kind: &SlotKind, items: Vec<Pending>, batch_id: u64)
                     device,
                     batch_rows,
                     batch_id,
+                    cpu_ns,
                 }));
             }
             Outcome {
@@ -1002,6 +1017,9 @@ pub struct Embeddings {
     pub device: Device,
     /// Sequences in the largest device batch a part of this request ran in.
     pub batch_rows: usize,
+    /// CPU time (ns) the pool spent on this request, over its parts (see
+    /// [`Inference::cpu_ns`]).
+    pub cpu_ns: u64,
 }
 
 impl Embeddings {
@@ -1028,6 +1046,7 @@ impl EmbedTicket {
         let mut vectors = vec![0.0f32; self.n * self.dim];
         let mut device = None;
         let mut batch_rows = 0;
+        let mut cpu_ns = 0u64;
         for (idx, rx) in self.parts {
             let inf = rx.await.unwrap_or_else(|_| {
                 Err(InferError::new(
@@ -1043,6 +1062,7 @@ impl EmbedTicket {
             }
             device.get_or_insert(inf.device);
             batch_rows = batch_rows.max(inf.batch_rows);
+            cpu_ns = cpu_ns.saturating_add(inf.cpu_ns);
             for (r, &i) in idx.iter().enumerate() {
                 vectors[i * self.dim..(i + 1) * self.dim].copy_from_slice(inf.row(r));
             }
@@ -1053,6 +1073,7 @@ impl EmbedTicket {
             dim: self.dim,
             device: device.unwrap_or(Device::Cpu),
             batch_rows,
+            cpu_ns,
         })
     }
 }

@@ -37,6 +37,11 @@
 //!   io-wq anyway) and `fcntl(F_SETFL)`.
 //! * Replies travel back on a `tokio::sync::oneshot`; the crate uses only tokio's `sync`
 //!   feature and works under any executor.
+//! * Each reply carries the CPU time the IO thread spent on the request (threads backend:
+//!   around its blocking calls; io_uring: admitting it and handling its completions, the
+//!   inline syscalls included; not the shared `io_uring_enter`). `get` / `put` charge it
+//!   to the awaiting thread's account ([`cputime::charge`]), where the worker's
+//!   per-assignment meter picks it up.
 //!
 //! # Sandbox
 //! `rel` is made relative by stripping leading `/`, then resolved ONLY by
@@ -51,6 +56,7 @@
 
 #![deny(unsafe_op_in_unsafe_fn)]
 
+pub mod cputime;
 mod error;
 mod machine;
 mod open;
@@ -396,10 +402,13 @@ fn spawn_threads(cfg: &IoConfig, backend: Backend) -> io::Result<Spawned> {
     })
 }
 
-/// The threads backend: one request at a time, blocking syscalls.
+/// The threads backend: one request at a time, blocking syscalls. The thread's CPU time
+/// around the request's syscalls goes with the reply.
 fn run_threads(rx: Receiver<Machine>, shard: &Shard) {
     while let Ok(mut m) = rx.recv() {
+        let start = cputime::thread_cpu_ns();
         machine::run_blocking(&mut m);
+        m.add_cpu_ns(cputime::thread_cpu_ns().saturating_sub(start));
         shard.depth.fetch_sub(1, Ordering::AcqRel);
         // Closing the remaining fds (dropping them) after the reply is sent.
         drop(m.finish());
@@ -493,6 +502,9 @@ impl IoPool {
     ///
     /// If the returned future is dropped before completion the read still runs to the end on
     /// the IO thread; its result is discarded.
+    ///
+    /// The IO thread's CPU time for the request is [`cputime::charge`]d on the thread that
+    /// awaited the reply.
     pub async fn get(&self, root: &Path, rel: &str) -> Result<FileData, FsError> {
         let path = path::parse_get(rel)?;
         let display = path.display.clone();
@@ -506,7 +518,10 @@ impl IoPool {
         )));
         self.inner.submit(m, "get", &display)?;
         match rx.await {
-            Ok(r) => r,
+            Ok((r, cpu_ns)) => {
+                cputime::charge(cpu_ns);
+                r
+            }
             Err(_) => Err(FsError::new(FsErrorKind::Shutdown, "get", &display)),
         }
     }
@@ -546,6 +561,7 @@ impl IoPool {
     ///
     /// `data` is a [`Bytes`] so a payload received from the network is handed to the kernel
     /// without a copy. If the future is dropped, the write still completes.
+    /// The IO thread's CPU time for it is [`cputime::charge`]d like [`IoPool::get`]'s.
     pub async fn put(
         &self,
         root: &Path,
@@ -583,7 +599,10 @@ impl IoPool {
         )));
         self.inner.submit(m, "put", &display)?;
         match rx.await {
-            Ok(r) => r,
+            Ok((r, cpu_ns)) => {
+                cputime::charge(cpu_ns);
+                r
+            }
             Err(_) => Err(FsError::new(FsErrorKind::Shutdown, "put", &display)),
         }
     }
@@ -612,6 +631,45 @@ mod tests {
     fn backend_names() {
         assert_eq!(Backend::Uring.as_str(), "io_uring");
         assert_eq!(Backend::Threads.as_str(), "threads");
+    }
+
+    /// Each backend sends the IO thread's CPU time for a request with its reply, and
+    /// `get` / `put` charge it on the awaiting thread.
+    #[test]
+    fn requests_charge_the_io_threads_cpu_time() {
+        for backend in [Backend::Threads, Backend::Uring] {
+            let pool = match IoPool::start(IoConfig {
+                threads: 1,
+                force_backend: Some(backend),
+                ..IoConfig::default()
+            }) {
+                Ok(p) => p,
+                Err(e) if backend == Backend::Uring => {
+                    if std::env::var_os("BEAMLINE_IO_REQUIRE_URING").is_some() {
+                        panic!("io_uring required but unusable: {e}");
+                    }
+                    eprintln!("SKIP io_uring: {e}");
+                    continue;
+                }
+                Err(e) => panic!("{e}"),
+            };
+            let dir = tempfile::tempdir().unwrap();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap();
+            let data = Bytes::from(vec![7u8; 16 << 20]);
+            cputime::take_charged();
+            rt.block_on(pool.put(dir.path(), "big.bin", data, None))
+                .unwrap();
+            let put = cputime::take_charged();
+            let got = rt.block_on(pool.get(dir.path(), "big.bin")).unwrap();
+            assert_eq!(got.bytes.len(), 16 << 20);
+            let get = cputime::take_charged();
+            // Copying 16 MiB into and out of the page cache takes well over 100 µs.
+            assert!(put > 100_000, "{backend}: put charged {put} ns");
+            assert!(get > 100_000, "{backend}: get charged {get} ns");
+            assert!(put < 5_000_000_000 && get < 5_000_000_000, "{put} {get}");
+        }
     }
 
     #[test]

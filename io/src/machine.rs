@@ -29,8 +29,9 @@ const MAX_EAGAIN_RETRIES: u8 = 8;
 /// O_EXCL collisions tolerated when picking a temp name.
 const MAX_TMP_TRIES: u8 = 16;
 
-pub(crate) type GetReply = oneshot::Sender<Result<FileData, FsError>>;
-pub(crate) type PutReply = oneshot::Sender<Result<PutInfo, FsError>>;
+/// The answer and the CPU time (ns) the IO thread spent on the request.
+pub(crate) type GetReply = oneshot::Sender<(Result<FileData, FsError>, u64)>;
+pub(crate) type PutReply = oneshot::Sender<(Result<PutInfo, FsError>, u64)>;
 
 /// What a machine wants next.
 #[derive(Debug)]
@@ -63,6 +64,15 @@ impl Machine {
         }
     }
 
+    /// Adds CPU time the executing thread spent on this request (sent with the reply).
+    pub(crate) fn add_cpu_ns(&mut self, ns: u64) {
+        let c = match self {
+            Machine::Get(m) => &mut m.cpu_ns,
+            Machine::Put(m) => &mut m.cpu_ns,
+        };
+        *c = c.saturating_add(ns);
+    }
+
     /// Sends the reply (if the caller is still waiting) and returns the fds still open, for
     /// the executor to close. Only called after `Step::Done`.
     pub(crate) fn finish(&mut self) -> Vec<OwnedFd> {
@@ -70,7 +80,7 @@ impl Machine {
             Machine::Get(m) => {
                 if let (Some(tx), Some(r)) = (m.tx.take(), m.reply.take()) {
                     // The caller may have given up (future dropped): nothing to do then.
-                    let _ = tx.send(r);
+                    let _ = tx.send((r, m.cpu_ns));
                 }
                 [m.fd.take(), m.root_fd.take()]
                     .into_iter()
@@ -79,7 +89,7 @@ impl Machine {
             }
             Machine::Put(m) => {
                 if let (Some(tx), Some(r)) = (m.tx.take(), m.reply.take()) {
-                    let _ = tx.send(r);
+                    let _ = tx.send((r, m.cpu_ns));
                 }
                 [
                     m.tmp_fd.take(),
@@ -100,12 +110,12 @@ impl Machine {
         match self {
             Machine::Get(m) => {
                 if let Some(tx) = m.tx.take() {
-                    let _ = tx.send(Err(FsError::new(kind, "get", &m.path.display)));
+                    let _ = tx.send((Err(FsError::new(kind, "get", &m.path.display)), m.cpu_ns));
                 }
             }
             Machine::Put(m) => {
                 if let Some(tx) = m.tx.take() {
-                    let _ = tx.send(Err(FsError::new(kind, "put", &m.path.display)));
+                    let _ = tx.send((Err(FsError::new(kind, "put", &m.path.display)), m.cpu_ns));
                 }
             }
         }
@@ -163,6 +173,8 @@ pub(crate) struct GetMachine {
     retries: u8,
     tx: Option<GetReply>,
     reply: Option<Result<FileData, FsError>>,
+    /// CPU time the IO thread spent on this request so far.
+    cpu_ns: u64,
     /// Run by [`run_get_nowait`] on the caller's thread: reads go through `RWF_NOWAIT`, so
     /// the file's `O_NONBLOCK` need not be cleared.
     nowait: bool,
@@ -202,6 +214,7 @@ impl GetMachine {
             retries: 0,
             tx,
             reply: None,
+            cpu_ns: 0,
             nowait: false,
         }
     }
@@ -436,6 +449,8 @@ pub(crate) struct PutMachine {
     err: Option<FsError>,
     tx: Option<PutReply>,
     reply: Option<Result<PutInfo, FsError>>,
+    /// CPU time the IO thread spent on this request so far.
+    cpu_ns: u64,
 }
 
 impl std::fmt::Debug for PutMachine {
@@ -481,6 +496,7 @@ impl PutMachine {
             err: None,
             tx: Some(tx),
             reply: None,
+            cpu_ns: 0,
         }
     }
 

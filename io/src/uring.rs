@@ -6,6 +6,12 @@
 //! request's next op, and go round again. While idle the thread sleeps in the ring on a read
 //! of the shard's eventfd; a caller that queues a request while the thread sleeps bumps the
 //! eventfd (a Dekker-style `sleeping` flag keeps that to one syscall per wake-up).
+//!
+//! CPU time per request (sent with its reply): the thread's CPU clock is read after each
+//! admission and each completion handled, and the time since the previous read goes to
+//! that request; the CPU time of an `io_uring_enter` that submitted step ops (which may
+//! complete page-cache reads inline) is split evenly among the requests whose ops it
+//! submitted. An `enter` that only waited is not billed (waiting uses no CPU).
 
 use std::io;
 use std::sync::atomic::{fence, Ordering};
@@ -14,6 +20,7 @@ use std::sync::Arc;
 use flume::{Receiver, TryRecvError};
 use io_uring::{cqueue, opcode, squeue, types, IoUring, SubmissionQueue, Submitter};
 
+use crate::cputime::thread_cpu_ns;
 use crate::error::FsErrorKind;
 use crate::machine::{Machine, Step};
 use crate::sys::{self, Op};
@@ -48,6 +55,10 @@ struct Ring<'a> {
     free: Vec<usize>,
     live: usize,
     shard: &'a Shard,
+    /// The thread's CPU time when the last request was billed.
+    mark: u64,
+    /// Slots whose step ops were pushed since the last submission (billed its CPU time).
+    pushed: Vec<usize>,
 }
 
 impl Ring<'_> {
@@ -111,8 +122,11 @@ impl Ring<'_> {
                 // (`in_flight` > 0 keeps the slot allocated).
                 unsafe { self.push(&entry)? };
                 self.slots[slot].in_flight += 1;
+                self.pushed.push(slot);
             }
             Step::Done => {
+                // Its last CPU time goes with the reply.
+                self.bill(slot);
                 // Count the request out before the caller can observe the reply.
                 self.shard.depth.fetch_sub(1, Ordering::AcqRel);
                 let fds = match self.slots[slot].m.as_mut() {
@@ -133,6 +147,34 @@ impl Ring<'_> {
             }
         }
         Ok(())
+    }
+
+    /// Bills the CPU time since the last bill to the request in `slot`, unless it has
+    /// replied already (then what follows, its closes, goes to the next one billed).
+    fn bill(&mut self, slot: usize) {
+        let s = &mut self.slots[slot];
+        let Some(m) = s.m.as_mut().filter(|_| !s.done) else {
+            return;
+        };
+        let now = thread_cpu_ns();
+        m.add_cpu_ns(now.saturating_sub(self.mark));
+        self.mark = now;
+    }
+
+    /// Splits the CPU time of a submission among the requests whose ops it carried.
+    fn bill_submission(&mut self, spent: u64) {
+        let n = self.pushed.len() as u64;
+        if n == 0 {
+            return;
+        }
+        let share = spent / n;
+        for i in 0..self.pushed.len() {
+            let s = &mut self.slots[self.pushed[i]];
+            if let (false, Some(m)) = (s.done, s.m.as_mut()) {
+                m.add_cpu_ns(share);
+            }
+        }
+        self.pushed.clear();
     }
 
     fn maybe_free(&mut self, slot: usize) {
@@ -158,7 +200,9 @@ impl Ring<'_> {
         s.done = false;
         let m = s.m.insert(m);
         let step = m.start();
-        self.advance(slot, step)
+        self.advance(slot, step)?;
+        self.bill(slot);
+        Ok(())
     }
 
     fn complete(&mut self, user_data: u64, res: i32) -> io::Result<()> {
@@ -173,7 +217,9 @@ impl Ring<'_> {
                     Some(m) => m.on_result(res),
                     None => return Ok(()),
                 };
-                self.advance(slot, step)
+                self.advance(slot, step)?;
+                self.bill(slot);
+                Ok(())
             }
             TAG_CLOSE => {
                 self.slots[slot].in_flight = self.slots[slot].in_flight.saturating_sub(1);
@@ -227,6 +273,8 @@ pub(crate) fn run(mut ring: IoUring, rx: Receiver<Machine>, shard: Arc<Shard>) {
         free: (0..max_slots).rev().collect(),
         live: 0,
         shard: &shard,
+        mark: thread_cpu_ns(),
+        pushed: Vec::with_capacity(max_slots),
     };
     let wake_ptr: *mut u8 = (&mut *wake_buf as *mut u64).cast();
     let arm_wake = |r: &mut Ring<'_>| -> io::Result<()> {
@@ -270,7 +318,16 @@ pub(crate) fn run(mut ring: IoUring, rx: Receiver<Machine>, shard: Arc<Shard>) {
                 }
             }
             r.sq.sync();
+            let before = if r.pushed.is_empty() {
+                0
+            } else {
+                thread_cpu_ns()
+            };
             let res = r.submitter.submit_and_wait(want);
+            r.mark = thread_cpu_ns();
+            if !r.pushed.is_empty() {
+                r.bill_submission(r.mark.saturating_sub(before));
+            }
             if sleeping {
                 shard.sleeping.store(false, Ordering::Relaxed);
             }

@@ -28,6 +28,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use beamline_gpu::{DevicePref, EmbedRequest, Encoder, ErrorKind, InferError, Scheduler};
+use beamline_io::cputime;
 use serde_json::{json, Value};
 
 use crate::config::Config;
@@ -238,9 +239,13 @@ impl Block for EmbedBlock {
                 job.model.to_owned(),
             );
             let inputs: Vec<String> = job.inputs.iter().map(|s| (*s).to_owned()).collect();
-            tokio::task::spawn_blocking(move || prepare(&gpu, &dir, &name, &inputs))
-                .await
-                .map_err(|e| TaskError::internal(format!("loading the model: {e}")))??
+            let (prepared, cpu_ns) = tokio::task::spawn_blocking(move || {
+                cputime::measured(|| prepare(&gpu, &dir, &name, &inputs))
+            })
+            .await
+            .map_err(|e| TaskError::internal(format!("loading the model: {e}")))?;
+            cputime::charge(cpu_ns); // the blocking thread's work for this assignment
+            prepared?
         };
         let tokens: usize = seqs.iter().map(Vec::len).sum();
         let req = EmbedRequest {
@@ -258,6 +263,7 @@ impl Block for EmbedBlock {
             .wait()
             .await
             .map_err(infer_error)?;
+        cputime::charge(done.cpu_ns); // its share of the GPU pool's batches
         if done.vectors.iter().any(|v| !v.is_finite()) {
             return Err(TaskError::new(
                 ErrorCode::ExecutionFailed,

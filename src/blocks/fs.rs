@@ -3,6 +3,8 @@
 //! `beamline_io`. Resolution is done by the kernel beneath the tenant root (openat2
 //! `RESOLVE_BENEATH`), so `..`, absolute symlinks and symlinks out of the root fail with
 //! 2003 instead of being clamped. Writes are atomic (temp file + rename) and idempotent.
+//! The IO thread's CPU time for a request comes back with its reply and is charged to the
+//! assignment by the pool itself (`beamline_io::cputime`; `--max-cpu-time-ms`).
 
 use std::path::PathBuf;
 

@@ -31,7 +31,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use beamline_gpu::{DevicePref, ErrorKind, InferError, Model, ModelKey, Request, Scheduler};
-use beamline_io::{FsError, FsErrorKind, OpenBeneath, OpenedFile};
+use beamline_io::{cputime, FsError, FsErrorKind, OpenBeneath, OpenedFile};
 use serde_json::{json, Value};
 use simd_json::prelude::*;
 
@@ -253,9 +253,13 @@ impl Block for InferenceBlock {
                 job.model.to_owned(),
                 self.max_model_bytes,
             );
-            tokio::task::spawn_blocking(move || load_model(&gpu, &root, &rel, max))
-                .await
-                .map_err(|e| TaskError::internal(format!("loading the model: {e}")))??
+            let (loaded, cpu_ns) = tokio::task::spawn_blocking(move || {
+                cputime::measured(|| load_model(&gpu, &root, &rel, max))
+            })
+            .await
+            .map_err(|e| TaskError::internal(format!("loading the model: {e}")))?;
+            cputime::charge(cpu_ns); // the blocking thread's work for this assignment
+            loaded?
         };
         if job.width != model.input_dim() {
             return Err(TaskError::invalid(
@@ -292,6 +296,7 @@ impl Block for InferenceBlock {
             .map_err(infer_error)?
             .await
             .map_err(infer_error)?;
+        cputime::charge(done.cpu_ns); // its share of the GPU pool's batch
         let outputs: Vec<Value> = (0..done.rows)
             .map(|r| Value::Array(done.row(r).iter().map(|&v| number(v)).collect()))
             .collect();

@@ -208,8 +208,8 @@ impl CpuThread {
     }
 
     /// Runs one assignment's pipeline as a local task holding `permit`. The delivery's
-    /// intake share is given back as the pipeline drops it; its polls' CPU time is
-    /// accounted (and limited) by `cputime`.
+    /// intake share is given back as the pipeline drops it; its CPU time (its polls, and
+    /// its work on the IO and GPU pools) is accounted (and limited) by `cputime`.
     fn start(&self, blocks: &Rc<Blocks>, d: Delivery, permit: OwnedSemaphorePermit) {
         let (shared, blocks) = (self.shared.clone(), blocks.clone());
         let in_flight = self.in_flight.clone();

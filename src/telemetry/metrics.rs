@@ -88,7 +88,8 @@ pub struct Metrics {
     pub gpu_devices: IntGauge,
     pub spans_dropped: IntCounter,
     pub panics: IntCounter,
-    /// CPU time each assignment used on its CPU thread (`worker_task_cpu_time_ms`).
+    /// CPU time each assignment used: its polls on its CPU thread plus its work on the
+    /// IO, GPU and blocking pools (`worker_task_cpu_time_ms`).
     pub task_cpu_time: Histogram,
     /// Polls of assignments' futures on the CPU threads (per task: / `worker_tasks_total`).
     pub task_polls: IntCounter,
@@ -311,7 +312,7 @@ impl Metrics {
                 let h = Histogram::with_opts(
                     HistogramOpts::new(
                         "worker_task_cpu_time_ms",
-                        "CPU time an assignment used on its CPU thread (its polls), ms",
+                        "CPU time an assignment used (thread CPU clock: its polls on its CPU thread plus its work on the IO, GPU and blocking pools), ms",
                     )
                     .buckets(CPU_TIME_BUCKETS_MS.to_vec()),
                 )
