@@ -24,9 +24,9 @@
 //! - `bin/embed_check.rs`: `beamline-embed-check`, the encoder's device check and bench.
 //! - `bin/gpu_check.rs`: `beamline-gpu-check`, the device check and bench (`gpu/README.md`).
 //!
-//! `unsafe` is confined to `cpu.rs` (the GEMM calls and the thread CPU clock of its GEMM
-//! threads) and `cuda.rs` / `cuda/embed.rs`
-//! (library probes, GEMM and kernel launches), each block with a `// SAFETY:` line.
+//! `unsafe` is confined to `cpu.rs` (the GEMM calls and its GEMM threads' CPU clock) and
+//! `cuda.rs` / `cuda/embed.rs` (library probes, GEMM and kernel launches), each block with
+//! a `// SAFETY:` line.
 
 mod cache;
 mod cpu;
