@@ -1,20 +1,27 @@
 //! CPU time per assignment. Each assignment's future runs on one pinned CPU thread;
-//! [`metered`] wraps it and reads the thread's CPU clock (`CLOCK_THREAD_CPUTIME_ID`,
-//! through `beamline_io::cputime::thread_cpu_ns`) before and after each of its polls, so
-//! what the task itself runs on that thread adds up, and neither the time the thread
-//! spends on other tasks nor the time a poll waits (a blocking call, the thread
-//! preempted) counts. Work done for the task on other threads comes back with its
-//! answers and is charged on the CPU thread while the task is polled
-//! (`beamline_io::cputime::charge`): the IO pool's per-request CPU time (`IoPool::get` /
-//! `put` charge it themselves), the GPU pool's share of each batch and the blocking
-//! pool's model loading (charged by the `ai.*` blocks). After each poll the meter takes
-//! what was charged. The clock is a system call (see `cost_of_the_accounting` below and
-//! `docs/RELIABILITY.md` for what it costs per task); to save one of the two reads a poll,
-//! a poll that starts within [`REUSE_GAP`] (monotonic clock) of the previous metered
-//! poll's end on this thread starts from that end's reading plus the gap — an upper
-//! bound of the thread's CPU time then, at most `REUSE_GAP` high: the runtime's own
-//! work between two back-to-back polls is charged to the second. At the end the total goes into the
+//! [`metered`] wraps it and times each of its polls. What the task itself runs on that
+//! thread adds up, and neither the time the thread spends on other tasks nor the time a
+//! poll waits (a blocking call, the thread preempted) counts. Work done for the task on
+//! other threads comes back with its answers and is charged on the CPU thread while the
+//! task is polled (`beamline_io::cputime::charge`): the IO pool's per-request CPU time
+//! (`IoPool::get` / `put` charge it themselves), the GPU pool's share of each batch and
+//! the blocking pool's model loading (charged by the `ai.*` blocks). After each poll the
+//! meter takes what was charged. At the end the total goes into the
 //! `worker_task_cpu_time_ms` histogram, and the polls into `worker_task_polls_total`.
+//!
+//! The thread's CPU clock (`CLOCK_THREAD_CPUTIME_ID`) is a system call (≈ 0.55 µs a read
+//! on the 2-vCPU VM; two a poll cost ≈ 3 µs per fs.get task in the bench), so it is read
+//! once per [`WINDOW`] of the thread's busy time, not per poll. Polls are timed with the
+//! monotonic clock (vDSO), and their wall time is turned into CPU time by the window:
+//! - a poll that fills at least half of the window it closes (a long synchronous step, a
+//!   blocking call) gets the window's CPU time less the time before it in the window, at
+//!   most its wall time: a blocking poll counts what it ran, not what it waited, within
+//!   one window (≤ 500 µs) of error;
+//! - shorter polls get their wall time times the share of the last window's poll time the
+//!   thread was on a CPU (1 unless it was preempted).
+//!
+//! A window starts afresh (one more read) when a poll starts after the thread idled for
+//! longer than a window, so idle time never lowers that share.
 //!
 //! `--max-cpu-time-ms` is enforced on that total: [`over_limit`] (called by the pipeline
 //! after each block attempt) answers 5002 when the task has used more. The wall-clock
@@ -34,27 +41,87 @@ use beamline_io::cputime::{charged, take_charged, thread_cpu_ns};
 
 use crate::contract::{ErrorCode, TaskError};
 
-/// A poll that starts this soon after the previous metered poll on the thread ended
-/// reuses that poll's closing clock reading (see the module doc).
-const REUSE_GAP: Duration = Duration::from_micros(2);
+/// How much of the thread's busy time one CPU clock read covers (see the module doc).
+const WINDOW: Duration = Duration::from_micros(500);
 
-thread_local! {
-    /// The thread's CPU time read at the end of the last metered poll, and when.
-    static LAST_READ: Cell<Option<(u64, Instant)>> = const { Cell::new(None) };
+/// One CPU thread's current window: the CPU clock read at its start, when, the metered
+/// polls' wall time since, and the on-CPU share of the last window's polls.
+#[derive(Debug, Clone, Copy)]
+struct Window {
+    cpu: u64,
+    at: Instant,
+    polls_ns: u64,
+    /// Parts per million.
+    share_ppm: u64,
 }
 
-/// The thread's CPU time now, and the monotonic time: the last poll's closing reading
-/// plus the wall time since, when that was under [`REUSE_GAP`] ago; else a clock read.
-fn poll_start() -> (u64, Instant) {
+thread_local! {
+    static THREAD_WINDOW: Cell<Option<Window>> = const { Cell::new(None) };
+}
+
+fn window() -> Option<Window> {
+    THREAD_WINDOW.try_with(Cell::get).ok().flatten()
+}
+
+fn set_window(w: Window) {
+    let _ = THREAD_WINDOW.try_with(|c| c.set(Some(w)));
+}
+
+/// A poll starts now: a fresh window (one clock read) when there is none or the last one
+/// is older than [`WINDOW`] (the thread idled or ran unmetered work since).
+fn poll_start() -> Instant {
     let now = Instant::now();
-    let last = LAST_READ.try_with(Cell::get).ok().flatten();
-    if let Some((cpu, at)) = last {
-        let gap = now.saturating_duration_since(at);
-        if gap < REUSE_GAP {
-            return (cpu + gap.as_nanos() as u64, now);
-        }
+    match window() {
+        Some(w) if now.saturating_duration_since(w.at) < WINDOW => {}
+        last => set_window(Window {
+            cpu: thread_cpu_ns(),
+            at: now,
+            polls_ns: 0,
+            share_ppm: last.map_or(1_000_000, |w| w.share_ppm),
+        }),
     }
-    (thread_cpu_ns(), now)
+    now
+}
+
+/// The CPU time of a poll that started at `started` and is still running (or just
+/// ended): the window's CPU time since it started, less the time before the poll in the
+/// window, at most the poll's wall time. Reads the clock.
+fn poll_cpu_exact(w: &Window, started: Instant, cpu_now: u64, wall: u64) -> u64 {
+    let before = started.saturating_duration_since(w.at).as_nanos() as u64;
+    cpu_now
+        .saturating_sub(w.cpu)
+        .saturating_sub(before)
+        .min(wall)
+}
+
+/// A poll that started at `started` ended now: its CPU time (see the module doc).
+fn poll_end(started: Instant) -> u64 {
+    let now = Instant::now();
+    let wall = now.saturating_duration_since(started).as_nanos() as u64;
+    let Some(mut w) = window() else {
+        return wall;
+    };
+    w.polls_ns = w.polls_ns.saturating_add(wall);
+    let span = now.saturating_duration_since(w.at);
+    if span < WINDOW {
+        set_window(w);
+        return wall.saturating_mul(w.share_ppm) / 1_000_000;
+    }
+    let cpu = thread_cpu_ns();
+    let spent = if wall.saturating_mul(2) >= span.as_nanos() as u64 {
+        poll_cpu_exact(&w, started, cpu, wall)
+    } else {
+        wall.saturating_mul(w.share_ppm) / 1_000_000
+    };
+    let share_ppm =
+        (cpu.saturating_sub(w.cpu).saturating_mul(1_000_000) / w.polls_ns.max(1)).min(1_000_000);
+    set_window(Window {
+        cpu,
+        at: now,
+        polls_ns: 0,
+        share_ppm,
+    });
+    spent
 }
 
 /// What one task used so far.
@@ -62,8 +129,8 @@ fn poll_start() -> (u64, Instant) {
 pub(super) struct Meter {
     used_ns: Cell<u64>,
     polls: Cell<u32>,
-    /// The thread's CPU time and the monotonic time when the poll in progress started.
-    poll_start: Cell<Option<(u64, Instant)>>,
+    /// When the poll in progress started.
+    poll_start: Cell<Option<Instant>>,
     limit_ns: u64,
 }
 
@@ -79,9 +146,14 @@ impl Meter {
 
     /// Used so far: the poll in progress and what was charged during it included.
     pub(super) fn used_ns(&self) -> u64 {
-        let running = self.poll_start.get().map_or(0, |(cpu, _)| {
-            thread_cpu_ns().saturating_sub(cpu) + charged()
-        });
+        let running = match (self.poll_start.get(), window()) {
+            (Some(at), Some(w)) => {
+                let wall = at.elapsed().as_nanos() as u64;
+                poll_cpu_exact(&w, at, thread_cpu_ns(), wall) + charged()
+            }
+            (Some(at), None) => at.elapsed().as_nanos() as u64 + charged(),
+            (None, _) => 0,
+        };
         self.used_ns.get().saturating_add(running)
     }
 
@@ -89,7 +161,7 @@ impl Meter {
     /// the wall time since it started, so the CPU clock is read only when that bound
     /// could cross the limit.
     fn over_limit_ns(&self) -> Option<u64> {
-        let bound = self.poll_start.get().map_or(0, |(_, at)| {
+        let bound = self.poll_start.get().map_or(0, |at| {
             (at.elapsed().as_nanos() as u64).saturating_add(charged())
         });
         if self.used_ns.get().saturating_add(bound) <= self.limit_ns {
@@ -136,14 +208,11 @@ impl<G: Future, D: FnOnce(u64, u32)> Future for Metered<G, D> {
         let this = self.project();
         // Charges made outside any metered poll belong to no task.
         take_charged();
-        // Two clock readings per poll (the first often reused, see `poll_start`); the
-        // pair brackets only this task's own work.
-        let (start, at) = poll_start();
-        this.meter.poll_start.set(Some((start, at)));
+        // Two monotonic readings per poll; the CPU clock once per window (module doc).
+        let at = poll_start();
+        this.meter.poll_start.set(Some(at));
         let r = this.inner.poll(cx);
-        let end = thread_cpu_ns();
-        let _ = LAST_READ.try_with(|l| l.set(Some((end, Instant::now()))));
-        let spent = end.saturating_sub(start) + take_charged();
+        let spent = poll_end(at) + take_charged();
         this.meter.poll_start.set(None);
         this.meter
             .used_ns
@@ -327,13 +396,13 @@ mod tests {
                     let task = async {
                         for _ in 1..POLLS {
                             if mode == 2 {
-                                LAST_READ.with(|l| l.set(None));
+                                THREAD_WINDOW.with(|l| l.set(None));
                             }
                             tokio::task::yield_now().await;
                         }
                     };
                     if mode == 2 {
-                        LAST_READ.with(|l| l.set(None));
+                        THREAD_WINDOW.with(|l| l.set(None));
                     }
                     if mode > 0 {
                         metered(Duration::from_secs(1), task, |ns, p| {
