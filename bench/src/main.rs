@@ -4,7 +4,6 @@
 //! null-echo worker (the ceiling for any worker on this host) and against the real worker,
 //! and reports the worker's figures also as ratios to the null-echo ones.
 
-mod cputime_cost;
 mod driver;
 mod fixtures;
 mod null_worker;
@@ -57,9 +56,6 @@ enum Cmd {
     Null(Box<RunArgs>),
     /// Choose pool sizes and core placement by measuring them; writes a tuning/ profile.
     Tune(Box<tune::TuneArgs>),
-    /// What the worker's per-task CPU time accounting costs (runtime/cputime.rs's meter,
-    /// bare vs metered tasks of 1, 4 and 8 polls); run it from a release build.
-    CputimeCost,
     /// Internal: the null-echo worker process the bench spawns.
     #[command(hide = true)]
     NullWorker(NullWorkerArgs),
@@ -213,15 +209,6 @@ fn main() -> ExitCode {
         Some(Cmd::PlainWorker(a)) => return plain_worker_main(a),
         Some(Cmd::Tune(a)) => {
             return match tune::tune_main(&a) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("error: {e:#}");
-                    ExitCode::FAILURE
-                }
-            }
-        }
-        Some(Cmd::CputimeCost) => {
-            return match cputime_cost::cputime_cost_main() {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("error: {e:#}");
