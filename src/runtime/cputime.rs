@@ -387,8 +387,8 @@ mod tests {
             .expect("runtime");
         const TASKS: u32 = 20_000;
         const POLLS: u32 = 2;
-        // mode 0: bare; 1: metered; 2: metered, every poll start a clock read (as when
-        // the thread idled before it: no reading to reuse).
+        // mode 0: bare; 1: metered (busy thread: one CPU clock read per window); 2:
+        // metered, a fresh window at every poll (as when the thread idled before each).
         let run = |mode: u8| {
             let t = Instant::now();
             rt.block_on(async {
@@ -425,8 +425,8 @@ mod tests {
         eprintln!(
             "cputime cost (min of runs): thread CPU clock read {read_ns:.0} ns, monotonic \
              clock read {instant_ns:.0} ns; task of {POLLS} polls: bare {bare:.0} ns, \
-             metered back to back {with:.0} ns (accounting {:.0} ns per task, {:.0} per \
-             poll), metered with no reading to reuse {cold:.0} ns (accounting {:.0} ns per \
+             metered on a busy thread {with:.0} ns (accounting {:.0} ns per task, {:.0} per \
+             poll), metered with a fresh window every poll {cold:.0} ns (accounting {:.0} ns per \
              task, {:.0} per poll)",
             with - bare,
             (with - bare) / f64::from(POLLS),
