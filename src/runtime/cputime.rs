@@ -108,13 +108,17 @@ fn poll_end(started: Instant) -> u64 {
         return wall.saturating_mul(w.share_ppm) / 1_000_000;
     }
     let cpu = thread_cpu_ns();
-    let spent = if wall.saturating_mul(2) >= span.as_nanos() as u64 {
-        poll_cpu_exact(&w, started, cpu, wall)
+    // A long poll (a blocking call, a long step) is measured on its own and leaves the
+    // share as it was: what it waited is not preemption of the polls around it.
+    let (spent, share_ppm) = if wall.saturating_mul(2) >= span.as_nanos() as u64 {
+        (poll_cpu_exact(&w, started, cpu, wall), w.share_ppm)
     } else {
-        wall.saturating_mul(w.share_ppm) / 1_000_000
+        let share = cpu.saturating_sub(w.cpu).saturating_mul(1_000_000) / w.polls_ns.max(1);
+        (
+            wall.saturating_mul(w.share_ppm) / 1_000_000,
+            share.min(1_000_000),
+        )
     };
-    let share_ppm =
-        (cpu.saturating_sub(w.cpu).saturating_mul(1_000_000) / w.polls_ns.max(1)).min(1_000_000);
     set_window(Window {
         cpu,
         at: now,
@@ -332,6 +336,31 @@ mod tests {
             "60 ms blocked in a poll is not 20 ms of CPU"
         );
         assert!(total.get() < 10_000_000, "{} ns", total.get());
+    }
+
+    /// A blocking poll is measured on its own and does not lower what the short polls
+    /// after it count (what it waited is not preemption of theirs).
+    #[test]
+    fn a_blocking_poll_leaves_the_short_polls_after_it_counted() {
+        let rt = runtime();
+        let total = Rc::new(Cell::new(0u64));
+        let t = total.clone();
+        rt.block_on(metered(
+            Duration::from_secs(10),
+            async {
+                std::thread::sleep(Duration::from_millis(60));
+                for _ in 0..10 {
+                    tokio::task::yield_now().await;
+                    burn(Duration::from_micros(200));
+                }
+            },
+            move |ns, _| t.set(ns),
+        ));
+        let ns = total.get();
+        assert!(
+            (1_700_000..10_000_000).contains(&ns),
+            "2 ms burnt in 10 short polls after a 60 ms blocking one: {ns} ns"
+        );
     }
 
     /// CPU time charged by other threads' work (the IO and GPU pools) counts, within the
