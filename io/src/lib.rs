@@ -47,9 +47,11 @@
 //! `rel` is made relative by stripping leading `/`, then resolved ONLY by
 //! `openat2(root_fd, rel, RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS)`: `..` above the root,
 //! absolute symlinks and symlinks leading out of the root fail with `EXDEV` and are reported
-//! as [`FsErrorKind::Escape`]; symlinks that stay inside are followed. The root directory is
-//! opened per request (`O_PATH|O_DIRECTORY`, no cache, so a replaced root is never served
-//! from a stale fd). A hard link inside the root to a file outside it cannot be told apart
+//! as [`FsErrorKind::Escape`]; symlinks that stay inside are followed. The IO threads open
+//! the root directory per request (`O_PATH|O_DIRECTORY`); the inline gets of
+//! [`IoPool::try_get_now`] keep it open per calling thread, checked by one `statx` of its
+//! path before each use so that a replaced root is never served from a stale fd
+//! (`roots.rs`). A hard link inside the root to a file outside it cannot be told apart
 //! by path resolution, so reads refuse every file with `st_nlink > 1` (Escape), including
 //! hard links whose other name is inside the root. Writes replace the directory entry by
 //! `renameat` and never write through an existing link.
@@ -61,6 +63,7 @@ mod error;
 mod machine;
 mod open;
 mod path;
+mod roots;
 mod sys;
 mod uring;
 
@@ -545,12 +548,18 @@ impl IoPool {
             Ok(r) => r,
             Err(e) => return Some(Err(e)),
         };
-        let mut m = GetMachine::new(root_c, path, self.inner.max_file_bytes, None);
-        if machine::run_get_nowait(&mut m) {
-            m.take_reply()
-        } else {
-            None
+        let cached = roots::take(&root_c);
+        let was_cached = cached.is_some();
+        let max = self.inner.max_file_bytes;
+        let reply = get_now(&root_c, path, max, cached);
+        let stale = was_cached && matches!(&reply, Some(Err(e)) if e.kind == FsErrorKind::NotFound);
+        if stale {
+            // Through a cached root (maybe one removed and made again under the same
+            // inode): ask again through a fresh open.
+            let path = path::parse_get(rel).ok()?; // parsed once already
+            return get_now(&root_c, path, max, None);
         }
+        reply
     }
 
     /// Atomically writes `data` to `rel` beneath `root`: missing parent directories are
@@ -614,6 +623,39 @@ impl IoPool {
     }
 }
 
+/// One inline get on the caller's thread ([`IoPool::try_get_now`]), from `cached` (an open
+/// root) when given; the root is kept for the next get unless the file was not found. `None`
+/// when a step would block.
+fn get_now(
+    root: &std::ffi::CStr,
+    path: path::GetPath,
+    max: u64,
+    cached: Option<roots::Held>,
+) -> Option<Result<FileData, FsError>> {
+    let (mut m, known) = match cached {
+        Some(held) => {
+            let (fd, id) = held.split();
+            // The root's path is not opened again: the machine needs no copy of it.
+            let m = GetMachine::new(std::ffi::CString::default(), path, max, None);
+            (m.with_root(fd), Some(id))
+        }
+        None => (GetMachine::new(root.to_owned(), path, max, None), None),
+    };
+    let done = machine::run_get_nowait(&mut m);
+    let reply = if done { m.take_reply() } else { None };
+    let not_found = matches!(&reply, Some(Err(e)) if e.kind == FsErrorKind::NotFound);
+    if let (Some(fd), false) = (m.take_root_fd(), not_found) {
+        let held = match known {
+            Some(id) => Some(roots::Held::again(fd, id)),
+            None => roots::Held::opened(fd),
+        };
+        if let Some(held) = held {
+            roots::put(root, held);
+        }
+    }
+    reply
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -670,6 +712,69 @@ mod tests {
             assert!(get > 100_000, "{backend}: get charged {get} ns");
             assert!(put < 5_000_000_000 && get < 5_000_000_000, "{put} {get}");
         }
+    }
+
+    fn now(pool: &IoPool, root: &Path, rel: &str) -> Result<Vec<u8>, FsErrorKind> {
+        match pool.try_get_now(root, rel) {
+            Some(Ok(data)) => Ok(data.bytes),
+            Some(Err(e)) => Err(e.kind),
+            None => panic!("inline get of {rel} would block"),
+        }
+    }
+
+    /// The inline get keeps the tenant root open between gets, and never serves a root
+    /// that was renamed away, replaced, re-pointed or removed and made again.
+    #[test]
+    fn a_kept_root_is_never_a_stale_one() {
+        let pool = IoPool::start(IoConfig {
+            threads: 1,
+            ..IoConfig::default()
+        })
+        .unwrap();
+        if !pool.inner.nowait {
+            eprintln!("SKIP: no RWF_NOWAIT here, so no inline gets");
+            return;
+        }
+        let base = tempfile::tempdir().unwrap();
+        let root = base.path().join("tenant");
+        let write = |dir: &Path, text: &str| {
+            std::fs::create_dir_all(dir).unwrap();
+            std::fs::write(dir.join("f.txt"), text).unwrap();
+        };
+        write(&root, "one");
+        assert_eq!(now(&pool, &root, "f.txt").unwrap(), b"one");
+        assert_eq!(now(&pool, &root, "f.txt").unwrap(), b"one");
+        assert_eq!(roots::held(), 1, "the root is kept between gets");
+
+        // Renamed away, a new directory in its place.
+        std::fs::rename(&root, base.path().join("old")).unwrap();
+        write(&root, "two");
+        assert_eq!(now(&pool, &root, "f.txt").unwrap(), b"two");
+
+        // Removed and made again (it may get the old inode number back).
+        std::fs::remove_dir_all(&root).unwrap();
+        write(&root, "three");
+        assert_eq!(now(&pool, &root, "f.txt").unwrap(), b"three");
+
+        // The root is a symlink, swapped to another directory.
+        std::fs::remove_dir_all(&root).unwrap();
+        write(&base.path().join("a"), "four");
+        write(&base.path().join("b"), "five");
+        std::os::unix::fs::symlink(base.path().join("a"), &root).unwrap();
+        assert_eq!(now(&pool, &root, "f.txt").unwrap(), b"four");
+        std::fs::remove_file(&root).unwrap();
+        std::os::unix::fs::symlink(base.path().join("b"), &root).unwrap();
+        assert_eq!(now(&pool, &root, "f.txt").unwrap(), b"five");
+
+        // Gone: not found, and nothing is kept for it.
+        std::fs::remove_file(&root).unwrap();
+        assert_eq!(now(&pool, &root, "f.txt"), Err(FsErrorKind::NotFound));
+        // A file missing under a live root (inline: not found, or left to the IO thread
+        // when the lookup is not cached), then the root serves again.
+        write(&root, "six");
+        assert!(!matches!(pool.try_get_now(&root, "nope.txt"), Some(Ok(_))));
+        assert_eq!(now(&pool, &root, "f.txt").unwrap(), b"six");
+        assert_eq!(roots::held(), 1);
     }
 
     #[test]

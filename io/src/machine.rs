@@ -224,6 +224,17 @@ impl GetMachine {
         self.reply.take()
     }
 
+    /// Starts from `root`, already open: the machine skips opening the root.
+    pub(crate) fn with_root(mut self, root: OwnedFd) -> Self {
+        self.root_fd = Some(root);
+        self
+    }
+
+    /// The root the machine opened or was given, for the caller to keep.
+    pub(crate) fn take_root_fd(&mut self) -> Option<OwnedFd> {
+        self.root_fd.take()
+    }
+
     fn fail(&mut self, err: FsError) -> Step {
         self.reply = Some(Err(err));
         self.state = GetState::Done;
@@ -236,6 +247,9 @@ impl GetMachine {
     }
 
     fn start(&mut self) -> Step {
+        if self.root_fd.is_some() {
+            return self.open_file(); // given, open ([`GetMachine::with_root`])
+        }
         self.state = GetState::OpenRoot;
         Step::Submit(Op::OpenAt {
             dirfd: libc::AT_FDCWD,

@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
-type Key = (Box<str>, Box<str>);
+use super::key::{KeyHasher, TaskKey};
+
+type Key = TaskKey;
 
 /// How long an early cancel is remembered, and how many.
 const EARLY_TTL: Duration = Duration::from_secs(600);
@@ -17,8 +19,8 @@ const EARLY_CAP: usize = 10_000;
 
 #[derive(Debug, Default)]
 struct Inner {
-    live: HashMap<Key, (CancellationToken, Option<String>)>,
-    early: HashMap<Key, (Instant, String)>,
+    live: HashMap<Key, (CancellationToken, Option<String>), KeyHasher>,
+    early: HashMap<Key, (Instant, String), KeyHasher>,
     early_order: VecDeque<Key>,
 }
 
@@ -70,13 +72,13 @@ impl Cancels {
     }
 
     /// Registers an assignment; its token is already cancelled when a cancel came first.
-    pub fn register(&self, tenant: &str, id: &str, parent: &CancellationToken) -> Registration {
-        let key: Key = (tenant.into(), id.into());
+    pub fn register(&self, key: TaskKey, parent: &CancellationToken) -> Registration {
         let token = parent.child_token();
         let mut g = self.lock();
-        let early = g
-            .early
-            .remove(&key)
+        // Early cancels are rare: no lookup while there are none.
+        let early = (!g.early.is_empty())
+            .then(|| g.early.remove(&key))
+            .flatten()
             .filter(|(at, _)| at.elapsed() < EARLY_TTL);
         let reason = early.map(|(_, r)| {
             token.cancel();
@@ -91,7 +93,7 @@ impl Cancels {
     }
 
     pub fn cancel(&self, tenant: &str, id: &str, reason: &str) -> Effect {
-        let key: Key = (tenant.into(), id.into());
+        let key = TaskKey::new(tenant, id);
         let mut g = self.lock();
         if let Some((token, r)) = g.live.get_mut(&key) {
             *r = Some(reason.to_owned());
@@ -124,7 +126,7 @@ mod tests {
     fn only_the_same_tenant_cancels() {
         let c = Cancels::default();
         let root = CancellationToken::new();
-        let r = c.register("a", "x", &root);
+        let r = c.register(TaskKey::new("a", "x"), &root);
         assert_eq!(c.cancel("b", "x", "nope"), Effect::Remembered);
         assert!(!r.token.is_cancelled());
         assert_eq!(c.cancel("a", "x", "user"), Effect::Cancelled);
@@ -137,7 +139,7 @@ mod tests {
         let c = Cancels::default();
         let root = CancellationToken::new();
         assert_eq!(c.cancel("a", "y", "early"), Effect::Remembered);
-        let r = c.register("a", "y", &root);
+        let r = c.register(TaskKey::new("a", "y"), &root);
         assert!(r.token.is_cancelled());
         assert_eq!(r.reason().as_deref(), Some("early"));
     }

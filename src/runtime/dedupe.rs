@@ -13,6 +13,8 @@ use tokio::sync::watch;
 
 use crate::transport::{Bucket, BucketError};
 
+use super::key::{KeyHasher, TaskKey};
+
 /// What was published for a finished assignment; re-published byte for byte on a duplicate.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Record {
@@ -42,11 +44,12 @@ impl Record {
     }
 }
 
-type Key = (Box<str>, Box<str>);
+type Key = TaskKey;
 
 #[derive(Debug)]
 enum Entry {
-    Running(watch::Sender<Option<Arc<Record>>>),
+    /// Running here; the channel exists once a second delivery waits for the result.
+    Running(Option<watch::Sender<Option<Arc<Record>>>>),
     Done(Arc<Record>, Instant),
 }
 
@@ -54,7 +57,7 @@ enum Entry {
 #[derive(Debug)]
 pub enum Begin {
     /// First sight: run it; the guard must be completed (or dropped to give up).
-    New(Box<Guard>),
+    New(Guard),
     /// Already finished: re-publish this.
     Done(Arc<Record>),
     /// Running right now in this process: wait for it.
@@ -63,17 +66,18 @@ pub enum Begin {
 
 #[derive(Debug)]
 struct Inner {
-    map: HashMap<Key, Entry>,
+    map: HashMap<Key, Entry, KeyHasher>,
     order: VecDeque<(Key, Instant)>,
     /// What the finished entries hold, by [`cost`].
     bytes: usize,
 }
 
-/// What one finished entry costs the process: its record, its key twice (map and order)
-/// and the bookkeeping around them (map slot, queue slot, `Arc`, allocation headers).
+/// What one finished entry costs the process: its record, its key (one allocation, shared
+/// by map and order) and the bookkeeping around them (map slot, queue slot, `Arc`s,
+/// allocation headers).
 fn cost(key: &Key, record: &Record) -> usize {
     const OVERHEAD: usize = 192;
-    record.ack.len() + record.result.len() + 2 * (key.0.len() + key.1.len()) + OVERHEAD
+    record.ack.len() + record.result.len() + key.len() + OVERHEAD
 }
 
 /// The dedupe store.
@@ -112,7 +116,7 @@ impl Dedupe {
     pub fn new(kv: Option<Bucket>, ttl: Duration, capacity: usize) -> Dedupe {
         Dedupe {
             inner: Arc::new(Mutex::new(Inner {
-                map: HashMap::new(),
+                map: HashMap::default(),
                 order: VecDeque::new(),
                 bytes: 0,
             })),
@@ -145,18 +149,27 @@ impl Dedupe {
 
     /// Looks the assignment up; marks it running when it is new.
     pub async fn begin(&self, tenant: &str, id: &str) -> Begin {
-        let key: Key = (tenant.into(), id.into());
+        self.begin_key(&TaskKey::new(tenant, id)).await
+    }
+
+    /// [`Dedupe::begin`] with the key the pipeline made for the assignment.
+    pub async fn begin_key(&self, key: &TaskKey) -> Begin {
+        let (tenant, id) = (key.tenant(), key.id());
         {
             let mut g = self.lock();
-            match g.map.get(&key) {
+            match g.map.get_mut(&key) {
                 Some(Entry::Done(r, at)) if at.elapsed() < self.ttl => {
                     return Begin::Done(r.clone())
                 }
-                Some(Entry::Running(tx)) => return Begin::Running(tx.subscribe()),
+                Some(Entry::Running(Some(tx))) => return Begin::Running(tx.subscribe()),
+                Some(Entry::Running(waiters @ None)) => {
+                    let (tx, rx) = watch::channel(None);
+                    *waiters = Some(tx);
+                    return Begin::Running(rx);
+                }
                 _ => {}
             }
-            let (tx, _) = watch::channel(None);
-            g.map.insert(key.clone(), Entry::Running(tx));
+            g.map.insert(key.clone(), Entry::Running(None));
         }
         if let Some(kv) = &self.kv {
             // Boxed: the lookup's state is large and only JetStream mode has it.
@@ -164,7 +177,7 @@ impl Dedupe {
                 Ok(Some(bytes)) => {
                     if let Some(r) = Record::decode(bytes) {
                         let r = Arc::new(r);
-                        self.finish(&key, r.clone());
+                        self.finish(key, r.clone());
                         return Begin::Done(r);
                     }
                 }
@@ -173,10 +186,10 @@ impl Dedupe {
                 Err(e) => tracing::warn!(error = %e, "dedupe lookup failed"),
             }
         }
-        Begin::New(Box::new(Guard {
+        Begin::New(Guard {
             store: self.clone(),
-            key: Some(key),
-        }))
+            key: Some(key.clone()),
+        })
     }
 
     fn finish(&self, key: &Key, record: Arc<Record>) {
@@ -184,9 +197,10 @@ impl Dedupe {
         let mut g = self.lock();
         g.bytes += cost(key, &record);
         match g.map.insert(key.clone(), Entry::Done(record.clone(), now)) {
-            Some(Entry::Running(tx)) => {
+            Some(Entry::Running(Some(tx))) => {
                 let _ = tx.send(Some(record));
             }
+            Some(Entry::Running(None)) => {}
             Some(Entry::Done(old, _)) => g.bytes = g.bytes.saturating_sub(cost(key, &old)),
             None => {}
         }
@@ -272,7 +286,7 @@ impl Guard {
         };
         if let Some(kv) = &self.store.kv {
             // Boxed: the store's state is large and only JetStream mode has it.
-            record = Box::pin(store_first(kv, kv_key(&key.0, &key.1), record)).await;
+            record = Box::pin(store_first(kv, kv_key(key.tenant(), key.id()), record)).await;
         }
         self.store.finish(&key, record.clone());
         record

@@ -11,6 +11,7 @@ mod cpu_thread;
 mod cputime;
 pub mod dedupe;
 pub mod fair;
+pub mod key;
 mod lane;
 mod pipeline;
 pub mod quota;

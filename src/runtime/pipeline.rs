@@ -30,6 +30,7 @@ use crate::transport::{Delivery, Kind, TransportError};
 
 use super::cancel::Registration;
 use super::dedupe::{Begin, Guard, Record};
+use super::key::TaskKey;
 use super::Shared;
 
 const ACCEPTED: &str = "Assignment accepted for execution";
@@ -134,6 +135,8 @@ struct Reply<'a> {
     value: &'a BorrowedValue<'a>,
     received: Instant,
     msg_id: String,
+    /// (tenant, assignment id): the key of the dedupe store and of the cancel registry.
+    key: TaskKey,
 }
 
 impl<'a> Reply<'a> {
@@ -153,6 +156,7 @@ impl<'a> Reply<'a> {
             value,
             received,
             msg_id: format!("{tenant}:{}", assignment.assignment_id),
+            key: TaskKey::new(tenant, assignment.assignment_id),
         }
     }
 }
@@ -411,7 +415,7 @@ async fn handle_parsed(
     };
     let span = receive_span(shared, &assignment);
     let reply = Reply::new(shared, delivery, &assignment, value, received);
-    let Some(guard) = claim(&reply, &assignment, &span).await else {
+    let Some(guard) = claim(&reply, &span).await else {
         return; // a duplicate, answered
     };
     let (kind, job) = match validate(&assignment, problem) {
@@ -432,11 +436,9 @@ async fn handle_parsed(
                 .await;
         }
     };
-    let cancel = shared.cancels.register(
-        tenant_of(&assignment),
-        assignment.assignment_id,
-        &shared.hard_stop,
-    );
+    let cancel = shared
+        .cancels
+        .register(reply.key.clone(), &shared.hard_stop);
     let traceparent = assignment.trace_id.as_deref().and_then(traceparent_for);
     let run = Execute::new(
         &reply,
@@ -485,19 +487,15 @@ fn execute_span(parent: &tracing::Span, reply: &Reply<'_>, kind: BlockKind) -> t
 
 /// Claims the assignment for this delivery. A duplicate is answered here, with the result
 /// stored for it (waiting for it when it is running here now), and gets `None`.
-async fn claim(
-    reply: &Reply<'_>,
-    assignment: &Assignment<'_>,
-    span: &tracing::Span,
-) -> Option<Guard> {
+async fn claim(reply: &Reply<'_>, span: &tracing::Span) -> Option<Guard> {
     let begun = reply
         .shared
         .dedupe
-        .begin(tenant_of(assignment), assignment.assignment_id)
+        .begin_key(&reply.key)
         .instrument(span.clone())
         .await;
     let mut running = match begun {
-        Begin::New(guard) => return Some(*guard),
+        Begin::New(guard) => return Some(guard),
         Begin::Done(record) => {
             republish(reply, &record).await;
             return None;

@@ -9,6 +9,8 @@
 //! `--log-format text` writes the same content as one readable line for local runs.
 
 use std::borrow::Cow;
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::fmt::{self, Write as _};
 use std::io::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -253,6 +255,31 @@ pub fn is_sensitive_key(key: &str) -> bool {
         at == 0
             || !k[at - 1].is_ascii_alphanumeric()
             || (k[at].is_ascii_uppercase() && k[at - 1].is_ascii_lowercase())
+    })
+}
+
+/// [`is_sensitive_key`] for a field name of a callsite: names are `&'static str` of a
+/// fixed set of callsites, so the answer is remembered per thread by the name's address
+/// (a log line and its span record some twenty fields per assignment).
+fn sensitive_field(name: &'static str) -> bool {
+    thread_local! {
+        static SEEN: RefCell<HashMap<(usize, usize), bool, foldhash::fast::RandomState>> =
+            RefCell::new(HashMap::default());
+    }
+    let at = (name.as_ptr() as usize, name.len());
+    SEEN.with(|seen| {
+        let Ok(mut seen) = seen.try_borrow_mut() else {
+            return is_sensitive_key(name);
+        };
+        if let Some(&known) = seen.get(&at) {
+            return known;
+        }
+        let known = is_sensitive_key(name);
+        // Bounded: callsites are a fixed set, but a cap costs nothing.
+        if seen.len() < 4096 {
+            seen.insert(at, known);
+        }
+        known
     })
 }
 
@@ -627,7 +654,7 @@ impl Recorder<'_> {
                 return;
             }
         }
-        let v = if is_sensitive_key(name) {
+        let v = if sensitive_field(name) {
             Val::Str(REDACTED.to_owned())
         } else {
             v
@@ -635,9 +662,11 @@ impl Recorder<'_> {
         self.fields.set(name, v);
     }
 
+    /// Text is scrubbed here; [`Recorder::put`] then redacts it whole under a sensitive
+    /// key (so the key is not scrubbed for nothing).
     fn text(&mut self, field: &Field, s: &str) {
-        let v = if is_sensitive_key(field.name()) {
-            REDACTED.to_owned()
+        let v = if sensitive_field(field.name()) {
+            String::new()
         } else {
             scrub(s).into_owned()
         };
@@ -646,8 +675,8 @@ impl Recorder<'_> {
 
     /// As [`Recorder::text`] for text already owned: kept as is when nothing is masked.
     fn owned_text(&mut self, field: &Field, s: String) {
-        let v = if is_sensitive_key(field.name()) {
-            REDACTED.to_owned()
+        let v = if sensitive_field(field.name()) {
+            String::new()
         } else {
             match scrub(&s) {
                 Cow::Borrowed(_) => s,

@@ -1,0 +1,119 @@
+//! Tenant root directories kept open (`O_PATH`) per thread, for the inline `fs.get` of
+//! [`IoPool::try_get_now`](crate::IoPool::try_get_now): opening the root by its absolute
+//! path and closing it again was two of the seven system calls of every get, and the
+//! costlier two (the whole path walk; 1.47 µs for open + close of a six-level root here).
+//!
+//! A root is never served from a stale descriptor: before each use, one `statx` of the
+//! root's path (0.98 µs) must name the same directory (device and inode) the descriptor
+//! was opened on, so a root renamed, replaced or re-pointed (a symlink swapped) is opened
+//! afresh. A root removed and made again can get its old inode number back; the old,
+//! removed directory is empty, so a file looked up through it is not found, and a
+//! not-found answer through a cached root is asked again through a fresh open
+//! ([`crate::IoPool::try_get_now`]).
+//!
+//! Only the CPU threads' inline gets use it; the IO threads open the root per request.
+
+use std::cell::RefCell;
+use std::ffi::CStr;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+
+/// Roots kept per thread (a tenant per entry); the oldest is replaced past it.
+const CAPACITY: usize = 64;
+
+struct Root {
+    path: Box<[u8]>,
+    held: Held,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct DirId {
+    dev_major: u32,
+    dev_minor: u32,
+    ino: u64,
+}
+
+thread_local! {
+    static ROOTS: RefCell<Vec<Root>> = const { RefCell::new(Vec::new()) };
+}
+
+/// The directory `statx` names, by path (`dirfd` = `AT_FDCWD`) or by descriptor (empty
+/// path).
+fn dir_id(dirfd: RawFd, path: &CStr, flags: i32) -> Option<DirId> {
+    // SAFETY: `statx` is a plain C struct of integers; all-zero is a valid value.
+    let mut stx: libc::statx = unsafe { std::mem::zeroed() };
+    // SAFETY: `path` is NUL-terminated and `stx` is a valid, writable statx buffer.
+    let r = unsafe {
+        libc::statx(
+            dirfd,
+            path.as_ptr(),
+            flags | libc::AT_STATX_DONT_SYNC,
+            libc::STATX_TYPE | libc::STATX_INO,
+            &mut stx,
+        )
+    };
+    let is_dir = u32::from(stx.stx_mode) & libc::S_IFMT == libc::S_IFDIR;
+    (r == 0 && is_dir).then_some(DirId {
+        dev_major: stx.stx_dev_major,
+        dev_minor: stx.stx_dev_minor,
+        ino: stx.stx_ino,
+    })
+}
+
+/// An open root and the directory it was opened on.
+pub(crate) struct Held {
+    fd: OwnedFd,
+    id: DirId,
+}
+
+impl Held {
+    /// A root just opened (one `statx` of the descriptor); `None` if it is not a directory.
+    pub(crate) fn opened(fd: OwnedFd) -> Option<Held> {
+        let id = dir_id(fd.as_raw_fd(), c"", libc::AT_EMPTY_PATH)?;
+        Some(Held { fd, id })
+    }
+
+    /// The descriptor, and what to hold it again with ([`Held::again`]).
+    pub(crate) fn split(self) -> (OwnedFd, DirId) {
+        (self.fd, self.id)
+    }
+
+    /// `fd`, given by [`Held::split`] with `id`, held again.
+    pub(crate) fn again(fd: OwnedFd, id: DirId) -> Held {
+        Held { fd, id }
+    }
+}
+
+/// The open root `root`, taken out of the cache, when its path still names the directory
+/// it was opened on. Give it back with [`put`].
+pub(crate) fn take(root: &CStr) -> Option<Held> {
+    ROOTS.with(|roots| {
+        let mut roots = roots.try_borrow_mut().ok()?;
+        let at = roots.iter().position(|r| *r.path == *root.to_bytes())?;
+        let entry = roots.swap_remove(at);
+        let now = dir_id(libc::AT_FDCWD, root, 0)?;
+        // A different directory under the old path: the entry is dropped (closed).
+        (now == entry.held.id).then_some(entry.held)
+    })
+}
+
+/// Keeps `held`, the open root `root`, for the next get on this thread.
+pub(crate) fn put(root: &CStr, held: Held) {
+    ROOTS.with(|roots| {
+        let Ok(mut roots) = roots.try_borrow_mut() else {
+            return;
+        };
+        if roots.len() >= CAPACITY {
+            roots.remove(0);
+        }
+        roots.push(Root {
+            path: root.to_bytes().into(),
+            held,
+        });
+    });
+}
+
+/// Roots this thread holds open (tests).
+#[cfg(test)]
+pub(crate) fn held() -> usize {
+    ROOTS.with(|roots| roots.borrow().len())
+}
