@@ -65,6 +65,7 @@ mod open;
 mod path;
 mod roots;
 mod sys;
+mod types;
 mod uring;
 
 use std::fmt;
@@ -775,6 +776,71 @@ mod tests {
         assert!(!matches!(pool.try_get_now(&root, "nope.txt"), Some(Ok(_))));
         assert_eq!(now(&pool, &root, "f.txt").unwrap(), b"six");
         assert_eq!(roots::held(), 1);
+    }
+
+    /// The inline get remembers a hot file's content type, and sees every change of it.
+    #[test]
+    fn a_remembered_content_type_follows_the_file() {
+        let pool = IoPool::start(IoConfig {
+            threads: 1,
+            ..IoConfig::default()
+        })
+        .unwrap();
+        if !pool.inner.nowait {
+            eprintln!("SKIP: no RWF_NOWAIT here, so no inline gets");
+            return;
+        }
+        let root = tempfile::tempdir().unwrap();
+        let file = root.path().join("f.json");
+        std::fs::write(&file, b"{}").unwrap();
+        let set = |value: Option<&str>| {
+            let path = std::ffi::CString::new(file.as_os_str().as_encoded_bytes()).unwrap();
+            // SAFETY: NUL-terminated path and name; `value` is a live buffer of its length.
+            let r = unsafe {
+                match value {
+                    Some(v) => libc::setxattr(
+                        path.as_ptr(),
+                        sys::CONTENT_TYPE_XATTR.as_ptr(),
+                        v.as_ptr().cast(),
+                        v.len(),
+                        0,
+                    ),
+                    None => libc::removexattr(path.as_ptr(), sys::CONTENT_TYPE_XATTR.as_ptr()),
+                }
+            };
+            r == 0
+        };
+        let ct = || {
+            pool.try_get_now(root.path(), "f.json")
+                .expect("inline")
+                .unwrap()
+                .content_type
+        };
+        if !set(Some("application/json")) {
+            eprintln!("SKIP: no user xattrs on this filesystem");
+            return;
+        }
+        assert_eq!(ct().as_deref(), Some("application/json"));
+        // Settled (its ctime old enough to be remembered), then changed.
+        std::thread::sleep(std::time::Duration::from_millis(60));
+        assert_eq!(ct().as_deref(), Some("application/json"));
+        assert_eq!(types::remembered(), 1);
+        assert!(set(Some("text/plain")));
+        assert_eq!(ct().as_deref(), Some("text/plain"));
+        assert!(set(None));
+        assert_eq!(ct(), None);
+        // Changes closer together than the clock's coarse tick: each is seen (a ctime that
+        // recent is not remembered).
+        for i in 0..200 {
+            let (a, b) = (
+                format!("application/x-{i}-a"),
+                format!("application/x-{i}-b"),
+            );
+            assert!(set(Some(&a)));
+            assert_eq!(ct().as_deref(), Some(a.as_str()));
+            assert!(set(Some(&b)));
+            assert_eq!(ct().as_deref(), Some(b.as_str()), "round {i}");
+        }
     }
 
     #[test]

@@ -344,7 +344,14 @@ impl GetMachine {
                 return self.fail_errno(-r, "open");
             }
         }
-        match sys::get_content_type(fd) {
+        // Inline (a CPU thread): the content type remembered per thread while the file's
+        // stamps hold (`types.rs`); the IO threads ask the file.
+        let content_type = if self.nowait {
+            crate::types::content_type(fd, &self.stx)
+        } else {
+            sys::get_content_type(fd)
+        };
+        match content_type {
             Ok(ct) => self.content_type = ct,
             Err(e) => return self.fail_errno(e, "getxattr"),
         }

@@ -23,8 +23,13 @@ pub(crate) struct OpenHow {
 }
 
 /// What `Op::Statx` asks for.
-pub(crate) const STATX_MASK: u32 =
-    libc::STATX_TYPE | libc::STATX_MODE | libc::STATX_NLINK | libc::STATX_SIZE;
+pub(crate) const STATX_MASK: u32 = libc::STATX_TYPE
+    | libc::STATX_MODE
+    | libc::STATX_NLINK
+    | libc::STATX_SIZE
+    | libc::STATX_INO
+    | libc::STATX_CTIME
+    | libc::STATX_MTIME;
 
 /// The xattr holding the content type.
 pub(crate) const CONTENT_TYPE_XATTR: &CStr = c"user.beamline.content_type";

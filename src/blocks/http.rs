@@ -239,6 +239,7 @@ pub fn decode_job(
 
 impl Block for HttpBlock {
     type Job<'a> = HttpJob;
+    const SENDS_TRACEPARENT: bool = true;
 
     fn build(ctx: &BuildContext) -> Result<Self, BuildError> {
         HttpBlock::new(ctx.config)

@@ -157,6 +157,10 @@ pub trait Block: Sized {
     /// The job as this block reads it, borrowing from the assignment's buffer.
     type Job<'a>;
 
+    /// Whether the block calls out and so wants [`ExecCtx::traceparent`] (made per
+    /// assignment, with a fresh span id, only for blocks that send it).
+    const SENDS_TRACEPARENT: bool = false;
+
     /// Builds this block for the calling CPU thread (once per thread).
     fn build(ctx: &BuildContext) -> Result<Self, BuildError>;
 

@@ -439,14 +439,7 @@ async fn handle_parsed(
     let cancel = shared
         .cancels
         .register(reply.key.clone(), &shared.hard_stop);
-    let traceparent = assignment.trace_id.as_deref().and_then(traceparent_for);
-    let run = Execute::new(
-        &reply,
-        &assignment,
-        (kind, job),
-        &cancel,
-        traceparent.as_deref(),
-    );
+    let run = Execute::new(&reply, &assignment, (kind, job), &cancel);
     let exec_span = execute_span(&span, &reply, kind);
     let _pool = super::PoolBusy::new(&shared.metrics, kind); // worker_pool_in_flight{pool}
     let (ack, finished) = blocks.run(kind, run).instrument(exec_span).await;
@@ -568,13 +561,12 @@ impl<'r, 'a> Execute<'r, 'a> {
         assignment: &'r Assignment<'r>,
         (kind, job): (BlockKind, Fields<'r, 'r>),
         cancel: &'r Registration,
-        traceparent: Option<&'r str>,
     ) -> Self {
         let ctx = ExecCtx {
             tenant: tenant_of(assignment),
             assignment_id: assignment.assignment_id,
             trace_id: assignment.trace_id.as_deref(),
-            traceparent,
+            traceparent: None, // made in `run`, for a block that sends it
             deadline: reply.received + assignment.deadline,
             attempt: 0,
             cancel: &cancel.token,
@@ -596,7 +588,16 @@ impl<'r, 'a> RunBlock<'r> for Execute<'r, 'a> {
         // Each block's run is its own allocation, sized for that block: inlined, every
         // assignment's task would carry the largest block's state (8.3 KiB per task instead
         // of 4.9 KiB, `-Zprint-type-sizes`).
-        Box::pin(async move { self.attempts.run(block, self.job, self.ctx).await })
+        Box::pin(async move {
+            let traceparent = B::SENDS_TRACEPARENT
+                .then(|| self.ctx.trace_id.and_then(traceparent_for))
+                .flatten();
+            let ctx = ExecCtx {
+                traceparent: traceparent.as_deref(),
+                ..self.ctx
+            };
+            self.attempts.run(block, self.job, ctx).await
+        })
     }
 }
 
