@@ -636,9 +636,7 @@ fn get_now(
     let (mut m, known) = match cached {
         Some(held) => {
             let (fd, id) = held.split();
-            // The root's path is not opened again: the machine needs no copy of it.
-            let m = GetMachine::new(std::ffi::CString::default(), path, max, None);
-            (m.with_root(fd), Some(id))
+            (GetMachine::beneath(fd, path, max), Some(id))
         }
         None => (GetMachine::new(root.to_owned(), path, max, None), None),
     };

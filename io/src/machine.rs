@@ -160,7 +160,9 @@ enum GetState {
 
 pub(crate) struct GetMachine {
     state: GetState,
-    root: CString,
+    /// The tenant root's path; `None` when the machine is given the root open
+    /// ([`GetMachine::beneath`]).
+    root: Option<CString>,
     path: GetPath,
     max_bytes: u64,
     how: OpenHow,
@@ -191,6 +193,17 @@ impl std::fmt::Debug for GetMachine {
 
 impl GetMachine {
     pub(crate) fn new(root: CString, path: GetPath, max_bytes: u64, tx: Option<GetReply>) -> Self {
+        Self::with(Some(root), path, max_bytes, tx)
+    }
+
+    /// A get beneath `root`, already open: the machine starts at the file.
+    pub(crate) fn beneath(root: OwnedFd, path: GetPath, max_bytes: u64) -> Self {
+        let mut m = Self::with(None, path, max_bytes, None);
+        m.root_fd = Some(root);
+        m
+    }
+
+    fn with(root: Option<CString>, path: GetPath, max_bytes: u64, tx: Option<GetReply>) -> Self {
         GetMachine {
             state: GetState::OpenRoot,
             root,
@@ -224,12 +237,6 @@ impl GetMachine {
         self.reply.take()
     }
 
-    /// Starts from `root`, already open: the machine skips opening the root.
-    pub(crate) fn with_root(mut self, root: OwnedFd) -> Self {
-        self.root_fd = Some(root);
-        self
-    }
-
     /// The root the machine opened or was given, for the caller to keep.
     pub(crate) fn take_root_fd(&mut self) -> Option<OwnedFd> {
         self.root_fd.take()
@@ -248,12 +255,15 @@ impl GetMachine {
 
     fn start(&mut self) -> Step {
         if self.root_fd.is_some() {
-            return self.open_file(); // given, open ([`GetMachine::with_root`])
+            return self.open_file(); // given, open ([`GetMachine::beneath`])
         }
+        let Some(root) = &self.root else {
+            return self.fail_errno(libc::EBADF, "open"); // neither path nor fd: unreachable
+        };
         self.state = GetState::OpenRoot;
         Step::Submit(Op::OpenAt {
             dirfd: libc::AT_FDCWD,
-            path: self.root.as_ptr(),
+            path: root.as_ptr(),
             flags: libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
             mode: 0,
         })

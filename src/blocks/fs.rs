@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use base64::Engine as _;
 use beamline_io::{FsError, FsErrorKind, IoPool};
 use bytes::Bytes;
-use serde_json::json;
+use serde_json::{json, Value};
 
 use crate::contract::{ErrorCode, Fields, TaskError};
 
@@ -153,16 +153,19 @@ impl Block for FsBlock {
                     .content_type
                     .unwrap_or_else(|| guess_content_type(path).to_owned());
                 let size = data.bytes.len();
-                let mut result =
-                    json!({"path": path, "size_bytes": size, "content_type": content_type});
+                // Built at its final size (a `json!` object grew its map on the fourth key).
+                let mut result = serde_json::Map::with_capacity(4);
+                result.insert("path".into(), Value::from(*path));
+                result.insert("size_bytes".into(), Value::from(size));
+                result.insert("content_type".into(), Value::String(content_type));
                 match String::from_utf8(data.bytes) {
-                    Ok(text) => result["content"] = json!(text),
+                    Ok(text) => result.insert("content".into(), Value::String(text)),
                     Err(e) => {
-                        result["content_base64"] =
-                            json!(base64::engine::general_purpose::STANDARD.encode(e.as_bytes()))
+                        let b64 = base64::engine::general_purpose::STANDARD.encode(e.as_bytes());
+                        result.insert("content_base64".into(), Value::String(b64))
                     }
-                }
-                Ok(Output::new(result))
+                };
+                Ok(Output::new(Value::Object(result)))
             }
             FsJob::Put {
                 path,
@@ -210,11 +213,18 @@ fn fs_error(e: FsError) -> TaskError {
 
 /// Content type from the file extension, for files stored without one.
 pub fn guess_content_type(path: &str) -> &'static str {
-    let ext = path
-        .rsplit_once('.')
-        .map(|(_, e)| e.to_ascii_lowercase())
-        .unwrap_or_default();
-    match ext.as_str() {
+    // The extension lower-cased on the stack (every known one is short).
+    let ext = path.rsplit_once('.').map_or("", |(_, e)| e);
+    let mut lower = [0u8; 16];
+    let ext = match lower.get_mut(..ext.len()) {
+        Some(buf) => {
+            buf.copy_from_slice(ext.as_bytes());
+            buf.make_ascii_lowercase();
+            std::str::from_utf8(buf).unwrap_or("")
+        }
+        None => "",
+    };
+    match ext {
         "json" => "application/json",
         "txt" | "log" => "text/plain",
         "csv" => "text/csv",
@@ -228,5 +238,25 @@ pub fn guess_content_type(path: &str) -> &'static str {
         "pdf" => "application/pdf",
         "safetensors" => "application/octet-stream",
         _ => "application/octet-stream",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::guess_content_type;
+
+    #[test]
+    fn content_type_by_extension_ignores_case() {
+        assert_eq!(guess_content_type("a/b.json"), "application/json");
+        assert_eq!(guess_content_type("REPORT.JSON"), "application/json");
+        assert_eq!(guess_content_type("x.Yml"), "application/yaml");
+        assert_eq!(guess_content_type("notes"), "application/octet-stream");
+        assert_eq!(guess_content_type("a.json.bak"), "application/octet-stream");
+        assert_eq!(
+            guess_content_type("x.averyveryverylongextension"),
+            "application/octet-stream"
+        );
+        assert_eq!(guess_content_type("dir.d/é.txt"), "text/plain");
+        assert_eq!(guess_content_type("x.tx\u{e9}"), "application/octet-stream");
     }
 }

@@ -200,12 +200,33 @@ pub fn parse_value(buf: &mut [u8]) -> Result<BorrowedValue<'_>, Unanswerable> {
         error,
         parsed_object: false,
     })?;
-    simd_json::to_borrowed_value(buf).map_err(|e| Unanswerable {
+    parse_with_thread_buffers(buf).map_err(|e| Unanswerable {
         error: TaskError::new(
             ErrorCode::InvalidFormat,
             format!("assignment is not valid JSON: {e}"),
         ),
         parsed_object: false,
+    })
+}
+
+/// Largest input parsed with the thread's reused buffers; a larger one gets buffers of its
+/// own, so that one big assignment does not pin its size on the thread.
+const REUSED_BUFFERS_UP_TO: usize = 256 << 10;
+
+thread_local! {
+    /// simd-json's working buffers (input copy, structural indexes, strings, stack), kept
+    /// per thread: made fresh they were five allocations per assignment (issue 12).
+    static BUFFERS: std::cell::RefCell<simd_json::Buffers> =
+        std::cell::RefCell::new(simd_json::Buffers::new(4096));
+}
+
+fn parse_with_thread_buffers(buf: &mut [u8]) -> simd_json::Result<BorrowedValue<'_>> {
+    if buf.len() > REUSED_BUFFERS_UP_TO {
+        return simd_json::to_borrowed_value(buf);
+    }
+    BUFFERS.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buffers) => simd_json::to_borrowed_value_with_buffers(buf, &mut buffers),
+        Err(_) => simd_json::to_borrowed_value(buf),
     })
 }
 

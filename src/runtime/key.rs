@@ -14,11 +14,21 @@ pub struct TaskKey {
 
 impl TaskKey {
     pub fn new(tenant: &str, id: &str) -> TaskKey {
-        let mut joined = String::with_capacity(tenant.len() + id.len());
-        joined.push_str(tenant);
-        joined.push_str(id);
+        thread_local! {
+            static SCRATCH: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+        }
+        // Joined in a per-thread scratch string, so the `Arc` is the one allocation.
+        let joined: Arc<str> = SCRATCH.with(|scratch| match scratch.try_borrow_mut() {
+            Ok(mut s) => {
+                s.clear();
+                s.push_str(tenant);
+                s.push_str(id);
+                Arc::from(s.as_str())
+            }
+            Err(_) => Arc::from(format!("{tenant}{id}")),
+        });
         TaskKey {
-            joined: joined.into(),
+            joined,
             // Both parts are bounded by the payload limit, far below 4 GiB.
             split: u32::try_from(tenant.len()).unwrap_or(u32::MAX),
         }

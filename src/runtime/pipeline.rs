@@ -134,7 +134,9 @@ struct Reply<'a> {
     job_type: Option<&'a str>,
     value: &'a BorrowedValue<'a>,
     received: Instant,
-    msg_id: String,
+    /// `Nats-Msg-Id` base (`<tenant>:<assignment_id>`), for JetStream only: core NATS has
+    /// no duplicate window to give it to.
+    msg_id: Option<String>,
     /// (tenant, assignment id): the key of the dedupe store and of the cancel registry.
     key: TaskKey,
 }
@@ -155,7 +157,9 @@ impl<'a> Reply<'a> {
             job_type: assignment.job_type,
             value,
             received,
-            msg_id: format!("{tenant}:{}", assignment.assignment_id),
+            msg_id: delivery
+                .is_jetstream()
+                .then(|| format!("{tenant}:{}", assignment.assignment_id)),
             key: TaskKey::new(tenant, assignment.assignment_id),
         }
     }
@@ -254,7 +258,7 @@ impl Reply<'_> {
         let published = self
             .delivery
             .publisher()
-            .publish(Kind::Result, Some(&self.msg_id), body)
+            .publish(Kind::Result, self.msg_id.as_deref(), body)
             .await;
         if outcome.status == Status::Error {
             self.dead_letter(outcome, dlq, now).await;
@@ -281,7 +285,7 @@ impl Reply<'_> {
         if let Err(error) = self
             .delivery
             .publisher()
-            .publish(Kind::Dlq, Some(&self.msg_id), encode(&entry))
+            .publish(Kind::Dlq, self.msg_id.as_deref(), encode(&entry))
             .await
         {
             tracing::error!(error = %error, "DLQ publish failed");
@@ -812,7 +816,10 @@ async fn keep_alive(reply: &Reply<'_>) -> std::convert::Infallible {
 
 async fn publish_ack(reply: &Reply<'_>, ack: Bytes) {
     let publisher = reply.delivery.publisher();
-    if let Err(error) = publisher.publish(Kind::Ack, Some(&reply.msg_id), ack).await {
+    if let Err(error) = publisher
+        .publish(Kind::Ack, reply.msg_id.as_deref(), ack)
+        .await
+    {
         tracing::error!(error = %error, "ack publish failed");
     }
 }
@@ -847,7 +854,7 @@ async fn republish(reply: &Reply<'_>, record: &Record) {
         tenant_id = reply.ids.tenant_id,
         "duplicate assignment; re-publishing its result"
     );
-    let msg_id = Some(reply.msg_id.as_str());
+    let msg_id = reply.msg_id.as_deref();
     let _ = publisher
         .publish(Kind::Ack, msg_id, record.ack.clone())
         .await;

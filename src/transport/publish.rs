@@ -1,11 +1,12 @@
 //! Publishing the worker's messages: acks, results and DLQ entries (through JetStream
 //! with `Nats-Msg-Id` where a stream keeps them), approval requests and heartbeats.
 
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
-use async_nats::Client;
+use async_nats::{Client, Subject};
 use bytes::Bytes;
 
 use crate::config::Subjects;
@@ -39,8 +40,26 @@ pub struct Publisher {
     client: Client,
     js: Option<jetstream::Context>,
     subjects: Subjects,
+    /// The ack, result and DLQ subjects as NATS subjects (shared bytes: a publish clones a
+    /// reference, where a `String` subject cost three copies per publish).
+    outgoing: [Subject; 3],
+    /// The server's `max_payload`, read from the connection at most once a second.
+    max_payload: Arc<MaxPayload>,
     metrics: Arc<Metrics>,
 }
+
+/// The server's `max_payload` as last read, and when (ms since `since`). Reading it from
+/// the client copies the whole server info (a dozen strings): it was a per-result cost.
+#[derive(Debug)]
+struct MaxPayload {
+    since: Instant,
+    bytes: AtomicUsize,
+    read_at_ms: AtomicU64,
+}
+
+/// How long a read `max_payload` is used before it is read again (a reconnect may reach a
+/// server with another limit).
+const MAX_PAYLOAD_FRESH_MS: u64 = 1000;
 
 /// Gives up on a publish after this long (the caller then naks or logs).
 const PUBLISH_PATIENCE: Duration = Duration::from_secs(60);
@@ -52,10 +71,22 @@ impl Publisher {
         subjects: Subjects,
         metrics: Arc<Metrics>,
     ) -> Self {
+        let outgoing = [
+            Subject::from(subjects.ack.as_str()),
+            Subject::from(subjects.result.as_str()),
+            Subject::from(subjects.dlq.as_str()),
+        ];
+        let max_payload = Arc::new(MaxPayload {
+            since: Instant::now(),
+            bytes: AtomicUsize::new(client.server_info().max_payload),
+            read_at_ms: AtomicU64::new(0),
+        });
         Publisher {
             client,
             js,
             subjects,
+            outgoing,
+            max_payload,
             metrics,
         }
     }
@@ -64,11 +95,11 @@ impl Publisher {
         &self.subjects
     }
 
-    fn subject(&self, kind: Kind) -> &str {
+    fn subject(&self, kind: Kind) -> &Subject {
         match kind {
-            Kind::Ack => &self.subjects.ack,
-            Kind::Result => &self.subjects.result,
-            Kind::Dlq => &self.subjects.dlq,
+            Kind::Ack => &self.outgoing[0],
+            Kind::Result => &self.outgoing[1],
+            Kind::Dlq => &self.outgoing[2],
         }
     }
 
@@ -80,7 +111,7 @@ impl Publisher {
         msg_id: Option<&str>,
         body: Bytes,
     ) -> Result<(), TransportError> {
-        let subject = self.subject(kind).to_owned();
+        let subject = self.subject(kind);
         let deadline = tokio::time::Instant::now() + PUBLISH_PATIENCE;
         let mut delay = Duration::from_millis(50);
         loop {
@@ -131,8 +162,18 @@ impl Publisher {
         self.client.connection_state() == async_nats::connection::State::Connected
     }
 
-    /// The server's max_payload (bytes), for the size check of results.
+    /// The server's max_payload (bytes), for the size check of results: read from the
+    /// connection at most once a second.
     pub fn max_payload(&self) -> usize {
-        self.client.server_info().max_payload
+        let m = &self.max_payload;
+        let now_ms = m.since.elapsed().as_millis() as u64;
+        let read_at = m.read_at_ms.load(Ordering::Relaxed);
+        if now_ms.saturating_sub(read_at) >= MAX_PAYLOAD_FRESH_MS {
+            m.read_at_ms.store(now_ms, Ordering::Relaxed);
+            let bytes = self.client.server_info().max_payload;
+            m.bytes.store(bytes, Ordering::Relaxed);
+            return bytes;
+        }
+        m.bytes.load(Ordering::Relaxed)
     }
 }
