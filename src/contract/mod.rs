@@ -4,6 +4,7 @@
 pub mod assignment;
 pub mod codes;
 pub mod error;
+pub mod fastjson;
 pub mod fields;
 pub mod wire;
 

@@ -124,7 +124,8 @@ pub struct ExecResult<'a> {
     pub provider_id: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub job: Option<JobRef<'a>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// Written by [`super::fastjson`]: the same bytes, a faster string escaper.
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "fast_result")]
     pub result: Option<&'a serde_json::Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<ErrorObject<'a>>,
@@ -258,6 +259,13 @@ pub struct ApprovalRequest<'a> {
     pub expires_at: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub trace_id: Option<&'a str>,
+}
+
+fn fast_result<S: Serializer>(v: &Option<&serde_json::Value>, s: S) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(v) => super::fastjson::FastJson(v).serialize(s),
+        None => s.serialize_none(),
+    }
 }
 
 fn number<S: Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
