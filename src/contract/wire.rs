@@ -125,7 +125,10 @@ pub struct ExecResult<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub job: Option<JobRef<'a>>,
     /// Written by [`super::fastjson`]: the same bytes, a faster string escaper.
-    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "fast_result")]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "fast_result"
+    )]
     pub result: Option<&'a serde_json::Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<ErrorObject<'a>>,

@@ -211,15 +211,21 @@ impl Dedupe {
             || g.bytes > self.budget
             || g.order
                 .front()
-                .is_some_and(|(_, at)| at.elapsed() >= self.ttl)
+                .is_some_and(|(_, at)| now.saturating_duration_since(*at) >= self.ttl)
         {
             let Some((k, at)) = g.order.pop_front() else {
                 break;
             };
-            if matches!(g.map.get(&k), Some(Entry::Done(_, done)) if *done == at) {
-                if let Some(Entry::Done(old, _)) = g.map.remove(&k) {
+            // One lookup: taken out, and put back in the rare case that it is not this
+            // record (finished again later, or running again after its TTL).
+            match g.map.remove(&k) {
+                Some(Entry::Done(old, done)) if done == at => {
                     g.bytes = g.bytes.saturating_sub(cost(&k, &old));
                 }
+                Some(other) => {
+                    g.map.insert(k, other);
+                }
+                None => {}
             }
         }
     }

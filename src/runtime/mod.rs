@@ -280,9 +280,10 @@ impl Runtime {
             .iter()
             .any(|c| !c.up);
         self.shared.hard_stop.cancel();
-        // With the broker unreachable, the answers (core: 4002) or naks (JetStream) of what
-        // is held now cannot reach it: they are lost with the process (core: the Router's
-        // retry; JetStream: redelivered after the ack wait).
+        self.shared.cancels.cancel_all(); // each running assignment's token (not children)
+                                          // With the broker unreachable, the answers (core: 4002) or naks (JetStream) of what
+                                          // is held now cannot reach it: they are lost with the process (core: the Router's
+                                          // retry; JetStream: redelivered after the ack wait).
         let mut unanswered = if broker_down { held } else { 0 };
         if unanswered > 0 {
             tracing::warn!(
