@@ -33,8 +33,8 @@ want() { [ -z "$ARGS" ] || case " $ARGS " in *" $1 "*) return 0 ;; *) return 1 ;
 ARGS="$*"
 
 # Targets 1, 2: core fs.get 1 KiB flat out (window 512), null echo + plain loop + worker;
-# before and after interleaved, two rounds.
-for r in 1 2; do
+# before and after interleaved, three rounds.
+for r in 1 2 3; do
     want fsget-before-r$r && run fsget-before-r$r --worker-bin "$BEFORE" --scenario fs-get --duration 5 --repeat 3
     want fsget-after-r$r && run fsget-after-r$r --worker-bin "$AFTER" --scenario fs-get --duration 5 --repeat 3
 done
