@@ -713,6 +713,20 @@ mod tests {
         }
     }
 
+    /// A one-thread pool that reads inline, or `None` (SKIP) where gets cannot be inline.
+    fn inline_pool() -> Option<IoPool> {
+        let pool = IoPool::start(IoConfig {
+            threads: 1,
+            ..IoConfig::default()
+        })
+        .unwrap();
+        if !pool.inner.nowait {
+            eprintln!("SKIP: no RWF_NOWAIT here, so no inline gets");
+            return None;
+        }
+        Some(pool)
+    }
+
     fn now(pool: &IoPool, root: &Path, rel: &str) -> Result<Vec<u8>, FsErrorKind> {
         match pool.try_get_now(root, rel) {
             Some(Ok(data)) => Ok(data.bytes),
@@ -725,15 +739,7 @@ mod tests {
     /// that was renamed away, replaced, re-pointed or removed and made again.
     #[test]
     fn a_kept_root_is_never_a_stale_one() {
-        let pool = IoPool::start(IoConfig {
-            threads: 1,
-            ..IoConfig::default()
-        })
-        .unwrap();
-        if !pool.inner.nowait {
-            eprintln!("SKIP: no RWF_NOWAIT here, so no inline gets");
-            return;
-        }
+        let Some(pool) = inline_pool() else { return };
         let base = tempfile::tempdir().unwrap();
         let root = base.path().join("tenant");
         let write = |dir: &Path, text: &str| {
@@ -779,15 +785,7 @@ mod tests {
     /// The inline get remembers a hot file's content type, and sees every change of it.
     #[test]
     fn a_remembered_content_type_follows_the_file() {
-        let pool = IoPool::start(IoConfig {
-            threads: 1,
-            ..IoConfig::default()
-        })
-        .unwrap();
-        if !pool.inner.nowait {
-            eprintln!("SKIP: no RWF_NOWAIT here, so no inline gets");
-            return;
-        }
+        let Some(pool) = inline_pool() else { return };
         let root = tempfile::tempdir().unwrap();
         let file = root.path().join("f.json");
         std::fs::write(&file, b"{}").unwrap();

@@ -45,9 +45,11 @@ struct Stamp {
     size: u64,
 }
 
+/// What a file's content type was, and the stamps it was read at.
+type Seen = HashMap<Key, (Stamp, Option<Box<str>>), foldhash::fast::RandomState>;
+
 thread_local! {
-    static SEEN: RefCell<HashMap<Key, (Stamp, Option<Box<str>>), foldhash::fast::RandomState>> =
-        RefCell::new(HashMap::default());
+    static SEEN: RefCell<Seen> = RefCell::new(HashMap::default());
 }
 
 /// The content type of the open file `fd`, whose `statx` is `stx`: remembered, or read

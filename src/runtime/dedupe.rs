@@ -157,7 +157,7 @@ impl Dedupe {
         let (tenant, id) = (key.tenant(), key.id());
         {
             let mut g = self.lock();
-            match g.map.get_mut(&key) {
+            match g.map.get_mut(key) {
                 Some(Entry::Done(r, at)) if at.elapsed() < self.ttl => {
                     return Begin::Done(r.clone())
                 }
