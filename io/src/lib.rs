@@ -782,6 +782,23 @@ mod tests {
         assert_eq!(roots::held(), 1);
     }
 
+    /// Kept roots are open descriptors: bounded per thread, past which a root is opened
+    /// again (and still answers).
+    #[test]
+    fn kept_roots_are_bounded() {
+        let Some(pool) = inline_pool() else { return };
+        let base = tempfile::tempdir().unwrap();
+        for i in 0..40 {
+            let root = base.path().join(format!("t{i}"));
+            std::fs::create_dir_all(&root).unwrap();
+            std::fs::write(root.join("f"), format!("{i}")).unwrap();
+            assert_eq!(now(&pool, &root, "f").unwrap(), format!("{i}").as_bytes());
+        }
+        assert_eq!(roots::held(), 16);
+        let first = base.path().join("t0");
+        assert_eq!(now(&pool, &first, "f").unwrap(), b"0");
+    }
+
     /// The inline get remembers a hot file's content type, and sees every change of it.
     #[test]
     fn a_remembered_content_type_follows_the_file() {
