@@ -53,7 +53,7 @@ enum Entry {
     Done(Arc<Record>, Instant),
 }
 
-/// What [`Dedupe::begin`] found.
+/// What [`Dedupe::begin_key`] found.
 #[derive(Debug)]
 pub enum Begin {
     /// First sight: run it; the guard must be completed (or dropped to give up).
@@ -147,12 +147,14 @@ impl Dedupe {
         self.kv.is_some()
     }
 
-    /// Looks the assignment up; marks it running when it is new.
-    pub async fn begin(&self, tenant: &str, id: &str) -> Begin {
+    /// [`Dedupe::begin_key`] by tenant and id (the unit tests' shorthand).
+    #[cfg(test)]
+    async fn begin(&self, tenant: &str, id: &str) -> Begin {
         self.begin_key(&TaskKey::new(tenant, id)).await
     }
 
-    /// [`Dedupe::begin`] with the key the pipeline made for the assignment.
+    /// Looks the assignment up by the key the pipeline made for it; marks it running when
+    /// it is new.
     pub async fn begin_key(&self, key: &TaskKey) -> Begin {
         let (tenant, id) = (key.tenant(), key.id());
         {
