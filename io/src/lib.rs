@@ -80,7 +80,7 @@ use flume::{Receiver, Sender, TrySendError};
 use tokio::sync::oneshot;
 
 pub use error::{FsError, FsErrorKind};
-pub use open::{open_beneath, OpenBeneath, OpenedFile};
+pub use open::{locate_first_beneath, open_beneath, Locate, LocatedFile, OpenBeneath, OpenedFile};
 pub use sys::probe_uring;
 
 use machine::{GetMachine, Machine, PutMachine};

@@ -9,6 +9,7 @@
 //!
 //! [`IoPool::get`]: crate::IoPool::get
 
+use std::ffi::CStr;
 use std::fs::{File, Metadata};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
@@ -16,6 +17,7 @@ use std::path::Path;
 
 use crate::error::{FsError, FsErrorKind};
 use crate::path;
+use crate::roots;
 use crate::sys::{self, Op, OpenHow, RESOLVE};
 
 /// openat2 may answer EAGAIN when a concurrent rename races with `..` resolution.
@@ -55,7 +57,172 @@ pub fn open_beneath(root: &Path, rel: &str, opts: OpenBeneath) -> Result<OpenedF
     let p = path::parse_get(rel)?;
     let display = p.display.as_str();
     let root_c = path::root_cstring(root, display)?;
-    let fail = |errno: i32| FsError::from_errno(errno, false, "open", display);
+    let root_fd = open_root(&root_c).map_err(|errno| fail(errno, display))?;
+    // O_NONBLOCK: a FIFO must not block the open (cleared below once fstat says "regular
+    // file"). O_NOCTTY: never acquire a terminal.
+    let flags = libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOCTTY | libc::O_NONBLOCK;
+    let fd = open_at(&root_fd, &p.c, flags, opts).map_err(|errno| fail(errno, display))?;
+    drop(root_fd);
+    let file = File::from(fd);
+    let metadata = checked_metadata(&file, display)?;
+    let r = sys::clear_nonblock(file.as_raw_fd());
+    if r < 0 {
+        return Err(fail(-r, display));
+    }
+    Ok(OpenedFile { file, metadata })
+}
+
+/// A file found beneath a root by [`locate_first_beneath`]: a regular file with exactly
+/// one link.
+#[derive(Debug)]
+pub struct LocatedFile {
+    /// Its device and inode numbers (as `st_dev`, `st_ino`).
+    pub id: (u64, u64),
+    /// With [`Locate::Hold`]: an `O_PATH` descriptor on it, which keeps the inode (and
+    /// so `id`) for as long as it is held; it cannot be read or written through.
+    pub fd: Option<OwnedFd>,
+}
+
+/// What [`locate_first_beneath`] does with the file it finds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Locate {
+    /// Only tell which file the name reaches now: a name of one component is looked up
+    /// with one `statx` (no symlink followed; only with `no_symlinks`).
+    Identify,
+    /// Open it `O_PATH` and hand the descriptor over ([`LocatedFile::fd`]).
+    Hold,
+}
+
+/// The first of `rels` that names a file beneath `root`, by the rules of [`open_beneath`]
+/// (same path syntax, same refusals, same errors), for a caller that hands the name on to
+/// a library which opens it again (SQLite) and needs to know which file the name reaches
+/// now. Returns its index in `rels`. A name that is not found is passed over; any other
+/// refusal is the answer. When none is found, the last one's not-found error.
+///
+/// Cheaper than [`open_beneath`] per name: the root is the one this thread keeps open
+/// (the kept roots of the inline `fs.get`, checked by one `statx` of its path before use);
+/// an `O_PATH` open needs no `fcntl` after it; and with [`Locate::Identify`] and
+/// `no_symlinks`, a name of one component (no `/`, never `.` or `..`) is one
+/// `statx(root, name, AT_SYMLINK_NOFOLLOW)`, which is exactly what `openat2` with
+/// `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS` would reach. A kept root that was removed and
+/// made again can come back under its old inode number; nothing is found through the
+/// removed one, so an answer with something found (or refused) is known to come from the
+/// live directory, and "none found" is asked again through a fresh open of the root.
+pub fn locate_first_beneath(
+    root: &Path,
+    rels: &[&str],
+    opts: OpenBeneath,
+    how: Locate,
+) -> Result<(usize, LocatedFile), FsError> {
+    let mut parsed = Vec::with_capacity(rels.len());
+    for rel in rels {
+        parsed.push(path::parse_get(rel)?);
+    }
+    let Some(last) = parsed.last() else {
+        return Err(FsError::new(FsErrorKind::InvalidPath, "open", ""));
+    };
+    let root_c = path::root_cstring(root, &last.display)?;
+    if let Some(held) = roots::take(&root_c) {
+        let (fd, id) = held.split();
+        let found = locate_first(&fd, &parsed, opts, how);
+        roots::put(&root_c, roots::Held::again(fd, id));
+        if !matches!(&found, Err(e) if e.kind == FsErrorKind::NotFound) {
+            return found;
+        }
+    }
+    let fd = open_root(&root_c).map_err(|errno| fail(errno, &last.display))?;
+    let found = locate_first(&fd, &parsed, opts, how);
+    if let Some(held) = roots::Held::opened(fd) {
+        roots::put(&root_c, held);
+    }
+    found
+}
+
+fn locate_first(
+    root_fd: &OwnedFd,
+    parsed: &[path::GetPath],
+    opts: OpenBeneath,
+    how: Locate,
+) -> Result<(usize, LocatedFile), FsError> {
+    let mut missing = None;
+    for (i, p) in parsed.iter().enumerate() {
+        let display = p.display.as_str();
+        let single = !display.contains('/');
+        let found = if how == Locate::Identify && opts.no_symlinks && single {
+            identify(root_fd, &p.c, display)
+        } else {
+            hold(root_fd, &p.c, opts, display)
+        };
+        match found {
+            Err(e) if e.kind == FsErrorKind::NotFound => missing = Some(e),
+            Err(e) => return Err(e),
+            Ok(mut file) => {
+                if how == Locate::Identify {
+                    file.fd = None;
+                }
+                return Ok((i, file));
+            }
+        }
+    }
+    Err(missing.unwrap_or_else(|| FsError::new(FsErrorKind::NotFound, "open", "")))
+}
+
+/// `name` (one component) in `root_fd`, by one `statx` that follows no symlink.
+fn identify(root_fd: &OwnedFd, name: &CStr, display: &str) -> Result<LocatedFile, FsError> {
+    // SAFETY: `statx` is a plain C struct of integers; all-zero is a valid value.
+    let mut stx: libc::statx = unsafe { std::mem::zeroed() };
+    // SAFETY: `name` is NUL-terminated, `root_fd` open, `stx` a writable statx buffer.
+    let r = unsafe {
+        libc::statx(
+            root_fd.as_raw_fd(),
+            name.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW | libc::AT_STATX_DONT_SYNC,
+            libc::STATX_TYPE | libc::STATX_NLINK | libc::STATX_INO,
+            &mut stx,
+        )
+    };
+    if r < 0 {
+        return Err(fail(sys::errno(), display));
+    }
+    let kind = match u32::from(stx.stx_mode) & libc::S_IFMT {
+        libc::S_IFREG => Kind::File,
+        libc::S_IFDIR => Kind::Dir,
+        // What `RESOLVE_NO_SYMLINKS` answers for a symlink.
+        libc::S_IFLNK => return Err(fail(libc::ELOOP, display)),
+        _ => Kind::Other,
+    };
+    check(kind, u64::from(stx.stx_nlink), display)?;
+    let dev = libc::makedev(stx.stx_dev_major, stx.stx_dev_minor);
+    Ok(LocatedFile {
+        id: (dev, stx.stx_ino),
+        fd: None,
+    })
+}
+
+/// `rel` beneath `root_fd`, opened `O_PATH`.
+fn hold(
+    root_fd: &OwnedFd,
+    rel: &CStr,
+    opts: OpenBeneath,
+    display: &str,
+) -> Result<LocatedFile, FsError> {
+    // openat2 takes no other flag beside O_PATH but O_CLOEXEC, O_DIRECTORY, O_NOFOLLOW.
+    let fd = open_at(root_fd, rel, libc::O_PATH | libc::O_CLOEXEC, opts)
+        .map_err(|errno| fail(errno, display))?;
+    let file = File::from(fd);
+    let metadata = checked_metadata(&file, display)?;
+    Ok(LocatedFile {
+        id: (metadata.dev(), metadata.ino()),
+        fd: Some(file.into()),
+    })
+}
+
+fn fail(errno: i32, display: &str) -> FsError {
+    FsError::from_errno(errno, false, "open", display)
+}
+
+/// The root directory, opened `O_PATH` by its absolute path; the errno on failure.
+fn open_root(root_c: &CStr) -> Result<OwnedFd, i32> {
     // SAFETY: `root_c` is a live NUL-terminated string for the duration of the call.
     let r = unsafe {
         sys::exec(&Op::OpenAt {
@@ -66,13 +233,15 @@ pub fn open_beneath(root: &Path, rel: &str, opts: OpenBeneath) -> Result<OpenedF
         })
     };
     if r < 0 {
-        return Err(fail(-r));
+        return Err(-r);
     }
-    let root_fd = own(r);
+    Ok(own(r))
+}
+
+/// `openat2(root_fd, rel, flags)` with the sandbox's resolve flags; the errno on failure.
+fn open_at(root_fd: &OwnedFd, rel: &CStr, flags: i32, opts: OpenBeneath) -> Result<OwnedFd, i32> {
     let how = OpenHow {
-        // O_NONBLOCK: a FIFO must not block the open (cleared below once fstat says
-        // "regular file"). O_NOCTTY: never acquire a terminal.
-        flags: (libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOCTTY | libc::O_NONBLOCK) as u64,
+        flags: flags as u64,
         mode: 0,
         resolve: if opts.no_symlinks {
             RESOLVE | libc::RESOLVE_NO_SYMLINKS
@@ -81,12 +250,12 @@ pub fn open_beneath(root: &Path, rel: &str, opts: OpenBeneath) -> Result<OpenedF
         },
     };
     let mut retries = 0;
-    let fd = loop {
-        // SAFETY: `p.c` and `how` are live for the call; `root_fd` is an open descriptor.
+    loop {
+        // SAFETY: `rel` and `how` are live for the call; `root_fd` is an open descriptor.
         let r = unsafe {
             sys::exec(&Op::OpenAt2 {
                 dirfd: root_fd.as_raw_fd(),
-                path: p.c.as_ptr(),
+                path: rel.as_ptr(),
                 how: &how,
             })
         };
@@ -95,12 +264,14 @@ pub fn open_beneath(root: &Path, rel: &str, opts: OpenBeneath) -> Result<OpenedF
             continue;
         }
         if r < 0 {
-            return Err(fail(-r));
+            return Err(-r);
         }
-        break own(r);
-    };
-    drop(root_fd);
-    let file = File::from(fd);
+        return Ok(own(r));
+    }
+}
+
+/// The `fstat` of an opened name, refused unless it is a regular file with one link.
+fn checked_metadata(file: &File, display: &str) -> Result<Metadata, FsError> {
     let metadata = file.metadata().map_err(|e| {
         FsError::from_errno(
             e.raw_os_error().unwrap_or(libc::EIO),
@@ -109,19 +280,41 @@ pub fn open_beneath(root: &Path, rel: &str, opts: OpenBeneath) -> Result<OpenedF
             display,
         )
     })?;
-    if metadata.is_dir() {
-        return Err(FsError::new(FsErrorKind::IsADirectory, "open", display));
-    }
-    if !metadata.is_file() {
-        return Err(
-            FsError::new(FsErrorKind::InvalidPath, "open", display).with_source(
-                std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file"),
-            ),
-        );
+    let kind = if metadata.is_dir() {
+        Kind::Dir
+    } else if metadata.is_file() {
+        Kind::File
+    } else {
+        Kind::Other
+    };
+    check(kind, metadata.nlink(), display)?;
+    Ok(metadata)
+}
+
+/// What a name reached, as far as the sandbox cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    File,
+    Dir,
+    Other,
+}
+
+/// Refuses all but a regular file with one link.
+fn check(kind: Kind, nlink: u64, display: &str) -> Result<(), FsError> {
+    match kind {
+        Kind::Dir => return Err(FsError::new(FsErrorKind::IsADirectory, "open", display)),
+        Kind::Other => {
+            return Err(
+                FsError::new(FsErrorKind::InvalidPath, "open", display).with_source(
+                    std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file"),
+                ),
+            )
+        }
+        Kind::File => {}
     }
     // As in `get`: a hard link can point at a file outside the root and path resolution
     // cannot tell, so every multiply-linked file is refused.
-    if metadata.nlink() > 1 {
+    if nlink > 1 {
         return Err(
             FsError::new(FsErrorKind::Escape, "open", display).with_source(std::io::Error::new(
                 std::io::ErrorKind::PermissionDenied,
@@ -129,11 +322,7 @@ pub fn open_beneath(root: &Path, rel: &str, opts: OpenBeneath) -> Result<OpenedF
             )),
         );
     }
-    let r = sys::clear_nonblock(file.as_raw_fd());
-    if r < 0 {
-        return Err(fail(-r));
-    }
-    Ok(OpenedFile { file, metadata })
+    Ok(())
 }
 
 #[cfg(test)]
@@ -215,5 +404,101 @@ mod tests {
             kind(open_beneath(&root, "dirlink/a.txt", strict)),
             FsErrorKind::Escape
         );
+    }
+
+    /// What `locate_first_beneath` answers for one name, as `open_beneath` would say it.
+    fn located(
+        root: &Path,
+        rel: &str,
+        o: OpenBeneath,
+        how: Locate,
+    ) -> Result<(u64, u64), FsErrorKind> {
+        locate_first_beneath(root, &[rel], o, how)
+            .map(|(_, f)| {
+                assert_eq!(f.fd.is_some(), how == Locate::Hold);
+                f.id
+            })
+            .map_err(|e| e.kind)
+    }
+
+    #[test]
+    fn locate_answers_as_open_beneath_does() {
+        let (d, root) = env();
+        std::fs::write(root.join("top.db"), b"x").unwrap();
+        symlink(d.path().join("secret.txt"), root.join("abs")).unwrap();
+        symlink("sub/a.txt", root.join("alias")).unwrap();
+        symlink("sub", root.join("dirlink")).unwrap();
+        symlink("nowhere", root.join("dangling")).unwrap();
+        std::fs::hard_link(d.path().join("secret.txt"), root.join("hl")).unwrap();
+        let fifo =
+            std::ffi::CString::new(root.join("fifo").as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+        let names = [
+            "top.db",
+            "/top.db",
+            "sub/a.txt",
+            "../secret.txt",
+            "abs",
+            "alias",
+            "dirlink/a.txt",
+            "dangling",
+            "hl",
+            "sub",
+            "nope",
+            "sub/nope",
+            "a/..",
+            "fifo",
+            "..",
+            ".",
+        ];
+        for o in [OpenBeneath::default(), OpenBeneath { no_symlinks: true }] {
+            for name in names {
+                let want = open_beneath(&root, name, o)
+                    .map(|f| (f.metadata.dev(), f.metadata.ino()))
+                    .map_err(|e| e.kind);
+                for how in [Locate::Identify, Locate::Hold] {
+                    // Twice: through a fresh root, then through the kept one.
+                    for _ in 0..2 {
+                        assert_eq!(located(&root, name, o, how), want, "{name} {o:?} {how:?}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn locate_takes_the_first_name_found_and_sees_a_replaced_root() {
+        let (d, root) = env();
+        std::fs::write(root.join("db"), b"shared").unwrap();
+        let how = Locate::Identify;
+        let strict = OpenBeneath { no_symlinks: true };
+        let (at, _) = locate_first_beneath(&root, &["sub/db", "db"], strict, how).unwrap();
+        assert_eq!(at, 1, "no private file: the shared one");
+        std::fs::write(root.join("sub/db"), b"private").unwrap();
+        let (at, f) = locate_first_beneath(&root, &["sub/db", "db"], strict, how).unwrap();
+        assert_eq!(at, 0, "a private file made since is seen at once");
+        let m = std::fs::metadata(root.join("sub/db")).unwrap();
+        assert_eq!(f.id, (m.dev(), m.ino()));
+        // A refusal of the first name is the answer; the second is not tried.
+        std::fs::remove_file(root.join("sub/db")).unwrap();
+        symlink("../db", root.join("sub/db")).unwrap();
+        let e = locate_first_beneath(&root, &["sub/db", "db"], strict, how).unwrap_err();
+        assert_eq!(e.kind, FsErrorKind::Escape);
+        // The root swapped for another directory under the same path: its files, not the
+        // kept descriptor's.
+        std::fs::rename(&root, d.path().join("old")).unwrap();
+        std::fs::create_dir(&root).unwrap();
+        std::fs::write(root.join("db"), b"new").unwrap();
+        let (at, f) = locate_first_beneath(&root, &["sub/db", "db"], strict, how).unwrap();
+        let m = std::fs::metadata(root.join("db")).unwrap();
+        assert_eq!((at, f.id), (1, (m.dev(), m.ino())));
+        // Removed: not found, whatever was kept.
+        std::fs::remove_file(root.join("db")).unwrap();
+        let e = locate_first_beneath(&root, &["sub/db", "db"], strict, how).unwrap_err();
+        assert_eq!(e.kind, FsErrorKind::NotFound);
+        std::fs::remove_dir(&root).unwrap();
+        let e = locate_first_beneath(&root, &["sub/db", "db"], strict, how).unwrap_err();
+        assert_eq!(e.kind, FsErrorKind::NotFound);
     }
 }

@@ -97,7 +97,7 @@ pub(crate) enum Op {
 // that it can sit inside data structures of the IO thread, never to share the memory.
 unsafe impl Send for Op {}
 
-fn errno() -> i32 {
+pub(crate) fn errno() -> i32 {
     io::Error::last_os_error()
         .raw_os_error()
         .unwrap_or(libc::EIO)

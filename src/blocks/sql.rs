@@ -8,8 +8,9 @@
 //!   an absolute one or `..`) is 2003: it could name another tenant's directory.
 //!
 //! # Sandbox
-//! The file is found with the IO crate's sandboxed open (`beamline_io::open_beneath`,
-//! `openat2` beneath the SQL root with `RESOLVE_NO_SYMLINKS`): a symlink anywhere under
+//! The file is found with the IO crate's sandboxed lookup
+//! (`beamline_io::locate_first_beneath`: `openat2` with `O_PATH` beneath the SQL root,
+//! which the CPU thread keeps open, with `RESOLVE_NO_SYMLINKS`): a symlink anywhere under
 //! the root (in a tenant's directory, in the shared one, or a tenant directory that is
 //! itself a symlink) and a file with more than one hard link are 2003, as `fs.get`
 //! refuses hard links. SQLite then opens the same name read-only with
@@ -57,7 +58,10 @@
 //! first, each with a cache of prepared statements (`prepare_cached`). On every use the
 //! name is resolved again (a private database created or removed since is seen at once)
 //! and the connection reopened when the (device, inode) changed (the file was replaced)
-//! or dropped when it is gone.
+//! or dropped when it is gone. A use of a cached connection costs three system calls for
+//! that (`beamline_io::locate_first_beneath` with `Locate::Identify`: the kept SQL root's
+//! `statx` check, the private name's `openat2`, a `statx` of the shared name); only an
+//! open holds the file (`O_PATH`) until SQLite has its own descriptor on it.
 //! Sandbox mode changes nothing: reads have no side effects. (Reading a WAL-mode database
 //! makes SQLite create its empty `-wal`/`-shm` coordination files next to it when no other
 //! connection has; the database file itself is never created or written.)
@@ -71,7 +75,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use beamline_io::{FsError, FsErrorKind, OpenBeneath, OpenedFile};
+use beamline_io::{FsError, FsErrorKind, Locate, LocatedFile, OpenBeneath};
 use rusqlite::types::{ToSqlOutput, ValueRef};
 use rusqlite::{params_from_iter, Connection, StatementStatus, ToSql};
 use serde_json::{Map, Value};
@@ -353,12 +357,18 @@ impl SqlBlock {
         self.last_statement_runs.get()
     }
 
-    /// Opens the database file a job names, beneath the SQL root, with the IO crate's
-    /// sandboxed open: the tenant's own `<tenant>/NAME` when it exists, else the shared
+    /// Finds the database file a job names, beneath the SQL root, with the IO crate's
+    /// sandboxed lookup: the tenant's own `<tenant>/NAME` when it exists, else the shared
     /// `NAME`. No symlink anywhere (`RESOLVE_NO_SYMLINKS`: SQLite opens the file again by
     /// name, and only a name without symlinks is known to reach the file checked here),
-    /// no file with more than one hard link. Returns the path relative to the root.
-    fn resolve(&self, tenant: &str, name: &str) -> Result<(PathBuf, OpenedFile), TaskError> {
+    /// no file with more than one hard link. Returns the path relative to the root and
+    /// the file found (with [`Locate::Hold`], an `O_PATH` descriptor that holds its inode).
+    fn resolve(
+        &self,
+        tenant: &str,
+        name: &str,
+        how: Locate,
+    ) -> Result<(PathBuf, LocatedFile), TaskError> {
         if !sql_guard::is_file_name(tenant) {
             return Err(TaskError::new(
                 ErrorCode::PermissionDenied,
@@ -367,14 +377,11 @@ impl SqlBlock {
         }
         let strict = OpenBeneath { no_symlinks: true };
         let private = format!("{tenant}/{name}");
-        match beamline_io::open_beneath(&self.root, &private, strict) {
-            Ok(f) => return Ok((PathBuf::from(private), f)),
-            Err(e) if e.kind == FsErrorKind::NotFound => {}
-            Err(e) => return Err(open_error(e, name)),
-        }
-        beamline_io::open_beneath(&self.root, name, strict)
-            .map(|f| (PathBuf::from(name), f))
-            .map_err(|e| open_error(e, name))
+        let (at, found) =
+            beamline_io::locate_first_beneath(&self.root, &[private.as_str(), name], strict, how)
+                .map_err(|e| open_error(e, name))?;
+        let rel = if at == 0 { private } else { name.to_owned() };
+        Ok((PathBuf::from(rel), found))
     }
 
     /// The open connection to the database `tenant` reaches under `name`: resolved on
@@ -386,20 +393,26 @@ impl SqlBlock {
         tenant: &str,
         name: &str,
     ) -> Result<(PathBuf, &'c mut Entry), TaskError> {
-        let (rel, opened) = match self.resolve(tenant, name) {
-            Ok(r) => r,
-            Err(e) => {
-                cache.entries.remove(&Path::new(tenant).join(name));
-                cache.entries.remove(Path::new(name));
-                return Err(e);
-            }
+        let gone = |cache: &mut Cache, e: TaskError| {
+            cache.entries.remove(&Path::new(tenant).join(name));
+            cache.entries.remove(Path::new(name));
+            e
         };
-        let id = file_id(&opened.metadata);
-        if cache.entries.get(&rel).is_some_and(|e| e.file != id) {
+        // Which file the name reaches now (SQLite's open descriptor keeps the cached
+        // connection's inode alive, so an equal (device, inode) is that very file).
+        let (mut rel, found) = self
+            .resolve(tenant, name, Locate::Identify)
+            .map_err(|e| gone(cache, e))?;
+        if cache.entries.get(&rel).is_none_or(|e| e.file != found.id) {
             cache.entries.remove(&rel);
-        }
-        if !cache.entries.contains_key(&rel) {
-            let entry = self.open(&rel, name, id)?;
+            // Resolved again holding the file: it stays the same inode until SQLite has
+            // its own descriptor on it.
+            let (held_rel, held) = self
+                .resolve(tenant, name, Locate::Hold)
+                .map_err(|e| gone(cache, e))?;
+            let entry = self.open(&held_rel, name, held.id)?;
+            drop(held);
+            cache.entries.remove(&held_rel);
             if cache.entries.len() >= MAX_CONNECTIONS {
                 let oldest = cache
                     .entries
@@ -410,10 +423,9 @@ impl SqlBlock {
                     cache.entries.remove(&oldest);
                 }
             }
-            cache.entries.insert(rel.clone(), entry);
+            cache.entries.insert(held_rel.clone(), entry);
+            rel = held_rel;
         }
-        // Held until SQLite has its own descriptor: the checked file stays the same inode.
-        drop(opened);
         cache.tick += 1;
         let tick = cache.tick;
         let entry = cache
