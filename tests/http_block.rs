@@ -344,6 +344,36 @@ async fn keep_alive_reuses_one_connection() {
     .await;
 }
 
+/// A burst of concurrent requests opens a connection per request in flight; the next burst
+/// of the same size reuses them all (the idle pool keeps as many per host as the thread may
+/// have in flight, not a fixed few that leave the rest to connect again).
+#[tokio::test]
+async fn a_second_burst_reuses_the_first_bursts_connections() {
+    bounded(async {
+        let server = start_server(None).await;
+        let b = block(&config());
+        let job = json!({"type": "http.request", "url": server.http("/echo/burst")});
+        let burst = || futures::future::join_all((0..100).map(|_| run(&b, &job)));
+        for out in burst().await {
+            out.expect("200");
+        }
+        let first = server.accepted();
+        assert!(
+            first > 32,
+            "the burst ran concurrently: {first} connections"
+        );
+        for out in burst().await {
+            out.expect("200");
+        }
+        assert_eq!(
+            server.accepted(),
+            first,
+            "no new connection for the second burst"
+        );
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn not_found_is_an_http_error_not_retried_with_the_response_attached() {
     bounded(async {
