@@ -1,0 +1,44 @@
+#!/bin/sh
+# Issue 12, third round (2026-11-27): http.request and sql.query beside the plain loop,
+# the worker of 48ce513 ("before") and of this round ("after", 6598f57: the HTTP idle
+# pool and the SQL name lookup), driven by the bench binary of this checkout, both at the
+# worker's defaults (no RUST_LOG, default pools). Three rounds, before and after
+# interleaved. Each *.log starts with the commit, the date and the exact command; *.json
+# is the bench's report of that run. The helper is issue12-r2/run.sh's (each results
+# directory keeps its own script so it can be rerun as it was).
+#
+#   cargo build --profile deb -p beamline_worker -p beamline-bench   # in each checkout
+#   BEFORE=/path/beamline_worker-48ce513 AFTER=target/deb/beamline_worker \
+#       BENCH=target/deb/beamline-bench \
+#       sh bench/results/issue12-r3/run.sh [names...]
+set -eu
+BENCH=${BENCH:?beamline-bench binary}
+BEFORE=${BEFORE:?worker binary built from commit 48ce513}
+AFTER=${AFTER:?worker binary of this round}
+DIR=$(cd "$(dirname "$0")" && pwd)
+COMMIT=$(git rev-parse --short HEAD)
+
+run() {
+    name=$1
+    shift
+    out=$(mktemp -d)
+    {
+        echo "# commit $COMMIT; $(date -u +%FT%TZ); $(nproc) CPUs"
+        echo "# $BENCH $* --out $out"
+    } >"$DIR/$name.log"
+    "$BENCH" "$@" --out "$out" >>"$DIR/$name.log" 2>&1 || echo "# exit $?" >>"$DIR/$name.log"
+    cp "$out"/report-*.json "$DIR/$name.json" 2>/dev/null || true
+    cp "$out"/latency-*.svg "$DIR/$name.svg" 2>/dev/null || true
+    rm -rf "$out"
+}
+
+want() { [ -z "$ARGS" ] || case " $ARGS " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
+ARGS="$*"
+
+# Target 6: http.request (keep-alive upstream) and sql.query (one row) beside the plain
+# loop; null echo, plain loop and worker in every run.
+for r in 1 2 3; do
+    want blocks-before-r$r && run blocks-before-r$r --worker-bin "$BEFORE" --scenario http,sql --duration 5 --repeat 3
+    want blocks-after-r$r && run blocks-after-r$r --worker-bin "$AFTER" --scenario http,sql --duration 5 --repeat 3
+done
+exit 0
