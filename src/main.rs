@@ -6,6 +6,9 @@ use mimalloc::MiMalloc;
 static GLOBAL: MiMalloc = MiMalloc;
 
 fn main() -> std::process::ExitCode {
+    // First: no transparent huge pages for the allocator's arenas (faults that zero 2 MiB
+    // at once on a CPU thread; `app::no_huge_pages`).
+    beamline_worker::app::no_huge_pages();
     // `beamline_worker plan [FLAGS]`: the placement these flags give; starts nothing.
     if std::env::args_os().nth(1).is_some_and(|a| a == "plan") {
         return beamline_worker::plan::main(std::env::args_os().skip(2));

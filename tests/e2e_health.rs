@@ -484,3 +484,39 @@ async fn a_task_over_its_cpu_time_is_stopped_with_5002() {
     );
     drop(worker);
 }
+
+/// The process's "THP_enabled" flag as the kernel shows it (`None` where it does not).
+fn thp_enabled(pid: u32) -> Option<String> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("THP_enabled:"))?;
+    Some(line["THP_enabled:".len()..].trim().to_owned())
+}
+
+/// The worker turns transparent huge pages off for itself (a 2 MiB fault on a CPU thread
+/// is a latency spike), unless `MIMALLOC_ALLOW_THP` says how the allocator should do it.
+#[tokio::test]
+async fn transparent_huge_pages_are_off_unless_the_allocator_is_told_otherwise() {
+    let nats = Nats::start();
+    if thp_enabled(std::process::id()).is_none() {
+        eprintln!("skipped: this kernel shows no THP_enabled line in /proc/PID/status");
+        return;
+    }
+    // Read once each worker is up (health 200), well after `main` began.
+    let worker = Worker::builder(&nats.url()).arg("--consumer=core").start();
+    let (status, _) = wait_health(worker.health_port, 200, Duration::from_secs(15)).await;
+    assert_eq!(status, 200, "worker up");
+    let pid = worker.pid().expect("worker pid");
+    assert_eq!(thp_enabled(pid).as_deref(), Some("0"), "THP off by default");
+    let allowed = Worker::builder(&nats.url())
+        .arg("--consumer=core")
+        .env("MIMALLOC_ALLOW_THP", "1")
+        .start();
+    let (status, _) = wait_health(allowed.health_port, 200, Duration::from_secs(15)).await;
+    assert_eq!(status, 200, "worker up");
+    let pid = allowed.pid().expect("worker pid");
+    assert_eq!(
+        thp_enabled(pid).as_deref(),
+        Some("1"),
+        "left to the allocator when MIMALLOC_ALLOW_THP is set"
+    );
+}

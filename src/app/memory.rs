@@ -1,4 +1,5 @@
-//! The memory watcher: the process's RSS against `--max-memory-mb`.
+//! The memory watcher: the process's RSS against `--max-memory-mb`; and the process's
+//! page size policy ([`no_huge_pages`]).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -37,4 +38,24 @@ pub(super) async fn watch_memory(shared: Arc<Shared>, stop: CancellationToken) {
             shared.over_memory.store(false, Ordering::Relaxed);
         }
     }
+}
+
+/// Turns transparent huge pages off for this process (`PR_SET_THP_DISABLE`), unless
+/// `MIMALLOC_ALLOW_THP` is set (then the allocator's own setting stands). Call first in
+/// `main`, before the pools start; returns whether it did.
+///
+/// Why: mimalloc asks for huge pages on its arenas (`MADV_HUGEPAGE`), and with the common
+/// `defrag = madvise` setting a fault in such a region zeroes 2 MiB at once, and may first
+/// compact memory, on the CPU thread that touched it. While a fresh worker's dedupe store
+/// and buffers grow (its first seconds under load), those stalls made the first run's
+/// result p99 at 20 000 fs.get/s 5.3–7.1 ms against 1.9–2.5 ms with THP off (same
+/// binary, `MIMALLOC_ALLOW_THP=0`; bench/results/README.md, issue 12 third round); the
+/// CPU per task did not change measurably.
+pub fn no_huge_pages() -> bool {
+    if std::env::var_os("MIMALLOC_ALLOW_THP").is_some() {
+        return false;
+    }
+    // A flag of the process's memory map (inherited by children), despite rustix's
+    // "thread" in the name.
+    rustix::thread::disable_transparent_huge_pages(true).is_ok()
 }

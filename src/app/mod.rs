@@ -9,6 +9,8 @@ mod memory;
 mod probe;
 mod signal;
 
+pub use memory::no_huge_pages;
+
 use std::time::Duration;
 
 use tokio::task::JoinHandle;

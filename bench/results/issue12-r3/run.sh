@@ -41,4 +41,7 @@ for r in 1 2 3; do
     want blocks-before-r$r && run blocks-before-r$r --worker-bin "$BEFORE" --scenario http,sql --duration 5 --repeat 3
     want blocks-after-r$r && run blocks-after-r$r --worker-bin "$AFTER" --scenario http,sql --duration 5 --repeat 3
 done
+# Target 5 beside the plain loop: fs.get at 20 000/s offered, null echo, plain loop and
+# worker in each run (the second round's lat20k ran without the plain loop).
+want lat20k-after && run lat20k-after --worker-bin "$AFTER" --scenario fs-get --rate 20000 --duration 5 --repeat 3
 exit 0
