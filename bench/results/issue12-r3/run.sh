@@ -44,4 +44,16 @@ done
 # Target 5 beside the plain loop: fs.get at 20 000/s offered, null echo, plain loop and
 # worker in each run (the second round's lat20k ran without the plain loop).
 want lat20k-after && run lat20k-after --worker-bin "$AFTER" --scenario fs-get --rate 20000 --duration 5 --repeat 3
+# Target 5, a fresh worker's first run: THP off and the dedupe store pre-sized. "before"
+# here = the worker of 6598f57 (BEFORE_THP), "after" = AFTER_THP; each bench call starts a
+# fresh worker, so run #1 of each log is a fresh process's first 5 s under load. Then the
+# CPU per fs.get task flat out, the same two workers, to see that nothing got dearer.
+for r in 1 2; do
+    want thp-before-r$r && run thp-before-r$r --worker-bin "${BEFORE_THP:?worker of 6598f57}" --scenario fs-get --rate 20000 --duration 5 --repeat 3 --no-plain
+    want thp-after-r$r && run thp-after-r$r --worker-bin "${AFTER_THP:?worker of this commit}" --scenario fs-get --rate 20000 --duration 5 --repeat 3 --no-plain
+done
+for r in 1 2; do
+    want flat-before-r$r && run flat-before-r$r --worker-bin "${BEFORE_THP:?}" --scenario fs-get --duration 5 --repeat 3
+    want flat-after-r$r && run flat-after-r$r --worker-bin "${AFTER_THP:?}" --scenario fs-get --duration 5 --repeat 3
+done
 exit 0
