@@ -1,9 +1,12 @@
 //! A blocking, sandboxed open for callers that read a tenant-named file themselves (the
-//! worker's model loader, its SQLite opener): the same resolution rule as [`IoPool::get`]
+//! worker's model loader), and [`locate_first_beneath`], which only finds which file a name
+//! reaches (the SQL block, whose library opens the file again by name): the same
+//! resolution rule as [`IoPool::get`]
 //! (`openat2(root_fd, rel, RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS)`, the same path
 //! syntax checks, the same refusal of directories, special files and files with more
-//! than one hard link), but the caller gets the open file and its `fstat`, so it can key a
-//! cache on what was opened (device, inode, mtime, size) and read only on a miss.
+//! than one hard link); `open_beneath` hands the caller the open file and its `fstat`, so
+//! it can key a cache on what was opened (device, inode, mtime, size) and read only on a
+//! miss.
 //!
 //! Runs on the caller's thread (it blocks): call it from a blocking context.
 //!
