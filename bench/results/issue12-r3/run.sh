@@ -56,4 +56,7 @@ for r in 1 2; do
     want flat-before-r$r && run flat-before-r$r --worker-bin "${BEFORE_THP:?}" --scenario fs-get --duration 5 --repeat 3
     want flat-after-r$r && run flat-after-r$r --worker-bin "${AFTER_THP:?}" --scenario fs-get --duration 5 --repeat 3
 done
+# Target 4 as it stands (not worked on): JetStream fs.get beside the JetStream null
+# consumer, the worker of this round.
+want jetstream-after && run jetstream-after --worker-bin "${AFTER_THP:?}" --mode jetstream --scenario fs-get --duration 5 --repeat 3 --no-plain
 exit 0
