@@ -134,17 +134,21 @@ impl Dedupe {
     ///
     /// The map and the eviction queue are sized here for the most entries the store can
     /// hold (the entry cap, or what the budget holds of the smallest entries), so they
-    /// never grow under load: growing the map rehashed every entry under the store's lock
-    /// (both CPU threads waiting), at 28 k and 57 k entries, in the first seconds of a
-    /// busy worker. Only the map's control bytes are written now (about one byte an entry);
-    /// the slots' pages are touched as entries arrive.
+    /// never grow under load: growing the map moved every entry to a new table under the
+    /// store's lock (both CPU threads waiting), at 28 k and 57 k entries in the first
+    /// seconds of a busy worker, and once more later. The map gets room for twice the
+    /// entries: a hash table that is over half full grows when the tombstones its removals
+    /// leave have used up its room; under half full it only tidies them in place. The
+    /// queue holds one more than the cap (a new entry goes in before the oldest goes out).
+    /// Only the map's control bytes are written now (about two bytes an entry); the slots'
+    /// pages are touched as entries arrive.
     pub fn with_byte_budget(mut self, bytes: usize) -> Dedupe {
         self.budget = bytes.max(64 << 10);
         let most = self.capacity.min(self.budget / OVERHEAD);
         {
             let mut g = self.lock();
-            g.map.reserve(most);
-            g.order.reserve(most);
+            g.map.reserve(2 * most);
+            g.order.reserve(most + 1);
         }
         self
     }
@@ -387,6 +391,33 @@ mod tests {
             g.complete(rec(0)).await;
         }
         assert!(d.len() <= 17, "{}", d.len());
+    }
+
+    #[tokio::test]
+    async fn the_store_is_sized_once_and_never_grows_while_it_fills() {
+        // Entry cap 2 000; a budget that holds more than that of the smallest entries.
+        let d = Dedupe::new(None, Duration::from_secs(60), 2_000).with_byte_budget(64 << 20);
+        let sized = {
+            let g = d.lock();
+            (g.map.capacity(), g.order.capacity())
+        };
+        assert!(sized.0 >= 4_000 && sized.1 > 2_000, "{sized:?}");
+        // Ten times the cap: evictions leave enough tombstones to use up the map's room.
+        for i in 0..20_000 {
+            let Begin::New(g) = d.begin("t", &i.to_string()).await else {
+                panic!("new")
+            };
+            g.complete(rec(1)).await;
+            let g = d.lock();
+            // A grown map would report about twice the room; the queue never moves.
+            assert!(
+                g.map.capacity() <= sized.0,
+                "map grew at {i}: {}",
+                g.map.capacity()
+            );
+            assert_eq!(g.order.capacity(), sized.1, "queue grew at {i}");
+        }
+        assert_eq!(d.len(), 2_000);
     }
 
     #[tokio::test]

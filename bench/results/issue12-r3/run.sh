@@ -59,4 +59,8 @@ done
 # Target 4 as it stands (not worked on): JetStream fs.get beside the JetStream null
 # consumer, the worker of this round.
 want jetstream-after && run jetstream-after --worker-bin "${AFTER_THP:?}" --mode jetstream --scenario fs-get --duration 5 --repeat 3 --no-plain
+# The round's last worker (FINAL: the dedupe map with room for twice its entries), once
+# at 20 000/s and once flat out beside the plain loop.
+want final-lat20k && run final-lat20k --worker-bin "${FINAL:?worker of the round's last commit}" --scenario fs-get --rate 20000 --duration 5 --repeat 3 --no-plain
+want final-flat && run final-flat --worker-bin "${FINAL:?}" --scenario fs-get --duration 5 --repeat 3
 exit 0
