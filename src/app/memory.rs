@@ -47,10 +47,10 @@ pub(super) async fn watch_memory(shared: Arc<Shared>, stop: CancellationToken) {
 /// Why: mimalloc asks for huge pages on its arenas (`MADV_HUGEPAGE`), and with the common
 /// `defrag = madvise` setting a fault in such a region zeroes 2 MiB at once, and may first
 /// compact memory, on the CPU thread that touched it. While a fresh worker's dedupe store
-/// and buffers grow (its first seconds under load), those stalls made the first run's
-/// result p99 at 20 000 fs.get/s 5.3–7.1 ms against 1.9–2.5 ms with THP off (same
-/// binary, `MIMALLOC_ALLOW_THP=0`; bench/results/README.md, issue 12 third round); the
-/// CPU per task did not change measurably.
+/// and buffers grow (its first seconds under load), those stalls made a fresh worker's
+/// first 5 s at 20 000 fs.get/s end with a result p99 of 6.4–7.0 ms, against 2.3–2.5 ms
+/// with THP off (`bench/results/issue12-r3/thp-*.log`); the CPU per task did not change
+/// measurably (`flat-*.log`).
 pub fn no_huge_pages() -> bool {
     if std::env::var_os("MIMALLOC_ALLOW_THP").is_some() {
         return false;

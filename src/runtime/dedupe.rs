@@ -140,8 +140,10 @@ impl Dedupe {
     /// entries: a hash table that is over half full grows when the tombstones its removals
     /// leave have used up its room; under half full it only tidies them in place. The
     /// queue holds one more than the cap (a new entry goes in before the oldest goes out).
-    /// Only the map's control bytes are written now (about two bytes an entry); the slots'
-    /// pages are touched as entries arrive.
+    /// Only the map's control bytes are written now (two to three bytes an entry); the
+    /// slots' pages are touched as entries arrive. The table is the store's fixed cost
+    /// beside the byte budget: at the default 100 000 entries, 262 144 slots of about 56
+    /// bytes (~15 MB once the store has filled).
     pub fn with_byte_budget(mut self, bytes: usize) -> Dedupe {
         self.budget = bytes.max(64 << 10);
         let most = self.capacity.min(self.budget / OVERHEAD);
