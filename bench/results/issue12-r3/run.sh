@@ -63,4 +63,14 @@ want jetstream-after && run jetstream-after --worker-bin "${AFTER_THP:?}" --mode
 # at 20 000/s and once flat out beside the plain loop.
 want final-lat20k && run final-lat20k --worker-bin "${FINAL:?worker of the round's last commit}" --scenario fs-get --rate 20000 --duration 5 --repeat 3 --no-plain
 want final-flat && run final-flat --worker-bin "${FINAL:?}" --scenario fs-get --duration 5 --repeat 3
+# Target 5, what the first-run tail comes from (each call a fresh worker of 6598f57 =
+# BEFORE_THP; PRESIZED = a worker with only the dedupe map pre-sized for its entry cap):
+# the worker as it is, with a 1-s dedupe TTL (the store stops growing), at RUST_LOG=warn,
+# with unpinned threads, with MIMALLOC_ALLOW_THP=0, and the pre-sized one.
+want why-as-is && run why-as-is --worker-bin "${BEFORE_THP:?}" --scenario fs-get --rate 20000 --duration 5 --repeat 3 --no-plain
+want why-ttl1 && run why-ttl1 --worker-bin "${BEFORE_THP:?}" --worker-arg=--dedupe-ttl-s=1 --scenario fs-get --rate 20000 --duration 5 --repeat 3 --no-plain
+want why-warn && run why-warn --worker-bin "${BEFORE_THP:?}" --worker-rust-log warn --scenario fs-get --rate 20000 --duration 5 --repeat 3 --no-plain
+want why-unpinned && run why-unpinned --worker-bin "${BEFORE_THP:?}" --worker-arg=--profile="$DIR/unpinned.toml" --scenario fs-get --rate 20000 --duration 5 --repeat 3 --no-plain
+want why-nothp && WORKER="${BEFORE_THP:?}" run why-nothp --worker-bin "$DIR/nothp.sh" --scenario fs-get --rate 20000 --duration 5 --repeat 3 --no-plain
+want why-presized && run why-presized --worker-bin "${PRESIZED:?worker with only the dedupe map pre-sized}" --scenario fs-get --rate 20000 --duration 5 --repeat 3 --no-plain
 exit 0
