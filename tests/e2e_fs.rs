@@ -50,6 +50,46 @@ async fn round_trip(mode: &str, backend: &str) {
     assert_eq!(r["result"]["content_type"], "application/json");
     assert_eq!(r["result"]["size_bytes"], 16);
 
+    // An overwrite keeps the replaced file as the target's spare (io/src/spare.rs), a name
+    // reserved for the worker: a tenant can neither read nor write it.
+    router
+        .assign(&assignment(
+            "put-2",
+            "acme",
+            json!({"type": "fs.put", "path": "/data/output.json", "content": "{}"}),
+        ))
+        .await;
+    assert_eq!(router.result("put-2").await["status"], "success");
+    assert_eq!(
+        std::fs::read_to_string(&on_disk).expect("rewritten"),
+        "{}",
+        "the last put is what is there"
+    );
+    for (id, job) in [
+        (
+            "get-spare",
+            json!({"type": "fs.get", "path": "/data/.output.json.beamline-spare"}),
+        ),
+        (
+            "put-spare",
+            json!({"type": "fs.put", "path": "data/.output.json.beamline-spare", "content": "x"}),
+        ),
+    ] {
+        router.assign(&assignment(id, "acme", job)).await;
+        let r = router.result(id).await;
+        assert_eq!(
+            (r["error"]["code"].as_u64(), r["error_code"].as_str()),
+            (Some(1001), Some("INVALID_INPUT")),
+            "{r}"
+        );
+        assert!(
+            r["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("reserved")),
+            "{r}"
+        );
+    }
+
     // Binary content comes back as base64; the original worker's names work.
     router
         .assign(&assignment(

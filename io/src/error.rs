@@ -134,7 +134,8 @@ impl FsError {
 impl fmt::Display for FsError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} {}: {}", self.op, self.path, self.kind)?;
-        if self.kind == FsErrorKind::Other {
+        // The syscall's words for an unexpected error, the reason for a refused path.
+        if matches!(self.kind, FsErrorKind::Other | FsErrorKind::InvalidPath) {
             if let Some(src) = &self.source {
                 write!(f, " ({src})")?;
             }

@@ -19,6 +19,7 @@ use tokio::sync::oneshot;
 
 use crate::error::{FsError, FsErrorKind};
 use crate::path::{self, GetPath, PutPath};
+use crate::spare::{self, Acquired};
 use crate::sys::{self, Op, OpenHow, RESOLVE};
 use crate::{FileData, PutInfo};
 
@@ -122,7 +123,7 @@ impl Machine {
     }
 }
 
-fn own_fd(res: i32) -> OwnedFd {
+pub(crate) fn own_fd(res: i32) -> OwnedFd {
     // SAFETY: only called with a non-negative open/openat2 result, i.e. a fresh fd that the
     // kernel just installed for us and that nothing else owns.
     unsafe { OwnedFd::from_raw_fd(res) }
@@ -435,6 +436,10 @@ impl GetMachine {
 // put: open root (mkdir once if missing) → openat2(parent) (walk + mkdirat if missing) →
 // openat2(tmp, O_CREAT|O_EXCL) → write… → [inline fsetxattr] → [fsync] → close(tmp) →
 // renameat(tmp, name) → [fsync dir] → reply → close fds.   On failure: close + unlink tmp.
+// A small overwrite goes through the target's spare instead when one can be leased
+// (`spare.rs`): open + lease it (inline) → write… → ftruncate → [fsetxattr] → [fsync] →
+// unlease → renameat2(spare, name, EXCHANGE) → close; a fresh temp file is exchanged too
+// when the old target can become the spare, and then renamed to the spare's name.
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum PutState {
@@ -475,6 +480,10 @@ pub(crate) struct PutMachine {
     tmp_fd: Option<OwnedFd>,
     tmp_created: bool,
     tmp_tries: u8,
+    /// The target's spare name, when this put may keep the old target as its spare.
+    spare: Option<CString>,
+    /// `tmp_fd` is the leased spare (its name is `tmp`), not a fresh temp file.
+    reusing: bool,
     written: usize,
     retries: u8,
     err: Option<FsError>,
@@ -522,6 +531,8 @@ impl PutMachine {
             tmp_fd: None,
             tmp_created: false,
             tmp_tries: 0,
+            spare: None,
+            reusing: false,
             written: 0,
             retries: 0,
             err: None,
@@ -603,7 +614,7 @@ impl PutMachine {
 
     fn open_parent(&mut self) -> Step {
         let Some(parent) = &self.path.parent else {
-            return self.open_temp();
+            return self.begin_file();
         };
         self.state = PutState::OpenParent;
         self.how = dir_how(self.durable);
@@ -626,6 +637,27 @@ impl PutMachine {
             path: self.walk_prefix.as_ptr(),
             how: &self.how,
         })
+    }
+
+    /// The directory is open: write through the target's spare when one can be leased,
+    /// else through a fresh temp file.
+    fn begin_file(&mut self) -> Step {
+        if self.data.len() <= spare::SPARE_MAX && spare::enabled() {
+            let name = spare::name(&self.path.tmp_stem);
+            match spare::acquire(self.dir(), &name) {
+                Acquired::Leased(fd) => {
+                    self.tmp_fd = Some(fd);
+                    self.tmp = name.clone();
+                    self.spare = Some(name);
+                    self.reusing = true;
+                    return self.write_next();
+                }
+                Acquired::Unfit => spare::unlink(self.dir(), &name),
+                Acquired::Unavailable => {}
+            }
+            self.spare = Some(name);
+        }
+        self.open_temp()
     }
 
     fn open_temp(&mut self) -> Step {
@@ -661,10 +693,22 @@ impl PutMachine {
     }
 
     fn after_write(&mut self) -> Step {
+        if self.reusing {
+            // The spare held an older, maybe longer, file.
+            let r = spare::truncate(raw(&self.tmp_fd), self.data.len());
+            if r < 0 {
+                return self.fail_errno(-r, "truncate");
+            }
+        }
         if let Some(ct) = &self.content_type {
             let r = sys::set_content_type(raw(&self.tmp_fd), ct);
             if r < 0 {
                 return self.fail_errno(-r, "setxattr");
+            }
+        } else if self.reusing {
+            let r = spare::clear_content_type(raw(&self.tmp_fd));
+            if r < 0 {
+                return self.fail_errno(-r, "removexattr");
             }
         }
         if self.durable {
@@ -673,7 +717,68 @@ impl PutMachine {
                 fd: raw(&self.tmp_fd),
             });
         }
-        self.close_temp()
+        self.after_sync()
+    }
+
+    /// The file is complete: a leased spare goes in with its descriptor still open (no other
+    /// put may lease it before the exchange), a fresh temp file is closed first.
+    fn after_sync(&mut self) -> Step {
+        if self.reusing {
+            self.swap()
+        } else {
+            self.close_temp()
+        }
+    }
+
+    /// Puts the new file in the target's place: exchanged with the target when the old
+    /// one may become the spare, else renamed over it as before.
+    fn swap(&mut self) -> Step {
+        let dir = self.dir();
+        if self.reusing {
+            let r = spare::release(raw(&self.tmp_fd));
+            if r < 0 {
+                return self.fail_errno(-r, "lease");
+            }
+        }
+        if let Some(spare_name) = self.spare.take() {
+            if spare::enabled() && spare::keeps(dir, &self.path.name) {
+                let r = spare::exchange(dir, &self.tmp, &self.path.name);
+                if r == 0 {
+                    // `tmp` now names the old target: a fresh temp file's becomes the spare
+                    // unless one is there already (another put may hold it).
+                    if !self.reusing && spare::rename_noreplace(dir, &self.tmp, &spare_name) < 0 {
+                        spare::unlink(dir, &self.tmp);
+                    }
+                    return self.renamed();
+                }
+                // ENOENT: the target went away meanwhile; EINVAL & co.: no exchange here
+                // (spares are off now). Either way a plain rename does it.
+                if !matches!(
+                    -r,
+                    libc::ENOENT | libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP
+                ) {
+                    return self.fail_errno(-r, "rename");
+                }
+            }
+        }
+        self.state = PutState::Rename;
+        Step::Submit(Op::RenameAt {
+            dirfd: dir,
+            from: self.tmp.as_ptr(),
+            to: self.path.name.as_ptr(),
+        })
+    }
+
+    /// The new file has the target's name.
+    fn renamed(&mut self) -> Step {
+        self.tmp_created = false;
+        // A reused spare's descriptor, kept open until now.
+        drop(self.tmp_fd.take());
+        if self.durable {
+            self.state = PutState::FsyncDir;
+            return Step::Submit(Op::Fsync { fd: self.dir() });
+        }
+        self.succeed()
     }
 
     fn close_temp(&mut self) -> Step {
@@ -730,7 +835,7 @@ impl PutMachine {
                     return self.fail_errno(-res, "open");
                 }
                 self.dir_fd = Some(own_fd(res));
-                self.open_temp()
+                self.begin_file()
             }
             PutState::WalkOpen => {
                 if res == -libc::EAGAIN && self.retries < MAX_EAGAIN_RETRIES {
@@ -765,7 +870,7 @@ impl PutMachine {
                 self.mkdir_tried = false;
                 if self.walk_i >= self.path.comps.len() {
                     self.dir_fd = self.walk_fd.take();
-                    return self.open_temp();
+                    return self.begin_file();
                 }
                 self.walk_open()
             }
@@ -813,7 +918,7 @@ impl PutMachine {
                 if res < 0 {
                     return self.fail_errno(-res, "fsync");
                 }
-                self.close_temp()
+                self.after_sync()
             }
             PutState::CloseTemp => {
                 // The fd is released even when close reports an error (a deferred write
@@ -821,23 +926,13 @@ impl PutMachine {
                 if res < 0 {
                     return self.fail_errno(-res, "close");
                 }
-                self.state = PutState::Rename;
-                Step::Submit(Op::RenameAt {
-                    dirfd: self.dir(),
-                    from: self.tmp.as_ptr(),
-                    to: self.path.name.as_ptr(),
-                })
+                self.swap()
             }
             PutState::Rename => {
                 if res < 0 {
                     return self.fail_errno(-res, "rename");
                 }
-                self.tmp_created = false;
-                if self.durable {
-                    self.state = PutState::FsyncDir;
-                    return Step::Submit(Op::Fsync { fd: self.dir() });
-                }
-                self.succeed()
+                self.renamed()
             }
             PutState::FsyncDir => {
                 if res < 0 {

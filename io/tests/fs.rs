@@ -129,6 +129,10 @@ for_each_backend!(
     shutdown_completes_or_refuses,
     backend_is_reported,
     inline_get_answers_like_the_pool,
+    overwrites_keep_the_old_inode_as_the_spare,
+    a_reader_of_an_old_version_keeps_it_whole,
+    linked_or_altered_old_versions_are_never_reused,
+    concurrent_small_overwrites_never_mix,
 );
 
 fn round_trip(b: Backend) {
@@ -587,7 +591,21 @@ fn invalid_paths(b: Backend) {
     let Some(pool) = start(config(b)) else { return };
     let e = env();
     rt().block_on(async {
-        for p in ["", "/", "//", "a/", "a\0b", ".", "..", "a/.", "a/.."] {
+        for p in [
+            "",
+            "/",
+            "//",
+            "a/",
+            "a\0b",
+            ".",
+            "..",
+            "a/.",
+            "a/..",
+            // The worker's spare files (see `spare.rs`): reserved.
+            ".x.beamline-spare",
+            "d/.x.json.beamline-spare",
+            "d/.x.beamline-spare/y",
+        ] {
             let err = pool.get(&e.root, p).await.unwrap_err();
             assert_eq!(err.kind, FsErrorKind::InvalidPath, "get {p:?}: {err}");
             let err = pool
@@ -947,4 +965,265 @@ fn inline_get_answers_like_the_pool(b: Backend) {
         pool.shutdown();
         assert!(pool.try_get_now(&e.root, "d/f.bin").is_none());
     });
+}
+
+/// Whether this kernel grants file leases (`fs.leases-enable`): without them every put
+/// takes the fresh temp file path, and the inode checks below do not apply.
+fn leases_on() -> bool {
+    let on = fs::read_to_string("/proc/sys/fs/leases-enable").is_ok_and(|v| v.trim() == "1");
+    if !on {
+        eprintln!("SKIP (inode reuse checks): fs.leases-enable is not 1 here");
+    }
+    on
+}
+
+fn ino(p: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    fs::symlink_metadata(p).unwrap().ino()
+}
+
+fn put_now(rt: &tokio::runtime::Runtime, pool: &IoPool, root: &Path, rel: &str, data: &str) {
+    rt.block_on(pool.put(root, rel, Bytes::from(data.to_owned()), Some("text/plain")))
+        .unwrap();
+}
+
+/// A small overwrite keeps the replaced inode as `.<name>.beamline-spare` and writes the
+/// next version into it: after the first overwrite no inode is made or freed.
+fn overwrites_keep_the_old_inode_as_the_spare(b: Backend) {
+    let Some(pool) = start(config(b)) else { return };
+    let e = env();
+    let runtime = rt();
+    let target = e.root.join("d/f.json");
+    let spare = e.root.join("d/.f.json.beamline-spare");
+    put_now(&runtime, &pool, &e.root, "d/f.json", "one");
+    assert!(!spare.exists(), "a first write has no old version to keep");
+    let first = ino(&target);
+    put_now(&runtime, &pool, &e.root, "d/f.json", "two, longer");
+    if !leases_on() {
+        return;
+    }
+    assert_eq!(
+        ino(&spare),
+        first,
+        "the replaced inode is kept as the spare"
+    );
+    assert_eq!(fs::read(&spare).unwrap(), b"one");
+    let second = ino(&target);
+    // No content type this time: the spare's old one must not come back with it.
+    runtime
+        .block_on(pool.put(&e.root, "d/f.json", Bytes::from_static(b"3"), None))
+        .unwrap();
+    assert_eq!(ino(&target), first, "the spare was written and swapped in");
+    assert_eq!(ino(&spare), second);
+    let got = runtime.block_on(pool.get(&e.root, "d/f.json")).unwrap();
+    assert_eq!(got.bytes, b"3", "cut to the new length");
+    assert_eq!(got.content_type, None);
+    runtime
+        .block_on(pool.put(&e.root, "d/f.json", Bytes::from_static(b"4"), Some("a/b")))
+        .unwrap();
+    let got = runtime.block_on(pool.get(&e.root, "d/f.json")).unwrap();
+    assert_eq!(
+        (got.bytes.as_ref(), got.content_type.as_deref()),
+        (&b"4"[..], Some("a/b"))
+    );
+    assert_eq!(ino(&target), second);
+    // Above the spare size limit: a fresh file, the old one freed, the spare left alone.
+    let big = Bytes::from(vec![b'z'; 64 * 1024 + 1]);
+    runtime
+        .block_on(pool.put(&e.root, "d/f.json", big.clone(), None))
+        .unwrap();
+    assert_eq!(ino(&spare), first, "a big put does not touch the spare");
+    assert_eq!(
+        runtime
+            .block_on(pool.get(&e.root, "d/f.json"))
+            .unwrap()
+            .bytes,
+        big
+    );
+    // The spare takes the next small version, and the big old one is freed, not kept.
+    put_now(&runtime, &pool, &e.root, "d/f.json", "small again");
+    assert_eq!(fs::read(&target).unwrap(), b"small again");
+    assert_eq!(ino(&target), first);
+    assert!(tmp_leftovers(&e.root).is_empty());
+    let names: Vec<String> = fs::read_dir(e.root.join("d"))
+        .unwrap()
+        .map(|d| d.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, ["f.json"], "no spare holds a big old version");
+}
+
+/// A reader that opened (or mapped) an old version keeps reading exactly it: the spare
+/// holding it is not reused while anyone has it open, and is reused once they are done.
+fn a_reader_of_an_old_version_keeps_it_whole(b: Backend) {
+    use std::io::Read;
+    use std::os::fd::AsRawFd;
+    let Some(pool) = start(config(b)) else { return };
+    let e = env();
+    let runtime = rt();
+    let target = e.root.join("f");
+    let spare = e.root.join(".f.beamline-spare");
+    put_now(&runtime, &pool, &e.root, "f", "v1");
+    put_now(&runtime, &pool, &e.root, "f", "v2");
+    if !leases_on() {
+        return;
+    }
+    let mut reader = fs::File::open(&target).unwrap();
+    let held = ino(&target);
+    put_now(&runtime, &pool, &e.root, "f", "v3");
+    assert_eq!(ino(&spare), held, "the read version is the spare now");
+    put_now(&runtime, &pool, &e.root, "f", "v4 is longer than v2");
+    put_now(&runtime, &pool, &e.root, "f", "v5");
+    assert_eq!(fs::read(&target).unwrap(), b"v5");
+    let mut seen = String::new();
+    reader.read_to_string(&mut seen).unwrap();
+    assert_eq!(seen, "v2", "an open old version is never rewritten");
+    assert_ne!(ino(&target), held, "nor swapped back in while it is open");
+    drop(reader);
+
+    // A mapping outlives its descriptor and must hold the inode as well.
+    let file = fs::File::open(&target).unwrap();
+    let mapped = ino(&target);
+    // SAFETY: a shared read-only mapping of a 2-byte file; unmapped below.
+    let map = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            2,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            file.as_raw_fd(),
+            0,
+        )
+    };
+    assert_ne!(map, libc::MAP_FAILED);
+    drop(file);
+    for v in ["v6", "v7", "v8", "v9"] {
+        put_now(&runtime, &pool, &e.root, "f", v);
+        assert_ne!(ino(&target), mapped, "a mapped old version is not reused");
+    }
+    // SAFETY: `map` is the live 2-byte mapping made above.
+    let bytes = unsafe { std::slice::from_raw_parts(map.cast::<u8>(), 2) }.to_vec();
+    // SAFETY: unmaps the mapping made above, not used after.
+    assert_eq!(unsafe { libc::munmap(map, 2) }, 0);
+    assert_eq!(bytes, b"v5");
+    assert_eq!(fs::read(&target).unwrap(), b"v9");
+    assert!(tmp_leftovers(&e.root).is_empty());
+}
+
+/// An old version with a second name, or a spare somebody linked, chmod-ed or replaced
+/// with something else, is never written: the other name keeps its bytes.
+fn linked_or_altered_old_versions_are_never_reused(b: Backend) {
+    let Some(pool) = start(config(b)) else { return };
+    let e = env();
+    let runtime = rt();
+    let target = e.root.join("f");
+    let spare = e.root.join(".f.beamline-spare");
+    put_now(&runtime, &pool, &e.root, "f", "a");
+    fs::hard_link(&target, e.root.join("g")).unwrap();
+    put_now(&runtime, &pool, &e.root, "f", "b");
+    assert!(
+        !spare.exists(),
+        "a linked old version does not become the spare"
+    );
+    assert_eq!(fs::read(e.root.join("g")).unwrap(), b"a");
+    put_now(&runtime, &pool, &e.root, "f", "c");
+    if !leases_on() {
+        return;
+    }
+    assert_eq!(fs::read(&spare).unwrap(), b"b");
+    // The spare gets a second name: unfit, removed, never written.
+    fs::hard_link(&spare, e.root.join("h")).unwrap();
+    put_now(&runtime, &pool, &e.root, "f", "d");
+    assert_eq!(fs::read(e.root.join("h")).unwrap(), b"b");
+    assert_eq!(fs::read(&target).unwrap(), b"d");
+    // A spare with another mode than a new file's: removed, and the new file has the mode
+    // a fresh file gets.
+    let fresh_mode = {
+        put_now(&runtime, &pool, &e.root, "fresh", "x");
+        fs::metadata(e.root.join("fresh"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o7777
+    };
+    put_now(&runtime, &pool, &e.root, "f", "e");
+    fs::set_permissions(&spare, fs::Permissions::from_mode(0o600)).unwrap();
+    put_now(&runtime, &pool, &e.root, "f", "f");
+    assert_eq!(fs::read(&target).unwrap(), b"f");
+    assert_eq!(
+        fs::metadata(&target).unwrap().permissions().mode() & 0o7777,
+        fresh_mode
+    );
+    // A spare name taken by a directory, a symlink or a FIFO: the put still lands.
+    for (i, make) in ["dir", "symlink", "fifo"].into_iter().enumerate() {
+        let _ = fs::remove_file(&spare);
+        match make {
+            "dir" => fs::create_dir(&spare).unwrap(),
+            "symlink" => symlink(e.outside.join("secret.txt"), &spare).unwrap(),
+            _ => {
+                let c = std::ffi::CString::new(spare.as_os_str().as_encoded_bytes()).unwrap();
+                // SAFETY: a live C string path.
+                assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+            }
+        }
+        let v = format!("g{i}");
+        put_now(&runtime, &pool, &e.root, "f", &v);
+        put_now(&runtime, &pool, &e.root, "f", &v);
+        assert_eq!(fs::read_to_string(&target).unwrap(), v, "{make}");
+        if make == "dir" {
+            fs::remove_dir(&spare).unwrap();
+        }
+    }
+    assert_eq!(
+        fs::read(e.outside.join("secret.txt")).unwrap(),
+        b"top secret"
+    );
+    assert!(tmp_leftovers(&e.root).is_empty());
+}
+
+/// Many puts of small files to one path from several tasks, with readers throughout: every
+/// read sees one whole version with its own content type, and the last write wins.
+fn concurrent_small_overwrites_never_mix(b: Backend) {
+    let Some(pool) = start(config(b)) else { return };
+    let e = env();
+    let runtime = rt();
+    let version = |w: u8, n: usize| Bytes::from(vec![b'a' + w; 1 + (n * 37 + w as usize) % 3000]);
+    runtime.block_on(async {
+        pool.put(&e.root, "hot", version(0, 0), Some("t/a"))
+            .await
+            .unwrap();
+        let mut tasks = Vec::new();
+        for w in 0..4u8 {
+            let (pool, root) = (pool.clone(), e.root.clone());
+            tasks.push(tokio::spawn(async move {
+                for n in 0..150 {
+                    let ct = format!("t/{}", (b'a' + w) as char);
+                    pool.put(&root, "hot", version(w, n), Some(&ct))
+                        .await
+                        .unwrap();
+                }
+            }));
+        }
+        let reader = {
+            let (pool, root) = (pool.clone(), e.root.clone());
+            tokio::spawn(async move {
+                for _ in 0..600 {
+                    let got = pool.get(&root, "hot").await.unwrap();
+                    let first = got.bytes[0];
+                    assert!(got.bytes.iter().all(|&c| c == first), "mixed versions");
+                    let ct = format!("t/{}", first as char);
+                    assert_eq!(got.content_type.as_deref(), Some(ct.as_str()));
+                }
+            })
+        };
+        for t in tasks {
+            t.await.unwrap();
+        }
+        reader.await.unwrap();
+        // One more write after all of them: that is what is there.
+        pool.put(&e.root, "hot", Bytes::from_static(b"last"), None)
+            .await
+            .unwrap();
+        assert_eq!(pool.get(&e.root, "hot").await.unwrap().bytes, b"last");
+    });
+    assert!(tmp_leftovers(&e.root).is_empty());
 }

@@ -1,0 +1,48 @@
+#!/bin/sh
+# Issue 12, fourth round (2026-11-27): fs.put beside the plain loop, the worker of 524aa9f
+# ("before": a fresh temp file per put, renamed over the target) and of this round
+# ("after": small overwrites written into the target's leased spare and exchanged with it,
+# io/src/spare.rs), driven by the bench binary of this checkout, both at the worker's
+# defaults (no RUST_LOG, default pools). Three rounds, before and after interleaved; then
+# fs.get flat out with both workers, to see that the gets did not get dearer. Each *.log
+# starts with the commit, the date and the exact command; *.json is the bench's report of
+# that run. The helper is issue12-r3/run.sh's (each results directory keeps its own script
+# so it can be rerun as it was).
+#
+#   cargo build --profile deb -p beamline_worker -p beamline-bench   # in each checkout
+#   BEFORE=/path/beamline_worker-524aa9f AFTER=target/deb/beamline_worker \
+#       BENCH=target/deb/beamline-bench \
+#       sh bench/results/issue12-r4/run.sh [names...]
+set -eu
+BENCH=${BENCH:?beamline-bench binary}
+BEFORE=${BEFORE:?worker binary built from commit 524aa9f}
+AFTER=${AFTER:?worker binary of this round}
+DIR=$(cd "$(dirname "$0")" && pwd)
+COMMIT=$(git rev-parse --short HEAD)
+
+run() {
+    name=$1
+    shift
+    out=$(mktemp -d)
+    {
+        echo "# commit $COMMIT; $(date -u +%FT%TZ); $(nproc) CPUs"
+        echo "# $BENCH $* --out $out"
+    } >"$DIR/$name.log"
+    "$BENCH" "$@" --out "$out" >>"$DIR/$name.log" 2>&1 || echo "# exit $?" >>"$DIR/$name.log"
+    cp "$out"/report-*.json "$DIR/$name.json" 2>/dev/null || true
+    rm -rf "$out"
+}
+
+want() { [ -z "$ARGS" ] || case " $ARGS " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
+ARGS="$*"
+
+# Target 6, fs.put (a ~200-byte JSON document to one of 4 096 files, each overwritten
+# again and again): null echo, plain loop and worker in every run.
+for r in 1 2 3; do
+    want put-before-r$r && run put-before-r$r --worker-bin "$BEFORE" --scenario fs-put --duration 5 --repeat 3
+    want put-after-r$r && run put-after-r$r --worker-bin "$AFTER" --scenario fs-put --duration 5 --repeat 3
+done
+# The gets: the path check now also refuses the spares' names.
+want get-before && run get-before --worker-bin "$BEFORE" --scenario fs-get --duration 5 --repeat 3
+want get-after && run get-after --worker-bin "$AFTER" --scenario fs-get --duration 5 --repeat 3
+exit 0
