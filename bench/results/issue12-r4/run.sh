@@ -43,6 +43,18 @@ for r in 1 2 3; do
     want put-after-r$r && run put-after-r$r --worker-bin "$AFTER" --scenario fs-put --duration 5 --repeat 3
 done
 # The gets: the path check now also refuses the spares' names.
-want get-before && run get-before --worker-bin "$BEFORE" --scenario fs-get --duration 5 --repeat 3
-want get-after && run get-after --worker-bin "$AFTER" --scenario fs-get --duration 5 --repeat 3
+for r in 1 2 3; do
+    want get-before-r$r && run get-before-r$r --worker-bin "$BEFORE" --scenario fs-get --duration 5 --repeat 3
+    want get-after-r$r && run get-after-r$r --worker-bin "$AFTER" --scenario fs-get --duration 5 --repeat 3
+done
+# System calls per put, counted by perf stat over 3 s of a busy worker (statwrap.sh).
+for w in before after; do
+    if want syscalls-put-$w; then
+        bin=$BEFORE; [ $w = after ] && bin=$AFTER
+        out="$DIR/syscalls-put-$w.txt"
+        echo "# perf stat -p <worker pid> -- sleep 3 during: beamline-bench --worker-bin statwrap.sh --scenario fs-put --duration 6 --repeat 1 --no-plain; worker: $w ($bin); $(date -u +%FT%TZ)" >"$out.head"
+        WORKER=$bin STAT_OUT="$out.perf" "$BENCH" --worker-bin "$DIR/statwrap.sh" --scenario fs-put --duration 6 --repeat 1 --no-plain --out "$(mktemp -d)" >/dev/null 2>&1 || true
+        cat "$out.head" "$out.perf" >"$out" && rm -f "$out.head" "$out.perf"
+    fi
+done
 exit 0
