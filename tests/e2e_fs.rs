@@ -50,8 +50,9 @@ async fn round_trip(mode: &str, backend: &str) {
     assert_eq!(r["result"]["content_type"], "application/json");
     assert_eq!(r["result"]["size_bytes"], 16);
 
-    // An overwrite keeps the replaced file as the target's spare (io/src/spare.rs), a name
-    // reserved for the worker: a tenant can neither read nor write it.
+    // An overwrite keeps the replaced file as a spare in the pool beside the tenant roots
+    // (io/src/spare.rs): nothing new shows in the tenant's directory, and the pool's name
+    // cannot be a tenant.
     router
         .assign(&assignment(
             "put-2",
@@ -65,30 +66,32 @@ async fn round_trip(mode: &str, backend: &str) {
         "{}",
         "the last put is what is there"
     );
-    for (id, job) in [
-        (
-            "get-spare",
-            json!({"type": "fs.get", "path": "/data/.output.json.beamline-spare"}),
-        ),
-        (
-            "put-spare",
-            json!({"type": "fs.put", "path": "data/.output.json.beamline-spare", "content": "x"}),
-        ),
-    ] {
-        router.assign(&assignment(id, "acme", job)).await;
-        let r = router.result(id).await;
+    let names: Vec<String> = std::fs::read_dir(worker.fs_root.join("acme/data"))
+        .expect("ls")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, ["output.json"]);
+    let spare = beamline_io::spare_path(&worker.fs_root.join("acme"), "/data/output.json")
+        .expect("a spare path");
+    assert_eq!(
+        spare.parent(),
+        Some(worker.fs_root.join(".beamline+spares").as_path())
+    );
+    if std::fs::read_to_string("/proc/sys/fs/leases-enable").is_ok_and(|v| v.trim() == "1") {
         assert_eq!(
-            (r["error"]["code"].as_u64(), r["error_code"].as_str()),
-            (Some(1001), Some("INVALID_INPUT")),
-            "{r}"
-        );
-        assert!(
-            r["error"]["message"]
-                .as_str()
-                .is_some_and(|m| m.contains("reserved")),
-            "{r}"
+            std::fs::read_to_string(&spare).expect("the first version, kept"),
+            "{\"data\":\"value\"}"
         );
     }
+    router
+        .assign(&assignment(
+            "pool-tenant",
+            beamline_io::SPARE_POOL_DIR,
+            json!({"type": "fs.get", "path": "/data/output.json"}),
+        ))
+        .await;
+    let r = router.result("pool-tenant").await;
+    assert_eq!(r["error"]["code"], 1001, "{r}");
 
     // Binary content comes back as base64; the original worker's names work.
     router

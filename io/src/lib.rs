@@ -25,10 +25,11 @@
 //!   - put: open root (mkdir if missing) → open/create parent dirs → `openat2(tmp,
 //!     O_CREAT|O_EXCL)` → write… → xattr → (`fsync` if durable) → close → `renameat` →
 //!     (`fsync` dir if durable) → reply → close; on failure the temp file is unlinked first.
-//!     A small overwrite (≤ 64 KiB) keeps the replaced file as the target's spare
-//!     `.<name>.beamline-spare` and writes the next version into it, under a write lease
-//!     that proves nobody else has it open, then swaps it in with
-//!     `renameat2(RENAME_EXCHANGE)`: no inode made or freed per put (`spare.rs`).
+//!     A small overwrite (≤ 16 KiB) keeps the replaced file as a spare in a pool beside the
+//!     tenant roots (`<parent of root>/.beamline+spares/<slot>`), and a later small put
+//!     claims that spare (rename), rewrites it under a write lease that proves nobody else
+//!     has it open, and swaps it in with `renameat2(RENAME_EXCHANGE)`: no inode made or
+//!     freed per put (`spare.rs`).
 //!
 //!   Buffers handed to the kernel (paths, `open_how`, statx buffer, read buffer, write
 //!   payload) belong to the request's boxed machine, which stays in its slot, unmoved,
@@ -38,8 +39,8 @@
 //!   one request at a time.
 //! * Where io_uring has no opcode we can use on 5.15, the IO thread makes the syscall inline
 //!   (both backends): `fgetxattr` / `fsetxattr` (the xattr opcodes need 5.19 and run on
-//!   io-wq anyway), `fcntl(F_SETFL)`, and a spare's lease, `fstat`, `ftruncate`,
-//!   `renameat2` and the old target's `statx`.
+//!   io-wq anyway), `fcntl(F_SETFL)`, and the spares' pool open, claim, lease, `fstat`,
+//!   `ftruncate`, exchange and the old target's `statx`.
 //! * Replies travel back on a `tokio::sync::oneshot`; the crate uses only tokio's `sync`
 //!   feature and works under any executor.
 //! * Each reply carries the CPU time the IO thread spent on the request (threads backend:
@@ -59,9 +60,8 @@
 //! (`roots.rs`). A hard link inside the root to a file outside it cannot be told apart
 //! by path resolution, so reads refuse every file with `st_nlink > 1` (Escape), including
 //! hard links whose other name is inside the root. Writes replace the directory entry by
-//! `renameat` (or exchange it with the spare) and never write through an existing link: a
-//! spare is only ever written while it has one link and no other opener. Path components
-//! named `.*.beamline-spare` are reserved for the spares and refused as invalid paths.
+//! `renameat` (or exchange it with a rewritten spare) and never write through an existing
+//! link: a spare is only ever written while it has one link and no other opener.
 
 #![deny(unsafe_op_in_unsafe_fn)]
 
@@ -72,6 +72,7 @@ mod open;
 mod path;
 mod roots;
 mod spare;
+pub use spare::{spare_path, POOL_DIR as SPARE_POOL_DIR};
 mod sys;
 mod types;
 mod uring;
@@ -574,8 +575,8 @@ impl IoPool {
     /// Atomically writes `data` to `rel` beneath `root`: missing parent directories are
     /// created beneath the root (and the root itself, one level, if missing), the bytes go to
     /// a temp file `.<name>.tmp.<random>` in the target's directory, which is then renamed
-    /// over the target (a small overwrite: into the target's leased spare, exchanged with
-    /// it; see the crate docs). `content_type` is stored in the xattr `user.beamline.content_type`
+    /// over the target (a small overwrite: into a claimed, leased spare, exchanged with the
+    /// target; see the crate docs). `content_type` is stored in the xattr `user.beamline.content_type`
     /// (silently not stored where the filesystem has no user xattrs).
     ///
     /// `data` is a [`Bytes`] so a payload received from the network is handed to the kernel

@@ -19,7 +19,7 @@ use tokio::sync::oneshot;
 
 use crate::error::{FsError, FsErrorKind};
 use crate::path::{self, GetPath, PutPath};
-use crate::spare::{self, Acquired};
+use crate::spare;
 use crate::sys::{self, Op, OpenHow, RESOLVE};
 use crate::{FileData, PutInfo};
 
@@ -436,10 +436,11 @@ impl GetMachine {
 // put: open root (mkdir once if missing) → openat2(parent) (walk + mkdirat if missing) →
 // openat2(tmp, O_CREAT|O_EXCL) → write… → [inline fsetxattr] → [fsync] → close(tmp) →
 // renameat(tmp, name) → [fsync dir] → reply → close fds.   On failure: close + unlink tmp.
-// A small overwrite goes through the target's spare instead when one can be leased
-// (`spare.rs`): open + lease it (inline) → write… → ftruncate → [fsetxattr] → [fsync] →
-// unlease → renameat2(spare, name, EXCHANGE) → close; a fresh temp file is exchanged too
-// when the old target can become the spare, and then renamed to the spare's name.
+// A small put first claims its slot's spare from the pool (`spare.rs`, all inline):
+// open pool → renameat2(slot → tmp) → open + lease + fstat → write… → ftruncate →
+// [fsetxattr/fremovexattr] → [fsync] → close; and any small put whose old target may
+// become a spare swaps in by renameat2(tmp, name, EXCHANGE) and then moves the old target
+// (now `tmp`) into the slot, instead of renameat.
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum PutState {
@@ -480,9 +481,10 @@ pub(crate) struct PutMachine {
     tmp_fd: Option<OwnedFd>,
     tmp_created: bool,
     tmp_tries: u8,
-    /// The target's spare name, when this put may keep the old target as its spare.
-    spare: Option<CString>,
-    /// `tmp_fd` is the leased spare (its name is `tmp`), not a fresh temp file.
+    /// The spare pool and this target's slot in it, when the put may keep the old target
+    /// as a spare.
+    pool: Option<(OwnedFd, CString)>,
+    /// `tmp` is a claimed spare (rewritten: cut to length, old content type removed).
     reusing: bool,
     written: usize,
     retries: u8,
@@ -531,7 +533,7 @@ impl PutMachine {
             tmp_fd: None,
             tmp_created: false,
             tmp_tries: 0,
-            spare: None,
+            pool: None,
             reusing: false,
             written: 0,
             retries: 0,
@@ -639,24 +641,32 @@ impl PutMachine {
         })
     }
 
-    /// The directory is open: write through the target's spare when one can be leased,
-    /// else through a fresh temp file.
+    /// The directory is open: a small put writes into its slot's spare when it can claim
+    /// one that nobody else has open, else into a fresh temp file.
     fn begin_file(&mut self) -> Step {
-        if self.data.len() <= spare::SPARE_MAX && spare::enabled() {
-            let name = spare::name(&self.path.tmp_stem);
-            match spare::acquire(self.dir(), &name) {
-                Acquired::Leased(fd) => {
-                    self.tmp_fd = Some(fd);
-                    self.tmp = name.clone();
-                    self.spare = Some(name);
-                    self.reusing = true;
-                    return self.write_next();
-                }
-                Acquired::Unfit => spare::unlink(self.dir(), &name),
-                Acquired::Unavailable => {}
-            }
-            self.spare = Some(name);
+        if self.data.len() > spare::SPARE_MAX || !spare::enabled() {
+            return self.open_temp();
         }
+        let root = self.root.as_bytes();
+        let Some(pool) = spare::pool_path(root).and_then(|p| spare::open_pool(&p)) else {
+            return self.open_temp();
+        };
+        let slot = spare::slot(root, &self.path.display);
+        let dir = self.dir();
+        self.tmp = path::tmp_name(&self.path.tmp_stem);
+        if spare::claim(pool.as_raw_fd(), &slot, dir, &self.tmp) == 0 {
+            self.tmp_created = true;
+            if let Some(fd) = spare::lease(dir, &self.tmp) {
+                self.tmp_fd = Some(fd);
+                self.reusing = true;
+                self.pool = Some((pool, slot));
+                return self.write_next();
+            }
+            // Someone still reads that old version, or it is not ours to rewrite: it goes.
+            spare::unlink(dir, &self.tmp);
+            self.tmp_created = false;
+        }
+        self.pool = Some((pool, slot));
         self.open_temp()
     }
 
@@ -717,38 +727,20 @@ impl PutMachine {
                 fd: raw(&self.tmp_fd),
             });
         }
-        self.after_sync()
-    }
-
-    /// The file is complete: a leased spare goes in with its descriptor still open (no other
-    /// put may lease it before the exchange), a fresh temp file is closed first.
-    fn after_sync(&mut self) -> Step {
-        if self.reusing {
-            self.swap()
-        } else {
-            self.close_temp()
-        }
+        self.close_temp()
     }
 
     /// Puts the new file in the target's place: exchanged with the target when the old
     /// one may become the spare, else renamed over it as before.
     fn swap(&mut self) -> Step {
         let dir = self.dir();
-        if self.reusing {
-            let r = spare::release(raw(&self.tmp_fd));
-            if r < 0 {
-                return self.fail_errno(-r, "lease");
-            }
-        }
-        if let Some(spare_name) = self.spare.take() {
+        if let Some((pool, slot)) = self.pool.take() {
             if spare::enabled() && spare::keeps(dir, &self.path.name) {
                 let r = spare::exchange(dir, &self.tmp, &self.path.name);
                 if r == 0 {
-                    // `tmp` now names the old target: a fresh temp file's becomes the spare
-                    // unless one is there already (another put may hold it).
-                    if !self.reusing && spare::rename_noreplace(dir, &self.tmp, &spare_name) < 0 {
-                        spare::unlink(dir, &self.tmp);
-                    }
+                    // `tmp` now names the old target: into the slot it goes.
+                    self.tmp_created = false;
+                    spare::keep(dir, &self.tmp, pool.as_raw_fd(), &slot);
                     return self.renamed();
                 }
                 // ENOENT: the target went away meanwhile; EINVAL & co.: no exchange here
@@ -772,8 +764,6 @@ impl PutMachine {
     /// The new file has the target's name.
     fn renamed(&mut self) -> Step {
         self.tmp_created = false;
-        // A reused spare's descriptor, kept open until now.
-        drop(self.tmp_fd.take());
         if self.durable {
             self.state = PutState::FsyncDir;
             return Step::Submit(Op::Fsync { fd: self.dir() });
@@ -918,7 +908,7 @@ impl PutMachine {
                 if res < 0 {
                     return self.fail_errno(-res, "fsync");
                 }
-                self.after_sync()
+                self.close_temp()
             }
             PutState::CloseTemp => {
                 // The fd is released even when close reports an error (a deferred write

@@ -75,12 +75,6 @@ fn check(rel: &str) -> Result<&str, FsError> {
     if s.split('/').any(|c| c.len() > MAX_NAME) {
         return Err(invalid(s, "path component too long"));
     }
-    if s.split('/').any(crate::spare::is_reserved) {
-        return Err(invalid(
-            s,
-            "names '.*.beamline-spare' are reserved for the worker",
-        ));
-    }
     Ok(s)
 }
 

@@ -1,47 +1,53 @@
 //! Kept spare inodes for `fs.put`: an overwrite that neither makes nor frees an inode.
 //!
 //! A put writes the new bytes to a file of its own and renames that over the target, so a
-//! reader sees the old bytes or the new ones, never a mix. With a fresh temp file every put
-//! makes one inode and frees one; on ext4 without a journal the inode allocator then skips
-//! every inode freed in the last minutes (`recently_deleted`), and a stream of overwrites
-//! spends most of its CPU scanning past them (bench/results/README.md, "Issue 12, fourth
-//! round").
+//! reader sees the old bytes or the new ones, never a mix, and a kill -9 mid-put leaves the
+//! target whole. With a fresh temp file every put makes one inode and frees one; on ext4
+//! without a journal the inode allocator then skips every inode freed in the last minutes
+//! (`recently_deleted`), and a stream of overwrites spends most of its CPU scanning past
+//! them (bench/results/README.md, "Issue 12, fourth round").
 //!
-//! So an overwrite keeps the old inode instead of freeing it. The new bytes go into the
-//! spare `.<name>.beamline-spare` beside the target, which is then *exchanged* with the
-//! target (`renameat2(RENAME_EXCHANGE)`): the target's name gets the new inode, the spare's
-//! name the old one, for the next put. A spare is written only when nobody else can see it:
-//! - a write lease (`F_SETLEASE F_WRLCK`) is granted only while no other descriptor or
-//!   mapping has the file open: a reader still holding the old version keeps it from reuse.
-//!   Someone who opens the spare while the lease is held waits until the content is
-//!   complete (or gets `EAGAIN` with `O_NONBLOCK`); the lease is released before the
-//!   exchange, so the target's name never points at a leased file;
-//! - our descriptor stays open until after the exchange, so no other put can take a lease
-//!   on the spare between that release and the exchange;
-//! - only a regular file with one link, our owner and the mode a new file gets is reused
-//!   (else the spare is removed: "unfit");
-//! - only an old target that is a regular file with one link, our owner and at most
-//!   [`SPARE_MAX`] bytes becomes a spare; anything else is replaced and freed as before.
+//! So an overwrite keeps the replaced file instead of freeing it, as a *spare* in a pool
+//! beside the tenant roots: `<parent of the root>/.beamline+spares/<slot>` (the worker's
+//! fs root; `+` is not a tenant-id character, so no tenant root can be that directory, and
+//! no tenant path can reach it). A target's slot is a hash of its root and path, one of
+//! [`SLOTS`], so the pool holds at most `SLOTS × SPARE_MAX` bytes. A small put then:
+//! 1. *claims* its slot's spare by renaming it to a fresh temp name in the target's
+//!    directory (a rename moves exactly one inode to a name only this put uses; a put
+//!    that finds the slot empty, or loses the race for it, writes a fresh file);
+//! 2. opens it and takes a write lease (`F_SETLEASE F_WRLCK`): granted only while no other
+//!    descriptor or mapping has the file open, so a reader still holding that old version
+//!    keeps it byte for byte (the claim is then undone by unlinking the name, and the put
+//!    writes a fresh file); the file must also be a regular file with one link, our owner
+//!    and the mode a new file gets;
+//! 3. writes, cuts it to length, closes it and *exchanges* it with the target
+//!    (`renameat2(RENAME_EXCHANGE)`), which leaves the old target under the temp name;
+//! 4. moves that old target into the slot (`RENAME_NOREPLACE`; if the slot was refilled
+//!    meanwhile, the old target is unlinked as before).
 //!
-//! A path component that starts with `.` and ends with `.beamline-spare` is reserved: tenant
-//! reads and writes of it are refused as invalid paths (`path::check`). Where the kernel or
-//! filesystem refuses leases or the exchange, spares are switched off for the process and
-//! every put takes the fresh temp file path. A lease break sends the holder `SIGIO`, whose
-//! default action ends the process: before the first lease, `SIGIO` is set to ignored
-//! unless a handler is installed already.
+//! A fresh temp file takes steps 3 and 4 too, so the first overwrite fills the slot. Only
+//! an old target that is a regular file with one link, our owner and at most
+//! [`SPARE_MAX`] bytes is kept; anything else is replaced and freed as before. Where the
+//! kernel or filesystem refuses leases or the exchange, spares are switched off for the
+//! process; a tenant root on another filesystem than the pool simply never gets a spare
+//! (`EXDEV`). A lease break sends the holder `SIGIO`, whose default action ends the
+//! process: before the first lease, `SIGIO` is set to ignored unless a handler is installed.
 
 use std::ffi::{CStr, CString};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
 
 use crate::sys::{self, errno, Op, OpenHow, RESOLVE};
 
-/// What a spare's name ends with.
-pub(crate) const SUFFIX: &str = ".beamline-spare";
-/// Largest put written through a spare, and largest old target kept as one (spares cost
-/// disk space: at most this much per overwritten file).
-pub(crate) const SPARE_MAX: usize = 64 * 1024;
+/// The pool's directory name, beside the tenant roots.
+pub const POOL_DIR: &str = ".beamline+spares";
+/// Slots in a pool.
+pub(crate) const SLOTS: u64 = 4096;
+/// Largest put written through a spare, and largest old target kept as one: the pool
+/// holds at most `SLOTS × SPARE_MAX` = 64 MiB.
+pub(crate) const SPARE_MAX: usize = 16 * 1024;
 
 /// Set once the kernel or a filesystem has refused a lease or an exchange.
 static OFF: AtomicBool = AtomicBool::new(false);
@@ -105,33 +111,77 @@ fn switch_off() {
     OFF.store(true, Ordering::Relaxed);
 }
 
-/// `.<stem>.beamline-spare`.
-pub(crate) fn name(stem: &str) -> CString {
-    CString::new(format!(".{stem}{SUFFIX}")).unwrap_or_else(|_| c".beamline-spare".to_owned())
-}
-
-/// Whether a path component is a spare's name (reserved: tenants cannot address it).
-pub(crate) fn is_reserved(component: &str) -> bool {
-    component.starts_with('.') && component.ends_with(SUFFIX)
-}
-
-/// What [`acquire`] found.
-pub(crate) enum Acquired {
-    /// The spare, open for writing with a write lease held and `O_NONBLOCK` cleared.
-    Leased(OwnedFd),
-    /// No spare, or one somebody has open: use a fresh temp file, leave the spare be.
-    Unavailable,
-    /// A spare that must never be reused (wrong type, links, owner or mode): remove it.
-    Unfit,
-}
-
-/// Opens the spare `name` in `dir` and takes a write lease on it (see the module docs).
-pub(crate) fn acquire(dir: RawFd, name: &CStr) -> Acquired {
-    let Some(expect) = expect() else {
-        return Acquired::Unavailable;
+/// The pool directory for tenant root `root` (its parent's `.beamline+spares`), `None`
+/// for a root without a parent.
+pub(crate) fn pool_path(root: &[u8]) -> Option<CString> {
+    let trimmed = match root.iter().rposition(|&b| b != b'/') {
+        Some(i) => &root[..=i],
+        None => return None,
     };
-    // O_NONBLOCK: a FIFO must not block the open, and a leased spare (another put writing
-    // it) answers EAGAIN instead of waiting.
+    let cut = trimmed.iter().rposition(|&b| b == b'/')?;
+    let parent = if cut == 0 { &b"/"[..] } else { &trimmed[..cut] };
+    let mut p = parent.to_vec();
+    if p.last() != Some(&b'/') {
+        p.push(b'/');
+    }
+    p.extend_from_slice(POOL_DIR.as_bytes());
+    CString::new(p).ok()
+}
+
+/// Where the spare for `rel` beneath `root` lives (for operators and tests; `None` for a
+/// root without a parent or a path `fs.put` refuses).
+pub fn spare_path(root: &std::path::Path, rel: &str) -> Option<std::path::PathBuf> {
+    let p = crate::path::parse_put(rel).ok()?;
+    let pool = pool_path(root.as_os_str().as_bytes())?;
+    let dir = std::path::Path::new(std::ffi::OsStr::from_bytes(pool.as_bytes()));
+    Some(
+        dir.join(
+            slot(root.as_os_str().as_bytes(), &p.display)
+                .to_str()
+                .ok()?,
+        ),
+    )
+}
+
+/// The slot of `rel` beneath `root`: three hex digits of an FNV-1a hash.
+pub(crate) fn slot(root: &[u8], rel: &str) -> CString {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in root.iter().chain(&[0u8]).chain(rel.as_bytes()) {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    CString::new(format!("{:03x}", h % SLOTS)).unwrap_or_else(|_| c"0".to_owned())
+}
+
+/// Opens (making it if missing, mode 0700) the pool directory at `path`.
+pub(crate) fn open_pool(path: &CStr) -> Option<OwnedFd> {
+    let flags = libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC;
+    for _ in 0..2 {
+        // SAFETY: a live C string; plain syscall.
+        let fd = unsafe { libc::openat(libc::AT_FDCWD, path.as_ptr(), flags) };
+        if fd >= 0 {
+            return Some(crate::machine::own_fd(fd));
+        }
+        if errno() != libc::ENOENT {
+            return None;
+        }
+        // SAFETY: a live C string; plain syscall (EEXIST: made meanwhile, fine).
+        let _ = unsafe { libc::mkdirat(libc::AT_FDCWD, path.as_ptr(), 0o700) };
+    }
+    None
+}
+
+/// Moves the spare in `slot` of the pool to the fresh name `tmp` in `dir`. 0 or `-errno`
+/// (`ENOENT`: the slot is empty, or another put claimed it first).
+pub(crate) fn claim(pool: RawFd, slot: &CStr, dir: RawFd, tmp: &CStr) -> i32 {
+    renameat2(pool, slot, dir, tmp, libc::RENAME_NOREPLACE)
+}
+
+/// Opens the claimed spare `tmp` in `dir` for writing under a write lease, if it may be
+/// rewritten (see the module docs); `None`: unlink it and write a fresh file.
+pub(crate) fn lease(dir: RawFd, tmp: &CStr) -> Option<OwnedFd> {
+    let expect = expect()?;
+    // O_NONBLOCK: whatever was in the slot (a FIFO?) must not block the open.
     let how = OpenHow {
         flags: (libc::O_WRONLY
             | libc::O_NONBLOCK
@@ -141,64 +191,39 @@ pub(crate) fn acquire(dir: RawFd, name: &CStr) -> Acquired {
         mode: 0,
         resolve: RESOLVE,
     };
-    // SAFETY: `name` and `how` are live for the call.
+    // SAFETY: `tmp` and `how` are live for the call.
     let r = unsafe {
         sys::exec(&Op::OpenAt2 {
             dirfd: dir,
-            path: name.as_ptr(),
+            path: tmp.as_ptr(),
             how: &how,
         })
     };
     if r < 0 {
-        return match -r {
-            libc::ENOENT | libc::EAGAIN | libc::EINTR | libc::ENOSPC | libc::ENOMEM => {
-                Acquired::Unavailable
-            }
-            _ => Acquired::Unfit,
-        };
+        return None;
     }
     let fd = crate::machine::own_fd(r);
     // SAFETY: F_SETLEASE takes an int argument.
     if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETLEASE, libc::F_WRLCK) } < 0 {
-        return match errno() {
-            // Open elsewhere (a reader of the old version, a mapping, another put).
-            libc::EAGAIN => Acquired::Unavailable,
-            // Not ours.
-            libc::EACCES | libc::EPERM => Acquired::Unfit,
-            // Leases off here (fs.leases-enable = 0) or not on this filesystem.
-            _ => {
-                switch_off();
-                Acquired::Unavailable
-            }
-        };
+        // EAGAIN: open elsewhere (a reader of the old version, a mapping); EACCES: not
+        // ours. Anything else: no leases here (fs.leases-enable = 0, the filesystem).
+        if !matches!(errno(), libc::EAGAIN | libc::EACCES | libc::EPERM) {
+            switch_off();
+        }
+        return None;
     }
     // SAFETY: a zeroed stat is a valid out-parameter.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
     // SAFETY: `st` is a live, writable struct.
     if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } < 0 {
-        return Acquired::Unavailable;
+        return None;
     }
     let fit = st.st_mode & libc::S_IFMT == libc::S_IFREG
         && st.st_nlink == 1
         && st.st_uid == expect.uid
         && st.st_mode & 0o7777 == expect.mode;
-    if !fit {
-        return Acquired::Unfit;
-    }
-    if sys::clear_nonblock(fd.as_raw_fd()) < 0 {
-        return Acquired::Unavailable;
-    }
-    Acquired::Leased(fd)
-}
-
-/// Releases the lease taken by [`acquire`] (the descriptor stays open). 0 or `-errno`.
-pub(crate) fn release(fd: RawFd) -> i32 {
-    // SAFETY: F_SETLEASE takes an int argument.
-    if unsafe { libc::fcntl(fd, libc::F_SETLEASE, libc::F_UNLCK) } < 0 {
-        -errno()
-    } else {
-        0
-    }
+    // The writes may go through io_uring, which would answer EAGAIN on an O_NONBLOCK file.
+    (fit && sys::clear_nonblock(fd.as_raw_fd()) == 0).then_some(fd)
 }
 
 /// Cuts a reused spare to the `len` bytes just written. 0 or `-errno`.
@@ -228,7 +253,7 @@ pub(crate) fn clear_content_type(fd: RawFd) -> i32 {
     }
 }
 
-/// Whether the current target `name` in `dir` may become the spare once replaced.
+/// Whether the current target `name` in `dir` may become a spare once replaced.
 pub(crate) fn keeps(dir: RawFd, name: &CStr) -> bool {
     let Some(expect) = expect() else {
         return false;
@@ -252,14 +277,14 @@ pub(crate) fn keeps(dir: RawFd, name: &CStr) -> bool {
         && stx.stx_size <= SPARE_MAX as u64
 }
 
-fn renameat2(dir: RawFd, from: &CStr, to: &CStr, flags: libc::c_uint) -> i32 {
-    // SAFETY: both names are live C strings; the kernel checks the fd.
+fn renameat2(from_dir: RawFd, from: &CStr, to_dir: RawFd, to: &CStr, flags: libc::c_uint) -> i32 {
+    // SAFETY: both names are live C strings; the kernel checks the fds.
     let r = unsafe {
         libc::syscall(
             libc::SYS_renameat2,
-            dir,
+            from_dir,
             from.as_ptr(),
-            dir,
+            to_dir,
             to.as_ptr(),
             flags,
         )
@@ -274,20 +299,69 @@ fn renameat2(dir: RawFd, from: &CStr, to: &CStr, flags: libc::c_uint) -> i32 {
 /// Swaps `a` and `b` in `dir`. 0 or `-errno`; a kernel or filesystem without the exchange
 /// switches spares off (the caller then renames as before).
 pub(crate) fn exchange(dir: RawFd, a: &CStr, b: &CStr) -> i32 {
-    let r = renameat2(dir, a, b, libc::RENAME_EXCHANGE);
+    let r = renameat2(dir, a, dir, b, libc::RENAME_EXCHANGE);
     if matches!(-r, libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP) {
         switch_off();
     }
     r
 }
 
-/// Renames `from` to `to` unless `to` exists (then `-EEXIST`).
-pub(crate) fn rename_noreplace(dir: RawFd, from: &CStr, to: &CStr) -> i32 {
-    renameat2(dir, from, to, libc::RENAME_NOREPLACE)
+/// Moves the replaced target, now `tmp` in `dir`, into the pool's `slot` unless that is
+/// taken (or on another filesystem): then it is unlinked, as a replaced file always was.
+pub(crate) fn keep(dir: RawFd, tmp: &CStr, pool: RawFd, slot: &CStr) {
+    if renameat2(dir, tmp, pool, slot, libc::RENAME_NOREPLACE) < 0 {
+        unlink(dir, tmp);
+    }
 }
 
 /// Removes `name` from `dir` (errors ignored: what is left is only a spare).
 pub(crate) fn unlink(dir: RawFd, name: &CStr) {
     // SAFETY: `name` is a live C string.
     let _ = unsafe { libc::unlinkat(dir, name.as_ptr(), 0) };
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pool_is_beside_the_root() {
+        assert_eq!(
+            pool_path(b"/srv/fs/acme").unwrap().to_bytes(),
+            b"/srv/fs/.beamline+spares"
+        );
+        assert_eq!(
+            pool_path(b"/srv/fs/acme//").unwrap().to_bytes(),
+            b"/srv/fs/.beamline+spares"
+        );
+        assert_eq!(
+            pool_path(b"/acme").unwrap().to_bytes(),
+            b"/.beamline+spares"
+        );
+        assert_eq!(
+            pool_path(b"rel/acme").unwrap().to_bytes(),
+            b"rel/.beamline+spares"
+        );
+        assert!(pool_path(b"/").is_none());
+        assert!(pool_path(b"acme").is_none());
+    }
+
+    #[test]
+    fn slots_spread_and_stay_in_range() {
+        let mut seen = std::collections::HashSet::new();
+        for i in 0..2000 {
+            let s = slot(b"/srv/fs/acme", &format!("out/{i}.json"));
+            let v = u64::from_str_radix(s.to_str().unwrap(), 16).unwrap();
+            assert!(v < SLOTS);
+            seen.insert(v);
+        }
+        // 2000 keys into 4096 slots: about 1600 distinct expected; a broken hash gives few.
+        assert!(seen.len() > 1400, "{}", seen.len());
+        assert_ne!(
+            slot(b"/a", "x"),
+            slot(b"/b", "x"),
+            "the root is part of the key"
+        );
+    }
 }

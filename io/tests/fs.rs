@@ -591,21 +591,7 @@ fn invalid_paths(b: Backend) {
     let Some(pool) = start(config(b)) else { return };
     let e = env();
     rt().block_on(async {
-        for p in [
-            "",
-            "/",
-            "//",
-            "a/",
-            "a\0b",
-            ".",
-            "..",
-            "a/.",
-            "a/..",
-            // The worker's spare files (see `spare.rs`): reserved.
-            ".x.beamline-spare",
-            "d/.x.json.beamline-spare",
-            "d/.x.beamline-spare/y",
-        ] {
+        for p in ["", "/", "//", "a/", "a\0b", ".", "..", "a/.", "a/.."] {
             let err = pool.get(&e.root, p).await.unwrap_err();
             assert_eq!(err.kind, FsErrorKind::InvalidPath, "get {p:?}: {err}");
             let err = pool
@@ -987,14 +973,28 @@ fn put_now(rt: &tokio::runtime::Runtime, pool: &IoPool, root: &Path, rel: &str, 
         .unwrap();
 }
 
-/// A small overwrite keeps the replaced inode as `.<name>.beamline-spare` and writes the
-/// next version into it: after the first overwrite no inode is made or freed.
+fn names_in(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|d| d.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+/// A small overwrite keeps the replaced inode as a spare in the pool beside the root, and
+/// the next overwrite is written into it: after the first overwrite no inode is made or
+/// freed, and nothing but the target shows in the tenant's directory.
 fn overwrites_keep_the_old_inode_as_the_spare(b: Backend) {
     let Some(pool) = start(config(b)) else { return };
     let e = env();
     let runtime = rt();
     let target = e.root.join("d/f.json");
-    let spare = e.root.join("d/.f.json.beamline-spare");
+    let spare = beamline_io::spare_path(&e.root, "/d/f.json").unwrap();
+    assert_eq!(
+        spare.parent().unwrap(),
+        e.root.parent().unwrap().join(".beamline+spares")
+    );
     put_now(&runtime, &pool, &e.root, "d/f.json", "one");
     assert!(!spare.exists(), "a first write has no old version to keep");
     let first = ino(&target);
@@ -1027,8 +1027,13 @@ fn overwrites_keep_the_old_inode_as_the_spare(b: Backend) {
         (&b"4"[..], Some("a/b"))
     );
     assert_eq!(ino(&target), second);
+    assert_eq!(
+        names_in(&e.root.join("d")),
+        ["f.json"],
+        "spares live elsewhere"
+    );
     // Above the spare size limit: a fresh file, the old one freed, the spare left alone.
-    let big = Bytes::from(vec![b'z'; 64 * 1024 + 1]);
+    let big = Bytes::from(vec![b'z'; 16 * 1024 + 1]);
     runtime
         .block_on(pool.put(&e.root, "d/f.json", big.clone(), None))
         .unwrap();
@@ -1044,16 +1049,13 @@ fn overwrites_keep_the_old_inode_as_the_spare(b: Backend) {
     put_now(&runtime, &pool, &e.root, "d/f.json", "small again");
     assert_eq!(fs::read(&target).unwrap(), b"small again");
     assert_eq!(ino(&target), first);
+    assert!(!spare.exists(), "no spare holds a big old version");
     assert!(tmp_leftovers(&e.root).is_empty());
-    let names: Vec<String> = fs::read_dir(e.root.join("d"))
-        .unwrap()
-        .map(|d| d.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    assert_eq!(names, ["f.json"], "no spare holds a big old version");
+    assert_eq!(names_in(&e.root.join("d")), ["f.json"]);
 }
 
-/// A reader that opened (or mapped) an old version keeps reading exactly it: the spare
-/// holding it is not reused while anyone has it open, and is reused once they are done.
+/// A reader that opened (or mapped) an old version keeps reading exactly it: a spare
+/// holding it is not rewritten while anyone has it open.
 fn a_reader_of_an_old_version_keeps_it_whole(b: Backend) {
     use std::io::Read;
     use std::os::fd::AsRawFd;
@@ -1061,7 +1063,7 @@ fn a_reader_of_an_old_version_keeps_it_whole(b: Backend) {
     let e = env();
     let runtime = rt();
     let target = e.root.join("f");
-    let spare = e.root.join(".f.beamline-spare");
+    let spare = beamline_io::spare_path(&e.root, "f").unwrap();
     put_now(&runtime, &pool, &e.root, "f", "v1");
     put_now(&runtime, &pool, &e.root, "f", "v2");
     if !leases_on() {
@@ -1116,7 +1118,7 @@ fn linked_or_altered_old_versions_are_never_reused(b: Backend) {
     let e = env();
     let runtime = rt();
     let target = e.root.join("f");
-    let spare = e.root.join(".f.beamline-spare");
+    let spare = beamline_io::spare_path(&e.root, "f").unwrap();
     put_now(&runtime, &pool, &e.root, "f", "a");
     fs::hard_link(&target, e.root.join("g")).unwrap();
     put_now(&runtime, &pool, &e.root, "f", "b");
@@ -1130,12 +1132,12 @@ fn linked_or_altered_old_versions_are_never_reused(b: Backend) {
         return;
     }
     assert_eq!(fs::read(&spare).unwrap(), b"b");
-    // The spare gets a second name: unfit, removed, never written.
+    // The spare gets a second name: never written, its name dropped.
     fs::hard_link(&spare, e.root.join("h")).unwrap();
     put_now(&runtime, &pool, &e.root, "f", "d");
     assert_eq!(fs::read(e.root.join("h")).unwrap(), b"b");
     assert_eq!(fs::read(&target).unwrap(), b"d");
-    // A spare with another mode than a new file's: removed, and the new file has the mode
+    // A spare with another mode than a new file's: dropped, and the new file has the mode
     // a fresh file gets.
     let fresh_mode = {
         put_now(&runtime, &pool, &e.root, "fresh", "x");
@@ -1153,24 +1155,19 @@ fn linked_or_altered_old_versions_are_never_reused(b: Backend) {
         fs::metadata(&target).unwrap().permissions().mode() & 0o7777,
         fresh_mode
     );
-    // A spare name taken by a directory, a symlink or a FIFO: the put still lands.
-    for (i, make) in ["dir", "symlink", "fifo"].into_iter().enumerate() {
+    // A slot taken by a symlink or a FIFO: the put still lands, nothing is written through.
+    for make in ["symlink", "fifo"] {
         let _ = fs::remove_file(&spare);
-        match make {
-            "dir" => fs::create_dir(&spare).unwrap(),
-            "symlink" => symlink(e.outside.join("secret.txt"), &spare).unwrap(),
-            _ => {
-                let c = std::ffi::CString::new(spare.as_os_str().as_encoded_bytes()).unwrap();
-                // SAFETY: a live C string path.
-                assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
-            }
+        if make == "symlink" {
+            symlink(e.outside.join("secret.txt"), &spare).unwrap();
+        } else {
+            let c = std::ffi::CString::new(spare.as_os_str().as_encoded_bytes()).unwrap();
+            // SAFETY: a live C string path.
+            assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
         }
-        let v = format!("g{i}");
-        put_now(&runtime, &pool, &e.root, "f", &v);
-        put_now(&runtime, &pool, &e.root, "f", &v);
-        assert_eq!(fs::read_to_string(&target).unwrap(), v, "{make}");
-        if make == "dir" {
-            fs::remove_dir(&spare).unwrap();
+        for v in ["g1", "g2"] {
+            put_now(&runtime, &pool, &e.root, "f", v);
+            assert_eq!(fs::read_to_string(&target).unwrap(), v, "{make}");
         }
     }
     assert_eq!(
@@ -1178,10 +1175,12 @@ fn linked_or_altered_old_versions_are_never_reused(b: Backend) {
         b"top secret"
     );
     assert!(tmp_leftovers(&e.root).is_empty());
+    assert_eq!(names_in(&e.root), ["f", "fresh", "g", "h"]);
 }
 
-/// Many puts of small files to one path from several tasks, with readers throughout: every
-/// read sees one whole version with its own content type, and the last write wins.
+/// Many puts of small files to one path and to paths sharing nothing but the pool, from
+/// several tasks, with readers throughout: every read sees one whole version with its own
+/// content type, and the last write wins.
 fn concurrent_small_overwrites_never_mix(b: Backend) {
     let Some(pool) = start(config(b)) else { return };
     let e = env();
@@ -1197,7 +1196,12 @@ fn concurrent_small_overwrites_never_mix(b: Backend) {
             tasks.push(tokio::spawn(async move {
                 for n in 0..150 {
                     let ct = format!("t/{}", (b'a' + w) as char);
+                    // One path for all, and one of 8 others (their slots may be shared).
+                    let other = format!("cold/{}", n % 8);
                     pool.put(&root, "hot", version(w, n), Some(&ct))
+                        .await
+                        .unwrap();
+                    pool.put(&root, &other, version(w, n), Some(&ct))
                         .await
                         .unwrap();
                 }
@@ -1206,8 +1210,15 @@ fn concurrent_small_overwrites_never_mix(b: Backend) {
         let reader = {
             let (pool, root) = (pool.clone(), e.root.clone());
             tokio::spawn(async move {
-                for _ in 0..600 {
-                    let got = pool.get(&root, "hot").await.unwrap();
+                for i in 0..600 {
+                    let path = if i % 2 == 0 {
+                        "hot".to_owned()
+                    } else {
+                        format!("cold/{}", i % 8)
+                    };
+                    let Ok(got) = pool.get(&root, &path).await else {
+                        continue; // a cold path not written yet
+                    };
                     let first = got.bytes[0];
                     assert!(got.bytes.iter().all(|&c| c == first), "mixed versions");
                     let ct = format!("t/{}", first as char);
