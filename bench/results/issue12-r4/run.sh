@@ -1,8 +1,9 @@
 #!/bin/sh
 # Issue 12, fourth round (2026-11-27): fs.put beside the plain loop, the worker of 524aa9f
 # ("before": a fresh temp file per put, renamed over the target) and of this round
-# ("after": small overwrites written into the target's leased spare and exchanged with it,
-# io/src/spare.rs), driven by the bench binary of this checkout, both at the worker's
+# ("after": small overwrites written into a claimed, leased spare from the pool beside the
+# tenant roots and exchanged with the target, io/src/spare.rs), driven by the bench binary
+# of this checkout, both at the worker's
 # defaults (no RUST_LOG, default pools). Three rounds, before and after interleaved; then
 # fs.get flat out with both workers, to see that the gets did not get dearer. Each *.log
 # starts with the commit, the date and the exact command; *.json is the bench's report of
@@ -42,7 +43,7 @@ for r in 1 2 3; do
     want put-before-r$r && run put-before-r$r --worker-bin "$BEFORE" --scenario fs-put --duration 5 --repeat 3
     want put-after-r$r && run put-after-r$r --worker-bin "$AFTER" --scenario fs-put --duration 5 --repeat 3
 done
-# The gets: the path check now also refuses the spares' names.
+# The gets, to see that they did not get dearer.
 for r in 1 2 3; do
     want get-before-r$r && run get-before-r$r --worker-bin "$BEFORE" --scenario fs-get --duration 5 --repeat 3
     want get-after-r$r && run get-after-r$r --worker-bin "$AFTER" --scenario fs-get --duration 5 --repeat 3
