@@ -48,6 +48,10 @@ for r in 1 2 3; do
     want get-before-r$r && run get-before-r$r --worker-bin "$BEFORE" --scenario fs-get --duration 5 --repeat 3
     want get-after-r$r && run get-after-r$r --worker-bin "$AFTER" --scenario fs-get --duration 5 --repeat 3
 done
+# The pool's size: a worker built with SLOTS = 16 384 (SLOTS16K) against this round's
+# (4 096), back to back.
+want slots16k && run slots16k --worker-bin "${SLOTS16K:?worker built with SLOTS = 16384}" --scenario fs-put --duration 5 --repeat 3
+want slots4k && run slots4k --worker-bin "$AFTER" --scenario fs-put --duration 5 --repeat 3
 # System calls per put, counted by perf stat over 3 s of a busy worker (statwrap.sh).
 for w in before after; do
     if want syscalls-put-$w; then
