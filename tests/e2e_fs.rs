@@ -75,7 +75,7 @@ async fn round_trip(mode: &str, backend: &str) {
         .expect("a spare path");
     assert_eq!(
         spare.parent(),
-        Some(worker.fs_root.join(".beamline+spares").as_path())
+        Some(worker.fs_root.join(".beamline+spares/acme").as_path())
     );
     if std::fs::read_to_string("/proc/sys/fs/leases-enable").is_ok_and(|v| v.trim() == "1") {
         assert_eq!(

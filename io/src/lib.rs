@@ -26,7 +26,7 @@
 //!     O_CREAT|O_EXCL)` → write… → xattr → (`fsync` if durable) → close → `renameat` →
 //!     (`fsync` dir if durable) → reply → close; on failure the temp file is unlinked first.
 //!     A small overwrite (≤ 16 KiB) keeps the replaced file as a spare in a pool beside the
-//!     tenant roots (`<parent of root>/.beamline+spares/<slot>`), and a later small put
+//!     tenant roots (`<parent of root>/.beamline+spares/<name of root>/<slot>`), and a later small put
 //!     claims that spare (rename), rewrites it under a write lease that proves nobody else
 //!     has it open, and swaps it in with `renameat2(RENAME_EXCHANGE)`: no inode made or
 //!     freed per put (`spare.rs`).

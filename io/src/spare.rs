@@ -7,11 +7,14 @@
 //! (`recently_deleted`), and a stream of overwrites spends most of its CPU scanning past
 //! them (bench/results/README.md, "Issue 12, fourth round").
 //!
-//! So an overwrite keeps the replaced file instead of freeing it, as a *spare* in a pool
-//! beside the tenant roots: `<parent of the root>/.beamline+spares/<slot>` (the worker's
-//! fs root; `+` is not a tenant-id character, so no tenant root can be that directory, and
-//! no tenant path can reach it). A target's slot is a hash of its root and path, one of
-//! [`SLOTS`], so the pool holds at most `SLOTS × SPARE_MAX` bytes. A small put then:
+//! So an overwrite keeps the replaced file instead of freeing it, as a *spare* in the
+//! tenant's pool beside the tenant roots: `<parent of the root>/.beamline+spares/<name of
+//! the root>/<slot>` (the parent is the worker's fs root; `+` is not a tenant-id character,
+//! so no tenant root can be that directory, and no tenant path can reach it). A pool only
+//! ever holds its own tenant's old versions, so a claimed spare never carries another
+//! tenant's bytes into a tenant's directory. A target's slot is a hash of its root and
+//! path, one of [`SLOTS`], so a pool holds at most `SLOTS × SPARE_MAX` bytes. A small put
+//! then:
 //! 1. *claims* its slot's spare by renaming it to a fresh temp name in the target's
 //!    directory (a rename moves exactly one inode to a name only this put uses; a put
 //!    that finds the slot empty, or loses the race for it, writes a fresh file);
@@ -45,8 +48,8 @@ use crate::sys::{self, errno, Op, OpenHow, RESOLVE};
 pub const POOL_DIR: &str = ".beamline+spares";
 /// Slots in a pool.
 pub(crate) const SLOTS: u64 = 4096;
-/// Largest put written through a spare, and largest old target kept as one: the pool
-/// holds at most `SLOTS × SPARE_MAX` = 64 MiB.
+/// Largest put written through a spare, and largest old target kept as one: a tenant's
+/// pool holds at most `SLOTS × SPARE_MAX` = 64 MiB.
 pub(crate) const SPARE_MAX: usize = 16 * 1024;
 
 /// Set once the kernel or a filesystem has refused a lease or an exchange.
@@ -111,8 +114,8 @@ fn switch_off() {
     OFF.store(true, Ordering::Relaxed);
 }
 
-/// The pool directory for tenant root `root` (its parent's `.beamline+spares`), `None`
-/// for a root without a parent.
+/// The pool directory of tenant root `root`: `<its parent>/.beamline+spares/<its name>`;
+/// `None` for a root without a parent.
 pub(crate) fn pool_path(root: &[u8]) -> Option<CString> {
     let trimmed = match root.iter().rposition(|&b| b != b'/') {
         Some(i) => &root[..=i],
@@ -120,11 +123,17 @@ pub(crate) fn pool_path(root: &[u8]) -> Option<CString> {
     };
     let cut = trimmed.iter().rposition(|&b| b == b'/')?;
     let parent = if cut == 0 { &b"/"[..] } else { &trimmed[..cut] };
+    let name = &trimmed[cut + 1..];
+    if name == b"." || name == b".." {
+        return None;
+    }
     let mut p = parent.to_vec();
     if p.last() != Some(&b'/') {
         p.push(b'/');
     }
     p.extend_from_slice(POOL_DIR.as_bytes());
+    p.push(b'/');
+    p.extend_from_slice(name);
     CString::new(p).ok()
 }
 
@@ -153,22 +162,28 @@ pub(crate) fn slot(root: &[u8], rel: &str) -> CString {
     CString::new(format!("{:03x}", h % SLOTS)).unwrap_or_else(|_| c"0".to_owned())
 }
 
-/// Opens (making it if missing, mode 0700) the pool directory at `path`.
+/// Opens a tenant's pool directory at `path` (see [`pool_path`]), making it and the
+/// `.beamline+spares` above it (mode 0700) when missing.
 pub(crate) fn open_pool(path: &CStr) -> Option<OwnedFd> {
     let flags = libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC;
-    for _ in 0..2 {
-        // SAFETY: a live C string; plain syscall.
-        let fd = unsafe { libc::openat(libc::AT_FDCWD, path.as_ptr(), flags) };
-        if fd >= 0 {
-            return Some(crate::machine::own_fd(fd));
-        }
-        if errno() != libc::ENOENT {
-            return None;
-        }
-        // SAFETY: a live C string; plain syscall (EEXIST: made meanwhile, fine).
-        let _ = unsafe { libc::mkdirat(libc::AT_FDCWD, path.as_ptr(), 0o700) };
+    // SAFETY: a live C string; plain syscall.
+    let fd = unsafe { libc::openat(libc::AT_FDCWD, path.as_ptr(), flags) };
+    if fd >= 0 {
+        return Some(crate::machine::own_fd(fd));
     }
-    None
+    if errno() != libc::ENOENT {
+        return None;
+    }
+    let bytes = path.to_bytes();
+    let cut = bytes.iter().rposition(|&b| b == b'/')?;
+    let above = CString::new(&bytes[..cut]).ok()?;
+    for dir in [above.as_c_str(), path] {
+        // SAFETY: live C strings; plain syscall (EEXIST: made meanwhile, fine).
+        let _ = unsafe { libc::mkdirat(libc::AT_FDCWD, dir.as_ptr(), 0o700) };
+    }
+    // SAFETY: as above.
+    let fd = unsafe { libc::openat(libc::AT_FDCWD, path.as_ptr(), flags) };
+    (fd >= 0).then(|| crate::machine::own_fd(fd))
 }
 
 /// Moves the spare in `slot` of the pool to the fresh name `tmp` in `dir`. 0 or `-errno`
@@ -327,24 +342,20 @@ mod tests {
 
     #[test]
     fn the_pool_is_beside_the_root() {
+        let p = |r: &[u8]| pool_path(r).map(|c| c.into_bytes());
         assert_eq!(
-            pool_path(b"/srv/fs/acme").unwrap().to_bytes(),
-            b"/srv/fs/.beamline+spares"
+            p(b"/srv/fs/acme").unwrap(),
+            b"/srv/fs/.beamline+spares/acme"
         );
         assert_eq!(
-            pool_path(b"/srv/fs/acme//").unwrap().to_bytes(),
-            b"/srv/fs/.beamline+spares"
+            p(b"/srv/fs/acme//").unwrap(),
+            b"/srv/fs/.beamline+spares/acme"
         );
-        assert_eq!(
-            pool_path(b"/acme").unwrap().to_bytes(),
-            b"/.beamline+spares"
-        );
-        assert_eq!(
-            pool_path(b"rel/acme").unwrap().to_bytes(),
-            b"rel/.beamline+spares"
-        );
-        assert!(pool_path(b"/").is_none());
-        assert!(pool_path(b"acme").is_none());
+        assert_eq!(p(b"/acme").unwrap(), b"/.beamline+spares/acme");
+        assert_eq!(p(b"rel/acme").unwrap(), b"rel/.beamline+spares/acme");
+        assert!(p(b"/").is_none());
+        assert!(p(b"acme").is_none());
+        assert!(p(b"/srv/fs/..").is_none());
     }
 
     #[test]

@@ -133,6 +133,7 @@ for_each_backend!(
     a_reader_of_an_old_version_keeps_it_whole,
     linked_or_altered_old_versions_are_never_reused,
     concurrent_small_overwrites_never_mix,
+    a_tenants_spares_hold_only_its_own_files,
 );
 
 fn round_trip(b: Backend) {
@@ -993,7 +994,8 @@ fn overwrites_keep_the_old_inode_as_the_spare(b: Backend) {
     let spare = beamline_io::spare_path(&e.root, "/d/f.json").unwrap();
     assert_eq!(
         spare.parent().unwrap(),
-        e.root.parent().unwrap().join(".beamline+spares")
+        e.root.parent().unwrap().join(".beamline+spares/root"),
+        "each tenant root has its own pool beside the roots"
     );
     put_now(&runtime, &pool, &e.root, "d/f.json", "one");
     assert!(!spare.exists(), "a first write has no old version to keep");
@@ -1237,4 +1239,49 @@ fn concurrent_small_overwrites_never_mix(b: Backend) {
         assert_eq!(pool.get(&e.root, "hot").await.unwrap().bytes, b"last");
     });
     assert!(tmp_leftovers(&e.root).is_empty());
+}
+
+/// Two tenant roots side by side: each has its own pool, so a spare claimed into a
+/// tenant's directory only ever held that tenant's bytes.
+fn a_tenants_spares_hold_only_its_own_files(b: Backend) {
+    let Some(pool) = start(config(b)) else { return };
+    let e = env();
+    let runtime = rt();
+    // `outside/` serves as a second tenant root beside `root/`.
+    for n in 0..40 {
+        put_now(
+            &runtime,
+            &pool,
+            &e.root,
+            &format!("f{}", n % 10),
+            &format!("root {n}"),
+        );
+        put_now(
+            &runtime,
+            &pool,
+            &e.outside,
+            &format!("f{}", n % 10),
+            &format!("other {n}"),
+        );
+    }
+    if !leases_on() {
+        return;
+    }
+    let pools = e.root.parent().unwrap().join(".beamline+spares");
+    assert_eq!(names_in(&pools), ["outside", "root"]);
+    for (tenant, prefix) in [("root", "root "), ("outside", "other ")] {
+        let kept = names_in(&pools.join(tenant));
+        assert!(!kept.is_empty(), "{tenant}: old versions kept");
+        for name in kept {
+            let bytes = fs::read_to_string(pools.join(tenant).join(&name)).unwrap();
+            assert!(bytes.starts_with(prefix), "{tenant}/{name}: {bytes:?}");
+        }
+    }
+    for n in 0..10 {
+        let want = format!("root {}", 30 + n);
+        assert_eq!(
+            fs::read_to_string(e.root.join(format!("f{n}"))).unwrap(),
+            want
+        );
+    }
 }
