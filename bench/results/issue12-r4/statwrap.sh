@@ -8,6 +8,8 @@
 #       --scenario fs-put --duration 6 --repeat 1 --no-plain
 ${WORKER:?worker binary} "$@" &
 PID=$!
+# The bench stops this wrapper, not the worker under it: pass the signal on.
+trap 'kill $PID 2>/dev/null' TERM INT EXIT
 (
   prev=0
   while kill -0 $PID 2>/dev/null; do
