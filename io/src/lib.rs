@@ -25,11 +25,11 @@
 //!   - put: open root (mkdir if missing) → open/create parent dirs → `openat2(tmp,
 //!     O_CREAT|O_EXCL)` → write… → xattr → (`fsync` if durable) → close → `renameat` →
 //!     (`fsync` dir if durable) → reply → close; on failure the temp file is unlinked first.
-//!     A small overwrite (≤ 16 KiB) keeps the replaced file as a spare in a pool beside the
-//!     tenant roots (`<parent of root>/.beamline+spares/<name of root>/<slot>`), and a later small put
-//!     claims that spare (rename), rewrites it under a write lease that proves nobody else
-//!     has it open, and swaps it in with `renameat2(RENAME_EXCHANGE)`: no inode made or
-//!     freed per put (`spare.rs`).
+//!     A small overwrite (≤ 16 KiB) keeps the replaced file as a spare in the tenant's pool
+//!     beside the tenant roots (`<parent of root>/.beamline+spares/<name of root>/<slot>`),
+//!     and a later small put claims that spare (rename), rewrites it under a write lease
+//!     that proves nobody else has it open, and swaps it in with
+//!     `renameat2(RENAME_EXCHANGE)`: no inode made or freed per put (`spare.rs`).
 //!
 //!   Buffers handed to the kernel (paths, `open_how`, statx buffer, read buffer, write
 //!   payload) belong to the request's boxed machine, which stays in its slot, unmoved,
@@ -72,10 +72,11 @@ mod open;
 mod path;
 mod roots;
 mod spare;
-pub use spare::{spare_path, POOL_DIR as SPARE_POOL_DIR};
 mod sys;
 mod types;
 mod uring;
+
+pub use spare::{spare_path, POOL_DIR as SPARE_POOL_DIR};
 
 use std::fmt;
 use std::io;
@@ -576,8 +577,9 @@ impl IoPool {
     /// created beneath the root (and the root itself, one level, if missing), the bytes go to
     /// a temp file `.<name>.tmp.<random>` in the target's directory, which is then renamed
     /// over the target (a small overwrite: into a claimed, leased spare, exchanged with the
-    /// target; see the crate docs). `content_type` is stored in the xattr `user.beamline.content_type`
-    /// (silently not stored where the filesystem has no user xattrs).
+    /// target; see the crate docs). `content_type` is stored in the xattr
+    /// `user.beamline.content_type` (silently not stored where the filesystem has no user
+    /// xattrs).
     ///
     /// `data` is a [`Bytes`] so a payload received from the network is handed to the kernel
     /// without a copy. If the future is dropped, the write still completes.

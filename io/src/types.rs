@@ -3,8 +3,7 @@
 //! answer. An entry is keyed by (device, inode) and holds only while the file's `ctime`,
 //! `mtime` and size are what they were when it was read: setting or removing the xattr
 //! changes `ctime`, and `fs.put` replaces the file by rename or exchange (a new inode, or a
-//! kept spare whose rewrite changed its `ctime`). The IO threads
-//! ask the file every time.
+//! kept spare whose rewrite changed its `ctime`). The IO threads ask the file every time.
 //!
 //! A file's times come from a coarse clock (one tick: up to 10 ms) on kernels without
 //! multi-grain timestamps, so two changes within one tick can leave the same `ctime`.

@@ -607,6 +607,12 @@ fn invalid_paths(b: Backend) {
             .await
             .unwrap_err();
         assert_eq!(err.kind, FsErrorKind::InvalidPath);
+        // The message says why, not only that.
+        assert!(
+            err.to_string()
+                .ends_with("invalid path (path component too long)"),
+            "{err}"
+        );
         // A 255-byte name works, its temp name is shortened.
         let max = "m".repeat(255);
         pool.put(&e.root, &max, Bytes::from_static(b"x"), None)
