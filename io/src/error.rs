@@ -100,7 +100,8 @@ impl fmt::Display for FsErrorKind {
 pub struct FsError {
     pub kind: FsErrorKind,
     /// The step that failed: `open`, `mkdir`, `create`, `stat`, `read`, `write`, `setxattr`,
-    /// `fsync`, `close`, `rename`, or `get` / `put` for queue-level errors.
+    /// `fsync`, `close`, `rename`, for a rewritten spare `truncate` / `removexattr`, or
+    /// `get` / `put` for queue-level errors.
     pub op: &'static str,
     pub path: String,
     pub source: Option<io::Error>,
