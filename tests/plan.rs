@@ -1,6 +1,7 @@
 //! `beamline_worker plan` against captured sysfs trees (tests/fixtures/sysfs/): the real
-//! 2-vCPU VM, a 16-core one-GPU host and a two-socket 64-core SMT host with 8 GPUs; the
-//! shipped host-class profiles; the warnings; the start-up refusal of missing cores.
+//! 2-vCPU VM, a 16-core one-GPU host (synthetic, and one captured on a device machine) and
+//! a two-socket 64-core SMT host with 8 GPUs; the shipped host-class profiles; the
+//! warnings; the start-up refusal of missing cores.
 
 use std::path::Path;
 use std::process::Command;
@@ -86,6 +87,36 @@ fn sixteen_core_profile_loads_and_plans_without_warning() {
     assert_eq!(cores(&p, "io"), vec![Some(12), Some(13)]);
     assert_eq!(cores(&p, "gpu"), vec![Some(14), Some(15)]);
     assert!(p.gpu_slots.iter().all(|g| g.device == 0));
+}
+
+/// The tree captured on a real device machine (bench/device/run.sh, 2026-11-28: a
+/// Firecracker VM, 16 vCPUs, one H200 whose `numa_node` reads -1): the shipped profile plans
+/// there as on the synthetic host, and the computed defaults warn of 26 threads on 16 cores.
+#[test]
+fn sixteen_core_profile_plans_on_the_captured_h200_host() {
+    let p = plan_profile(&profile("host-16c-1gpu.toml"), "h200-16c-fc").expect("plans");
+    assert!(p.warnings.is_empty(), "{:?}", p.warnings);
+    assert_eq!(p.host.logical_cpus, 16);
+    assert_eq!(p.host.gpus.len(), 1, "one H200 among six PCI devices");
+    assert_eq!(p.host.gpus[0].pci, "0000:00:06.0");
+    assert_eq!(cores(&p, "cpu"), (0..12).map(Some).collect::<Vec<_>>());
+    assert_eq!(cores(&p, "io"), vec![Some(12), Some(13)]);
+    assert_eq!(cores(&p, "gpu"), vec![Some(14), Some(15)]);
+    assert!(p.gpu_slots.iter().all(|g| g.device_numa_node.is_none()));
+    let d = plan(&[
+        "--sysfs-root",
+        &fixture("h200-16c-fc"),
+        "--gpu-pool-size",
+        "2",
+    ])
+    .expect("plans");
+    assert!(
+        d.warnings
+            .iter()
+            .any(|w| w.contains("26 pinned threads") && w.contains("16 cores")),
+        "{:?}",
+        d.warnings
+    );
 }
 
 #[test]
