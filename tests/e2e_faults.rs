@@ -1,6 +1,7 @@
 //! Faults in JetStream mode: the worker killed with SIGKILL mid-run, nats-server killed and
 //! restarted mid-run, SIGTERM drain. Every assignment ends with a result; none runs twice
-//! once its result was published.
+//! once its result was published. And the connection the dedupe calls those promises rest
+//! on travel over: each CPU thread's lane, not the control connection.
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -163,4 +164,70 @@ async fn sigterm_drains_in_flight_work_and_exits_zero() {
     assert!(started.elapsed() < Duration::from_secs(6));
     let r = router.result("drain-1").await;
     assert_eq!(r["status"], "success", "{r}");
+}
+
+/// The dedupe bucket's lookup and store of every assignment go over the connection of the
+/// lane that received it (driven by the same CPU thread), not over the control connection
+/// (another thread: two hops and wake-ups per call). Counted by the broker: the messages
+/// each connection of the worker sent it (`/connz`, `in_msgs`).
+#[tokio::test]
+async fn dedupe_calls_travel_on_the_lanes_not_the_control_connection() {
+    let monitor = free_port();
+    let nats = Nats::start_with(&["-m", &monitor.to_string()]);
+    let worker = Worker::builder(&nats.url()).start();
+    let router = Router::connect(&nats.url()).await;
+    ready(&router).await;
+    publish_batch(&router, "ln", N).await;
+    let end = Instant::now() + Duration::from_secs(60);
+    while stored_results(&router.client, "ln-").await.len() < N {
+        assert!(Instant::now() < end, "no results; log:\n{}", worker.logs());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (status, _, body) = http_get(monitor, "/connz?limit=1024").await;
+    assert_eq!(status, 200, "{body}");
+    let connz: Value = serde_json::from_str(&unchunk(&body)).expect("connz is JSON");
+    let (mut control, mut lanes, mut n_lanes) = (None, 0u64, 0);
+    for c in connz["connections"].as_array().expect("connections") {
+        let name = c["name"].as_str().unwrap_or_default();
+        let sent = c["in_msgs"].as_u64().expect("in_msgs");
+        if name.starts_with("beamline_worker ") && name.contains(" lane ") {
+            lanes += sent;
+            n_lanes += 1;
+        } else if name.starts_with("beamline_worker ") {
+            control = Some(sent);
+        }
+    }
+    let control = control.expect("the control connection is named beamline_worker <id>");
+    assert!(n_lanes >= 1, "{connz}");
+    // Per assignment a lane sends the ack, the result, the bucket lookup and store and the
+    // JetStream ack: 5 × N. The control connection sends set-up calls and heartbeats.
+    assert!(
+        lanes >= 4 * N as u64,
+        "lanes sent {lanes} for {N} assignments"
+    );
+    assert!(
+        control < (N / 2) as u64,
+        "the control connection sent {control} messages for {N} assignments (lanes {lanes})"
+    );
+}
+
+/// The body of an HTTP/1.1 answer that may come in chunks (the broker's monitoring port
+/// sends a large `/connz` chunked); a body that is not chunked is returned as it is.
+fn unchunk(body: &str) -> String {
+    let mut out = String::new();
+    let mut rest = body;
+    while let Some((size, after)) = rest.split_once("\r\n") {
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
+            return body.to_owned();
+        };
+        if n == 0 {
+            return out;
+        }
+        let Some(chunk) = after.get(..n) else {
+            return body.to_owned();
+        };
+        out.push_str(chunk);
+        rest = after[n..].trim_start_matches("\r\n");
+    }
+    body.to_owned()
 }

@@ -149,7 +149,7 @@ fn threads(cfg: &Config, topo: &Topology) -> (Vec<ThreadPlace>, Vec<GpuSlot>) {
 fn lanes(cfg: &Config) -> Vec<Lane> {
     let intake = match cfg.consumer {
         ConsumerMode::Jetstream => format!(
-            "JetStream pulls on durable {} (stream {}); ack, result, DLQ publishes",
+            "JetStream pulls on durable {} (stream {}); ack, result, DLQ publishes; dedupe lookups and stores",
             cfg.js.durable, cfg.js.stream
         ),
         ConsumerMode::Core => format!(
@@ -169,7 +169,7 @@ fn lanes(cfg: &Config) -> Vec<Lane> {
         lane: "control".into(),
         thread: "transport".into(),
         core: None,
-        carries: "heartbeats, cancels, approvals, dedupe bucket".into(),
+        carries: "heartbeats, cancels, approvals (requests, decisions, expiries)".into(),
     });
     lanes
 }

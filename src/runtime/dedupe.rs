@@ -3,6 +3,7 @@
 //! shared by every instance. A duplicate that arrives while the first copy still runs waits
 //! for its result instead of running the block again.
 
+use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -45,6 +46,20 @@ impl Record {
 }
 
 type Key = TaskKey;
+
+thread_local! {
+    /// This CPU thread's way to the bucket: the same bucket bound through the thread's own
+    /// lane connection ([`use_lane_bucket`]).
+    static LANE_BUCKET: RefCell<Option<Arc<Bucket>>> = const { RefCell::new(None) };
+}
+
+/// Makes `bucket` (the results bucket bound through this thread's lane connection) the one
+/// this thread's lookups and stores use: they then travel on the connection this thread
+/// drives, instead of crossing to the control connection's thread and back. A thread that
+/// has none (no lane, core mode) uses the store's own.
+pub fn use_lane_bucket(bucket: Bucket) {
+    LANE_BUCKET.with(|b| *b.borrow_mut() = Some(Arc::new(bucket)));
+}
 
 #[derive(Debug)]
 enum Entry {
@@ -168,6 +183,17 @@ impl Dedupe {
         self.kv.is_some()
     }
 
+    /// The bucket for a call made on this thread: its lane's ([`use_lane_bucket`]) when the
+    /// store is durable and the thread has one, else the store's own.
+    fn bucket(&self) -> Option<Arc<Bucket>> {
+        let own = self.kv.as_ref()?;
+        Some(
+            LANE_BUCKET
+                .with(|b| b.borrow().clone())
+                .unwrap_or_else(|| own.clone()),
+        )
+    }
+
     /// [`Dedupe::begin_key`] by tenant and id (the unit tests' shorthand).
     #[cfg(test)]
     async fn begin(&self, tenant: &str, id: &str) -> Begin {
@@ -194,7 +220,7 @@ impl Dedupe {
             }
             g.map.insert(key.clone(), Entry::Running(None));
         }
-        if let Some(kv) = &self.kv {
+        if let Some(kv) = self.bucket() {
             // Boxed: the lookup's state is large and only JetStream mode has it.
             match Box::pin(kv.get(&kv_key(tenant, id))).await {
                 Ok(Some(bytes)) => {
@@ -313,9 +339,9 @@ impl Guard {
         let Some(key) = self.key.take() else {
             return record;
         };
-        if let Some(kv) = &self.store.kv {
+        if let Some(kv) = self.store.bucket() {
             // Boxed: the store's state is large and only JetStream mode has it.
-            record = Box::pin(store_first(kv, kv_key(key.tenant(), key.id()), record)).await;
+            record = Box::pin(store_first(&kv, kv_key(key.tenant(), key.id()), record)).await;
         }
         self.store.finish(&key, record.clone());
         record

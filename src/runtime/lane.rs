@@ -11,7 +11,7 @@ use tokio::task::JoinHandle;
 
 use crate::transport::{self, Delivery, JetStreamHandles, Sink};
 
-use super::{pipeline, Shared};
+use super::{dedupe, pipeline, Shared};
 
 /// Hands what the lane receives to its own thread's queue.
 struct LaneSink {
@@ -37,7 +37,8 @@ impl Sink for LaneSink {
 }
 
 /// Connects lane `index` and starts its intake on the current thread's runtime
-/// ([`transport::open_lane`]), handing what it receives to this thread's queue `tx`.
+/// ([`transport::open_lane`]), handing what it receives to this thread's queue `tx`; the
+/// lane's results bucket becomes this thread's for dedupe ([`dedupe::use_lane_bucket`]).
 pub(super) async fn open(
     shared: &Arc<Shared>,
     index: usize,
@@ -48,7 +49,7 @@ pub(super) async fn open(
         shared: shared.clone(),
         tx,
     });
-    transport::open_lane(
+    let lane = transport::open_lane(
         shared.config.clone(),
         shared.metrics.clone(),
         index,
@@ -57,5 +58,9 @@ pub(super) async fn open(
         shared.intake.clone(),
         shared.stopping.clone(),
     )
-    .await
+    .await?;
+    if let Some(bucket) = lane.results {
+        dedupe::use_lane_bucket(bucket);
+    }
+    Ok(lane.intake)
 }

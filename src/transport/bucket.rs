@@ -30,6 +30,11 @@ impl Bucket {
         Bucket { store }
     }
 
+    /// The bucket's name.
+    pub fn name(&self) -> String {
+        self.store.name.clone()
+    }
+
     /// The value under `key`, if any.
     pub async fn get(&self, key: &str) -> Result<Option<Bytes>, BucketError> {
         self.store

@@ -12,12 +12,28 @@ use crate::config::{Config, ConsumerMode};
 use crate::telemetry::Metrics;
 
 use super::{connect_with, core, jetstream};
-use super::{Intake, IntakeBudget, JetStreamHandles, Publisher, Role, Sink, TransportError};
+use super::{
+    Bucket, Intake, IntakeBudget, JetStreamHandles, Publisher, Role, Sink, TransportError,
+};
 
 /// JetStream API calls and publish-acks of a lane give up after this (the client's default
 /// is 5 s) and are retried: after a leader loss the pull is rebound and acks/results are
 /// re-sent within the intake promise of docs/RELIABILITY.md instead of waiting 5 s each.
 const JS_API_TIMEOUT: Duration = Duration::from_millis(1500);
+
+/// An open lane: its intake loop, and in JetStream mode the results bucket reached through
+/// the lane's own connection.
+#[derive(Debug)]
+pub struct Lane {
+    /// The intake loop; it ends when the lane's `stop` is cancelled.
+    pub intake: JoinHandle<()>,
+    /// The dedupe bucket through this lane's connection, for the assignments this thread
+    /// runs: a lookup and a store then travel on the connection the assignment came in
+    /// on, driven by this thread, instead of crossing to the control connection's thread
+    /// and back (two thread hops and wake-ups per call). `None` in core mode, without a
+    /// bucket, or when binding it through the lane failed (the shared one is used then).
+    pub results: Option<Bucket>,
+}
 
 /// Connects lane `index` and starts its intake on the current thread's runtime, handing
 /// what it receives to `sink`; returns once it receives (core mode: the server has the
@@ -30,7 +46,7 @@ pub async fn open_lane(
     sink: Arc<dyn Sink>,
     budget: Arc<IntakeBudget>,
     stop: CancellationToken,
-) -> Result<JoinHandle<()>, TransportError> {
+) -> Result<Lane, TransportError> {
     // The client's buffers are bounded from the lane's share of the memory budget: a core
     // flood faster than the worker can refuse is dropped there, not buffered without bound.
     let buffers = budget.lane_buffers();
@@ -43,6 +59,10 @@ pub async fn open_lane(
                     .build(client.clone()),
             ),
         ),
+        _ => None,
+    };
+    let results = match &js {
+        Some(h) if h.results.is_some() => h.bind_results_again().await,
         _ => None,
     };
     // Acks and results go through JetStream when a stream keeps them.
@@ -64,7 +84,7 @@ pub async fn open_lane(
         publisher: Arc::new(publisher),
         stop,
     };
-    Ok(match js {
+    let intake = match js {
         Some(js) => tokio::spawn(jetstream::consume_jetstream(intake, js)),
         None => {
             let Some(sub) = core::subscribe_assignments(&intake.cfg, &client, &intake.stop).await
@@ -76,5 +96,6 @@ pub async fn open_lane(
             };
             tokio::spawn(core::consume_core(intake, sub, client.statistics()))
         }
-    })
+    };
+    Ok(Lane { intake, results })
 }

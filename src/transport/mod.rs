@@ -6,7 +6,7 @@
 //! | file | what |
 //! |---|---|
 //! | `connect.rs` | connections ([`Role`]: control or lane N), buffers, reconnect policy |
-//! | `lane.rs` | opens a CPU thread's intake lane: its connection, publisher and intake loop |
+//! | `lane.rs` | opens a CPU thread's intake lane: its connection, publisher, intake loop and results bucket |
 //! | `core.rs` / `jetstream.rs` | the two intake loops (queue subscription / durable pull) |
 //! | `delivery.rs` | [`Delivery`] (settle: ack, nak with delay, in progress) and [`Sink`] |
 //! | `budget.rs` | [`IntakeBudget`]: slots and bytes a lane may take |
@@ -41,7 +41,7 @@ pub use connect::{connect, connect_with, Buffers, Role};
 pub use control::consume_control;
 pub use delivery::{Control, Delivery, Sink};
 pub use handles::*;
-pub use lane::open_lane;
+pub use lane::{open_lane, Lane};
 pub use publish::{Kind, Publisher};
 pub use setup::{bind_jetstream, JetStreamHandles};
 

@@ -185,6 +185,19 @@ impl JetStreamHandles {
         }
     }
 
+    /// The results bucket bound again through this context's connection (one stream-info
+    /// call); `None`, logged, when that fails: the caller keeps using the shared one.
+    pub(super) async fn bind_results_again(&self) -> Option<Bucket> {
+        let name = self.results.as_ref()?.name();
+        match self.ctx.get_key_value(name).await {
+            Ok(kv) => Some(Bucket::new(kv)),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not bind the results bucket through a lane; dedupe calls use the control connection");
+                None
+            }
+        }
+    }
+
     /// The durable pull consumer every instance shares (bound again after losses).
     pub(super) async fn assign_consumer(
         &self,
