@@ -39,9 +39,25 @@ pub(crate) struct TuneArgs {
     /// Where the chosen profile is written (default tuning/tuned-<N>cpu.toml).
     #[arg(long)]
     profile_out: Option<PathBuf>,
+    /// GPU slots of every measured worker and of the profile written (`gpu_pool_size`).
+    /// Default: none on a host without GPUs, else one per GPU and at least two (the
+    /// shipped host-class profiles' choice), so that a profile tuned on a GPU host keeps
+    /// `ai.inference` on its GPUs (the worker's own default, 0, has no GPU pool).
+    #[arg(long)]
+    gpu_pool_size: Option<usize>,
     /// Bench reports of every run, and tune-summary.json.
     #[arg(long, default_value = "bench/out/tune")]
     out: PathBuf,
+}
+
+/// The GPU slots tune gives the worker on a host with `gpus` GPUs when not told
+/// ([`TuneArgs::gpu_pool_size`]).
+fn default_gpu_slots(gpus: usize) -> usize {
+    if gpus == 0 {
+        0
+    } else {
+        gpus.max(2)
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -49,6 +65,8 @@ struct Candidate {
     name: String,
     cpu: usize,
     io: usize,
+    /// GPU slots (`gpu_pool_size`); the same for every candidate of a run.
+    gpu: usize,
     /// TOML values of `cpu_cores` / `io_cores`; `None`: no profile at all (the defaults).
     cpu_cores: Option<String>,
     io_cores: Option<String>,
@@ -92,12 +110,13 @@ fn list(cores: &[usize]) -> String {
 /// Candidates for `allowed` cores: the computed defaults first, then pool sizes around
 /// them with the IO rings packed after the CPU threads, on cores of their own, or left to
 /// the kernel.
-fn candidates(allowed: &[usize]) -> Vec<Candidate> {
+fn candidates(allowed: &[usize], gpu: usize) -> Vec<Candidate> {
     let n = allowed.len().max(1);
     let mut out = vec![Candidate {
         name: "computed defaults".into(),
         cpu: n,
         io: n.div_ceil(2),
+        gpu,
         cpu_cores: None,
         io_cores: None,
     }];
@@ -111,6 +130,7 @@ fn candidates(allowed: &[usize]) -> Vec<Candidate> {
             name: format!("cpu {n} all, io {io} on last"),
             cpu: n,
             io,
+            gpu,
             cpu_cores: Some("\"auto\"".into()),
             io_cores: Some(list(last)),
         });
@@ -120,6 +140,7 @@ fn candidates(allowed: &[usize]) -> Vec<Candidate> {
                 name: format!("cpu {} first, io {io} own cores", n - io),
                 cpu: n - io,
                 io,
+                gpu,
                 cpu_cores: Some(list(&allowed[..n - io])),
                 io_cores: Some(list(last)),
             });
@@ -129,6 +150,7 @@ fn candidates(allowed: &[usize]) -> Vec<Candidate> {
             name: format!("cpu {n}, io {io}, unpinned"),
             cpu: n,
             io,
+            gpu,
             cpu_cores: Some("\"none\"".into()),
             io_cores: Some("\"none\"".into()),
         });
@@ -137,6 +159,7 @@ fn candidates(allowed: &[usize]) -> Vec<Candidate> {
         name: format!("cpu {n}, io {n} auto"),
         cpu: n,
         io: n,
+        gpu,
         cpu_cores: Some("\"auto\"".into()),
         io_cores: Some("\"auto\"".into()),
     });
@@ -165,6 +188,9 @@ fn profile_text(c: &Candidate, name: &str, hardware: &str, host: &serde_json::Va
         c.cpu,
         c.io
     );
+    if c.gpu > 0 {
+        s += &format!("gpu_pool_size = {}\n", c.gpu);
+    }
     s
 }
 
@@ -193,6 +219,7 @@ fn measure(args: &TuneArgs, c: &Candidate, profile: Option<&Path>, out: &Path) -
         .args(["--duration", &args.duration.to_string(), "--warmup", "1"])
         .args(["--cpu-pool-size", &c.cpu.to_string()])
         .args(["--io-pool-size", &c.io.to_string()])
+        .args(["--gpu-pool-size", &c.gpu.to_string()])
         .arg("--out")
         .arg(out);
     if let Some(p) = profile {
@@ -251,7 +278,11 @@ pub(crate) fn tune_main(args: &TuneArgs) -> Result<()> {
         bail!("the plan names no usable core");
     }
     let n = allowed.len();
-    let cands = candidates(&allowed);
+    let gpus = host["gpus"].as_array().map_or(0, Vec::len);
+    let gpu = args
+        .gpu_pool_size
+        .unwrap_or_else(|| default_gpu_slots(gpus));
+    let cands = candidates(&allowed, gpu);
     std::fs::create_dir_all(&args.out)?;
     let budget = Duration::from_secs_f64(args.budget_minutes * 60.0);
     let start = Instant::now();
@@ -484,7 +515,7 @@ mod tests {
 
     #[test]
     fn candidates_start_with_the_defaults_and_are_distinct() {
-        let c = candidates(&[0, 1]);
+        let c = candidates(&[0, 1], 0);
         assert_eq!(c[0].name, "computed defaults");
         assert_eq!((c[0].cpu, c[0].io), (2, 1));
         assert!(c.len() >= 4, "{c:?}");
@@ -493,5 +524,27 @@ mod tests {
             .any(|x| x.cpu == 1 && x.io_cores.as_deref() == Some("[1]")));
         assert_eq!(parse_list("0-2,5"), vec![0, 1, 2, 5]);
         assert_eq!(median(&[3.0, 1.0, 2.0]), Some(2.0));
+    }
+
+    /// A profile tuned on a GPU host keeps a GPU pool (the device run of 2026-11-28 wrote
+    /// one without, so `ai.inference` would have had no GPU with it); one without GPUs
+    /// names none.
+    #[test]
+    fn a_gpu_hosts_profile_keeps_its_gpu_slots() {
+        assert_eq!(default_gpu_slots(0), 0);
+        assert_eq!(default_gpu_slots(1), 2);
+        assert_eq!(default_gpu_slots(8), 8);
+        let host =
+            serde_json::json!({"logical_cpus": 16, "numa_nodes": {"0": "0-15"}, "gpus": [{}]});
+        let allowed: Vec<usize> = (0..16).collect();
+        for c in candidates(&allowed, 2) {
+            assert_eq!(c.gpu, 2, "{c:?}");
+            let text = profile_text(&c, "t", "h", &host);
+            assert!(text.contains("\ngpu_pool_size = 2\n"), "{text}");
+            let p: toml::Value = toml::from_str(&text).expect("a profile is TOML");
+            assert_eq!(p["worker"]["gpu_pool_size"].as_integer(), Some(2));
+        }
+        let text = profile_text(&candidates(&allowed, 0)[1], "t", "h", &host);
+        assert!(!text.contains("gpu_pool_size"), "{text}");
     }
 }
