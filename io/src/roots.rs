@@ -25,7 +25,9 @@ const CAPACITY: usize = 16;
 
 struct Root {
     path: Box<[u8]>,
-    held: Held,
+    /// `None` while a get uses it ([`take`] to [`put`]): the entry and its path stay, so
+    /// giving the root back allocates nothing.
+    held: Option<Held>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,26 +93,31 @@ impl Held {
 pub(crate) fn take(root: &CStr) -> Option<Held> {
     ROOTS.with(|roots| {
         let mut roots = roots.try_borrow_mut().ok()?;
-        let at = roots.iter().position(|r| *r.path == *root.to_bytes())?;
-        let entry = roots.swap_remove(at);
+        let entry = roots.iter_mut().find(|r| *r.path == *root.to_bytes())?;
+        let held = entry.held.take()?;
         let now = dir_id(libc::AT_FDCWD, root, 0)?;
-        // A different directory under the old path: the entry is dropped (closed).
-        (now == entry.held.id).then_some(entry.held)
+        // A different directory under the old path: the descriptor is dropped (closed).
+        (now == held.id).then_some(held)
     })
 }
 
-/// Keeps `held`, the open root `root`, for the next get on this thread.
+/// Keeps `held`, the open root `root`, for the next get on this thread: back into its
+/// entry when [`take`] left one, else in a new entry (the oldest goes past [`CAPACITY`]).
 pub(crate) fn put(root: &CStr, held: Held) {
     ROOTS.with(|roots| {
         let Ok(mut roots) = roots.try_borrow_mut() else {
             return;
         };
+        if let Some(entry) = roots.iter_mut().find(|r| *r.path == *root.to_bytes()) {
+            entry.held = Some(held);
+            return;
+        }
         if roots.len() >= CAPACITY {
             roots.remove(0);
         }
         roots.push(Root {
             path: root.to_bytes().into(),
-            held,
+            held: Some(held),
         });
     });
 }
@@ -118,5 +125,5 @@ pub(crate) fn put(root: &CStr, held: Held) {
 /// Roots this thread holds open (tests).
 #[cfg(test)]
 pub(crate) fn held() -> usize {
-    ROOTS.with(|roots| roots.borrow().len())
+    ROOTS.with(|roots| roots.borrow().iter().filter(|r| r.held.is_some()).count())
 }

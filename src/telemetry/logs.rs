@@ -12,9 +12,11 @@ use std::borrow::Cow;
 use std::cell::RefCell;
 use std::fmt::{self, Write as _};
 use std::io::Write as _;
+use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
+use smallvec::SmallVec;
 use tracing::field::{Field, Visit};
 use tracing::{Event, Level, Metadata, Subscriber};
 use tracing_log::NormalizeEvent;
@@ -584,19 +586,29 @@ fn normalize(mut spans: Vec<(usize, usize)>) -> Vec<(usize, usize)> {
 // ---------------------------------------------------------------------------------------
 // Recording
 
-/// One recorded value, redacted already.
+/// One recorded value; a string's text is in its [`Recorded::text`].
 #[derive(Debug, Clone, PartialEq)]
-enum Val {
-    Str(String),
+enum Item {
+    Str(Range<usize>),
     I64(i64),
     U64(u64),
     F64(f64),
     Bool(bool),
 }
 
-impl Val {
+/// A recorded value as it is written, its text borrowed from where it was recorded.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Val<'a> {
+    Str(&'a str),
+    I64(i64),
+    U64(u64),
+    F64(f64),
+    Bool(bool),
+}
+
+impl Val<'_> {
     fn write_json(&self, out: &mut String) {
-        match self {
+        match *self {
             Val::Str(s) => json_str(out, s),
             Val::I64(v) => {
                 let _ = write!(out, "{v}");
@@ -608,12 +620,12 @@ impl Val {
                 let _ = write!(out, "{v}");
             }
             Val::F64(v) => json_str(out, &v.to_string()),
-            Val::Bool(v) => out.push_str(if *v { "true" } else { "false" }),
+            Val::Bool(v) => out.push_str(if v { "true" } else { "false" }),
         }
     }
 
     fn write_text(&self, out: &mut String) {
-        match self {
+        match *self {
             Val::Str(s) if s.is_empty() || s.contains([' ', '"', '=', '\n']) => {
                 let _ = write!(out, "{s:?}");
             }
@@ -635,7 +647,7 @@ impl Val {
 
     /// A correlation id as a JSON string (numbers quoted, as [`Val::as_id`] gives them).
     fn write_id_json(&self, out: &mut String) {
-        match self {
+        match *self {
             Val::Str(s) => json_str(out, s),
             other => {
                 if let Some(id) = other.as_id() {
@@ -647,7 +659,7 @@ impl Val {
 
     /// Whether [`Val::as_id`] gives an id (without making it).
     fn is_id(&self) -> bool {
-        match self {
+        match *self {
             Val::Str(s) => !s.is_empty(),
             Val::Bool(_) => false,
             _ => true,
@@ -655,8 +667,8 @@ impl Val {
     }
 
     fn as_id(&self) -> Option<String> {
-        let s = match self {
-            Val::Str(s) => s.clone(),
+        let s = match *self {
+            Val::Str(s) => s.to_owned(),
             Val::I64(v) => v.to_string(),
             Val::U64(v) => v.to_string(),
             Val::F64(v) => v.to_string(),
@@ -666,86 +678,159 @@ impl Val {
     }
 }
 
-/// The fields recorded on a span, kept in its extensions.
+/// The fields recorded for a span (kept in its extensions) or for an event (the thread's
+/// [`EVENT`] scratch, cleared and reused): the text of every string value in one buffer,
+/// the fields in the order they came, and an event's message. A span costs two
+/// allocations, sized from its field count, instead of one per string and the vector's
+/// growth; an event none once its thread has logged a line of its size.
 #[derive(Debug, Default)]
-struct SpanFields(Vec<(&'static str, Val)>);
+struct Recorded {
+    text: String,
+    items: Vec<(&'static str, Item)>,
+    /// The event's message, in `text`.
+    message: Option<Range<usize>>,
+}
 
-impl SpanFields {
-    fn set(&mut self, key: &'static str, v: Val) {
-        match self.0.iter_mut().find(|(k, _)| *k == key) {
-            Some(slot) => slot.1 = v,
-            None => self.0.push((key, v)),
+impl Recorded {
+    /// Room for `fields` fields of a typical length (ids, names) without growing.
+    fn with_capacity(fields: usize) -> Recorded {
+        Recorded {
+            text: String::with_capacity(40 * fields),
+            items: Vec::with_capacity(fields),
+            message: None,
         }
+    }
+
+    fn clear(&mut self) {
+        self.text.clear();
+        self.items.clear();
+        self.message = None;
+    }
+
+    /// The field `key` is now `v` (a span field recorded again keeps its place; its old
+    /// text stays unused in the buffer).
+    fn set(&mut self, key: &'static str, v: Item) {
+        match self.items.iter_mut().find(|(k, _)| *k == key) {
+            Some(slot) => slot.1 = v,
+            None => self.items.push((key, v)),
+        }
+    }
+
+    fn val(&self, item: &Item) -> Val<'_> {
+        match item {
+            Item::Str(r) => Val::Str(self.text.get(r.clone()).unwrap_or_default()),
+            Item::I64(v) => Val::I64(*v),
+            Item::U64(v) => Val::U64(*v),
+            Item::F64(v) => Val::F64(*v),
+            Item::Bool(v) => Val::Bool(*v),
+        }
+    }
+
+    fn message(&self) -> Option<&str> {
+        self.message.clone().and_then(|r| self.text.get(r))
+    }
+
+    /// Drops the text of values recorded over (a span whose fields are recorded again and
+    /// again must not grow without bound): the live text copied into a fresh buffer once
+    /// the dead text is over 1 KiB and more than the live.
+    fn compact(&mut self) {
+        let live: usize = self
+            .items
+            .iter()
+            .map(|(_, i)| match i {
+                Item::Str(r) => r.len(),
+                _ => 0,
+            })
+            .sum();
+        let dead = self.text.len() - live.min(self.text.len());
+        if dead <= 1024 || dead <= live {
+            return;
+        }
+        let mut text = String::with_capacity(live);
+        for (_, item) in &mut self.items {
+            if let Item::Str(r) = item {
+                let start = text.len();
+                text.push_str(self.text.get(r.clone()).unwrap_or_default());
+                *r = start..text.len();
+            }
+        }
+        self.text = text;
     }
 }
 
 struct Recorder<'a> {
-    fields: &'a mut SpanFields,
-    message: Option<&'a mut Option<String>>,
+    rec: &'a mut Recorded,
+    /// Whether a `message` field is the event's message (events) or a field (spans).
+    takes_message: bool,
 }
 
 impl Recorder<'_> {
-    fn put(&mut self, field: &Field, v: Val) {
+    /// A value that is not text. Under a sensitive key it is [`REDACTED`] instead; as an
+    /// event's message, its text.
+    fn put(&mut self, field: &Field, v: Val<'static>) {
         let name = field.name();
         if name.starts_with("log.") {
             return; // tracing-log's own bookkeeping
         }
-        if name == "message" {
-            if let Some(m) = self.message.as_mut() {
-                let text = match v {
-                    Val::Str(s) => s,
-                    other => {
-                        let mut s = String::new();
-                        other.write_text(&mut s);
-                        s
-                    }
-                };
-                **m = Some(text);
-                return;
+        if (name == "message" && self.takes_message) || sensitive_field(name) {
+            self.text(field, |t| v.write_text(t));
+            return;
+        }
+        let item = match v {
+            Val::I64(x) => Item::I64(x),
+            Val::U64(x) => Item::U64(x),
+            Val::F64(x) => Item::F64(x),
+            Val::Bool(x) => Item::Bool(x),
+            // Text comes through `text`; a static one is copied like any other.
+            Val::Str(t) => return self.text(field, |out| out.push_str(t)),
+        };
+        self.rec.set(name, item);
+    }
+
+    /// Text, written by `write` into the buffer and scrubbed there; under a sensitive key
+    /// [`REDACTED`] whole instead (so the text is not formatted or scrubbed for nothing).
+    fn text(&mut self, field: &Field, write: impl FnOnce(&mut String)) {
+        let name = field.name();
+        if name.starts_with("log.") {
+            return;
+        }
+        let t = &mut self.rec.text;
+        let start = t.len();
+        if sensitive_field(name) {
+            t.push_str(REDACTED);
+        } else {
+            write(t);
+            let masked = match scrub(&t[start..]) {
+                Cow::Owned(m) => Some(m),
+                Cow::Borrowed(_) => None,
+            };
+            if let Some(m) = masked {
+                t.truncate(start);
+                t.push_str(&m);
             }
         }
-        let v = if sensitive_field(name) {
-            Val::Str(REDACTED.to_owned())
+        let range = start..t.len();
+        if name == "message" && self.takes_message {
+            self.rec.message = Some(range);
         } else {
-            v
-        };
-        self.fields.set(name, v);
-    }
-
-    /// Text is scrubbed here; [`Recorder::put`] then redacts it whole under a sensitive
-    /// key (so the key is not scrubbed for nothing).
-    fn text(&mut self, field: &Field, s: &str) {
-        let v = if sensitive_field(field.name()) {
-            String::new()
-        } else {
-            scrub(s).into_owned()
-        };
-        self.put(field, Val::Str(v));
-    }
-
-    /// As [`Recorder::text`] for text already owned: kept as is when nothing is masked.
-    fn owned_text(&mut self, field: &Field, s: String) {
-        let v = if sensitive_field(field.name()) {
-            String::new()
-        } else {
-            match scrub(&s) {
-                Cow::Borrowed(_) => s,
-                Cow::Owned(masked) => masked,
-            }
-        };
-        self.put(field, Val::Str(v));
+            self.rec.set(name, Item::Str(range));
+        }
     }
 }
 
 impl Visit for Recorder<'_> {
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        self.owned_text(field, format!("{value:?}"));
+        self.text(field, |t| {
+            let _ = write!(t, "{value:?}");
+        });
     }
     fn record_str(&mut self, field: &Field, value: &str) {
-        self.text(field, value);
+        self.text(field, |t| t.push_str(value));
     }
     fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
-        self.owned_text(field, value.to_string());
+        self.text(field, |t| {
+            let _ = write!(t, "{value}");
+        });
     }
     fn record_i64(&mut self, field: &Field, value: i64) {
         self.put(field, Val::I64(value));
@@ -870,10 +955,10 @@ where
         ctx: Context<'_, S>,
     ) {
         let Some(span) = ctx.span(id) else { return };
-        let mut fields = SpanFields::default();
+        let mut fields = Recorded::with_capacity(attrs.fields().len());
         attrs.record(&mut Recorder {
-            fields: &mut fields,
-            message: None,
+            rec: &mut fields,
+            takes_message: false,
         });
         span.extensions_mut().insert(fields);
     }
@@ -886,56 +971,79 @@ where
     ) {
         let Some(span) = ctx.span(id) else { return };
         let mut ext = span.extensions_mut();
-        if let Some(fields) = ext.get_mut::<SpanFields>() {
+        if let Some(fields) = ext.get_mut::<Recorded>() {
             values.record(&mut Recorder {
-                fields,
-                message: None,
+                rec: fields,
+                takes_message: false,
             });
+            fields.compact();
         }
     }
 
     fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
         let meta = event.normalized_metadata();
         let meta = meta.as_ref().unwrap_or_else(|| event.metadata());
-        let mut own = SpanFields::default();
-        let mut message = None;
-        event.record(&mut Recorder {
-            fields: &mut own,
-            message: Some(&mut message),
-        });
-
-        // Span fields root first, then the event's own: the nearest value of a key wins.
-        // Borrowed, not cloned: the spans' extensions are held for the line's formatting.
-        let spans: Vec<_> = ctx
-            .event_scope(event)
-            .map(|scope| scope.from_root().collect())
-            .unwrap_or_default();
-        let exts: Vec<_> = spans.iter().map(|s| s.extensions()).collect();
-        let mut all: Vec<(&str, &Val)> = Vec::with_capacity(16);
-        let mut set = |k: &'static str, v| match all.iter_mut().find(|(n, _)| *n == k) {
-            Some(slot) => slot.1 = v,
-            None => all.push((k, v)),
-        };
-        for e in &exts {
-            if let Some(f) = e.get::<SpanFields>() {
-                for (k, v) in &f.0 {
-                    set(k, v);
+        let line_for = |own: &mut Recorded| {
+            event.record(&mut Recorder {
+                rec: own,
+                takes_message: true,
+            });
+            let own = &*own;
+            // Span fields root first, then the event's own: the nearest value of a key
+            // wins. Borrowed, not cloned: the spans' extensions are held for the line's
+            // formatting. Inline room for the usual depth and field count: no allocation.
+            let spans: SmallVec<[_; 4]> = ctx
+                .event_scope(event)
+                .map(|scope| scope.from_root().collect())
+                .unwrap_or_default();
+            let exts: SmallVec<[_; 4]> = spans.iter().map(|s| s.extensions()).collect();
+            let mut all: SmallVec<[(&str, Val<'_>); 24]> = SmallVec::new();
+            let mut set = |k: &'static str, v| match all.iter_mut().find(|(n, _)| *n == k) {
+                Some(slot) => slot.1 = v,
+                None => all.push((k, v)),
+            };
+            for e in &exts {
+                if let Some(f) = e.get::<Recorded>() {
+                    for (k, item) in &f.items {
+                        set(k, f.val(item));
+                    }
                 }
             }
-        }
-        for (k, v) in &own.0 {
-            set(k, v);
-        }
-        let message = message.as_deref().unwrap_or_else(|| meta.target());
+            for (k, item) in &own.items {
+                set(k, own.val(item));
+            }
+            let message = own.message().unwrap_or_else(|| meta.target());
+            self.write_line(meta, message, &all);
+        };
+        // The thread's scratch, unless this line comes from inside the recording of
+        // another (a `Debug` impl that logs).
+        EVENT.with(|cell| match cell.try_borrow_mut() {
+            Ok(mut own) => {
+                own.clear();
+                line_for(&mut own);
+                if own.text.capacity() > 64 * 1024 {
+                    *own = Recorded::default();
+                }
+            }
+            Err(_) => line_for(&mut Recorded::default()),
+        });
+    }
+}
 
+impl<W> LogLayer<W>
+where
+    W: for<'a> MakeWriter<'a> + 'static,
+{
+    /// Formats the line into the thread's [`LINE`] buffer and hands it to the writer.
+    fn write_line(&self, meta: &Metadata<'_>, message: &str, all: &[(&str, Val<'_>)]) {
         LINE.with(|cell| {
             let Ok(mut line) = cell.try_borrow_mut() else {
                 return; // a log line from inside this one's own formatting
             };
             line.clear();
             match self.format {
-                LogFormat::Json => json_line(&mut line, meta, message, &all),
-                LogFormat::Text => text_line(&mut line, meta, message, &all),
+                LogFormat::Json => json_line(&mut line, meta, message, all),
+                LogFormat::Text => text_line(&mut line, meta, message, all),
             }
             line.push('\n');
             // One write per line, so lines from different threads never interleave.
@@ -949,13 +1057,13 @@ where
 }
 
 /// Whether a field is a correlation id lifted to the line's top level.
-fn is_id((k, v): &(&str, &Val)) -> bool {
+fn is_id((k, v): &(&str, Val<'_>)) -> bool {
     CORRELATION.contains(k) && v.is_id()
 }
 
 /// One guide-shaped JSON line (without its newline): timestamp, level, component,
 /// message, the other fields under `fields`, then the correlation ids at the top level.
-fn json_line(line: &mut String, meta: &Metadata<'_>, message: &str, all: &[(&str, &Val)]) {
+fn json_line(line: &mut String, meta: &Metadata<'_>, message: &str, all: &[(&str, Val<'_>)]) {
     line.push_str("{\"timestamp\":\"");
     push_timestamp(line);
     line.push_str("\",\"level\":\"");
@@ -986,7 +1094,7 @@ fn json_line(line: &mut String, meta: &Metadata<'_>, message: &str, all: &[(&str
 }
 
 /// One `--log-format text` line (without its newline).
-fn text_line(line: &mut String, meta: &Metadata<'_>, message: &str, all: &[(&str, &Val)]) {
+fn text_line(line: &mut String, meta: &Metadata<'_>, message: &str, all: &[(&str, Val<'_>)]) {
     push_timestamp(line);
     let _ = write!(
         line,
@@ -1003,7 +1111,7 @@ fn text_line(line: &mut String, meta: &Metadata<'_>, message: &str, all: &[(&str
         if let Some((k, v)) = all.iter().find(|f| f.0 == name && is_id(f)) {
             let _ = write!(line, " {k}=");
             if let Some(id) = v.as_id() {
-                Val::Str(id).write_text(line);
+                Val::Str(&id).write_text(line);
             }
         }
     }
@@ -1012,6 +1120,8 @@ fn text_line(line: &mut String, meta: &Metadata<'_>, message: &str, all: &[(&str
 thread_local! {
     /// The line being formatted: one buffer per thread, reused for every line.
     static LINE: std::cell::RefCell<String> = std::cell::RefCell::new(String::with_capacity(512));
+    /// The fields of the event being logged: one scratch per thread, reused for every line.
+    static EVENT: RefCell<Recorded> = RefCell::new(Recorded::with_capacity(16));
 }
 
 #[cfg(test)]
@@ -1119,6 +1229,72 @@ mod tests {
                 "{id} repeated in fields: {v}"
             );
         }
+    }
+
+    /// The per-thread scratch an event is recorded into is reused line after line: no
+    /// field of one line may show up in the next; the nearest span's value of a key wins
+    /// over an outer span's and the event's own over both; a field recorded on a span
+    /// later replaces its first value; a `Debug` impl that logs while its field is being
+    /// recorded leaves the line whole (tracing itself drops such a nested event).
+    #[test]
+    fn each_line_has_its_own_fields_and_the_nearest_value_wins() {
+        struct Noisy;
+        impl fmt::Debug for Noisy {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                tracing::info!(inner = "yes", "from inside");
+                f.write_str("noisy")
+            }
+        }
+        let lines = capture(LogFormat::Json, || {
+            let outer = tracing::info_span!(
+                "o",
+                tenant_id = "t-outer",
+                zone = "a",
+                status = tracing::field::Empty
+            );
+            let _o = outer.enter();
+            let inner = tracing::info_span!("i", zone = "b");
+            let _i = inner.enter();
+            tracing::info!(only_first = "x", zone = "c", "first");
+            tracing::info!(n = 2u64, "second");
+            outer.record("status", "late");
+            tracing::info!(thing = ?Noisy, "third");
+        });
+        assert_eq!(lines.len(), 3, "{lines:?}");
+        let first = json(&lines[0]);
+        assert_eq!(first["message"], "first");
+        assert_eq!(first["fields"]["only_first"], "x");
+        assert_eq!(first["fields"]["zone"], "c", "the event's own value wins");
+        assert_eq!(first["tenant_id"], "t-outer");
+        let second = json(&lines[1]);
+        assert_eq!(second["message"], "second");
+        assert!(second["fields"].get("only_first").is_none(), "{second}");
+        assert_eq!(second["fields"]["zone"], "b", "the inner span's value wins");
+        assert_eq!(second["fields"]["n"], 2);
+        assert!(second["fields"].get("status").is_none(), "{second}");
+        let third = json(&lines[2]);
+        assert_eq!(third["message"], "third");
+        assert_eq!(third["fields"]["thing"], "noisy");
+        assert_eq!(third["fields"]["status"], "late");
+        assert!(third["fields"].get("inner").is_none(), "{third}");
+        assert!(third["fields"].get("n").is_none(), "{third}");
+    }
+
+    /// A span field recorded over and over keeps its span's buffer bounded, and the
+    /// fields keep their latest values.
+    #[test]
+    fn a_span_recorded_again_and_again_stays_small() {
+        let mut rec = Recorded::with_capacity(2);
+        rec.set("n", Item::I64(1));
+        for i in 0..1000 {
+            let start = rec.text.len();
+            rec.text.push_str(&format!("value-{i}"));
+            rec.set("s", Item::Str(start..rec.text.len()));
+            rec.compact();
+        }
+        assert!(rec.text.len() < 2100, "{}", rec.text.len());
+        assert_eq!(rec.val(&rec.items[1].1), Val::Str("value-999"));
+        assert_eq!(rec.val(&rec.items[0].1), Val::I64(1));
     }
 
     #[test]
