@@ -16,6 +16,8 @@
 # A call brings back at most 8 files of 16 MiB: the worker logs of the tune (1.6 GB at the
 # default log level on 16 cores) and of the bench stay behind.
 # Writes OUT/plan.txt, plan.json, tune/ + the tuned profile, gpu-check.*, bench/, run.log.
+# Then, same carry: bench/device/tune-gpu.sh "$OUT" (tune's GPU pool on the device; not yet
+# run on one).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 out="${1:-${OUT:-bench/results/device}}"
