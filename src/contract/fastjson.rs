@@ -11,6 +11,8 @@
 
 use std::cell::RefCell;
 
+use bytes::BytesMut;
+
 use serde::ser::SerializeStruct;
 use serde::{Serialize, Serializer};
 use serde_json::Value;
@@ -34,7 +36,7 @@ impl Serialize for FastJson<'_> {
                 return self.0.serialize(s); // re-entered: the plain way
             };
             text.clear();
-            write_value(&mut text, self.0);
+            write_value(&mut *text, self.0);
             // Only `str`s and ASCII were written: valid UTF-8.
             let Ok(json) = std::str::from_utf8(&text) else {
                 return self.0.serialize(s);
@@ -50,39 +52,181 @@ impl Serialize for FastJson<'_> {
     }
 }
 
+/// Where JSON is written: a `Vec` (the raw value above) or a message's `BytesMut`.
+pub trait Out {
+    fn bytes(&mut self, b: &[u8]);
+    fn byte(&mut self, b: u8);
+    fn room(&mut self, n: usize);
+}
+
+impl Out for Vec<u8> {
+    fn bytes(&mut self, b: &[u8]) {
+        self.extend_from_slice(b);
+    }
+    fn byte(&mut self, b: u8) {
+        self.push(b);
+    }
+    fn room(&mut self, n: usize) {
+        self.reserve(n);
+    }
+}
+
+impl Out for BytesMut {
+    fn bytes(&mut self, b: &[u8]) {
+        self.extend_from_slice(b);
+    }
+    fn byte(&mut self, b: u8) {
+        self.extend_from_slice(&[b]);
+    }
+    fn room(&mut self, n: usize) {
+        self.reserve(n);
+    }
+}
+
 /// `v` as compact JSON, as serde_json writes it (object keys in the map's order).
-pub fn write_value(out: &mut Vec<u8>, v: &Value) {
+pub fn write_value<O: Out>(out: &mut O, v: &Value) {
     match v {
-        Value::Null => out.extend_from_slice(b"null"),
-        Value::Bool(true) => out.extend_from_slice(b"true"),
-        Value::Bool(false) => out.extend_from_slice(b"false"),
-        // Short and rare next to strings: serde_json's own formatting (itoa, ryu).
-        Value::Number(n) => {
-            let _ = serde_json::to_writer(&mut *out, n);
-        }
+        Value::Null => out.bytes(b"null"),
+        Value::Bool(true) => out.bytes(b"true"),
+        Value::Bool(false) => out.bytes(b"false"),
+        Value::Number(n) => write_number(out, n),
         Value::String(s) => write_str(out, s),
         Value::Array(items) => {
-            out.push(b'[');
+            out.byte(b'[');
             for (i, item) in items.iter().enumerate() {
                 if i > 0 {
-                    out.push(b',');
+                    out.byte(b',');
                 }
                 write_value(out, item);
             }
-            out.push(b']');
+            out.byte(b']');
         }
         Value::Object(map) => {
-            out.push(b'{');
+            out.byte(b'{');
             for (i, (k, item)) in map.iter().enumerate() {
                 if i > 0 {
-                    out.push(b',');
+                    out.byte(b',');
                 }
                 write_str(out, k);
-                out.push(b':');
+                out.byte(b':');
                 write_value(out, item);
             }
-            out.push(b'}');
+            out.byte(b'}');
         }
+    }
+}
+
+/// A number as serde_json writes it.
+fn write_number<O: Out>(out: &mut O, n: &serde_json::Number) {
+    if let Some(u) = n.as_u64() {
+        write_u64(out, u);
+    } else if let Some(i) = n.as_i64() {
+        write_i64(out, i);
+    } else if let Some(f) = n.as_f64() {
+        write_f64(out, f);
+    }
+}
+
+pub fn write_u64<O: Out>(out: &mut O, v: u64) {
+    out.bytes(itoa::Buffer::new().format(v).as_bytes());
+}
+
+pub fn write_i64<O: Out>(out: &mut O, v: i64) {
+    out.bytes(itoa::Buffer::new().format(v).as_bytes());
+}
+
+/// An `f64` as serde_json writes it (`null` when not finite), by serde_json itself: its
+/// float format is its own (an exponent's sign, for one), and floats are rare here.
+pub fn write_f64<O: Out>(out: &mut O, v: f64) {
+    let _ = serde_json::to_writer(Writer(out), &v);
+}
+
+/// An [`Out`] as an `io::Write`, for serde_json's own formatting.
+struct Writer<'o, O: Out>(&'o mut O);
+
+impl<O: Out> std::io::Write for Writer<'_, O> {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.bytes(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A JSON object written field by field, as serde's derive writes a struct: keys in the
+/// order they are written, a field skipped when the caller skips it. Keys are the wire
+/// types' own names (ASCII, nothing to escape).
+#[derive(Debug)]
+pub struct Object<'o, O: Out> {
+    out: &'o mut O,
+    first: bool,
+}
+
+impl<'o, O: Out> Object<'o, O> {
+    pub fn new(out: &'o mut O) -> Self {
+        out.byte(b'{');
+        Object { out, first: true }
+    }
+
+    fn key(&mut self, key: &'static str) {
+        debug_assert!(!key.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\'));
+        if !self.first {
+            self.out.byte(b',');
+        }
+        self.first = false;
+        self.out.byte(b'"');
+        self.out.bytes(key.as_bytes());
+        self.out.bytes(b"\":");
+    }
+
+    pub fn str(&mut self, key: &'static str, v: &str) {
+        self.key(key);
+        write_str(self.out, v);
+    }
+
+    /// Skipped when `None` (`skip_serializing_if = "Option::is_none"`).
+    pub fn opt_str(&mut self, key: &'static str, v: Option<&str>) {
+        if let Some(v) = v {
+            self.str(key, v);
+        }
+    }
+
+    pub fn u64(&mut self, key: &'static str, v: u64) {
+        self.key(key);
+        write_u64(self.out, v);
+    }
+
+    pub fn i64(&mut self, key: &'static str, v: i64) {
+        self.key(key);
+        write_i64(self.out, v);
+    }
+
+    pub fn f64(&mut self, key: &'static str, v: f64) {
+        self.key(key);
+        write_f64(self.out, v);
+    }
+
+    pub fn bool(&mut self, key: &'static str, v: bool) {
+        self.key(key);
+        self.out.bytes(if v { b"true" } else { b"false" });
+    }
+
+    pub fn value(&mut self, key: &'static str, v: &Value) {
+        self.key(key);
+        write_value(self.out, v);
+    }
+
+    /// A nested object, written by `fill`.
+    pub fn object(&mut self, key: &'static str, fill: impl FnOnce(&mut Object<'_, O>)) {
+        self.key(key);
+        let mut inner = Object::new(&mut *self.out);
+        fill(&mut inner);
+        inner.end();
+    }
+
+    pub fn end(self) {
+        self.out.byte(b'}');
     }
 }
 
@@ -115,11 +259,11 @@ fn escape_of(b: u8) -> Option<&'static [u8]> {
 
 /// `s` as a JSON string, escaped as serde_json escapes (`\uXXXX` in lower-case hex for
 /// the other controls; nothing else escaped).
-pub fn write_str(out: &mut Vec<u8>, s: &str) {
+pub fn write_str<O: Out>(out: &mut O, s: &str) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let bytes = s.as_bytes();
-    out.reserve(bytes.len() + 2);
-    out.push(b'"');
+    out.room(bytes.len() + 2);
+    out.byte(b'"');
     let mut run = 0; // start of the bytes not yet copied
     let mut i = 0;
     while i < bytes.len() {
@@ -137,10 +281,10 @@ pub fn write_str(out: &mut Vec<u8>, s: &str) {
             i += 1;
             continue;
         }
-        out.extend_from_slice(&bytes[run..i]);
+        out.bytes(&bytes[run..i]);
         match escape_of(b) {
-            Some(e) => out.extend_from_slice(e),
-            None => out.extend_from_slice(&[
+            Some(e) => out.bytes(e),
+            None => out.bytes(&[
                 b'\\',
                 b'u',
                 b'0',
@@ -152,8 +296,8 @@ pub fn write_str(out: &mut Vec<u8>, s: &str) {
         i += 1;
         run = i;
     }
-    out.extend_from_slice(&bytes[run..]);
-    out.push(b'"');
+    out.bytes(&bytes[run..]);
+    out.byte(b'"');
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ use serde::{Serialize, Serializer};
 
 use super::codes::{AckStatus, Status};
 use super::error::TaskError;
+use super::fastjson::{Object, Out};
 
 pub const VERSION: &str = "1";
 
@@ -272,10 +273,99 @@ fn fast_result<S: Serializer>(v: &Option<&serde_json::Value>, s: S) -> Result<S:
 }
 
 fn number<S: Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
-    if v.fract() == 0.0 && v.abs() < 9.0e15 {
+    if whole(*v) {
         s.serialize_i64(*v as i64)
     } else {
         s.serialize_f64(*v)
+    }
+}
+
+/// Whether `cost` is written as an integer.
+fn whole(v: f64) -> bool {
+    v.fract() == 0.0 && v.abs() < 9.0e15
+}
+
+/// A message the hot path writes directly ([`encode_json`]): the same bytes as its serde
+/// derive gives (property tests below), without serde's per-field machinery and
+/// byte-by-byte escaping, and with the result value written straight into the message
+/// instead of through a raw value (issue 12, seventh round). The derive stays the
+/// definition the DLQ entry (`#[serde(flatten)]`) and the tests use.
+pub trait WriteJson {
+    fn write_json<O: Out>(&self, out: &mut O);
+}
+
+impl ErrorObject<'_> {
+    fn write_into<O: Out>(&self, o: &mut Object<'_, O>) {
+        o.u64("code", u64::from(self.code));
+        o.str("message", self.message);
+        o.bool("retryable", self.retryable);
+    }
+}
+
+impl WriteJson for Ack<'_> {
+    fn write_json<O: Out>(&self, out: &mut O) {
+        let mut o = Object::new(out);
+        o.str("version", self.version);
+        o.str("assignment_id", self.assignment_id);
+        o.str("status", self.status);
+        o.str("message", self.message);
+        o.opt_str("request_id", self.request_id);
+        o.opt_str("trace_id", self.trace_id);
+        o.opt_str("tenant_id", self.tenant_id);
+        o.u64("acknowledged_at", self.acknowledged_at);
+        if let Some(e) = &self.error {
+            o.object("error", |o| e.write_into(o));
+        }
+        o.end();
+    }
+}
+
+impl WriteJson for ExecResult<'_> {
+    fn write_json<O: Out>(&self, out: &mut O) {
+        let mut o = Object::new(out);
+        o.str("version", self.version);
+        o.opt_str("assignment_id", self.assignment_id);
+        o.opt_str("request_id", self.request_id);
+        o.str("status", self.status);
+        o.opt_str("provider_id", self.provider_id);
+        if let Some(job) = &self.job {
+            o.object("job", |o| o.str("type", job.kind));
+        }
+        if let Some(result) = self.result {
+            o.value("result", result);
+        }
+        if let Some(e) = &self.error {
+            o.object("error", |o| e.write_into(o));
+        }
+        o.opt_str("error_code", self.error_code);
+        o.opt_str("error_type", self.error_type);
+        o.opt_str("error_message", self.error_message);
+        o.u64("attempts", u64::from(self.attempts));
+        o.u64("latency_ms", self.latency_ms);
+        if whole(self.cost) {
+            o.i64("cost", self.cost as i64);
+        } else {
+            o.f64("cost", self.cost);
+        }
+        let m = &self.metadata;
+        o.object("metadata", |o| {
+            o.opt_str("block_type", m.block_type);
+            o.opt_str("provider_id", m.provider_id);
+            o.str("worker_id", m.worker_id);
+            o.opt_str("run_id", m.run_id);
+            o.opt_str("device", m.device);
+            if m.sandbox {
+                o.bool("sandbox", true);
+            }
+        });
+        o.opt_str("trace_id", self.trace_id);
+        o.opt_str("tenant_id", self.tenant_id);
+        o.opt_str("run_id", self.run_id);
+        o.opt_str("flow_id", self.flow_id);
+        o.opt_str("step_id", self.step_id);
+        o.u64("timestamp", self.timestamp);
+        o.u64("completed_at", self.completed_at);
+        o.end();
     }
 }
 
@@ -302,6 +392,18 @@ pub fn encode<T: Serialize>(v: &T) -> Bytes {
     })
 }
 
+/// Writes `v` directly into the thread's reusable buffer ([`WriteJson`]).
+pub fn encode_json<T: WriteJson>(v: &T) -> Bytes {
+    ENCODE_BUF.with(|cell| {
+        let mut buf = cell.borrow_mut();
+        if buf.capacity() < 4096 {
+            buf.reserve(64 * 1024);
+        }
+        v.write_json(&mut *buf);
+        buf.split().freeze()
+    })
+}
+
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
@@ -321,6 +423,7 @@ pub fn iso_now() -> String {
 mod tests {
     use super::*;
     use crate::contract::codes::ErrorCode;
+    use proptest::prelude::*;
 
     fn golden(name: &str) -> serde_json::Value {
         let path = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
@@ -364,7 +467,7 @@ mod tests {
             WORKER,
             1640995200150,
         );
-        let got: serde_json::Value = serde_json::from_slice(&encode(&r)).expect("json");
+        let got: serde_json::Value = serde_json::from_slice(&encode_json(&r)).expect("json");
         assert_eq!(got, golden("result-success.json"));
     }
 
@@ -393,7 +496,7 @@ mod tests {
             WORKER,
             1640995200762,
         );
-        let got: serde_json::Value = serde_json::from_slice(&encode(&r)).expect("json");
+        let got: serde_json::Value = serde_json::from_slice(&encode_json(&r)).expect("json");
         assert_eq!(got, golden("result-error.json"));
     }
 
@@ -410,21 +513,131 @@ mod tests {
         };
         let mut i = ids();
         i.run_id = Some("run-1");
-        let v: serde_json::Value =
-            serde_json::from_slice(&encode(&ExecResult::new(&i, None, &outcome, WORKER, 1)))
-                .expect("json");
+        let v: serde_json::Value = serde_json::from_slice(&encode_json(&ExecResult::new(
+            &i, None, &outcome, WORKER, 1,
+        )))
+        .expect("json");
         assert!(v.get("run_id").is_none());
         assert_eq!(v["metadata"]["run_id"], "run-1");
         assert_eq!(v["cost"], 0.5);
         i.flow_id = Some("flow-1");
         i.step_id = Some("step-1");
-        let v: serde_json::Value =
-            serde_json::from_slice(&encode(&ExecResult::new(&i, None, &outcome, WORKER, 1)))
-                .expect("json");
+        let v: serde_json::Value = serde_json::from_slice(&encode_json(&ExecResult::new(
+            &i, None, &outcome, WORKER, 1,
+        )))
+        .expect("json");
         assert_eq!(
             (&v["run_id"], &v["flow_id"], &v["step_id"]),
             (&"run-1".into(), &"flow-1".into(), &"step-1".into())
         );
         assert!(v["metadata"].get("run_id").is_none());
+    }
+
+    fn direct<T: WriteJson>(v: &T) -> Vec<u8> {
+        let mut out = Vec::new();
+        v.write_json(&mut out);
+        out
+    }
+
+    fn arb_text() -> impl Strategy<Value = String> {
+        prop_oneof![
+            any::<String>(),
+            "[a-z0-9:-]{0,24}".prop_map(String::from),
+            Just("quote \" back \\ nl \n ctl \u{1} é".to_owned()),
+        ]
+    }
+
+    fn arb_ids() -> impl Strategy<Value = [Option<String>; 8]> {
+        proptest::array::uniform8(proptest::option::of(arb_text()))
+    }
+
+    fn ids_of(t: &[Option<String>; 8]) -> Ids<'_> {
+        Ids {
+            assignment_id: t[0].as_deref(),
+            request_id: t[1].as_deref(),
+            tenant_id: t[2].as_deref(),
+            trace_id: t[3].as_deref(),
+            run_id: t[4].as_deref(),
+            flow_id: t[5].as_deref(),
+            step_id: t[6].as_deref(),
+            provider_id: t[7].as_deref(),
+        }
+    }
+
+    fn arb_error() -> impl Strategy<Value = Option<TaskError>> {
+        let kinds = prop_oneof![Just(None), Just(Some("5xx")), Just(Some("timeout"))];
+        proptest::option::of(
+            (arb_text(), any::<bool>(), 0..ErrorCode::ALL.len(), kinds).prop_map(
+                |(message, retryable, code, kind)| {
+                    let code = ErrorCode::ALL[code];
+                    let e = if retryable {
+                        TaskError::retryable(code, message)
+                    } else {
+                        TaskError::new(code, message)
+                    };
+                    match kind {
+                        Some(k) => e.with_type(k),
+                        None => e,
+                    }
+                },
+            ),
+        )
+    }
+
+    fn arb_cost() -> impl Strategy<Value = f64> {
+        prop_oneof![
+            Just(0.0),
+            Just(-0.0),
+            Just(9.0e15),
+            Just(f64::NAN),
+            Just(f64::INFINITY),
+            (0u32..1000).prop_map(f64::from),
+            any::<f64>(),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn an_ack_is_written_as_its_serde_derive_writes_it(
+            t in arb_ids(),
+            message in arb_text(),
+            error in arb_error(),
+            now in any::<u64>(),
+        ) {
+            let ids = ids_of(&t);
+            let status = if error.is_some() { AckStatus::Rejected } else { AckStatus::Accepted };
+            let id = ids.assignment_id.unwrap_or_default();
+            let ack = Ack::new(&ids, id, status, &message, error.as_ref(), now);
+            prop_assert_eq!(direct(&ack), serde_json::to_vec(&ack).expect("json"));
+            prop_assert_eq!(&encode_json(&ack)[..], &encode(&ack)[..]);
+        }
+
+        #[test]
+        fn a_result_is_written_as_its_serde_derive_writes_it(
+            t in arb_ids(),
+            block_type in proptest::option::of(arb_text()),
+            content in proptest::option::of(arb_text()),
+            error in arb_error(),
+            (attempts, latency_ms, now) in (any::<u32>(), any::<u64>(), any::<u64>()),
+            cost in arb_cost(),
+            device in proptest::option::of(arb_text()),
+            sandbox in any::<bool>(),
+        ) {
+            let ids = ids_of(&t);
+            let result = content.map(|c| serde_json::json!({"content": c, "size": attempts,
+                "n": [-1, 2.5, null, true], "nested": {"k": latency_ms}}));
+            let outcome = Outcome {
+                status: if error.is_some() { Status::Error } else { Status::Success },
+                result: result.as_ref(),
+                error: error.as_ref(),
+                attempts,
+                latency_ms,
+                cost,
+                device: device.as_deref(),
+            };
+            let worker = WorkerFacts { worker_id: "worker \"1\"", sandbox };
+            let r = ExecResult::new(&ids, block_type.as_deref(), &outcome, worker, now);
+            prop_assert_eq!(direct(&r), serde_json::to_vec(&r).expect("json"));
+        }
     }
 }

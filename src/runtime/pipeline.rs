@@ -22,7 +22,8 @@ use tracing::Instrument;
 use crate::blocks::{Block, BlockKind, Blocks, ExecCtx, Output, RunBlock};
 use crate::contract::assignment::{parse_value, Unanswerable};
 use crate::contract::wire::{
-    dlq_reason, encode, now_ms, Ack, DeadLetter, ExecResult, Ids, Original, Outcome, WorkerFacts,
+    dlq_reason, encode, encode_json, now_ms, Ack, DeadLetter, ExecResult, Ids, Original, Outcome,
+    WorkerFacts,
 };
 use crate::contract::{AckStatus, Assignment, ErrorCode, Fields, RetryPolicy, Status, TaskError};
 use crate::telemetry::Intake;
@@ -176,7 +177,7 @@ impl Reply<'_> {
     fn ack_body(&self, status: AckStatus, error: Option<&TaskError>) -> Bytes {
         let id = self.ids.assignment_id.unwrap_or_default();
         let message = error.map_or(ACCEPTED, |e| e.message.as_str());
-        encode(&Ack::new(&self.ids, id, status, message, error, now_ms()))
+        encode_json(&Ack::new(&self.ids, id, status, message, error, now_ms()))
     }
 
     fn original(&self) -> Option<Box<serde_json::value::RawValue>> {
@@ -185,7 +186,7 @@ impl Reply<'_> {
     }
 
     fn result_body(&self, outcome: &Outcome<'_>, now: u64) -> Bytes {
-        encode(&ExecResult::new(
+        encode_json(&ExecResult::new(
             &self.ids,
             self.job_type,
             outcome,
@@ -218,7 +219,7 @@ impl Reply<'_> {
     ) {
         let Some(ran) = finished.into_ran() else {
             drop(guard);
-            return self.delivery.nak(Duration::from_millis(100)).await;
+            return Box::pin(self.delivery.nak(Duration::from_millis(100))).await;
         };
         let latency_ms = self.received.elapsed().as_millis() as u64;
         let now = now_ms();
@@ -236,7 +237,7 @@ impl Reply<'_> {
             // Another delivery of this assignment stored its result first: publish that
             // one, so every copy of the result is the same bytes.
             self.count(kind, &outcome);
-            return republish(self, &stored).await;
+            return Box::pin(republish(self, &stored)).await;
         }
         let published = self
             .publish(&outcome, body, ran.dlq, now)
@@ -261,7 +262,7 @@ impl Reply<'_> {
             .publish(Kind::Result, self.msg_id.as_deref(), body)
             .await;
         if outcome.status == Status::Error {
-            self.dead_letter(outcome, dlq, now).await;
+            Box::pin(self.dead_letter(outcome, dlq, now)).await;
         }
         published
     }
@@ -407,10 +408,18 @@ pub(super) async fn handle(shared: Arc<Shared>, blocks: Rc<Blocks>, mut delivery
         }
         Err(why) => why,
     };
-    unparseable(&shared, &delivery, why, pristine, buf).await
+    // Boxed too: inline, this rare path's state (~2 KiB) made every task's future that
+    // much larger, and the future is copied whole into its task when it is spawned.
+    Box::pin(unparseable(&shared, &delivery, why, pristine, buf)).await
 }
 
 /// Dedupe → validate → admit → execute (decode, ack, attempts) → finish.
+///
+/// The rare paths here and below (no id, a rejection, a duplicate, a nak, a DLQ entry)
+/// are awaited boxed: a future is as large as its largest state, and every task's is
+/// copied whole when it is made, boxed and awaited (`memmove` was 7.8 % of the worker's
+/// CPU on the `fs.get` bench); boxed, they cost an allocation only when they happen
+/// (issue 12, seventh round: 3704 → 2552 bytes for this one, `-Zprint-type-sizes`).
 async fn handle_parsed(
     shared: &Arc<Shared>,
     blocks: &Blocks,
@@ -420,7 +429,7 @@ async fn handle_parsed(
 ) {
     let (assignment, problem) = match Assignment::read(value, &delivery.headers, shared.limits) {
         Ok(read) => read,
-        Err(why) => return no_id(shared, delivery, why, value).await,
+        Err(why) => return Box::pin(no_id(shared, delivery, why, value)).await,
     };
     let span = receive_span(shared, &assignment);
     let reply = Reply::new(shared, delivery, &assignment, value, received);
@@ -430,9 +439,7 @@ async fn handle_parsed(
     let (kind, job) = match validate(&assignment, problem) {
         Ok(valid) => valid,
         Err((kind, error)) => {
-            return reject(&reply, Some(guard), kind, error)
-                .instrument(span)
-                .await;
+            return Box::pin(reject(&reply, Some(guard), kind, error).instrument(span)).await;
         }
     };
     let _quota = match shared.quotas.take(tenant_of(&assignment)) {
@@ -440,9 +447,7 @@ async fn handle_parsed(
         Err(error) => {
             // Not remembered for dedupe: the Router's later retry of it runs.
             drop(guard);
-            return reject(&reply, None, Some(kind), error)
-                .instrument(span)
-                .await;
+            return Box::pin(reject(&reply, None, Some(kind), error).instrument(span)).await;
         }
     };
     let cancel = shared
@@ -499,7 +504,7 @@ async fn claim(reply: &Reply<'_>, span: &tracing::Span) -> Option<Guard> {
     let mut running = match begun {
         Begin::New(guard) => return Some(guard),
         Begin::Done(record) => {
-            republish(reply, &record).await;
+            Box::pin(republish(reply, &record)).await;
             return None;
         }
         Begin::Running(running) => running,
@@ -514,8 +519,8 @@ async fn claim(reply: &Reply<'_>, span: &tracing::Span) -> Option<Guard> {
         }
     };
     match record {
-        Some(record) => republish(reply, &record).await,
-        None => reply.delivery.nak(Duration::from_millis(200)).await,
+        Some(record) => Box::pin(republish(reply, &record)).await,
+        None => Box::pin(reply.delivery.nak(Duration::from_millis(200))).await,
     }
     None
 }
@@ -808,11 +813,22 @@ fn with_attempts(mut error: TaskError, attempts: u32) -> TaskError {
 
 /// Sends in-progress acks while a JetStream task runs, so long tasks are not redelivered.
 /// Never completes (hence `Infallible`).
+///
+/// Core mode has nothing to send; JetStream's loop (a timer and a publish, ~0.7 KiB) is
+/// boxed so that it does not enlarge every task's future in core mode, where that future
+/// is copied whole at each move (issue 12, seventh round).
 async fn keep_alive(reply: &Reply<'_>) -> std::convert::Infallible {
     if !reply.delivery.is_jetstream() {
         return futures::future::pending().await;
     }
-    let every = reply.shared.config.js.ack_wait / 3;
+    Box::pin(in_progress_every(
+        reply,
+        reply.shared.config.js.ack_wait / 3,
+    ))
+    .await
+}
+
+async fn in_progress_every(reply: &Reply<'_>, every: Duration) -> std::convert::Infallible {
     loop {
         tokio::time::sleep(every).await;
         reply.delivery.in_progress().await;
@@ -921,7 +937,9 @@ pub(super) async fn refuse(shared: Arc<Shared>, mut delivery: Delivery) {
         Ok(value) => return refuse_parsed(&shared, &delivery, &value).await,
         Err(why) => why,
     };
-    unparseable(&shared, &delivery, why, pristine, buf).await
+    // Boxed too: inline, this rare path's state (~2 KiB) made every task's future that
+    // much larger, and the future is copied whole into its task when it is spawned.
+    Box::pin(unparseable(&shared, &delivery, why, pristine, buf)).await
 }
 
 async fn refuse_parsed(shared: &Arc<Shared>, delivery: &Delivery, value: &BorrowedValue<'_>) {

@@ -112,18 +112,15 @@ impl Publisher {
         body: Bytes,
     ) -> Result<(), TransportError> {
         let subject = self.subject(kind);
-        let deadline = tokio::time::Instant::now() + PUBLISH_PATIENCE;
-        let mut delay = Duration::from_millis(50);
+        // The retry schedule starts at the first failure: no clock read per publish.
+        let mut retry: Option<(tokio::time::Instant, Duration)> = None;
         loop {
             let r = match (&self.js, msg_id) {
+                // Boxed: inline, the stored publish's state (~1 KiB) would enlarge every
+                // publish's future, in core mode too, where each task's future is copied
+                // whole at each move (issue 12, seventh round).
                 (Some(js), Some(id)) => {
-                    let msg = jetstream::message::PublishMessage::build()
-                        .payload(body.clone())
-                        .message_id(format!("{}:{id}", kind.as_str()));
-                    match js.send_publish(subject.clone(), msg).await {
-                        Ok(ack) => ack.await.map(|_| ()).map_err(BoxError::from),
-                        Err(e) => Err(BoxError::from(e)),
-                    }
+                    Box::pin(stored(js, subject.clone(), kind, id, body.clone())).await
                 }
                 _ => self
                     .client
@@ -131,22 +128,22 @@ impl Publisher {
                     .await
                     .map_err(BoxError::from),
             };
-            match r {
-                Ok(()) => return Ok(()),
-                Err(e) => {
-                    self.metrics
-                        .publish_failures
-                        .with_label_values(&[kind.as_str()])
-                        .inc();
-                    if tokio::time::Instant::now() + delay > deadline {
-                        let what = format!("publishing {} to {subject}", kind.as_str());
-                        return Err(TransportError::new(what, e));
-                    }
-                    tracing::warn!(kind = kind.as_str(), error = %e, "publish failed; retrying");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(2));
-                }
+            let Err(e) = r else { return Ok(()) };
+            self.metrics
+                .publish_failures
+                .with_label_values(&[kind.as_str()])
+                .inc();
+            let (deadline, delay) = retry.get_or_insert_with(|| {
+                let now = tokio::time::Instant::now();
+                (now + PUBLISH_PATIENCE, Duration::from_millis(50))
+            });
+            if tokio::time::Instant::now() + *delay > *deadline {
+                let what = format!("publishing {} to {subject}", kind.as_str());
+                return Err(TransportError::new(what, e));
             }
+            tracing::warn!(kind = kind.as_str(), error = %e, "publish failed; retrying");
+            tokio::time::sleep(*delay).await;
+            *delay = (*delay * 2).min(Duration::from_secs(2));
         }
     }
 
@@ -175,5 +172,22 @@ impl Publisher {
             return bytes;
         }
         m.bytes.load(Ordering::Relaxed)
+    }
+}
+
+/// One JetStream publish with its message id, waited for until the stream stored it.
+async fn stored(
+    js: &jetstream::Context,
+    subject: Subject,
+    kind: Kind,
+    id: &str,
+    body: Bytes,
+) -> Result<(), BoxError> {
+    let msg = jetstream::message::PublishMessage::build()
+        .payload(body)
+        .message_id(format!("{}:{id}", kind.as_str()));
+    match js.send_publish(subject, msg).await {
+        Ok(ack) => ack.await.map(|_| ()).map_err(BoxError::from),
+        Err(e) => Err(BoxError::from(e)),
     }
 }

@@ -1,0 +1,40 @@
+#!/bin/sh
+# Issue 12, seventh round (2026-11-28): core fs.get, the worker of 76c53b2 ("before") against
+# this round's ("after": the rare paths' futures boxed, so every task's future is smaller
+# and its copies shorter; the ack and the result written directly, not through serde).
+# Null echo, plain loop and worker in every run, both workers at their defaults (no
+# RUST_LOG, default pools), three rounds interleaved; then one JetStream round each. Each
+# *.log starts with the commit, the date and the exact command; *.json is the report.
+#
+#   cargo build --profile deb -p beamline_worker -p beamline-bench   # in each checkout
+#   BEFORE=/path/beamline_worker-76c53b2 AFTER=target/deb/beamline_worker \
+#       BENCH=target/deb/beamline-bench sh bench/results/issue12-r7/run.sh [names...]
+set -eu
+BENCH=${BENCH:?beamline-bench binary}
+BEFORE=${BEFORE:?worker binary built from commit 76c53b2}
+AFTER=${AFTER:?worker binary of this round}
+DIR=$(cd "$(dirname "$0")" && pwd)
+COMMIT=$(git rev-parse --short HEAD)
+
+run() {
+    name=$1
+    shift
+    out=$(mktemp -d)
+    {
+        echo "# commit $COMMIT; $(date -u +%FT%TZ); $(nproc) CPUs"
+        echo "# $BENCH $* --out $out"
+    } >"$DIR/$name.log"
+    "$BENCH" "$@" --out "$out" >>"$DIR/$name.log" 2>&1 || echo "# exit $?" >>"$DIR/$name.log"
+    cp "$out"/report-*.json "$DIR/$name.json" 2>/dev/null || true
+    rm -rf "$out"
+}
+
+want() { [ -z "$ARGS" ] || case " $ARGS " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
+ARGS="$*"
+
+for r in 1 2 3; do
+    want core-before-r$r && run core-before-r$r --worker-bin "$BEFORE" --scenario fs-get --duration 5 --repeat 3
+    want core-after-r$r && run core-after-r$r --worker-bin "$AFTER" --scenario fs-get --duration 5 --repeat 3
+done
+want js-before && run js-before --worker-bin "$BEFORE" --mode jetstream --scenario fs-get --duration 5 --repeat 3 --no-plain
+want js-after && run js-after --worker-bin "$AFTER" --mode jetstream --scenario fs-get --duration 5 --repeat 3 --no-plain
