@@ -89,13 +89,14 @@ async fn run(block: &HttpBlock, job: &Value) -> Result<Output, TaskError> {
 }
 
 fn echo(out: &Output) -> Value {
-    let body = out.result["body"].as_str().expect("text body");
+    let result = out.result.to_value();
+    let body = result["body"].as_str().expect("text body");
     serde_json::from_str(body).expect("echo is JSON")
 }
 
 fn expect_err(r: Result<Output, TaskError>) -> TaskError {
     match r {
-        Ok(out) => panic!("expected an error, got {}", out.result),
+        Ok(out) => panic!("expected an error, got {:?}", out.result),
         Err(e) => e,
     }
 }
@@ -128,7 +129,7 @@ async fn get_sends_idempotency_key_traceparent_and_user_agent() {
         )
         .await
         .expect("200");
-        assert_eq!(out.result["status_code"], 200);
+        assert_eq!(out.result.to_value()["status_code"], 200);
         let e = echo(&out);
         assert_eq!(e["method"], "GET");
         assert_eq!(e["version"], "HTTP/1.1");
@@ -140,8 +141,8 @@ async fn get_sends_idempotency_key_traceparent_and_user_agent() {
         assert_eq!(h["user-agent"], USER_AGENT);
         assert!(h.get("content-length").is_none(), "GET without body: {h:?}");
         // Repeated response fields are combined; names are Title-Case.
-        assert_eq!(out.result["headers"]["X-Multi"], "a, b");
-        assert!(out.result["latency_ms"].is_u64());
+        assert_eq!(out.result.to_value()["headers"]["X-Multi"], "a, b");
+        assert!(out.result.to_value()["latency_ms"].is_u64());
     })
     .await;
 }
@@ -221,7 +222,7 @@ async fn golden_result_shape() {
         )
         .await
         .expect("200");
-        let r = &out.result;
+        let r = out.result.to_value();
         assert_eq!(r["status_code"], 200);
         assert_eq!(r["body"], "{\"result\":\"success\"}");
         assert_eq!(r["headers"]["Content-Type"], "application/json");
@@ -244,8 +245,12 @@ async fn binary_bodies_come_back_as_base64() {
         )
         .await
         .expect("200");
-        assert_eq!(out.result["body_base64"], "//4AgA==");
-        assert!(out.result.get("body").is_none(), "{}", out.result);
+        assert_eq!(out.result.to_value()["body_base64"], "//4AgA==");
+        assert!(
+            out.result.to_value().get("body").is_none(),
+            "{:?}",
+            out.result
+        );
     })
     .await;
 }
@@ -275,7 +280,7 @@ async fn https_with_the_ca_file_and_http2_by_alpn() {
         let out = run(&b, &json!({"type": "http.request", "url": format!("https://localhost:{port}/golden")}))
             .await
             .expect("200 by name");
-        assert_eq!(out.result["headers"]["Content-Type"], "application/json");
+        assert_eq!(out.result.to_value()["headers"]["Content-Type"], "application/json");
     })
     .await;
 }
@@ -426,9 +431,9 @@ async fn redirects_are_returned_not_followed() {
         )
         .await
         .expect("3xx is a success");
-        assert_eq!(out.result["status_code"], 302);
+        assert_eq!(out.result.to_value()["status_code"], 302);
         assert_eq!(
-            out.result["headers"]["Location"],
+            out.result.to_value()["headers"]["Location"],
             "http://169.254.169.254/latest/meta-data/"
         );
         assert_eq!(server.seen().len(), 1);
@@ -542,8 +547,8 @@ async fn responses_over_the_cap_are_quota_errors() {
         )
         .await
         .expect("HEAD has no body");
-        assert_eq!(out.result["headers"]["Content-Length"], "5000");
-        assert_eq!(out.result["body"], "");
+        assert_eq!(out.result.to_value()["headers"]["Content-Length"], "5000");
+        assert_eq!(out.result.to_value()["body"], "");
         for path in ["/stream/1000", "/sized/1000"] {
             let out = run(
                 &b,
@@ -551,7 +556,10 @@ async fn responses_over_the_cap_are_quota_errors() {
             )
             .await
             .expect("exactly at the cap");
-            assert_eq!(out.result["body"].as_str().expect("text").len(), 1000);
+            assert_eq!(
+                out.result.to_value()["body"].as_str().expect("text").len(),
+                1000
+            );
         }
     })
     .await;
@@ -797,7 +805,7 @@ async fn sandbox_mode_answers_without_any_connection() {
             .await
             .expect("sandbox answer");
         assert_eq!(
-            out.result,
+            out.result.into_value(),
             json!({"status_code": 200, "body": "{\"sandbox\":true}", "headers": {"Content-Type": "application/json"}, "latency_ms": 0})
         );
         // Policy and validation still apply.

@@ -96,7 +96,7 @@ impl Fixture {
             Duration::from_secs(10),
             Executor::Tokio,
         )
-        .map(|o| (o.result, o.device))
+        .map(|o| (o.result.into_value(), o.device))
     }
 }
 
@@ -323,8 +323,8 @@ fn nan_input_is_1001() {
         Instant::now() + Duration::from_secs(10),
         &cancel,
     );
-    let r =
-        blocks::run_parsed(&f.block, &value, &ctx, Executor::Tokio).map(|o| (o.result, o.device));
+    let r = blocks::run_parsed(&f.block, &value, &ctx, Executor::Tokio)
+        .map(|o| (o.result.into_value(), o.device));
     let e = expect_code(r, ErrorCode::InvalidInput);
     assert!(e.message.contains("row 0, column 1"), "{e}");
 }
@@ -424,11 +424,11 @@ fn concurrent_jobs_for_one_model_share_a_batch() {
     assert_eq!(f.gpu.stats().batches_run - before, 1);
     for (i, o) in outs.into_iter().enumerate() {
         let o = o.expect("runs");
-        assert_eq!(o.result["batch_size"], 4);
+        assert_eq!(o.result.to_value()["batch_size"], 4);
         let want = hand_network()
             .forward_cpu(&[i as f32, 1.0], 1)
             .expect("alone");
-        assert_eq!(o.result["outputs"], json!([want]));
+        assert_eq!(o.result.to_value()["outputs"], json!([want]));
     }
 }
 

@@ -86,7 +86,7 @@ impl Fixture {
             Duration::from_secs(10),
             Executor::Tokio,
         )
-        .map(|o| o.result["outputs"].clone())
+        .map(|o| o.result.to_value()["outputs"].clone())
     }
 
     /// Refused with `code`, and no model was parsed or cached.

@@ -70,7 +70,7 @@ fn run_job(
     cancel: &CancellationToken,
 ) -> Result<Value, TaskError> {
     let ctx = exec_ctx("tenant-a", "a-1", deadline, cancel);
-    blocks::run_with(block, &job, &ctx, Executor::Plain).map(|out| out.result)
+    blocks::run_with(block, &job, &ctx, Executor::Plain).map(|out| out.result.into_value())
 }
 
 fn query(sql: &str) -> Value {

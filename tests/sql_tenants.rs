@@ -61,7 +61,7 @@ impl Fixture {
             Duration::from_secs(5),
             Executor::Plain,
         )
-        .map(|o| o.result)
+        .map(|o| o.result.into_value())
     }
 
     /// Whose database `tenant` reads under `sqlite://NAME`.

@@ -11,8 +11,9 @@ use std::path::PathBuf;
 use base64::Engine as _;
 use beamline_io::{FsError, FsErrorKind, IoPool};
 use bytes::Bytes;
-use serde_json::{json, Value};
+use serde_json::json;
 
+use crate::contract::fastjson::Object;
 use crate::contract::{ErrorCode, Fields, TaskError};
 
 use super::{Block, BlockKind, BuildContext, BuildError, DecodeSettings, ExecCtx, Output};
@@ -149,23 +150,11 @@ impl Block for FsBlock {
                     None => self.io.get(&root, path).await,
                 }
                 .map_err(fs_error)?;
-                let content_type = data
-                    .content_type
-                    .unwrap_or_else(|| guess_content_type(path).to_owned());
-                let size = data.bytes.len();
-                // Built at its final size (a `json!` object grew its map on the fourth key).
-                let mut result = serde_json::Map::with_capacity(4);
-                result.insert("path".into(), Value::from(*path));
-                result.insert("size_bytes".into(), Value::from(size));
-                result.insert("content_type".into(), Value::String(content_type));
-                match String::from_utf8(data.bytes) {
-                    Ok(text) => result.insert("content".into(), Value::String(text)),
-                    Err(e) => {
-                        let b64 = base64::engine::general_purpose::STANDARD.encode(e.as_bytes());
-                        result.insert("content_base64".into(), Value::String(b64))
-                    }
-                };
-                Ok(Output::new(Value::Object(result)))
+                let content_type = data.content_type;
+                let content_type = content_type
+                    .as_deref()
+                    .unwrap_or_else(|| guess_content_type(path));
+                Ok(Output::written(get_result(path, content_type, &data.bytes)))
             }
             FsJob::Put {
                 path,
@@ -184,6 +173,33 @@ impl Block for FsBlock {
             }
         }
     }
+}
+
+/// The `fs.get` result object, written as JSON directly: the same bytes serde_json writes
+/// for `{"path", "size_bytes", "content_type", "content" | "content_base64"}` (test below),
+/// with a binary file's base64 encoded straight into the text: no `Value` map, no owned
+/// copies of the names, no base64 string scanned again for escapes (issue 12, seventh
+/// round).
+fn get_result(path: &str, content_type: &str, bytes: &[u8]) -> Vec<u8> {
+    let b64 = base64::encoded_len(bytes.len(), true).unwrap_or(0);
+    let mut out = Vec::with_capacity(96 + path.len() + content_type.len() + b64.max(bytes.len()));
+    let mut o = Object::new(&mut out);
+    o.str("path", path);
+    o.u64("size_bytes", bytes.len() as u64);
+    o.str("content_type", content_type);
+    match std::str::from_utf8(bytes) {
+        Ok(text) => o.str("content", text),
+        Err(_) => o.str_with("content_base64", |out| {
+            let start = out.len();
+            out.resize(start + b64, 0);
+            let n = base64::engine::general_purpose::STANDARD
+                .encode_slice(bytes, &mut out[start..])
+                .unwrap_or(0); // the room is `encoded_len`: cannot fall short
+            out.truncate(start + n);
+        }),
+    }
+    o.end();
+    out
 }
 
 /// Maps a file error to the contract's code.
@@ -243,7 +259,42 @@ pub fn guess_content_type(path: &str) -> &'static str {
 
 #[cfg(test)]
 mod tests {
-    use super::guess_content_type;
+    use super::{get_result, guess_content_type};
+    use base64::Engine as _;
+    use proptest::prelude::*;
+    use serde_json::Value;
+
+    /// The result as it was built before `get_result`: a `Value` in this key order.
+    fn as_value(path: &str, content_type: &str, bytes: &[u8]) -> Value {
+        let mut m = serde_json::Map::new();
+        m.insert("path".into(), path.into());
+        m.insert("size_bytes".into(), bytes.len().into());
+        m.insert("content_type".into(), content_type.into());
+        match std::str::from_utf8(bytes) {
+            Ok(text) => m.insert("content".into(), text.into()),
+            Err(_) => {
+                let b64 = base64::engine::general_purpose::STANDARD.encode(bytes);
+                m.insert("content_base64".into(), b64.into())
+            }
+        };
+        Value::Object(m)
+    }
+
+    proptest! {
+        #[test]
+        fn a_get_result_is_the_bytes_serde_json_writes_for_its_value(
+            path in any::<String>(),
+            content_type in prop_oneof![Just("application/json".to_owned()), any::<String>()],
+            bytes in prop_oneof![
+                proptest::collection::vec(any::<u8>(), 0..3000),
+                any::<String>().prop_map(String::into_bytes),
+                Just(b"line\n\"quoted\" \\ \x01".to_vec()),
+            ],
+        ) {
+            let want = serde_json::to_vec(&as_value(&path, &content_type, &bytes)).expect("json");
+            prop_assert_eq!(get_result(&path, &content_type, &bytes), want);
+        }
+    }
 
     #[test]
     fn content_type_by_extension_ignores_case() {

@@ -25,6 +25,7 @@ use simd_json::prelude::*;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::contract::wire::ResultBody;
 use crate::contract::{Fields, TaskError};
 use crate::policy::ssrf::SsrfPolicy;
 
@@ -84,7 +85,7 @@ pub trait RunBlock<'b> {
 #[derive(Debug)]
 pub struct Output {
     /// The result object (`ExecResult.result`).
-    pub result: serde_json::Value,
+    pub result: ResultBody,
     /// What the block reports it cost (0 unless it knows better).
     pub cost: f64,
     /// Where it ran (`metadata.device`), for device-bound blocks.
@@ -93,6 +94,15 @@ pub struct Output {
 
 impl Output {
     pub fn new(result: serde_json::Value) -> Self {
+        Output::from_body(ResultBody::Value(result))
+    }
+
+    /// A result object the block wrote as JSON itself ([`ResultBody::Json`]).
+    pub fn written(json: Vec<u8>) -> Self {
+        Output::from_body(ResultBody::Json(json))
+    }
+
+    fn from_body(result: ResultBody) -> Self {
         Output {
             result,
             cost: 0.0,

@@ -41,9 +41,7 @@ impl Serialize for FastJson<'_> {
             let Ok(json) = std::str::from_utf8(&text) else {
                 return self.0.serialize(s);
             };
-            let mut raw = s.serialize_struct(RAW_VALUE_TOKEN, 1)?;
-            raw.serialize_field(RAW_VALUE_TOKEN, json)?;
-            let done = raw.end();
+            let done = raw(s, json);
             if text.capacity() > 1 << 20 {
                 *text = Vec::new(); // one huge result does not pin its size per thread
             }
@@ -81,6 +79,13 @@ impl Out for BytesMut {
     fn room(&mut self, n: usize) {
         self.reserve(n);
     }
+}
+
+/// `json` handed to serde_json's serializer as a raw value: written as it is.
+pub fn raw<S: Serializer>(s: S, json: &str) -> Result<S::Ok, S::Error> {
+    let mut raw = s.serialize_struct(RAW_VALUE_TOKEN, 1)?;
+    raw.serialize_field(RAW_VALUE_TOKEN, json)?;
+    raw.end()
 }
 
 /// `v` as compact JSON, as serde_json writes it (object keys in the map's order).
@@ -215,6 +220,21 @@ impl<'o, O: Out> Object<'o, O> {
     pub fn value(&mut self, key: &'static str, v: &Value) {
         self.key(key);
         write_value(self.out, v);
+    }
+
+    /// JSON text the caller vouches for, written as it is.
+    pub fn json(&mut self, key: &'static str, text: &[u8]) {
+        self.key(key);
+        self.out.bytes(text);
+    }
+
+    /// A string the caller writes itself between the quotes, with nothing to escape
+    /// (base64, say): `fill` gets the output.
+    pub fn str_with(&mut self, key: &'static str, fill: impl FnOnce(&mut O)) {
+        self.key(key);
+        self.out.byte(b'"');
+        fill(self.out);
+        self.out.byte(b'"');
     }
 
     /// A nested object, written by `fill`.

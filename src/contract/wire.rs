@@ -31,6 +31,50 @@ impl<'a> From<&'a TaskError> for ErrorObject<'a> {
     }
 }
 
+/// A result object (`ExecResult.result`): a `Value` the block built, or the object as
+/// JSON text the block wrote itself with [`super::fastjson::Object`] (`fs.get`: a file's
+/// base64 encoded straight into it, no `Value` and no second pass over the content).
+#[derive(Debug, Clone, PartialEq)]
+pub enum ResultBody {
+    Value(serde_json::Value),
+    /// One JSON object (UTF-8), as serde_json would write it; the writer vouches for it.
+    Json(Vec<u8>),
+}
+
+impl ResultBody {
+    pub fn view(&self) -> ResultRef<'_> {
+        match self {
+            ResultBody::Value(v) => ResultRef::Value(v),
+            ResultBody::Json(t) => ResultRef::Json(t),
+        }
+    }
+
+    /// The result as a `Value`, owned ([`ResultBody::to_value`]).
+    pub fn into_value(self) -> serde_json::Value {
+        match self {
+            ResultBody::Value(v) => v,
+            json => json.to_value().into_owned(),
+        }
+    }
+
+    /// The result as a `Value` (written JSON parsed; `Null` if it were not JSON).
+    pub fn to_value(&self) -> std::borrow::Cow<'_, serde_json::Value> {
+        match self {
+            ResultBody::Value(v) => std::borrow::Cow::Borrowed(v),
+            ResultBody::Json(t) => {
+                std::borrow::Cow::Owned(serde_json::from_slice(t).unwrap_or_default())
+            }
+        }
+    }
+}
+
+/// A borrowed [`ResultBody`].
+#[derive(Debug, Clone, Copy)]
+pub enum ResultRef<'a> {
+    Value(&'a serde_json::Value),
+    Json(&'a [u8]),
+}
+
 /// Ids every message echoes.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Ids<'a> {
@@ -130,7 +174,7 @@ pub struct ExecResult<'a> {
         skip_serializing_if = "Option::is_none",
         serialize_with = "fast_result"
     )]
-    pub result: Option<&'a serde_json::Value>,
+    pub result: Option<ResultRef<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<ErrorObject<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -162,7 +206,7 @@ pub struct ExecResult<'a> {
 #[derive(Debug)]
 pub struct Outcome<'a> {
     pub status: Status,
-    pub result: Option<&'a serde_json::Value>,
+    pub result: Option<ResultRef<'a>>,
     pub error: Option<&'a TaskError>,
     pub attempts: u32,
     pub latency_ms: u64,
@@ -265,9 +309,13 @@ pub struct ApprovalRequest<'a> {
     pub trace_id: Option<&'a str>,
 }
 
-fn fast_result<S: Serializer>(v: &Option<&serde_json::Value>, s: S) -> Result<S::Ok, S::Error> {
+fn fast_result<S: Serializer>(v: &Option<ResultRef<'_>>, s: S) -> Result<S::Ok, S::Error> {
     match v {
-        Some(v) => super::fastjson::FastJson(v).serialize(s),
+        Some(ResultRef::Value(v)) => super::fastjson::FastJson(v).serialize(s),
+        Some(ResultRef::Json(text)) => match std::str::from_utf8(text) {
+            Ok(text) => super::fastjson::raw(s, text),
+            Err(_) => s.serialize_none(), // not what `ResultBody::Json` promises
+        },
         None => s.serialize_none(),
     }
 }
@@ -331,8 +379,10 @@ impl WriteJson for ExecResult<'_> {
         if let Some(job) = &self.job {
             o.object("job", |o| o.str("type", job.kind));
         }
-        if let Some(result) = self.result {
-            o.value("result", result);
+        match self.result {
+            Some(ResultRef::Value(v)) => o.value("result", v),
+            Some(ResultRef::Json(text)) => o.json("result", text),
+            None => {}
         }
         if let Some(e) = &self.error {
             o.object("error", |o| e.write_into(o));
@@ -453,7 +503,7 @@ mod tests {
             "headers": {"Content-Type": "application/json"}});
         let outcome = Outcome {
             status: Status::Success,
-            result: Some(&body),
+            result: Some(ResultRef::Value(&body)),
             error: None,
             attempts: 1,
             latency_ms: 150,
@@ -482,7 +532,7 @@ mod tests {
         .with_type("5xx");
         let outcome = Outcome {
             status: Status::Error,
-            result: Some(&body),
+            result: Some(ResultRef::Value(&body)),
             error: Some(&err),
             attempts: 2,
             latency_ms: 612,
@@ -626,9 +676,14 @@ mod tests {
             let ids = ids_of(&t);
             let result = content.map(|c| serde_json::json!({"content": c, "size": attempts,
                 "n": [-1, 2.5, null, true], "nested": {"k": latency_ms}}));
+            // A block's own JSON text (`ResultBody::Json`) half of the time.
+            let text = result.as_ref().filter(|_| sandbox).map(|v| serde_json::to_vec(v).expect("json"));
             let outcome = Outcome {
                 status: if error.is_some() { Status::Error } else { Status::Success },
-                result: result.as_ref(),
+                result: match &text {
+                    Some(t) => Some(ResultRef::Json(t)),
+                    None => result.as_ref().map(ResultRef::Value),
+                },
                 error: error.as_ref(),
                 attempts,
                 latency_ms,
@@ -638,6 +693,14 @@ mod tests {
             let worker = WorkerFacts { worker_id: "worker \"1\"", sandbox };
             let r = ExecResult::new(&ids, block_type.as_deref(), &outcome, worker, now);
             prop_assert_eq!(direct(&r), serde_json::to_vec(&r).expect("json"));
+            if let (Some(t), Some(v)) = (&text, &result) {
+                // Written text and a built value give the same message.
+                let built = Outcome { result: Some(ResultRef::Value(v)), ..outcome };
+                let r2 = ExecResult::new(&ids, block_type.as_deref(), &built, worker, now);
+                prop_assert_eq!(direct(&r2), direct(&r));
+                let body = ResultBody::Json(t.clone());
+                prop_assert_eq!(&*body.to_value(), v);
+            }
         }
     }
 }

@@ -23,7 +23,7 @@ use crate::blocks::{Block, BlockKind, Blocks, ExecCtx, Output, RunBlock};
 use crate::contract::assignment::{parse_value, Unanswerable};
 use crate::contract::wire::{
     dlq_reason, encode, encode_json, now_ms, Ack, DeadLetter, ExecResult, Ids, Original, Outcome,
-    WorkerFacts,
+    ResultBody, WorkerFacts,
 };
 use crate::contract::{AckStatus, Assignment, ErrorCode, Fields, RetryPolicy, Status, TaskError};
 use crate::telemetry::Intake;
@@ -48,7 +48,7 @@ enum Finished {
 
 /// What a run produced, to be answered.
 struct Ran {
-    result: Option<serde_json::Value>,
+    result: Option<ResultBody>,
     error: Option<TaskError>,
     attempts: u32,
     cost: f64,
@@ -101,7 +101,7 @@ impl Ran {
     /// response) stays in `result`.
     fn failed(mut error: TaskError, attempts: u32, dlq: Option<&'static str>) -> Ran {
         Ran {
-            result: error.result.take().map(|b| *b),
+            result: error.result.take().map(|b| ResultBody::Value(*b)),
             error: Some(error),
             attempts,
             cost: 0.0,
@@ -116,7 +116,7 @@ impl Ran {
                 .error
                 .as_ref()
                 .map_or(Status::Success, |e| e.code.status()),
-            result: self.result.as_ref(),
+            result: self.result.as_ref().map(ResultBody::view),
             error: self.error.as_ref(),
             attempts: self.attempts,
             latency_ms,

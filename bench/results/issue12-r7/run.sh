@@ -6,13 +6,16 @@
 # RUST_LOG, default pools), three rounds interleaved; then one JetStream round each. Each
 # *.log starts with the commit, the date and the exact command; *.json is the report.
 #
+# Second step ("fsget-*": the fs.get result written as JSON directly, no `Value`): the
+# worker of 69b2bda (the first step, committed) as MID against this step's as AFTER2.
+#
 #   cargo build --profile deb -p beamline_worker -p beamline-bench   # in each checkout
-#   BEFORE=/path/beamline_worker-76c53b2 AFTER=target/deb/beamline_worker \
-#       BENCH=target/deb/beamline-bench sh bench/results/issue12-r7/run.sh [names...]
+#   BEFORE=/path/beamline_worker-76c53b2 AFTER=/path/beamline_worker-69b2bda \
+#       BENCH=target/deb/beamline-bench sh bench/results/issue12-r7/run.sh core-before-r1 ...
+#   MID=/path/beamline_worker-69b2bda AFTER2=target/deb/beamline_worker \
+#       BENCH=target/deb/beamline-bench sh bench/results/issue12-r7/run.sh fsget-mid-r1 ...
 set -eu
 BENCH=${BENCH:?beamline-bench binary}
-BEFORE=${BEFORE:?worker binary built from commit 76c53b2}
-AFTER=${AFTER:?worker binary of this round}
 DIR=$(cd "$(dirname "$0")" && pwd)
 COMMIT=$(git rev-parse --short HEAD)
 
@@ -33,8 +36,12 @@ want() { [ -z "$ARGS" ] || case " $ARGS " in *" $1 "*) return 0 ;; *) return 1 ;
 ARGS="$*"
 
 for r in 1 2 3; do
-    want core-before-r$r && run core-before-r$r --worker-bin "$BEFORE" --scenario fs-get --duration 5 --repeat 3
-    want core-after-r$r && run core-after-r$r --worker-bin "$AFTER" --scenario fs-get --duration 5 --repeat 3
+    want core-before-r$r && run core-before-r$r --worker-bin "${BEFORE:?worker of 76c53b2}" --scenario fs-get --duration 5 --repeat 3
+    want core-after-r$r && run core-after-r$r --worker-bin "${AFTER:?worker of this round}" --scenario fs-get --duration 5 --repeat 3
 done
-want js-before && run js-before --worker-bin "$BEFORE" --mode jetstream --scenario fs-get --duration 5 --repeat 3 --no-plain
-want js-after && run js-after --worker-bin "$AFTER" --mode jetstream --scenario fs-get --duration 5 --repeat 3 --no-plain
+want js-before && run js-before --worker-bin "${BEFORE:?worker of 76c53b2}" --mode jetstream --scenario fs-get --duration 5 --repeat 3 --no-plain
+want js-after && run js-after --worker-bin "${AFTER:?worker of this round}" --mode jetstream --scenario fs-get --duration 5 --repeat 3 --no-plain
+for r in 1 2 3; do
+    want fsget-mid-r$r && run fsget-mid-r$r --worker-bin "${MID:?worker of 69b2bda}" --scenario fs-get --duration 5 --repeat 3
+    want fsget-after2-r$r && run fsget-after2-r$r --worker-bin "${AFTER2:?worker of the second step}" --scenario fs-get --duration 5 --repeat 3
+done
