@@ -9,6 +9,8 @@
 # Second step ("fsget-*": the fs.get result written as JSON directly, no `Value`): the
 # worker of 69b2bda (the first step, committed) as MID against this step's as AFTER2.
 #
+# The whole round ("whole-*"): the worker of 76c53b2 as BEFORE against cb1e934's as FINAL.
+#
 #   cargo build --profile deb -p beamline_worker -p beamline-bench   # in each checkout
 #   BEFORE=/path/beamline_worker-76c53b2 AFTER=/path/beamline_worker-69b2bda \
 #       BENCH=target/deb/beamline-bench sh bench/results/issue12-r7/run.sh core-before-r1 ...
@@ -44,4 +46,8 @@ want js-after && run js-after --worker-bin "${AFTER:?worker of this round}" --mo
 for r in 1 2 3; do
     want fsget-mid-r$r && run fsget-mid-r$r --worker-bin "${MID:?worker of 69b2bda}" --scenario fs-get --duration 5 --repeat 3
     want fsget-after2-r$r && run fsget-after2-r$r --worker-bin "${AFTER2:?worker of the second step}" --scenario fs-get --duration 5 --repeat 3
+done
+for r in 1 2 3; do
+    want whole-before-r$r && run whole-before-r$r --worker-bin "${BEFORE:?worker of 76c53b2}" --scenario fs-get --duration 5 --repeat 3
+    want whole-after-r$r && run whole-after-r$r --worker-bin "${FINAL:?worker of cb1e934}" --scenario fs-get --duration 5 --repeat 3
 done
