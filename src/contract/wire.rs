@@ -42,6 +42,7 @@ pub enum ResultBody {
 }
 
 impl ResultBody {
+    /// Borrowed, for an [`Outcome`] or an [`ExecResult`].
     pub fn view(&self) -> ResultRef<'_> {
         match self {
             ResultBody::Value(v) => ResultRef::Value(v),

@@ -13,24 +13,8 @@ set -eu
 BENCH=${BENCH:?beamline-bench binary}
 BEFORE=${BEFORE:?worker binary built from commit de93b19}
 AFTER=${AFTER:?worker binary of this round}
-DIR=$(cd "$(dirname "$0")" && pwd)
-COMMIT=$(git rev-parse --short HEAD)
-
-run() {
-    name=$1
-    shift
-    out=$(mktemp -d)
-    {
-        echo "# commit $COMMIT; $(date -u +%FT%TZ); $(nproc) CPUs"
-        echo "# $BENCH $* --out $out"
-    } >"$DIR/$name.log"
-    "$BENCH" "$@" --out "$out" >>"$DIR/$name.log" 2>&1 || echo "# exit $?" >>"$DIR/$name.log"
-    cp "$out"/report-*.json "$DIR/$name.json" 2>/dev/null || true
-    rm -rf "$out"
-}
-
-want() { [ -z "$ARGS" ] || case " $ARGS " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
-ARGS="$*"
+# run, want, DIR and COMMIT: ../round.sh
+. "$(dirname "$0")/../round.sh"
 
 for r in 1 2 3; do
     want js-before-r$r && run js-before-r$r --worker-bin "$BEFORE" --mode jetstream --scenario fs-get --duration 5 --repeat 3 --no-plain

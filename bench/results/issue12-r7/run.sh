@@ -18,24 +18,8 @@
 #       BENCH=target/deb/beamline-bench sh bench/results/issue12-r7/run.sh fsget-mid-r1 ...
 set -eu
 BENCH=${BENCH:?beamline-bench binary}
-DIR=$(cd "$(dirname "$0")" && pwd)
-COMMIT=$(git rev-parse --short HEAD)
-
-run() {
-    name=$1
-    shift
-    out=$(mktemp -d)
-    {
-        echo "# commit $COMMIT; $(date -u +%FT%TZ); $(nproc) CPUs"
-        echo "# $BENCH $* --out $out"
-    } >"$DIR/$name.log"
-    "$BENCH" "$@" --out "$out" >>"$DIR/$name.log" 2>&1 || echo "# exit $?" >>"$DIR/$name.log"
-    cp "$out"/report-*.json "$DIR/$name.json" 2>/dev/null || true
-    rm -rf "$out"
-}
-
-want() { [ -z "$ARGS" ] || case " $ARGS " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
-ARGS="$*"
+# run, want, DIR and COMMIT: ../round.sh
+. "$(dirname "$0")/../round.sh"
 
 for r in 1 2 3; do
     want core-before-r$r && run core-before-r$r --worker-bin "${BEFORE:?worker of 76c53b2}" --scenario fs-get --duration 5 --repeat 3
