@@ -78,15 +78,47 @@ fn sixteen_core_profile_loads_and_plans_without_warning() {
     assert!(prof
         .hardware
         .as_deref()
-        .is_some_and(|h| h.contains("planned, not measured")));
+        .is_some_and(|h| h.contains("measured on an H200 host")));
     let p = plan_profile(&path, "host-16c-1gpu").expect("plans");
     assert!(p.warnings.is_empty(), "{:?}", p.warnings);
     assert_eq!(p.host.gpus.len(), 1);
     assert_eq!(p.host.gpus[0].pci, "0000:17:00.0");
-    assert_eq!(cores(&p, "cpu"), (0..12).map(Some).collect::<Vec<_>>());
-    assert_eq!(cores(&p, "io"), vec![Some(12), Some(13)]);
-    assert_eq!(cores(&p, "gpu"), vec![Some(14), Some(15)]);
+    assert_the_measured_sixteen_core_shape(&p);
     assert!(p.gpu_slots.iter().all(|g| g.device == 0));
+}
+
+/// The shape bench/device/sweep-16c.sh measured best on the H200 host: six CPU threads and
+/// two IO threads left to the kernel, the two GPU slots on the last two cores, and the
+/// unit's affinity all sixteen cores (not the slots' two: the unpinned threads run there).
+fn assert_the_measured_sixteen_core_shape(p: &Plan) {
+    assert_eq!(cores(p, "cpu"), vec![None; 6]);
+    assert_eq!(cores(p, "io"), vec![None; 2]);
+    assert_eq!(cores(p, "gpu"), vec![Some(15), Some(14)]);
+    assert_eq!(p.cpu_affinity, "0-15");
+    assert_eq!(p.lanes.len(), 7, "one lane per CPU thread plus control");
+}
+
+/// A profile pinning some pools and not others: the systemd affinity is every allowed core,
+/// since the unit's mask is all an unpinned thread can run on; pinning every pool keeps it
+/// to the pinned cores.
+#[test]
+fn the_unit_affinity_leaves_unpinned_threads_every_allowed_core() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let gpu_only = write_profile(
+        dir.path(),
+        "[pools]\ncpu_cores = \"none\"\nio_cores = \"none\"\ngpu_cores = [14, 15]\n\
+         [worker]\ncpu_pool_size = 2\nio_pool_size = 1\ngpu_pool_size = 2\n",
+    );
+    let p = plan_profile(&gpu_only, "host-16c-1gpu").expect("plans");
+    assert_eq!(cores(&p, "gpu"), vec![Some(14), Some(15)]);
+    assert_eq!(p.cpu_affinity, "0-15");
+    let all_pinned = write_profile(
+        dir.path(),
+        "[pools]\ncpu_cores = [0, 1]\nio_cores = [2]\ngpu_cores = [14, 15]\n\
+         [worker]\ncpu_pool_size = 2\nio_pool_size = 1\ngpu_pool_size = 2\n",
+    );
+    let p = plan_profile(&all_pinned, "host-16c-1gpu").expect("plans");
+    assert_eq!(p.cpu_affinity, "0-2,14-15");
 }
 
 /// The tree captured on a real device machine (bench/device/run.sh, 2026-11-28: a
@@ -99,9 +131,7 @@ fn sixteen_core_profile_plans_on_the_captured_h200_host() {
     assert_eq!(p.host.logical_cpus, 16);
     assert_eq!(p.host.gpus.len(), 1, "one H200 among six PCI devices");
     assert_eq!(p.host.gpus[0].pci, "0000:00:06.0");
-    assert_eq!(cores(&p, "cpu"), (0..12).map(Some).collect::<Vec<_>>());
-    assert_eq!(cores(&p, "io"), vec![Some(12), Some(13)]);
-    assert_eq!(cores(&p, "gpu"), vec![Some(14), Some(15)]);
+    assert_the_measured_sixteen_core_shape(&p);
     assert!(p.gpu_slots.iter().all(|g| g.device_numa_node.is_none()));
     let d = plan(&[
         "--sysfs-root",
@@ -245,7 +275,7 @@ fn plan_subcommand_prints_a_table_and_json() {
     let table = String::from_utf8_lossy(&out.stdout);
     for needle in [
         "THREAD",
-        "cpu-11",
+        "cpu-5",
         "beamline-io-1",
         "gpu-slot-1-dev0",
         "0000:17:00.0",

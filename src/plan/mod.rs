@@ -199,9 +199,18 @@ impl Host {
     }
 }
 
-/// systemd `CPUAffinity=`: the pinned cores and their allowed SMT siblings; the allowed
-/// cores when nothing is pinned.
+/// systemd `CPUAffinity=`: the pinned cores and their allowed SMT siblings when every pool
+/// thread is pinned (the transport thread then floats among them); the allowed cores when
+/// a pool thread is not pinned: the unit's mask is all such a thread can run on, so a
+/// profile pinning only its GPU slots (what `tune` writes) must not confine its CPU and IO
+/// threads to the slots' two cores.
 fn affinity(threads: &[ThreadPlace], topo: &Topology, allowed: &[usize]) -> Vec<usize> {
+    if threads
+        .iter()
+        .any(|t| t.core.is_none() && t.pool != "transport")
+    {
+        return allowed.to_vec();
+    }
     let mut affinity: Vec<usize> = Vec::new();
     for t in threads {
         if let Some(cpu) = t.core.and_then(|c| topo.cpu(c)) {

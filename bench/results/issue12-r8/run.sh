@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Issue 12, eighth round (2026-11-28): how the worker's CPU per task depends on how many CPU
+# threads share a load. Binaries: `cargo build --profile deb -p beamline_worker -p
+# beamline-bench` at 958679a, copied to /tmp. Here (2-vCPU VM):
+set -euo pipefail
+B=/tmp/beamline-bench W=/tmp/beamline_worker
+for r in 5000 20000; do for c in 1 2; do
+  $B --worker-bin $W --cpu-pool-size $c --scenario fs-get --rate $r --duration 5 --repeat 2 --out /tmp/lo/c$c-r$r
+done; done                                                   # -> local-c{1,2}-r{5000,20000}.json
+for c in 1 2 1 2; do $B --worker-bin $W --cpu-pool-size $c --scenario fs-get --duration 5 --out /tmp/lo/flat-c$c; done
+                                                             # -> local-flat-c{1,2}-r{1,2}.json
+bash bench/device/lanes.sh /tmp/lo/lanes-local               # -> local-lanes.log (stripped deb binaries in bench/device/.bin)
+# On the device (H200 host, 16 vCPUs), carry bench/device/.bin:
+#   bash bench/device/tune-gpu.sh "$OUT"; bash bench/device/lanes.sh "$OUT"; bash bench/device/sweep-16c.sh "$OUT"
+#   -> bench/results/device-h200-2026-11-28-second/
