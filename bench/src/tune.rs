@@ -107,9 +107,13 @@ fn list(cores: &[usize]) -> String {
     )
 }
 
-/// Candidates for `allowed` cores: the computed defaults first, then pool sizes around
-/// them with the IO rings packed after the CPU threads, on cores of their own, or left to
-/// the kernel.
+/// Candidates for `allowed` cores: the computed defaults first; then half and three
+/// eighths as many CPU threads as cores, left to the kernel (each CPU thread has its own
+/// NATS lane, and one woken for few messages pays a wake-up per task: on the 16-core
+/// device host 6 and 8 unpinned CPU threads beat 16 flat out,
+/// bench/results/device-h200-2026-11-28-second/); then pool sizes around the defaults
+/// with the IO rings packed after the CPU threads, on cores of their own, or left to the
+/// kernel.
 fn candidates(allowed: &[usize], gpu: usize) -> Vec<Candidate> {
     let n = allowed.len().max(1);
     let mut out = vec![Candidate {
@@ -120,6 +124,20 @@ fn candidates(allowed: &[usize], gpu: usize) -> Vec<Candidate> {
         cpu_cores: None,
         io_cores: None,
     }];
+    let few_io = (n / 8).max(1);
+    for cpu in [n / 2, 3 * n / 8] {
+        let cpu = cpu.max(1);
+        if cpu < n {
+            out.push(Candidate {
+                name: format!("cpu {cpu}, io {few_io}, unpinned"),
+                cpu,
+                io: few_io,
+                gpu,
+                cpu_cores: Some("\"none\"".into()),
+                io_cores: Some("\"none\"".into()),
+            });
+        }
+    }
     let mut ios = vec![1, (n / 8).max(1), n.div_ceil(4)];
     ios.sort_unstable();
     ios.dedup();
@@ -522,6 +540,18 @@ mod tests {
         assert!(c
             .iter()
             .any(|x| x.cpu == 1 && x.io_cores.as_deref() == Some("[1]")));
+        // Fewer CPU threads than cores, unpinned, right after the defaults: one on two
+        // cores; eight and six with two IO threads on sixteen (the device sweep's best).
+        assert_eq!((c[1].cpu, c[1].io), (1, 1));
+        assert_eq!(c[1].cpu_cores.as_deref(), Some("\"none\""));
+        let allowed: Vec<usize> = (0..16).collect();
+        let c16 = candidates(&allowed, 2);
+        let shapes: Vec<_> = c16[1..3].iter().map(|x| (x.cpu, x.io)).collect();
+        assert_eq!(shapes, vec![(8, 2), (6, 2)]);
+        assert!(c16[1..3]
+            .iter()
+            .all(|x| x.io_cores.as_deref() == Some("\"none\"")));
+        assert_eq!(c16.len(), 13, "{c16:?}");
         assert_eq!(parse_list("0-2,5"), vec![0, 1, 2, 5]);
         assert_eq!(median(&[3.0, 1.0, 2.0]), Some(2.0));
     }

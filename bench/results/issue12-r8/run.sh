@@ -13,3 +13,7 @@ bash bench/device/lanes.sh /tmp/lo/lanes-local               # -> local-lanes.lo
 # On the device (H200 host, 16 vCPUs), carry bench/device/.bin:
 #   bash bench/device/tune-gpu.sh "$OUT"; bash bench/device/lanes.sh "$OUT"; bash bench/device/sweep-16c.sh "$OUT"
 #   -> bench/results/device-h200-2026-11-28-second/
+# The tune with its new candidates (fewer CPU threads than cores, unpinned), here:
+#   cargo build --release -p beamline_worker -p beamline-bench   (at the commit after 0078784)
+#   beamline-bench tune --budget-minutes 1.5 --duration 2 --scenario fs-get --worker-bin target/release/beamline_worker \
+#     --out /tmp/lo/tune --profile-out /tmp/lo/tune.toml        # -> local-tune-new-candidates.txt (its header)
