@@ -3,18 +3,12 @@
 # profiles; written 2026-11-28 after bench/device/lanes.sh showed 8 CPU threads beating 16
 # flat out and 1 costing a third of 16's CPU per task at 20 000/s). Core fs.get, the
 # worker at its defaults but for the profile: the computed defaults, the shipped
-# tuning/host-16c-1gpu.toml (12 pinned), and unpinned 12/8/6/4 CPU threads with 2 IO and
+# tuning/host-16c-1gpu.toml (12 pinned at the first run; since then the 6-unpinned shape
+# that run found best), and unpinned 12/8/6/4 CPU threads with 2 IO and
 # 2 GPU slots (tune's best shape on that host). Flat out 5 s x 2; at 20 000/s 5 s x 1.
 # About 3.5 minutes. Carry bench/device/.bin (as run.sh's header says).
 #   bash bench/device/sweep-16c.sh "$OUT"
-set -uo pipefail
-cd "$(dirname "$0")/../.."
-out="${1:?out dir}"; mkdir -p "$out"
-bin=bench/device/.bin
-export PATH="$PWD/$bin/nats/usr/sbin:$PWD/$bin:$PATH"
-log="$out/sweep.log"
-say() { echo "[$(date -u +%T)] $*" | tee -a "$log"; }
-w=/tmp/sweep; rm -rf "$w"; mkdir -p "$w"
+. "$(dirname "$0")/lib.sh" "${1:-}" sweep.log
 for c in 12 8 6 4; do
   cat >"$w/u$c.toml" <<TOML
 name = "unpinned-$c"
@@ -28,18 +22,11 @@ io_pool_size = 2
 gpu_pool_size = 2
 TOML
 done
-bench() { # name, then bench arguments
-  local name=$1; shift
-  say "$name: $*"
-  timeout 75 "$bin/beamline-bench" --worker-bin "$bin/beamline_worker" --scenario fs-get --duration 5 \
-    --no-plain --out "$w/$name" "$@" >>"$log" 2>&1 || say "$name rc $?"
-}
-bench flat-defaults --repeat 2
-bench flat-shipped --repeat 2 --profile tuning/host-16c-1gpu.toml
-for c in 12 8 6 4; do bench "flat-u$c" --repeat 2 --profile "$w/u$c.toml"; done
-bench 20k-defaults --rate 20000
-bench 20k-shipped --rate 20000 --profile tuning/host-16c-1gpu.toml
-for c in 8 4; do bench "20k-u$c" --rate 20000 --profile "$w/u$c.toml"; done
-for d in "$w"/*/; do n=$(basename "$d"); for f in "$d"report-*.json; do cp "$f" "$w/$n.json"; done; done
-tar czf "$out/sweep-reports.tgz" -C "$w" $(cd "$w" && ls *.json *.toml)
+bench flat-defaults 75 --repeat 2
+bench flat-shipped 75 --repeat 2 --profile tuning/host-16c-1gpu.toml
+for c in 12 8 6 4; do bench "flat-u$c" 75 --repeat 2 --profile "$w/u$c.toml"; done
+bench 20k-defaults 75 --rate 20000
+bench 20k-shipped 75 --rate 20000 --profile tuning/host-16c-1gpu.toml
+for c in 8 4; do bench "20k-u$c" 75 --rate 20000 --profile "$w/u$c.toml"; done
+pack sweep-reports.tgz u12.toml u8.toml u6.toml u4.toml
 say done
