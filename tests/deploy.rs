@@ -135,8 +135,10 @@ fn unit_stop_timeout_outlasts_the_drain_grace_of_the_shipped_environment() {
     }
 }
 
+/// The drop-in for the shipped 16-core profile: its CPU and IO threads are left to the
+/// kernel, so the unit keeps every core (not only the GPU slots' 14-15).
 #[test]
-fn systemd_dropin_pins_to_the_profiles_cores() {
+fn systemd_dropin_leaves_the_profiles_unpinned_threads_every_core() {
     let out = Command::new(env!("CARGO_BIN_EXE_beamline_worker"))
         .args(["plan", "--systemd-dropin"])
         .arg(concat!(
