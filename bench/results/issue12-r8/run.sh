@@ -17,7 +17,7 @@ bash bench/device/lanes.sh /tmp/lo/lanes-local               # -> local-lanes.lo
 #   cargo build --release -p beamline_worker -p beamline-bench   (at the commit after 0078784)
 #   beamline-bench tune --budget-minutes 1.5 --duration 2 --scenario fs-get --worker-bin target/release/beamline_worker \
 #     --out /tmp/lo/tune --profile-out /tmp/lo/tune.toml        # -> local-tune-new-candidates.txt (its header)
-# The log line alone, before (b2c98fd) and after, five interleaved pairs:
+# The log line alone, before (f297948) and after (b5fdaa5), five interleaved pairs:
 #   cargo build --release --example log_line_cost        # at each commit; copies in /tmp/llc-before, /tmp/llc-after
 #   for i in 1 2 3 4 5; do /tmp/llc-before > log-line-before-r$i.txt; /tmp/llc-after > log-line-after-r$i.txt; done
 #   perf record -F 1999 --call-graph dwarf,8192 -o ll.data -- <binary>; perf report --no-children --comm <name> --sort sym -g none
