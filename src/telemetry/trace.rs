@@ -620,9 +620,14 @@ mod tests {
             inner: Failing,
             queued: queued.clone(),
         })
+        // The SDK's own queue is larger than admission's bound, so its batch size (clamped
+        // to its queue) is never reached by two spans: no export starts on its thread
+        // before the flush below (with a queue of 2 it could, between two `end`s, freeing
+        // admission slots and making the count racy).
         .with_batch_config(
             BatchConfigBuilder::default()
-                .with_max_queue_size(2)
+                .with_max_queue_size(64)
+                .with_max_export_batch_size(64)
                 .with_scheduled_delay(Duration::from_secs(3600))
                 .build(),
         )
