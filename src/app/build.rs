@@ -275,6 +275,16 @@ fn shared(
             (cfg.max_memory_mb << 20) / 8,
             cfg.cpu_pool_size,
         ),
+        // Core mode: the queue group starts with `--min-lanes` lanes; JetStream lanes all
+        // pull from the start.
+        lanes: Arc::new(transport::LaneScale::new(
+            cfg.cpu_pool_size,
+            match cfg.consumer {
+                ConsumerMode::Core => cfg.min_lanes,
+                ConsumerMode::Jetstream => cfg.cpu_pool_size,
+            },
+            metrics.lanes_active.clone(),
+        )),
         // Already over at start (a budget below what the process needs): refuse from the
         // first assignment, not only from the memory watcher's first sample.
         over_memory: std::sync::atomic::AtomicBool::new(

@@ -134,6 +134,8 @@ pub struct Config {
     pub io_cores: Vec<usize>,
     pub queue_capacity: usize,
     pub max_in_flight: usize,
+    /// Core mode: lanes always in the queue group (`transport::LaneScale`).
+    pub min_lanes: usize,
     pub max_memory_mb: u64,
     pub max_job_time: Duration,
     pub default_timeout: Duration,
@@ -527,6 +529,7 @@ impl Config {
             io_cores: c.pools.io_cores,
             queue_capacity: positive("queue-capacity", o.queue_capacity)?,
             max_in_flight: positive("max-in-flight", o.max_in_flight)?,
+            min_lanes: positive("min-lanes", o.min_lanes)?,
             max_memory_mb: positive_u64("max-memory-mb", o.max_memory_mb)?,
             max_job_time: c.max_job_time,
             default_timeout: c.default_timeout,

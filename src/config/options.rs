@@ -189,6 +189,9 @@ options! {
         queue_capacity: usize = 4096, shown "4096", env "WORKER_QUEUE_CAPACITY";
         /// Assignments executing at once per CPU thread.
         max_in_flight: usize = 1024, shown "1024", env "WORKER_MAX_IN_FLIGHT";
+        /// Core mode: CPU threads always in the queue group. More join while the load needs
+        /// them and leave once it has passed (the cpu pool size keeps every one in).
+        min_lanes: usize = 1, shown "1", env "WORKER_MIN_LANES";
         /// File backend of `fs.*` blocks (`auto`: io_uring when the kernel allows it).
         fs_backend: FsBackend = FsBackend::Auto, shown "auto", env "WORKER_FS_BACKEND",
             clap(value_enum);

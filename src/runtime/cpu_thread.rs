@@ -66,17 +66,19 @@ impl CpuThread {
     /// Spawns CPU thread `index` (pinned to `core` when given). It reports on `ready` once
     /// its lane receives, or why it could not start; it ends when the worker has stopped
     /// and its work is done, or at once when `abandon` is cancelled.
+    /// `queues` holds every thread's queue (this one's at `index`), `rx` is this one's.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn spawn(
         index: usize,
         core: Option<usize>,
         shared: Arc<Shared>,
         js: Option<JetStreamHandles>,
+        (queues, rx): (Arc<[flume::Sender<Delivery>]>, flume::Receiver<Delivery>),
         abandon: CancellationToken,
         ready: Ready,
     ) -> Result<(CpuQueue, std::thread::JoinHandle<()>), StartError> {
-        let (tx, rx) = flume::bounded::<Delivery>(shared.config.queue_capacity);
         let queue = CpuQueue {
-            tx: tx.clone(),
+            tx: queues[index].clone(),
             waiting: Arc::new(AtomicUsize::new(0)),
             in_flight: Arc::new(AtomicUsize::new(0)),
         };
@@ -89,7 +91,7 @@ impl CpuThread {
         };
         let handle = std::thread::Builder::new()
             .name(format!("cpu-{index}"))
-            .spawn(move || thread.run(core, js, tx, abandon, ready))
+            .spawn(move || thread.run(core, js, queues, abandon, ready))
             .map_err(|source| StartError::Spawn { index, source })?;
         Ok((queue, handle))
     }
@@ -99,7 +101,7 @@ impl CpuThread {
         self,
         core: Option<usize>,
         js: Option<JetStreamHandles>,
-        tx: flume::Sender<Delivery>,
+        queues: Arc<[flume::Sender<Delivery>]>,
         abandon: CancellationToken,
         ready: Ready,
     ) {
@@ -123,7 +125,7 @@ impl CpuThread {
         // is gone); dropping the LocalSet drops them.
         local.block_on(&rt, async move {
             tokio::select! {
-                _ = self.serve(js, tx, ready) => {}
+                _ = self.serve(js, queues, ready) => {}
                 _ = abandon.cancelled() => {}
             }
         });
@@ -135,7 +137,12 @@ impl CpuThread {
     /// Builds the thread's blocks and lane, then starts what its queue holds, fairly
     /// across tenants, while under `--max-in-flight`; returns once the worker stopped and
     /// every task of this thread finished.
-    async fn serve(self, js: Option<JetStreamHandles>, tx: flume::Sender<Delivery>, ready: Ready) {
+    async fn serve(
+        self,
+        js: Option<JetStreamHandles>,
+        queues: Arc<[flume::Sender<Delivery>]>,
+        ready: Ready,
+    ) {
         let shared = &self.shared;
         let blocks = match Blocks::new(&shared.build_context()) {
             Ok(b) => Rc::new(b),
@@ -144,7 +151,8 @@ impl CpuThread {
                 return;
             }
         };
-        let intake = match lane::open(shared, self.index, js.as_ref(), tx).await {
+        let waiting = self.waiting.clone();
+        let intake = match lane::open(shared, self.index, js.as_ref(), &queues, waiting).await {
             Ok(h) => h,
             Err(source) => {
                 let index = self.index;

@@ -4,19 +4,27 @@
 //! from socket to result without crossing to another thread (files excepted: those go
 //! through the IO pool).
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use tokio::task::JoinHandle;
 
+use crate::config::ConsumerMode;
 use crate::transport::{self, Delivery, JetStreamHandles, Sink};
 
 use super::{dedupe, pipeline, Shared};
 
-/// Hands what the lane receives to its own thread's queue.
+/// Hands what the lane receives to its own thread's queue; in core mode, when that is
+/// full, to another thread's, so that 4002 means every CPU queue is full (a lane may be the
+/// only one in the queue group: `transport::LaneScale`).
 struct LaneSink {
     shared: Arc<Shared>,
-    tx: flume::Sender<Delivery>,
+    index: usize,
+    /// Every CPU thread's queue, this thread's at `index`; only this one in JetStream mode
+    /// (a full queue stops that lane's pulls, and the other lanes pull).
+    queues: Arc<[flume::Sender<Delivery>]>,
+    /// Taken off this thread's queue into its fair queue, not started yet.
+    waiting: Arc<AtomicUsize>,
 }
 
 impl Sink for LaneSink {
@@ -24,7 +32,20 @@ impl Sink for LaneSink {
         if self.shared.stopping.is_cancelled() || !self.accepting() {
             return Err(d);
         }
-        self.tx.try_send(d).map_err(|e| e.into_inner())
+        let n = self.queues.len();
+        let mut d = d;
+        for k in 0..n {
+            let q = if k == 0 {
+                self.index
+            } else {
+                (self.index + k) % n
+            };
+            match self.queues[q].try_send(d) {
+                Ok(()) => return Ok(()),
+                Err(e) => d = e.into_inner(),
+            }
+        }
+        Err(d)
     }
 
     fn refuse(&self, d: Delivery) {
@@ -34,20 +55,32 @@ impl Sink for LaneSink {
     fn accepting(&self) -> bool {
         !self.shared.over_memory.load(Ordering::Relaxed)
     }
+
+    fn backlog(&self) -> usize {
+        self.queues[self.index].len() + self.waiting.load(Ordering::Relaxed)
+    }
 }
 
 /// Connects lane `index` and starts its intake on the current thread's runtime
-/// ([`transport::open_lane`]), handing what it receives to this thread's queue `tx`; the
-/// lane's results bucket becomes this thread's for dedupe ([`dedupe::use_lane_bucket`]).
+/// ([`transport::open_lane`]), handing what it receives to this thread's queue,
+/// `queues[index]` (core mode: to another of `queues` when it is full); the lane's results
+/// bucket becomes this thread's for dedupe ([`dedupe::use_lane_bucket`]).
 pub(super) async fn open(
     shared: &Arc<Shared>,
     index: usize,
     js: Option<&JetStreamHandles>,
-    tx: flume::Sender<Delivery>,
+    queues: &Arc<[flume::Sender<Delivery>]>,
+    waiting: Arc<AtomicUsize>,
 ) -> Result<JoinHandle<()>, transport::TransportError> {
+    let queues = match shared.config.consumer {
+        ConsumerMode::Core => queues.clone(),
+        ConsumerMode::Jetstream => Arc::from([queues[index].clone()]),
+    };
     let sink: Arc<dyn Sink> = Arc::new(LaneSink {
         shared: shared.clone(),
-        tx,
+        index: if queues.len() == 1 { 0 } else { index },
+        queues,
+        waiting,
     });
     let lane = transport::open_lane(
         shared.config.clone(),
@@ -56,6 +89,7 @@ pub(super) async fn open(
         js,
         sink,
         shared.intake.clone(),
+        shared.lanes.clone(),
         shared.stopping.clone(),
     )
     .await?;

@@ -28,7 +28,7 @@ use crate::blocks::{BlockKind, BuildContext, Pool};
 use crate::config::Config;
 use crate::contract::ParseLimits;
 use crate::telemetry::Metrics;
-use crate::transport::{Control, IntakeBudget, JetStreamHandles, Publisher};
+use crate::transport::{Control, IntakeBudget, JetStreamHandles, LaneScale, Publisher};
 
 pub use approvals::{ApprovalPort, Approvals, Decision};
 pub use cancel::Cancels;
@@ -60,6 +60,8 @@ pub struct Shared {
     pub hard_stop: CancellationToken,
     /// JetStream intake budget (assignments taken and not finished, and their bytes).
     pub intake: Arc<IntakeBudget>,
+    /// Which lanes are in the core queue group (every one in JetStream mode).
+    pub lanes: Arc<LaneScale>,
     /// Set while the process is over `--max-memory-mb` (sampled by the app).
     pub over_memory: std::sync::atomic::AtomicBool,
     /// Per-tenant concurrency quota.
@@ -142,7 +144,13 @@ impl Runtime {
         let mut threads = Vec::new();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), StartError>>();
         let abandon = CancellationToken::new();
-        for index in 0..cfg.cpu_pool_size {
+        // Every queue exists before any lane opens: a core lane whose queue is full hands
+        // to another thread's (`lane.rs`).
+        let (txs, mut rxs): (Vec<_>, Vec<_>) = (0..cfg.cpu_pool_size)
+            .map(|_| flume::bounded::<crate::transport::Delivery>(cfg.queue_capacity))
+            .unzip();
+        let txs: Arc<[_]> = txs.into();
+        for (index, rx) in rxs.drain(..).enumerate() {
             let core =
                 (!cfg.cpu_cores.is_empty()).then(|| cfg.cpu_cores[index % cfg.cpu_cores.len()]);
             let (queue, handle) = CpuThread::spawn(
@@ -150,6 +158,7 @@ impl Runtime {
                 core,
                 shared.clone(),
                 js.clone(),
+                (txs.clone(), rx),
                 abandon.clone(),
                 ready_tx.clone(),
             )?;

@@ -101,6 +101,8 @@ pub struct Metrics {
     /// (fs.*, ai.inference), from decode to result.
     pub in_flight_io: IntGauge,
     pub in_flight_gpu: IntGauge,
+    /// Core mode: CPU threads' lanes in the queue group now (all of them in JetStream mode).
+    pub lanes_active: IntGauge,
     /// Log lines dropped by the background log writer (queue full); synced at each render.
     pub log_lines_dropped: IntCounter,
 }
@@ -243,6 +245,11 @@ impl Metrics {
         Metrics {
             in_flight_io,
             in_flight_gpu,
+            lanes_active: gauge(
+                &r,
+                "worker_intake_lanes_active",
+                "Core mode: CPU threads whose lane is in the queue group now (every one in JetStream mode)",
+            ),
             tasks,
             latency,
             resource_usage,

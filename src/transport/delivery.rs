@@ -107,6 +107,11 @@ pub trait Sink: Send + Sync + 'static {
     fn accepting(&self) -> bool {
         true
     }
+    /// What this lane's thread has queued and not started (core mode judges with it
+    /// whether the lane keeps up: `scale.rs`).
+    fn backlog(&self) -> usize {
+        0
+    }
 }
 
 /// Where the control connection hands cancel requests and approval decisions.

@@ -13,7 +13,8 @@ use crate::telemetry::Metrics;
 
 use super::{connect_with, core, jetstream};
 use super::{
-    Bucket, Intake, IntakeBudget, JetStreamHandles, Publisher, Role, Sink, TransportError,
+    Bucket, Intake, IntakeBudget, JetStreamHandles, LaneScale, Publisher, Role, Sink,
+    TransportError,
 };
 
 /// JetStream API calls and publish-acks of a lane give up after this (the client's default
@@ -37,7 +38,9 @@ pub struct Lane {
 
 /// Connects lane `index` and starts its intake on the current thread's runtime, handing
 /// what it receives to `sink`; returns once it receives (core mode: the server has the
-/// subscription). The intake ends when `stop` is cancelled.
+/// subscription, when `scale` wants this lane in the queue group). The intake ends when
+/// `stop` is cancelled.
+#[allow(clippy::too_many_arguments)]
 pub async fn open_lane(
     cfg: Arc<Config>,
     metrics: Arc<Metrics>,
@@ -45,6 +48,7 @@ pub async fn open_lane(
     js: Option<&JetStreamHandles>,
     sink: Arc<dyn Sink>,
     budget: Arc<IntakeBudget>,
+    scale: Arc<LaneScale>,
     stop: CancellationToken,
 ) -> Result<Lane, TransportError> {
     // The client's buffers are bounded from the lane's share of the memory budget: a core
@@ -87,14 +91,28 @@ pub async fn open_lane(
     let intake = match js {
         Some(js) => tokio::spawn(jetstream::consume_jetstream(intake, js)),
         None => {
-            let Some(sub) = core::subscribe_assignments(&intake.cfg, &client, &intake.stop).await
-            else {
-                return Err(TransportError::new(
-                    "subscribing to assignments",
-                    "the worker stopped first",
-                ));
+            // A lane the group does not want yet opens its connection and waits to be told.
+            let sub = if scale.wanted(index) {
+                let Some(sub) =
+                    core::subscribe_assignments(&intake.cfg, &client, &intake.stop).await
+                else {
+                    return Err(TransportError::new(
+                        "subscribing to assignments",
+                        "the worker stopped first",
+                    ));
+                };
+                Some(sub)
+            } else {
+                None
             };
-            tokio::spawn(core::consume_core(intake, sub, client.statistics()))
+            let lane = core::CoreLane {
+                index,
+                client,
+                sub,
+                scale,
+                buffer: buffers.subscription,
+            };
+            tokio::spawn(core::consume_core(intake, lane))
         }
     };
     Ok(Lane { intake, results })

@@ -8,6 +8,7 @@
 //! | `connect.rs` | connections ([`Role`]: control or lane N), buffers, reconnect policy |
 //! | `lane.rs` | opens a CPU thread's intake lane: its connection, publisher, intake loop and results bucket |
 //! | `core.rs` / `jetstream.rs` | the two intake loops (queue subscription / durable pull) |
+//! | `scale.rs` | [`LaneScale`]: how many lanes are in the core queue group, by load |
 //! | `delivery.rs` | [`Delivery`] (settle: ack, nak with delay, in progress) and [`Sink`] |
 //! | `budget.rs` | [`IntakeBudget`]: slots and bytes a lane may take |
 //! | `publish.rs` | [`Publisher`] (`Nats-Msg-Id`, publish-ack, retried through outages) |
@@ -26,6 +27,7 @@ mod handles;
 mod jetstream;
 mod lane;
 mod publish;
+mod scale;
 mod setup;
 
 use std::sync::Arc;
@@ -43,6 +45,7 @@ pub use delivery::{Control, Delivery, Sink};
 pub use handles::*;
 pub use lane::{open_lane, Lane};
 pub use publish::{Kind, Publisher};
+pub use scale::LaneScale;
 pub use setup::{bind_jetstream, JetStreamHandles};
 
 /// Boxed cause of a transport failure (the client's own error types stay in here).
