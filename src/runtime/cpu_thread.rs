@@ -200,7 +200,7 @@ impl CpuThread {
     }
 
     /// The next delivery when nothing waits; `None` once the worker stops and the queue is
-    /// empty. Stopping: once the lane has stopped receiving, what is already queued still
+    /// empty. Stopping: once every lane has stopped receiving, what is already queued still
     /// runs (within the grace period).
     async fn next(&self, intake: &mut Option<JoinHandle<()>>) -> Option<Delivery> {
         tokio::select! {
@@ -209,6 +209,9 @@ impl CpuThread {
             _ = self.shared.stopping.cancelled() => {
                 if let Some(h) = intake.take() {
                     let _ = h.await;
+                    // A core lane hands to other threads' queues when its own is full: until
+                    // every lane has stopped, one may still arrive here.
+                    self.shared.lanes.every_intake_ended().await;
                 }
                 self.rx.try_recv().ok()
             }

@@ -96,5 +96,11 @@ pub(super) async fn open(
     if let Some(bucket) = lane.results {
         dedupe::use_lane_bucket(bucket);
     }
-    Ok(lane.intake)
+    // Its end is counted, so that no thread takes its queue's last delivery at stop while
+    // another lane may still hand it one (`CpuThread::next`).
+    let (lanes, intake) = (shared.lanes.clone(), lane.intake);
+    Ok(tokio::spawn(async move {
+        let _ = intake.await;
+        lanes.intake_ended();
+    }))
 }

@@ -47,6 +47,7 @@ use std::time::Duration;
 
 use prometheus::IntGauge;
 use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
 /// How often a subscribed lane measures its thread's busy time and applies the rule.
 pub(super) const TICK: Duration = Duration::from_millis(100);
@@ -65,7 +66,8 @@ pub(super) const BURST: u32 = 128;
 /// Messages a leaving lane still takes beyond what its buffer may hold (see the module doc).
 pub(super) const LEAVE_ALLOWANCE: u64 = 4096;
 
-/// The queue group's membership, shared by the lanes of one worker.
+/// The lanes of one worker: which are in the core queue group, and, at stop, whether any
+/// still takes deliveries.
 #[derive(Debug)]
 pub struct LaneScale {
     /// Lanes `0..active` are subscribed (or subscribing).
@@ -78,6 +80,9 @@ pub struct LaneScale {
     busy: Box<[AtomicU32]>,
     /// `worker_intake_lanes_active`.
     gauge: IntGauge,
+    /// Lanes whose intake has not ended; `ended` is cancelled when none is left.
+    running: AtomicUsize,
+    ended: CancellationToken,
 }
 
 impl LaneScale {
@@ -92,7 +97,22 @@ impl LaneScale {
             wake: (0..lanes).map(|_| Notify::new()).collect(),
             busy: (0..lanes).map(|_| AtomicU32::new(0)).collect(),
             gauge,
+            running: AtomicUsize::new(lanes),
+            ended: CancellationToken::new(),
         }
+    }
+
+    /// Called once per lane when its intake has ended (at stop).
+    pub fn intake_ended(&self) {
+        if self.running.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.ended.cancel();
+        }
+    }
+
+    /// Returns once every lane's intake has ended: from then on no lane hands a delivery
+    /// to any thread's queue (a core lane may hand one to another thread's).
+    pub async fn every_intake_ended(&self) {
+        self.ended.cancelled().await;
     }
 
     /// Whether lane `index` should be subscribed.
@@ -280,6 +300,23 @@ mod tests {
         assert_eq!((s.active(), s.gauge.get()), (3, 3));
         assert_eq!(scale(2, 0).active(), 1, "at least one lane");
         assert_eq!(scale(2, 9).active(), 2, "at most every lane");
+    }
+
+    #[tokio::test]
+    async fn every_intake_ended_waits_for_the_last_lane() {
+        let s = std::sync::Arc::new(scale(2, 1));
+        s.intake_ended();
+        let waiting = tokio::spawn({
+            let s = s.clone();
+            async move { s.every_intake_ended().await }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!waiting.is_finished(), "one lane still runs");
+        s.intake_ended();
+        tokio::time::timeout(Duration::from_secs(2), waiting)
+            .await
+            .expect("ends once both have")
+            .expect("task");
     }
 
     #[test]
