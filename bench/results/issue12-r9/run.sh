@@ -77,3 +77,26 @@ for round in 1 2; do
     run "fin-new-$rate-r$round" /tmp/bw-final "${ra[@]}"
   done
 done
+# Target 3 (flat under backlog): 64 against 2 000 in flight, flat out, f74fb81 (/tmp/bw-f74)
+# against old, three rounds:
+for round in 1 2 3; do
+  for w in 64 2000; do
+    run "t3old-w$w-r$round" /tmp/bw-old --window "$w"
+    run "t3new-w$w-r$round" /tmp/bw-f74 --window "$w"
+  done
+done
+# Fourth version (committed): with 64 in flight the one lane stayed alone flat out
+# (61.4k/s against old's 67.5k/s): busy was the thread's CPU time, which on these shared
+# cores stays under 80 % while the thread is runnable but preempted. Busy is now the
+# runtime's own count of time not parked (tokio's worker_total_busy_duration). /tmp/bw-v4:
+for round in 1 2 3; do
+  for cfg in w64 w2000 5000 20000 flat; do
+    case $cfg in
+      w64|w2000) ra=(--window "${cfg#w}") ;;
+      flat) ra=() ;;
+      *) ra=(--rate "$cfg") ;;
+    esac
+    run "v4old-$cfg-r$round" /tmp/bw-old "${ra[@]}"
+    run "v4new-$cfg-r$round" /tmp/bw-v4 "${ra[@]}"
+  done
+done
