@@ -41,7 +41,7 @@ for round in $(seq 1 10); do
     $B --worker-bin /tmp/bw-$c --scenario fs-get --duration 3 --no-plain --out "$O/ab-$c-r$round" > "$O/ab-$c-r$round.txt" 2>&1
   done
 done
-# Second version of the rule (committed): a backlog is two bursts of 128 within a tick, not
+# Second version of the rule (kept in the third and fourth): a backlog is two bursts of 128 within a tick, not
 # one burst of 64 (a scheduling stall made the second lane join at 20 000/s); leave when
 # the rest would be under 65 %, not 50 %. Binary /tmp/bw-new2. Interleaved with old:
 for round in 1 2 3; do
@@ -54,7 +54,7 @@ for round in 1 2 3 4 5; do
   run "v2old-flat-r$round" /tmp/bw-old
   run "v2new-flat-r$round" /tmp/bw-new2
 done
-# Third version (committed): flat out with a closed window the one lane kept its queue full
+# Third version (69cbdea): flat out with a closed window the one lane kept its queue full
 # at under 80 % of a core (the VM's cores shared with the broker and the load generator),
 # so version 2 stayed at one lane (flat 0.26× null against 0.30×). A lane whose thread has
 # 128 queued and not started at a tick counts as fully busy. Binary /tmp/bw-new3:
@@ -68,7 +68,7 @@ for round in 1 2 3; do
     run "v3new-$rate-r$round" /tmp/bw-new3 --rate "$rate"
   done
 done
-# The committed code (the third version with its intake loop split into two functions, no
+# The third version as committed in 69cbdea (with its intake loop split into two functions, no
 # change of behaviour), /tmp/bw-final, two more pairs each against old:
 for round in 1 2; do
   for rate in 5000 20000 flat; do
@@ -85,7 +85,7 @@ for round in 1 2 3; do
     run "t3new-w$w-r$round" /tmp/bw-f74 --window "$w"
   done
 done
-# Fourth version (committed): with 64 in flight the one lane stayed alone flat out
+# Fourth version (708469e): with 64 in flight the one lane stayed alone flat out
 # (61.4k/s against old's 67.5k/s): busy was the thread's CPU time, which on these shared
 # cores stays under 80 % while the thread is runnable but preempted. Busy is now the
 # runtime's own count of time not parked (tokio's worker_total_busy_duration). /tmp/bw-v4:
