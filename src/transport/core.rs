@@ -190,18 +190,10 @@ impl Subs {
         self.current.is_some() || !self.leaving.is_empty()
     }
 
+    /// The next message: a leaving subscription's first (each is finite, so none starves
+    /// the current one for long, and a busy current one cannot leave a leaving one's buffer
+    /// to overflow).
     fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Got> {
-        if let Some(sub) = self.current.as_mut() {
-            if let Poll::Ready(m) = sub.poll_next_unpin(cx) {
-                return Poll::Ready(match m {
-                    Some(m) => {
-                        self.taken += 1;
-                        Got::Message(m)
-                    }
-                    None => Got::CurrentEnded,
-                });
-            }
-        }
         for i in 0..self.leaving.len() {
             if let Poll::Ready(m) = self.leaving[i].poll_next_unpin(cx) {
                 return Poll::Ready(match m {
@@ -210,6 +202,17 @@ impl Subs {
                         self.leaving.swap_remove(i);
                         Got::LeavingEnded
                     }
+                });
+            }
+        }
+        if let Some(sub) = self.current.as_mut() {
+            if let Poll::Ready(m) = sub.poll_next_unpin(cx) {
+                return Poll::Ready(match m {
+                    Some(m) => {
+                        self.taken += 1;
+                        Got::Message(m)
+                    }
+                    None => Got::CurrentEnded,
                 });
             }
         }
