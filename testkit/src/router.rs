@@ -39,6 +39,16 @@ impl Seen {
             .collect()
     }
 
+    /// How many messages `subject` has had (without copying them).
+    pub fn count(&self, subject: &str) -> usize {
+        self.inner
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter(|(s, _, _)| s == subject)
+            .count()
+    }
+
     pub fn for_id(&self, subject: &str, id: &str) -> Vec<Value> {
         self.on(subject)
             .into_iter()
@@ -75,14 +85,13 @@ impl Seen {
     pub async fn wait_count(&self, subject: &str, n: usize, timeout: Duration) -> Vec<Value> {
         let end = Instant::now() + timeout;
         loop {
-            let v = self.on(subject);
-            if v.len() >= n {
-                return v;
+            let seen = self.count(subject);
+            if seen >= n {
+                return self.on(subject);
             }
             assert!(
                 Instant::now() < end,
-                "only {} of {n} messages on {subject} within {timeout:?}",
-                v.len()
+                "only {seen} of {n} messages on {subject} within {timeout:?}"
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
