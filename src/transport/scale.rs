@@ -419,17 +419,28 @@ mod tests {
     #[test]
     fn off_a_runtime_the_tick_measures_this_threads_cpu() {
         let s = scale(2, 1);
+        let (cpu0, wall0) = (
+            beamline_io::cputime::thread_cpu_ns(),
+            std::time::Instant::now(),
+        );
         let mut m = LaneMeter::new(0);
         m.tick(&s, 0);
         assert_eq!(s.busy[0].load(Ordering::Relaxed), 0, "too short to judge");
-        let end = std::time::Instant::now() + TICK;
+        // Spin until this thread has had a tick's worth of CPU, however long the host's
+        // other work makes that take.
+        let tick_ns = TICK.as_nanos() as u64;
         let mut x = 0u64;
-        while std::time::Instant::now() < end {
+        while beamline_io::cputime::thread_cpu_ns() - cpu0 < tick_ns {
             x = std::hint::black_box(x.wrapping_add(1));
         }
         m.tick(&s, 0);
-        // Spinning the whole time: far over the join threshold (preemption aside).
-        assert!(s.busy[0].load(Ordering::Relaxed) > 500, "{:?}", s.busy);
+        let wall = wall0.elapsed().as_nanos() as u64;
+        // The tick says the thread's CPU over the tick's wall time: at least the tick of
+        // CPU spun over at most `wall` (less a little for the rounding down of both and the
+        // microseconds between `cpu0` and the meter's first reading). Unloaded, about 1 000.
+        let least = (tick_ns * 1000 / wall).min(1000) as u32;
+        let busy = s.busy[0].load(Ordering::Relaxed);
+        assert!(busy + 10 >= least, "busy {busy}‰, at least {least}‰");
         std::thread::sleep(TICK);
         m.tick(&s, 0);
         assert!(s.busy[0].load(Ordering::Relaxed) < 200, "{:?}", s.busy);
