@@ -119,7 +119,7 @@ async fn lanes_join_under_load_and_leave_after_it_losing_nothing() {
     let mut look = t0;
     while ids.len() < 20_000 || router.seen.count(RESULT) < before + ids.len() {
         let answered = router.seen.count(RESULT) - before;
-        let room = OUTSTANDING.saturating_sub(ids.len() - answered);
+        let room = OUTSTANDING.saturating_sub(ids.len().saturating_sub(answered));
         for _ in 0..room.min(128).min(20_000 - ids.len()) {
             let id = format!("load-{}", ids.len());
             router.assign_unflushed(&get(&id)).await;
