@@ -7,6 +7,7 @@
 #include <linux/openat2.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <time.h>
@@ -43,6 +44,17 @@ int main(int argc, char **argv) {
     BEST("getppid (entry and exit only)", syscall(SYS_getppid));
     BEST("statx(root path) [roots::take]",
          statx(AT_FDCWD, dir, AT_STATX_DONT_SYNC, STATX_TYPE | STATX_INO, &stx));
+    // The same check walked from a held descriptor of the root's parent: one component.
+    char parent[4096], name[4096];
+    snprintf(parent, sizeof parent, "%s", dir);
+    char *slash = strrchr(parent, '/');
+    if (!slash || slash == parent) { fprintf(stderr, "DIR: an absolute path below /\n"); return 2; }
+    snprintf(name, sizeof name, "%s", slash + 1);
+    *slash = 0;
+    int up = open(parent, O_PATH | O_DIRECTORY);
+    if (up < 0) { perror("open parent"); return 1; }
+    BEST("statx(parent fd, root's name)",
+         statx(up, name, AT_STATX_DONT_SYNC, STATX_TYPE | STATX_INO, &stx));
     BEST("statx(fd, \"\", AT_EMPTY_PATH)",
          statx(root, "", AT_EMPTY_PATH, STATX_BASIC_STATS, &stx));
     BEST("openat2(root, \"f\", BENEATH) + close", {
