@@ -1,4 +1,4 @@
-# Sourced by the device scripts (lanes.sh, sweep-16c.sh) with the out dir and the log's
+# Sourced by the device scripts (lanes.sh, sweep-16c.sh, follow.sh) with the out dir and the log's
 # name: `. "$(dirname "$0")/lib.sh" "${1:-}" NAME.log`. Goes to the repo root, puts the
 # carried binaries and nats-server (bench/device/.bin, as run.sh's header says) on PATH,
 # makes the out dir and a scratch dir $w, and defines `say`, `bench` and `pack`.
