@@ -28,13 +28,13 @@ struct LaneSink {
 }
 
 impl Sink for LaneSink {
-    fn submit(&self, d: Delivery) -> Result<(), Delivery> {
+    fn submit(&self, mut d: Delivery) -> Result<(), Delivery> {
         if self.shared.stopping.is_cancelled() || !self.accepting() {
             return Err(d);
         }
         let n = self.queues.len();
-        let mut d = d;
         for k in 0..n {
+            // Its own queue first, without the division (the common case on the hot path).
             let q = if k == 0 {
                 self.index
             } else {
