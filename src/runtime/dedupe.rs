@@ -3,9 +3,11 @@
 //! shared by every instance. A duplicate that arrives while the first copy still runs waits
 //! for its result instead of running the block again.
 
+mod shard;
+
 use std::cell::RefCell;
-use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::hash::BuildHasher as _;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -15,6 +17,7 @@ use tokio::sync::watch;
 use crate::transport::{Bucket, BucketError};
 
 use super::key::{KeyHasher, TaskKey};
+use shard::{Found, Shard};
 
 /// What was published for a finished assignment; re-published byte for byte on a duplicate.
 #[derive(Debug, Clone, PartialEq)]
@@ -61,13 +64,6 @@ pub fn use_lane_bucket(bucket: Bucket) {
     LANE_BUCKET.with(|b| *b.borrow_mut() = Some(Arc::new(bucket)));
 }
 
-#[derive(Debug)]
-enum Entry {
-    /// Running here; the channel exists once a second delivery waits for the result.
-    Running(Option<watch::Sender<Option<Arc<Record>>>>),
-    Done(Arc<Record>, Instant),
-}
-
 /// What [`Dedupe::begin_key`] found.
 #[derive(Debug)]
 pub enum Begin {
@@ -79,34 +75,35 @@ pub enum Begin {
     Running(watch::Receiver<Option<Arc<Record>>>),
 }
 
-#[derive(Debug)]
-struct Inner {
-    map: HashMap<Key, Entry, KeyHasher>,
-    order: VecDeque<(Key, Instant)>,
-    /// What the finished entries hold, by [`cost`].
-    bytes: usize,
-}
+/// The byte budget of a store that is given none ([`Dedupe::with_byte_budget`]).
+const DEFAULT_BUDGET: usize = 16 << 20;
 
-/// Bookkeeping counted per finished entry on top of its bytes ([`cost`]).
-const OVERHEAD: usize = 192;
+/// The smallest share of the budget a shard gets: fewer shards for a small budget, so that
+/// each still holds records of a few hundred kilobytes.
+const SHARD_BYTES: usize = 4 << 20;
 
-/// What one finished entry costs the process: its record, its key (one allocation, shared
-/// by map and order) and the bookkeeping around them (map slot, queue slot, `Arc`s,
-/// allocation headers).
-fn cost(key: &Key, record: &Record) -> usize {
-    record.ack.len() + record.result.len() + key.len() + OVERHEAD
-}
+/// Most shards: the CPU threads seldom wait for each other's lock with this many.
+const MOST_SHARDS: usize = 16;
 
 /// The dedupe store.
 #[derive(Debug, Clone)]
 pub struct Dedupe {
-    inner: Arc<Mutex<Inner>>,
+    inner: Arc<Inner>,
     /// Behind an `Arc`: a `Store` is over a kilobyte, and every guard carries the store.
     kv: Option<Arc<Bucket>>,
-    ttl: Duration,
+}
+
+#[derive(Debug)]
+struct Inner {
+    /// By the key's hash: two CPU threads take the same lock only for keys of one shard.
+    shards: Box<[Mutex<Shard>]>,
+    hasher: KeyHasher,
+    /// What a record's "finished at" counts from.
+    epoch: Instant,
+    /// In ns.
+    ttl: u64,
+    /// Most finished entries, over all shards.
     capacity: usize,
-    /// Most bytes the finished entries may hold ([`cost`]); the oldest go first past it.
-    budget: usize,
 }
 
 /// Holds the "running" mark of one assignment.
@@ -129,54 +126,84 @@ fn kv_key(tenant: &str, id: &str) -> String {
     format!("r.{tenant}.{}", e.encode(id))
 }
 
+impl Inner {
+    /// `capacity` entries and `budget` bytes of records, in as many shards as the budget
+    /// gives [`SHARD_BYTES`] each, up to [`MOST_SHARDS`].
+    fn new(ttl: u64, capacity: usize, budget: usize, hasher: KeyHasher) -> Inner {
+        let n = (budget / SHARD_BYTES).clamp(1, MOST_SHARDS);
+        Inner {
+            shards: (0..n)
+                .map(|_| Mutex::new(Shard::new(budget / n, capacity.div_ceil(n))))
+                .collect(),
+            hasher,
+            epoch: Instant::now(),
+            ttl,
+            capacity,
+        }
+    }
+
+    fn hash(&self, key: &Key) -> u64 {
+        self.hasher.hash_one(key)
+    }
+
+    /// The shard of a key's hash, locked. Its bits 40 and up pick it: the index inside
+    /// uses the low bits for the bucket and the top seven for the tag.
+    fn shard(&self, hash: u64) -> MutexGuard<'_, Shard> {
+        self.lock((hash >> 40) as usize % self.shards.len())
+    }
+
+    fn lock(&self, i: usize) -> MutexGuard<'_, Shard> {
+        match self.shards.get(i) {
+            Some(shard) => shard.lock().unwrap_or_else(|p| p.into_inner()),
+            None => unreachable!("shard {i} of {}", self.shards.len()),
+        }
+    }
+
+    fn now(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+}
+
 impl Dedupe {
     pub fn new(kv: Option<Bucket>, ttl: Duration, capacity: usize) -> Dedupe {
+        let ttl = u64::try_from(ttl.as_nanos()).unwrap_or(u64::MAX);
+        let capacity = capacity.max(16);
         Dedupe {
-            inner: Arc::new(Mutex::new(Inner {
-                map: HashMap::default(),
-                order: VecDeque::new(),
-                bytes: 0,
-            })),
+            inner: Arc::new(Inner::new(
+                ttl,
+                capacity,
+                DEFAULT_BUDGET,
+                KeyHasher::default(),
+            )),
             kv: kv.map(Arc::new),
-            ttl,
-            capacity: capacity.max(16),
-            budget: usize::MAX,
         }
     }
 
     /// Bounds what the finished entries hold to `bytes` (a share of `--max-memory-mb`), on
     /// top of the entry count: a store of large results stays within its share of memory.
-    ///
-    /// The map and the eviction queue are sized here for the most entries the store can
-    /// hold (the entry cap, or what the budget holds of the smallest entries), so they
-    /// never grow under load: growing the map moved every entry to a new table under the
-    /// store's lock (both CPU threads waiting), at 28 k and 57 k entries in the first
-    /// seconds of a busy worker, and once more later. The map gets room for twice the
-    /// entries: a hash table that is over half full grows when the tombstones its removals
-    /// leave have used up its room; under half full it only tidies them in place. The
-    /// queue holds one more than the cap (a new entry goes in before the oldest goes out).
-    /// Only the map's control bytes are written now (two to three bytes an entry); the
-    /// slots' pages are touched as entries arrive. The table is the store's fixed cost
-    /// beside the byte budget: at the default 100 000 entries, 262 144 slots of about 56
-    /// bytes (~15 MB once the store has filled).
+    /// The records' rings take at most `bytes` together, their pages touched as records
+    /// arrive; the index and the order beside them are sized now for the entry cap and
+    /// never grow (about 70 bytes an entry: ~7 MB at the default 100 000).
     pub fn with_byte_budget(mut self, bytes: usize) -> Dedupe {
-        self.budget = bytes.max(64 << 10);
-        let most = self.capacity.min(self.budget / OVERHEAD);
-        {
-            let mut g = self.lock();
-            g.map.reserve(2 * most);
-            g.order.reserve(most + 1);
-        }
+        let old = &self.inner;
+        let inner = Inner::new(
+            old.ttl,
+            old.capacity,
+            bytes.max(64 << 10),
+            old.hasher.clone(),
+        );
+        self.inner = Arc::new(inner);
         self
     }
 
     /// Bytes the finished entries hold now (tests, metrics).
     pub fn bytes(&self) -> usize {
-        self.lock().bytes
+        self.each(|s| s.bytes() as usize)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    fn each(&self, f: impl Fn(&Shard) -> usize) -> usize {
+        let inner = &self.inner;
+        (0..inner.shards.len()).map(|i| f(&inner.lock(i))).sum()
     }
 
     pub fn is_durable(&self) -> bool {
@@ -203,26 +230,18 @@ impl Dedupe {
     /// Looks the assignment up by the key the pipeline made for it; marks it running when
     /// it is new.
     pub async fn begin_key(&self, key: &TaskKey) -> Begin {
-        let (tenant, id) = (key.tenant(), key.id());
-        {
-            let mut g = self.lock();
-            match g.map.get_mut(key) {
-                Some(Entry::Done(r, at)) if at.elapsed() < self.ttl => {
-                    return Begin::Done(r.clone())
-                }
-                Some(Entry::Running(Some(tx))) => return Begin::Running(tx.subscribe()),
-                Some(Entry::Running(waiters @ None)) => {
-                    let (tx, rx) = watch::channel(None);
-                    *waiters = Some(tx);
-                    return Begin::Running(rx);
-                }
-                _ => {}
-            }
-            g.map.insert(key.clone(), Entry::Running(None));
+        let inner = &self.inner;
+        let hash = inner.hash(key);
+        let now = inner.now();
+        let found = inner.shard(hash).begin(key, hash, now, inner.ttl);
+        match found {
+            Found::Done(record) => return Begin::Done(Arc::new(record)),
+            Found::Running(rx) => return Begin::Running(rx),
+            Found::New => {}
         }
         if let Some(kv) = self.bucket() {
             // Boxed: the lookup's state is large and only JetStream mode has it.
-            match Box::pin(kv.get(&kv_key(tenant, id))).await {
+            match Box::pin(kv.get(&kv_key(key.tenant(), key.id()))).await {
                 Ok(Some(bytes)) => {
                     if let Some(r) = Record::decode(bytes) {
                         let r = Arc::new(r);
@@ -241,47 +260,20 @@ impl Dedupe {
         })
     }
 
+    /// Keeps `record` as `key`'s and tells those waiting for it.
     fn finish(&self, key: &Key, record: Arc<Record>) {
-        let now = Instant::now();
-        let mut g = self.lock();
-        g.bytes += cost(key, &record);
-        match g.map.insert(key.clone(), Entry::Done(record.clone(), now)) {
-            Some(Entry::Running(Some(tx))) => {
-                let _ = tx.send(Some(record));
-            }
-            Some(Entry::Running(None)) => {}
-            Some(Entry::Done(old, _)) => g.bytes = g.bytes.saturating_sub(cost(key, &old)),
-            None => {}
-        }
-        g.order.push_back((key.clone(), now));
-        // Bounded: evict the oldest finished entries past capacity, byte budget or TTL. An
-        // entry that was finished again later carries a newer instant and stays.
-        while g.order.len() > self.capacity
-            || g.bytes > self.budget
-            || g.order
-                .front()
-                .is_some_and(|(_, at)| now.saturating_duration_since(*at) >= self.ttl)
-        {
-            let Some((k, at)) = g.order.pop_front() else {
-                break;
-            };
-            // One lookup: taken out, and put back in the rare case that it is not this
-            // record (finished again later, or running again after its TTL).
-            match g.map.remove(&k) {
-                Some(Entry::Done(old, done)) if done == at => {
-                    g.bytes = g.bytes.saturating_sub(cost(&k, &old));
-                }
-                Some(other) => {
-                    g.map.insert(k, other);
-                }
-                None => {}
-            }
+        let inner = &self.inner;
+        let hash = inner.hash(key);
+        let now = inner.now();
+        let waiters = inner.shard(hash).finish(key, hash, &record, now, inner.ttl);
+        if let Some(tx) = waiters {
+            let _ = tx.send(Some(record));
         }
     }
 
-    /// Number of assignments remembered in memory (tests, metrics).
+    /// Number of assignments remembered in memory, running ones included (tests, metrics).
     pub fn len(&self) -> usize {
-        self.lock().map.len()
+        self.each(Shard::len)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -352,10 +344,8 @@ impl Drop for Guard {
     fn drop(&mut self) {
         // Given up (shutdown, nak): forget the running mark so a redelivery runs it.
         if let Some(key) = self.key.take() {
-            let mut g = self.store.lock();
-            if matches!(g.map.get(&key), Some(Entry::Running(_))) {
-                g.map.remove(&key);
-            }
+            let inner = &self.store.inner;
+            inner.shard(inner.hash(&key)).give_up(&key);
         }
     }
 }
@@ -423,27 +413,32 @@ mod tests {
 
     #[tokio::test]
     async fn the_store_is_sized_once_and_never_grows_while_it_fills() {
-        // Entry cap 2 000; a budget that holds more than that of the smallest entries.
+        // Entry cap 2 000 over 16 shards; a budget that holds more than that.
         let d = Dedupe::new(None, Duration::from_secs(60), 2_000).with_byte_budget(64 << 20);
-        let sized = {
-            let g = d.lock();
-            (g.map.capacity(), g.order.capacity())
+        let room = |d: &Dedupe| -> Vec<(usize, usize)> {
+            (0..d.inner.shards.len())
+                .map(|i| d.inner.lock(i).room())
+                .collect()
         };
-        assert!(sized.0 >= 4_000 && sized.1 > 2_000, "{sized:?}");
-        // Ten times the cap: evictions leave enough tombstones to use up the map's room.
+        let sized = room(&d);
+        assert_eq!(sized.len(), 16);
+        // 125 entries a shard: twice that in the index, one more in the order.
+        assert!(sized.iter().all(|&(i, o)| i >= 250 && o > 125), "{sized:?}");
+        // Ten times the cap: evictions leave enough tombstones to use up the index's room.
+        // A table's room is its entries plus what it can take before it must tidy or
+        // grow: tombstones lower it a little, growing would double it.
+        let grown = |now: &[(usize, usize)]| {
+            now.iter()
+                .zip(&sized)
+                .any(|(now, then)| now.0 > then.0 || now.1 != then.1)
+        };
         for i in 0..20_000 {
             let Begin::New(g) = d.begin("t", &i.to_string()).await else {
                 panic!("new")
             };
             g.complete(rec(1)).await;
-            let g = d.lock();
-            // A grown map would report about twice the room; the queue never moves.
-            assert!(
-                g.map.capacity() <= sized.0,
-                "map grew at {i}: {}",
-                g.map.capacity()
-            );
-            assert_eq!(g.order.capacity(), sized.1, "queue grew at {i}");
+            let now = room(&d);
+            assert!(!grown(&now), "grew at {i}: {now:?} from {sized:?}");
         }
         assert_eq!(d.len(), 2_000);
     }
@@ -463,7 +458,9 @@ mod tests {
             g.complete(big.clone()).await;
         }
         assert!(d.bytes() <= 1 << 20, "{} bytes held", d.bytes());
-        assert!((90..=100).contains(&d.len()), "{} entries", d.len());
+        // One shard at this budget: as many as fit whole in its ring.
+        let each = 24 + 4 + 100 + (10 << 10);
+        assert_eq!(d.len(), (1 << 20) / each, "{} entries", d.len());
         // The newest are the ones kept.
         assert!(matches!(d.begin("t", "999").await, Begin::Done(_)));
         assert!(matches!(d.begin("t", "0").await, Begin::New(_)));

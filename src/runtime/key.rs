@@ -42,6 +42,11 @@ impl TaskKey {
         self.joined.get(self.split as usize..).unwrap_or("")
     }
 
+    /// The tenant and the id, joined.
+    pub fn as_bytes(&self) -> &[u8] {
+        self.joined.as_bytes()
+    }
+
     /// Bytes of the two ids together.
     pub fn len(&self) -> usize {
         self.joined.len()
