@@ -48,3 +48,10 @@ python3 "$D/../issue12-r9/summarize.py" "$D" > "$D/summary.txt"
 # The store alone (dedupe-cost-old.txt, dedupe-cost-new.txt): in a checkout of each,
 # with examples/dedupe_cost.rs of this round copied in for the old one,
 #   cargo build --release --example dedupe_cost && for i in 1 2 3; do target/release/examples/dedupe_cost; done
+# Later in the session, five more rounds at fixed rates (5 000/s, then 20 000/s, old and new
+# alternating, the order swapped each round), into $O and copied here the same way:
+for round in 6 7 8 9 10; do
+  if (( round % 2 )); then order=(old new); else order=(new old); fi
+  for c in "${order[@]}"; do run "$c-5000-r$round" "/tmp/bw-$c" --rate 5000 --duration 5; done
+  for c in "${order[@]}"; do run "$c-20000-r$round" "/tmp/bw-$c" --rate 20000 --duration 5; done
+done
