@@ -84,7 +84,7 @@ impl Shard {
             index: HashTable::with_capacity(2 * most),
             order: VecDeque::with_capacity(most + 1),
             ring: Vec::new(),
-            size: size as u64,
+            size: size.max(1) as u64,
             head: 0,
             most,
         }
