@@ -106,8 +106,7 @@ fn run(store: Option<&Dedupe>, threads: usize, offset: u64) -> Vec<f64> {
 fn main() {
     for threads in [1, 2] {
         let base = run(None, threads, 0);
-        let store =
-            Dedupe::new(None, Duration::from_secs(86_400), CAPACITY).with_byte_budget(BUDGET);
+        let store = Dedupe::new(None, Duration::from_secs(86_400), CAPACITY, BUDGET);
         let with = run(Some(&store), threads, 1 << 40);
         let held = store.len();
         let base_med = base.iter().sum::<f64>() / base.len() as f64;

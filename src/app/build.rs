@@ -253,8 +253,12 @@ fn shared(
         publisher: publisher.clone(),
         // Finished results kept for dedupe: a sixteenth of the memory budget (128 MiB of the
         // default 2 GiB), so the store's share is counted inside --max-memory-mb.
-        dedupe: Dedupe::new(kv.clone(), cfg.dedupe_ttl, 100_000)
-            .with_byte_budget(((cfg.max_memory_mb << 20) / 16) as usize),
+        dedupe: Dedupe::new(
+            kv.clone(),
+            cfg.dedupe_ttl,
+            100_000,
+            ((cfg.max_memory_mb << 20) / 16) as usize,
+        ),
         cancels: Cancels::default(),
         approvals: Approvals::default(),
         approval_kv: kv,

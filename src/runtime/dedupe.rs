@@ -75,9 +75,6 @@ pub enum Begin {
     Running(watch::Receiver<Option<Arc<Record>>>),
 }
 
-/// The byte budget of a store that is given none ([`Dedupe::with_byte_budget`]).
-const DEFAULT_BUDGET: usize = 16 << 20;
-
 /// The smallest share of the budget a shard gets: fewer shards for a small budget, so that
 /// each still holds records of a few hundred kilobytes.
 const SHARD_BYTES: usize = 4 << 20;
@@ -102,8 +99,6 @@ struct Inner {
     epoch: Instant,
     /// In ns.
     ttl: u64,
-    /// Most finished entries, over all shards.
-    capacity: usize,
 }
 
 /// Holds the "running" mark of one assignment.
@@ -127,21 +122,6 @@ fn kv_key(tenant: &str, id: &str) -> String {
 }
 
 impl Inner {
-    /// `capacity` entries and `budget` bytes of records, in as many shards as the budget
-    /// gives [`SHARD_BYTES`] each, up to [`MOST_SHARDS`].
-    fn new(ttl: u64, capacity: usize, budget: usize, hasher: KeyHasher) -> Inner {
-        let n = (budget / SHARD_BYTES).clamp(1, MOST_SHARDS);
-        Inner {
-            shards: (0..n)
-                .map(|_| Mutex::new(Shard::new(budget / n, capacity.div_ceil(n))))
-                .collect(),
-            hasher,
-            epoch: Instant::now(),
-            ttl,
-            capacity,
-        }
-    }
-
     fn hash(&self, key: &Key) -> u64 {
         self.hasher.hash_one(key)
     }
@@ -165,35 +145,29 @@ impl Inner {
 }
 
 impl Dedupe {
-    pub fn new(kv: Option<Bucket>, ttl: Duration, capacity: usize) -> Dedupe {
-        let ttl = u64::try_from(ttl.as_nanos()).unwrap_or(u64::MAX);
+    /// A store of at most `capacity` finished entries (16 or more) holding at most `budget`
+    /// bytes of records (64 KiB or more; the worker gives it a share of `--max-memory-mb`),
+    /// so a store of large results stays within its share of memory. The records' rings
+    /// take at most `budget` together, in as many shards as it gives [`SHARD_BYTES`] each,
+    /// up to [`MOST_SHARDS`]; their pages are touched as records arrive. The index and the
+    /// order beside them are sized now for the entry cap and never grow (about 70 bytes an
+    /// entry: ~7 MB at the default 100 000).
+    pub fn new(kv: Option<Bucket>, ttl: Duration, capacity: usize, budget: usize) -> Dedupe {
         let capacity = capacity.max(16);
+        let budget = budget.max(64 << 10);
+        let n = (budget / SHARD_BYTES).clamp(1, MOST_SHARDS);
+        let inner = Inner {
+            shards: (0..n)
+                .map(|_| Mutex::new(Shard::new(budget / n, capacity.div_ceil(n))))
+                .collect(),
+            hasher: KeyHasher::default(),
+            epoch: Instant::now(),
+            ttl: u64::try_from(ttl.as_nanos()).unwrap_or(u64::MAX),
+        };
         Dedupe {
-            inner: Arc::new(Inner::new(
-                ttl,
-                capacity,
-                DEFAULT_BUDGET,
-                KeyHasher::default(),
-            )),
+            inner: Arc::new(inner),
             kv: kv.map(Arc::new),
         }
-    }
-
-    /// Bounds what the finished entries hold to `bytes` (a share of `--max-memory-mb`), on
-    /// top of the entry count: a store of large results stays within its share of memory.
-    /// The records' rings take at most `bytes` together, their pages touched as records
-    /// arrive; the index and the order beside them are sized now for the entry cap and
-    /// never grow (about 70 bytes an entry: ~7 MB at the default 100 000).
-    pub fn with_byte_budget(mut self, bytes: usize) -> Dedupe {
-        let old = &self.inner;
-        let inner = Inner::new(
-            old.ttl,
-            old.capacity,
-            bytes.max(64 << 10),
-            old.hasher.clone(),
-        );
-        self.inner = Arc::new(inner);
-        self
     }
 
     /// Bytes the finished entries hold now (tests, metrics).
@@ -370,7 +344,7 @@ mod tests {
 
     #[tokio::test]
     async fn second_sight_gets_the_stored_record_and_tenants_are_separate() {
-        let d = Dedupe::new(None, Duration::from_secs(60), 100);
+        let d = Dedupe::new(None, Duration::from_secs(60), 100, 1 << 20);
         let Begin::New(g) = d.begin("t1", "a").await else {
             panic!("new")
         };
@@ -391,7 +365,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_dropped_guard_lets_the_next_delivery_run() {
-        let d = Dedupe::new(None, Duration::from_secs(60), 100);
+        let d = Dedupe::new(None, Duration::from_secs(60), 100, 1 << 20);
         let Begin::New(g) = d.begin("t", "a").await else {
             panic!("new")
         };
@@ -401,7 +375,7 @@ mod tests {
 
     #[tokio::test]
     async fn memory_is_bounded() {
-        let d = Dedupe::new(None, Duration::from_secs(60), 16);
+        let d = Dedupe::new(None, Duration::from_secs(60), 16, 1 << 20);
         for i in 0..100 {
             let Begin::New(g) = d.begin("t", &i.to_string()).await else {
                 panic!("new")
@@ -414,7 +388,7 @@ mod tests {
     #[tokio::test]
     async fn the_store_is_sized_once_and_never_grows_while_it_fills() {
         // Entry cap 2 000 over 16 shards; a budget that holds more than that.
-        let d = Dedupe::new(None, Duration::from_secs(60), 2_000).with_byte_budget(64 << 20);
+        let d = Dedupe::new(None, Duration::from_secs(60), 2_000, 64 << 20);
         let room = |d: &Dedupe| -> Vec<(usize, usize)> {
             (0..d.inner.shards.len())
                 .map(|i| d.inner.lock(i).room())
@@ -446,7 +420,7 @@ mod tests {
     #[tokio::test]
     async fn memory_is_bounded_by_bytes() {
         // 1 MiB budget, 10 KiB results: at most ~100 remembered, however many finish.
-        let d = Dedupe::new(None, Duration::from_secs(60), 100_000).with_byte_budget(1 << 20);
+        let d = Dedupe::new(None, Duration::from_secs(60), 100_000, 1 << 20);
         let big = Record {
             ack: Bytes::from(vec![b'a'; 100]),
             result: Bytes::from(vec![b'r'; 10 << 10]),
