@@ -53,11 +53,14 @@
 //! `rel` is made relative by stripping leading `/`, then resolved ONLY by
 //! `openat2(root_fd, rel, RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS)`: `..` above the root,
 //! absolute symlinks and symlinks leading out of the root fail with `EXDEV` and are reported
-//! as [`FsErrorKind::Escape`]; symlinks that stay inside are followed. The IO threads open
-//! the root directory per request (`O_PATH|O_DIRECTORY`); the inline gets of
-//! [`IoPool::try_get_now`] keep it open per calling thread, checked by one `statx` of its
-//! path before each use so that a replaced root is never served from a stale fd
-//! (`roots.rs`). A hard link inside the root to a file outside it cannot be told apart
+//! as [`FsErrorKind::Escape`]; symlinks that stay inside are followed. A get first tries
+//! the shortcut that opens the same file: `openat2(AT_FDCWD, "root/rel",
+//! RESOLVE_NO_SYMLINKS)` when `rel` has no `..` (a walk that follows no symlink and never
+//! goes up stays beneath the root); a symlink on the way (`ELOOP`) sends it through the
+//! root as above. The IO threads open the root directory per request that needs it
+//! (`O_PATH|O_DIRECTORY`); the inline gets of [`IoPool::try_get_now`] keep such a root open
+//! per calling thread, checked by one `statx` of its path before each use so that a
+//! replaced root is never served from a stale fd (`roots.rs`). A hard link inside the root to a file outside it cannot be told apart
 //! by path resolution, so reads refuse every file with `st_nlink > 1` (Escape), including
 //! hard links whose other name is inside the root. Writes replace the directory entry by
 //! `renameat` (or exchange it with a rewritten spare) and never write through an existing
@@ -544,7 +547,10 @@ impl IoPool {
     /// path's lookup in the dentry cache and the file's bytes in the page cache (the common
     /// case for a hot file). `None` when some step would have waited for the disk; then
     /// call [`IoPool::get`], which hands it to an IO thread. The same checks and answers as
-    /// [`IoPool::get`] (same machine); about seven syscalls and no thread hop.
+    /// [`IoPool::get`] (same machine); four system calls for a hot file (`openat2` of the
+    /// whole path, `statx`, `preadv2`, `close`), five under a root behind a symlink (one
+    /// `statx` of the kept root's path instead, then `openat2` beneath it), and no thread
+    /// hop.
     pub fn try_get_now(&self, root: &Path, rel: &str) -> Option<Result<FileData, FsError>> {
         // After shutdown `get` answers `Shutdown`; so does this (through `get`).
         let open = self.inner.senders.read().is_ok_and(|s| s.is_some());
@@ -559,16 +565,17 @@ impl IoPool {
             Ok(r) => r,
             Err(e) => return Some(Err(e)),
         };
-        let cached = roots::take(&root_c);
+        let by_root = roots::symlinked(&root_c);
+        let cached = if by_root { roots::take(&root_c) } else { None };
         let was_cached = cached.is_some();
         let max = self.inner.max_file_bytes;
-        let reply = get_now(&root_c, path, max, cached);
+        let reply = get_now(&root_c, path, max, cached, by_root);
         let stale = was_cached && matches!(&reply, Some(Err(e)) if e.kind == FsErrorKind::NotFound);
         if stale {
             // Through a cached root (maybe one removed and made again under the same
             // inode): ask again through a fresh open.
             let path = path::parse_get(rel).ok()?; // parsed once already
-            return get_now(&root_c, path, max, None);
+            return get_now(&root_c, path, max, None, true);
         }
         reply
     }
@@ -637,22 +644,28 @@ impl IoPool {
 }
 
 /// One inline get on the caller's thread ([`IoPool::try_get_now`]), from `cached` (an open
-/// root) when given; the root is kept for the next get unless the file was not found. `None`
-/// when a step would block.
+/// root) when given, else by the whole path unless `by_root`. A root the get opened (it
+/// met a symlink, or `by_root`) is kept for the next get unless the file was not found.
+/// `None` when a step would block.
 fn get_now(
     root: &std::ffi::CStr,
     path: path::GetPath,
     max: u64,
     cached: Option<roots::Held>,
+    by_root: bool,
 ) -> Option<Result<FileData, FsError>> {
     let (mut m, known) = match cached {
         Some(held) => {
             let (fd, id) = held.split();
             (GetMachine::beneath(fd, path, max), Some(id))
         }
+        None if by_root => (GetMachine::by_root(root.to_owned(), path, max), None),
         None => (GetMachine::new(root.to_owned(), path, max, None), None),
     };
     let done = machine::run_get_nowait(&mut m);
+    if m.met_symlink() {
+        roots::mark_symlinked(root);
+    }
     let reply = if done { m.take_reply() } else { None };
     let not_found = matches!(&reply, Some(Err(e)) if e.kind == FsErrorKind::NotFound);
     if let (Some(fd), false) = (m.take_root_fd(), not_found) {
@@ -748,21 +761,81 @@ mod tests {
         Some(pool)
     }
 
+    /// The inline get's answer. A walk that follows a symlink whose access time is due an
+    /// update (`relatime`: the first use after it was made) is not done inline (openat2
+    /// answers `EAGAIN` to `RESOLVE_CACHED`) until an ordinary walk, such as the IO
+    /// thread's that a worker would fall back to, has updated it: one such walk, then
+    /// again.
     fn now(pool: &IoPool, root: &Path, rel: &str) -> Result<Vec<u8>, FsErrorKind> {
-        match pool.try_get_now(root, rel) {
-            Some(Ok(data)) => Ok(data.bytes),
-            Some(Err(e)) => Err(e.kind),
-            None => panic!("inline get of {rel} would block"),
+        for _ in 0..2 {
+            match pool.try_get_now(root, rel) {
+                Some(Ok(data)) => return Ok(data.bytes),
+                Some(Err(e)) => return Err(e.kind),
+                None => drop(std::fs::metadata(root.join(rel))),
+            }
         }
+        panic!("inline get of {rel} would block")
     }
 
-    /// The inline get keeps the tenant root open between gets, and never serves a root
-    /// that was renamed away, replaced, re-pointed or removed and made again.
+    /// A temp directory by its real path (no symlink on the way, wherever TMPDIR is).
+    fn real_tempdir() -> (tempfile::TempDir, std::path::PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let real = std::fs::canonicalize(dir.path()).unwrap();
+        (dir, real)
+    }
+
+    /// A root without a symlink on its path: each inline get opens the whole path in one
+    /// walk, and nothing of the root is kept; a symlink beneath it, met once, sends that
+    /// root's later gets through the kept root.
+    #[test]
+    fn a_root_without_symlinks_is_not_kept() {
+        let Some(pool) = inline_pool() else { return };
+        let (_dir, base) = real_tempdir();
+        let root = base.join("tenant");
+        std::fs::create_dir_all(root.join("d")).unwrap();
+        std::fs::write(root.join("d/f.txt"), "one").unwrap();
+        std::os::unix::fs::symlink("d/f.txt", root.join("alias")).unwrap();
+        let root_c = path::root_cstring(&root, "").unwrap();
+        for _ in 0..3 {
+            assert_eq!(now(&pool, &root, "d/f.txt").unwrap(), b"one");
+            assert_eq!(now(&pool, &root, "./d/f.txt").unwrap(), b"one");
+        }
+        assert_eq!(roots::held(), 0, "no root kept for whole-path gets");
+        assert!(!roots::symlinked(&root_c));
+        // `..` (even one that stays inside) is resolved beneath the root.
+        assert_eq!(now(&pool, &root, "d/../d/f.txt").unwrap(), b"one");
+        // (`..` above the root: refused, or left to the IO thread where the lookup cannot
+        // be settled from the cache.)
+        let up = pool.try_get_now(&root, "../tenant/d/f.txt");
+        assert!(
+            matches!(
+                &up,
+                None | Some(Err(FsError {
+                    kind: FsErrorKind::Escape,
+                    ..
+                }))
+            ),
+            "{up:?}"
+        );
+        assert!(!roots::symlinked(&root_c));
+        // A symlink inside: followed, through the root, which is kept from then on.
+        assert_eq!(now(&pool, &root, "alias").unwrap(), b"one");
+        assert!(roots::symlinked(&root_c));
+        assert_eq!(now(&pool, &root, "d/f.txt").unwrap(), b"one");
+        assert_eq!(roots::held(), 1);
+    }
+
+    /// The inline get of a root behind a symlink keeps the tenant root open between gets,
+    /// and never serves a root that was renamed away, replaced, re-pointed or removed and
+    /// made again.
     #[test]
     fn a_kept_root_is_never_a_stale_one() {
         let Some(pool) = inline_pool() else { return };
-        let base = tempfile::tempdir().unwrap();
-        let root = base.path().join("tenant");
+        let (_dir, real) = real_tempdir();
+        std::fs::create_dir(real.join("real")).unwrap();
+        std::os::unix::fs::symlink(real.join("real"), real.join("link")).unwrap();
+        let base = real.join("link");
+        let root = base.join("tenant");
         let write = |dir: &Path, text: &str| {
             std::fs::create_dir_all(dir).unwrap();
             std::fs::write(dir.join("f.txt"), text).unwrap();
@@ -773,7 +846,7 @@ mod tests {
         assert_eq!(roots::held(), 1, "the root is kept between gets");
 
         // Renamed away, a new directory in its place.
-        std::fs::rename(&root, base.path().join("old")).unwrap();
+        std::fs::rename(&root, base.join("old")).unwrap();
         write(&root, "two");
         assert_eq!(now(&pool, &root, "f.txt").unwrap(), b"two");
 
@@ -784,12 +857,12 @@ mod tests {
 
         // The root is a symlink, swapped to another directory.
         std::fs::remove_dir_all(&root).unwrap();
-        write(&base.path().join("a"), "four");
-        write(&base.path().join("b"), "five");
-        std::os::unix::fs::symlink(base.path().join("a"), &root).unwrap();
+        write(&base.join("a"), "four");
+        write(&base.join("b"), "five");
+        std::os::unix::fs::symlink(base.join("a"), &root).unwrap();
         assert_eq!(now(&pool, &root, "f.txt").unwrap(), b"four");
         std::fs::remove_file(&root).unwrap();
-        std::os::unix::fs::symlink(base.path().join("b"), &root).unwrap();
+        std::os::unix::fs::symlink(base.join("b"), &root).unwrap();
         assert_eq!(now(&pool, &root, "f.txt").unwrap(), b"five");
 
         // Gone: not found, and nothing is kept for it.
@@ -808,15 +881,18 @@ mod tests {
     #[test]
     fn kept_roots_are_bounded() {
         let Some(pool) = inline_pool() else { return };
-        let base = tempfile::tempdir().unwrap();
+        let (_dir, real) = real_tempdir();
+        std::fs::create_dir(real.join("real")).unwrap();
+        std::os::unix::fs::symlink(real.join("real"), real.join("link")).unwrap();
+        let base = real.join("link");
         for i in 0..40 {
-            let root = base.path().join(format!("t{i}"));
+            let root = base.join(format!("t{i}"));
             std::fs::create_dir_all(&root).unwrap();
             std::fs::write(root.join("f"), format!("{i}")).unwrap();
             assert_eq!(now(&pool, &root, "f").unwrap(), format!("{i}").as_bytes());
         }
         assert_eq!(roots::held(), 16);
-        let first = base.path().join("t0");
+        let first = base.join("t0");
         assert_eq!(now(&pool, &first, "f").unwrap(), b"0");
     }
 

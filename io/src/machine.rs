@@ -148,10 +148,13 @@ fn dir_how(durable: bool) -> OpenHow {
 }
 
 // ---------------------------------------------------------------------------------------
-// get: open root → openat2(rel) → statx → [inline fgetxattr] → read… → reply → close fds
+// get: openat2(root/rel, NO_SYMLINKS) → statx → [inline fgetxattr] → read… → reply → close
+// fd; when that open meets a symlink (or `rel` has a `..`): open root → openat2(rel,
+// BENEATH) → statx → … → close fds.
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum GetState {
+    OpenWhole,
     OpenRoot,
     OpenFile,
     Stat,
@@ -164,6 +167,12 @@ pub(crate) struct GetMachine {
     /// The tenant root's path; `None` when the machine is given the root open
     /// ([`GetMachine::beneath`]).
     root: Option<CString>,
+    /// `root/rel`, opened in one walk from the current directory with `RESOLVE_NO_SYMLINKS`
+    /// when `rel` has no `..` (see [`whole_path`]); `None` once that open met a symlink, or
+    /// for a machine that goes through the root.
+    whole: Option<CString>,
+    /// The whole-path open met a symlink (`ELOOP`) and the machine went through the root.
+    met_symlink: bool,
     path: GetPath,
     max_bytes: u64,
     how: OpenHow,
@@ -193,8 +202,19 @@ impl std::fmt::Debug for GetMachine {
 }
 
 impl GetMachine {
+    /// A get of `path` beneath the root named `root`: in one open of the whole path when it
+    /// can be ([`whole_path`]), else (or when that open meets a symlink) through the root.
     pub(crate) fn new(root: CString, path: GetPath, max_bytes: u64, tx: Option<GetReply>) -> Self {
-        Self::with(Some(root), path, max_bytes, tx)
+        let whole = whole_path(&root, &path);
+        let mut m = Self::with(Some(root), path, max_bytes, tx);
+        m.whole = whole;
+        m
+    }
+
+    /// [`GetMachine::new`] that goes through the root from the start (a root known to sit
+    /// behind a symlink).
+    pub(crate) fn by_root(root: CString, path: GetPath, max_bytes: u64) -> Self {
+        Self::with(Some(root), path, max_bytes, None)
     }
 
     /// A get beneath `root`, already open: the machine starts at the file.
@@ -208,6 +228,8 @@ impl GetMachine {
         GetMachine {
             state: GetState::OpenRoot,
             root,
+            whole: None,
+            met_symlink: false,
             path,
             max_bytes,
             how: OpenHow {
@@ -243,6 +265,11 @@ impl GetMachine {
         self.root_fd.take()
     }
 
+    /// Whether the whole-path open met a symlink, so the get went through the root.
+    pub(crate) fn met_symlink(&self) -> bool {
+        self.met_symlink
+    }
+
     fn fail(&mut self, err: FsError) -> Step {
         self.reply = Some(Err(err));
         self.state = GetState::Done;
@@ -258,6 +285,15 @@ impl GetMachine {
         if self.root_fd.is_some() {
             return self.open_file(); // given, open ([`GetMachine::beneath`])
         }
+        if let Some(whole) = &self.whole {
+            self.state = GetState::OpenWhole;
+            self.how.resolve = libc::RESOLVE_NO_SYMLINKS;
+            return Step::Submit(Op::OpenAt2 {
+                dirfd: libc::AT_FDCWD,
+                path: whole.as_ptr(),
+                how: &self.how,
+            });
+        }
         let Some(root) = &self.root else {
             return self.fail_errno(libc::EBADF, "open"); // neither path nor fd: unreachable
         };
@@ -272,6 +308,7 @@ impl GetMachine {
 
     fn open_file(&mut self) -> Step {
         self.state = GetState::OpenFile;
+        self.how.resolve = RESOLVE;
         Step::Submit(Op::OpenAt2 {
             dirfd: raw(&self.root_fd),
             path: self.path.c.as_ptr(),
@@ -373,8 +410,35 @@ impl GetMachine {
         self.read_next()
     }
 
+    /// The file is open (`res`, else `-errno`): ask its `statx`.
+    fn on_file_open(&mut self, res: i32) -> Step {
+        if res < 0 {
+            return self.fail_errno(-res, "open");
+        }
+        self.fd = Some(own_fd(res));
+        self.state = GetState::Stat;
+        Step::Submit(Op::Statx {
+            fd: res,
+            buf: &mut self.stx,
+        })
+    }
+
     fn on_result(&mut self, res: i32) -> Step {
         match self.state {
+            GetState::OpenWhole => {
+                if res == -libc::ELOOP {
+                    // A symlink on the way (in the root's path or in `rel`): followed only
+                    // where it stays beneath the root, so resolved through the root.
+                    self.met_symlink = true;
+                    self.whole = None;
+                    return self.start();
+                }
+                if res == -libc::EAGAIN && self.retries < MAX_EAGAIN_RETRIES {
+                    self.retries += 1;
+                    return self.start();
+                }
+                self.on_file_open(res)
+            }
             GetState::OpenRoot => {
                 if res < 0 {
                     return self.fail_errno(-res, "open");
@@ -387,15 +451,7 @@ impl GetMachine {
                     self.retries += 1;
                     return self.open_file();
                 }
-                if res < 0 {
-                    return self.fail_errno(-res, "open");
-                }
-                self.fd = Some(own_fd(res));
-                self.state = GetState::Stat;
-                Step::Submit(Op::Statx {
-                    fd: res,
-                    buf: &mut self.stx,
-                })
+                self.on_file_open(res)
             }
             GetState::Stat => {
                 if res < 0 {
@@ -945,6 +1001,27 @@ impl PutMachine {
 /// ([`sys::exec_nowait`]). `false` when a step would have blocked (a path not in the dentry
 /// cache, data not in the page cache, a rename race): nothing was answered, and dropping
 /// the machine closes what it opened; the caller then hands the get to an IO thread.
+/// `root/rel` as one path, when opening it from the current directory with
+/// `RESOLVE_NO_SYMLINKS` can only reach a file beneath the root: `rel` has no `..`
+/// component (it is relative, `path::parse_get`), so a walk that follows no symlink stays
+/// below wherever the root's path leads at that moment. The same file `RESOLVE_BENEATH`
+/// from the root would open, in one walk instead of two (or of a `statx` of the root's path
+/// and a walk from a kept root): no descriptor of the root is kept, so none can be stale.
+fn whole_path(root: &std::ffi::CStr, rel: &GetPath) -> Option<CString> {
+    if rel.display.split('/').any(|c| c == "..") {
+        return None;
+    }
+    let root = root.to_bytes();
+    let rel = rel.c.as_bytes();
+    let mut v = Vec::with_capacity(root.len() + rel.len() + 2);
+    v.extend_from_slice(root);
+    if !root.ends_with(b"/") {
+        v.push(b'/');
+    }
+    v.extend_from_slice(rel);
+    CString::new(v).ok()
+}
+
 pub(crate) fn run_get_nowait(m: &mut GetMachine) -> bool {
     m.nowait = true;
     let mut step = m.start();

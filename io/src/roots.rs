@@ -1,7 +1,12 @@
 //! Tenant root directories kept open (`O_PATH`) per thread, for the inline `fs.get` of
-//! [`IoPool::try_get_now`](crate::IoPool::try_get_now): opening the root by its absolute
-//! path and closing it again was two of the seven system calls of every get, and the
-//! costlier two (the whole path walk; 1.47 µs for open + close of a six-level root here).
+//! [`IoPool::try_get_now`](crate::IoPool::try_get_now) of a root that sits behind a
+//! symlink (its own path has one, or a get met one beneath it): such a get cannot open
+//! `root/rel` in one walk without following symlinks (`machine.rs`, `whole_path`), so it
+//! resolves `rel` beneath the root, and opening the root by its absolute path and closing
+//! it again for each would be two more system calls, and costly ones (the whole path walk;
+//! 1.47 µs for open + close of a six-level root here). A root is marked so here the first
+//! time a get of it meets a symlink; the mark stays (it only costs speed: the way through
+//! the root gives the same answers).
 //!
 //! A root is never served from a stale descriptor: before each use, one `statx` of the
 //! root's path (0.98 µs) must name the same directory (device and inode) the descriptor
@@ -11,7 +16,9 @@
 //! not-found answer through a cached root is asked again through a fresh open
 //! ([`crate::IoPool::try_get_now`]).
 //!
-//! Only the CPU threads' inline gets use it; the IO threads open the root per request.
+//! The CPU threads' inline gets use it, and the SQL block's `locate_first_beneath`
+//! (`open.rs`) on the blocking threads; the IO threads open the root per request that
+//! goes through it.
 
 use std::cell::RefCell;
 use std::ffi::CStr;
@@ -28,6 +35,8 @@ struct Root {
     /// `None` while a get uses it ([`take`] to [`put`]): the entry and its path stay, so
     /// giving the root back allocates nothing.
     held: Option<Held>,
+    /// A get of this root met a symlink ([`mark_symlinked`]).
+    symlinked: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,21 +113,47 @@ pub(crate) fn take(root: &CStr) -> Option<Held> {
 /// Keeps `held`, the open root `root`, for the next get on this thread: back into its
 /// entry when [`take`] left one, else in a new entry (the oldest goes past [`CAPACITY`]).
 pub(crate) fn put(root: &CStr, held: Held) {
+    with_entry(root, |entry| entry.held = Some(held));
+}
+
+/// Whether a get of `root` on this thread met a symlink ([`mark_symlinked`]).
+pub(crate) fn symlinked(root: &CStr) -> bool {
+    ROOTS.with(|roots| {
+        roots.try_borrow().is_ok_and(|roots| {
+            roots
+                .iter()
+                .any(|r| r.symlinked && *r.path == *root.to_bytes())
+        })
+    })
+}
+
+/// Marks `root` as one whose gets go through the root ([`IoPool::try_get_now`]).
+///
+/// [`IoPool::try_get_now`]: crate::IoPool::try_get_now
+pub(crate) fn mark_symlinked(root: &CStr) {
+    with_entry(root, |entry| entry.symlinked = true);
+}
+
+/// Runs `f` on `root`'s entry, made when missing (the oldest goes past [`CAPACITY`]).
+fn with_entry(root: &CStr, f: impl FnOnce(&mut Root)) {
     ROOTS.with(|roots| {
         let Ok(mut roots) = roots.try_borrow_mut() else {
             return;
         };
         if let Some(entry) = roots.iter_mut().find(|r| *r.path == *root.to_bytes()) {
-            entry.held = Some(held);
+            f(entry);
             return;
         }
         if roots.len() >= CAPACITY {
             roots.remove(0);
         }
-        roots.push(Root {
+        let mut entry = Root {
             path: root.to_bytes().into(),
-            held: Some(held),
-        });
+            held: None,
+            symlinked: false,
+        };
+        f(&mut entry);
+        roots.push(entry);
     });
 }
 

@@ -129,6 +129,7 @@ for_each_backend!(
     shutdown_completes_or_refuses,
     backend_is_reported,
     inline_get_answers_like_the_pool,
+    a_root_behind_a_symlink_is_the_same_sandbox,
     overwrites_keep_the_old_inode_as_the_spare,
     a_reader_of_an_old_version_keeps_it_whole,
     linked_or_altered_old_versions_are_never_reused,
@@ -957,6 +958,42 @@ fn inline_get_answers_like_the_pool(b: Backend) {
         assert_eq!(typed.content_type.as_deref(), Some("application/json"));
         pool.shutdown();
         assert!(pool.try_get_now(&e.root, "d/f.bin").is_none());
+    });
+}
+
+/// A root reached through a symlink (here, its parent is one; a get first tries the
+/// root's and the file's path in one walk that follows no symlink, and goes through the
+/// root when it meets one): the same answers, pool and inline, as a root without one.
+fn a_root_behind_a_symlink_is_the_same_sandbox(b: Backend) {
+    let Some(pool) = start(config(b)) else { return };
+    let e = env();
+    let parent = e.root.parent().unwrap();
+    symlink(parent, parent.join("via")).unwrap();
+    let linked = parent.join("via/root");
+    fs::create_dir(e.root.join("d")).unwrap();
+    fs::write(e.root.join("d/f.txt"), b"content").unwrap();
+    symlink("d/f.txt", e.root.join("alias")).unwrap();
+    symlink("../outside/secret.txt", e.root.join("out")).unwrap();
+    rt().block_on(async {
+        for root in [&e.root, &linked] {
+            for (p, want) in [
+                ("d/f.txt", Ok(&b"content"[..])),
+                ("alias", Ok(b"content")),
+                ("d/../alias", Ok(b"content")),
+                ("out", Err(FsErrorKind::Escape)),
+                ("d/../../outside/secret.txt", Err(FsErrorKind::Escape)),
+                ("d/nope", Err(FsErrorKind::NotFound)),
+            ] {
+                let got = pool.get(root, p).await;
+                let got = got.as_ref().map(|d| &d.bytes[..]).map_err(|e| e.kind);
+                assert_eq!(got, want, "{} {p}", root.display());
+                // Inline: the same answer, or left to the pool where it would wait.
+                if let Some(now) = pool.try_get_now(root, p) {
+                    let now = now.as_ref().map(|d| &d.bytes[..]).map_err(|e| e.kind);
+                    assert_eq!(now, want, "inline {} {p}", root.display());
+                }
+            }
+        }
     });
 }
 
