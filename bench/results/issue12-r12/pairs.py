@@ -12,7 +12,7 @@ def wrk(path):
 
 
 def name(c, r):
-    return f"{prefix}-{c}-r{r}" if prefix == "ab" else f"{c}-{prefix}-r{r}"
+    return f"{c}-{prefix}-r{r}" if prefix in ("flat", "20000") else f"{prefix}-{c}-r{r}"
 
 
 lower = n = 0
