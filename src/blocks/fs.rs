@@ -179,9 +179,12 @@ impl Block for FsBlock {
 /// for `{"path", "size_bytes", "content_type", "content" | "content_base64"}` (test below),
 /// with a binary file's base64 encoded straight into the text: no `Value` map, no owned
 /// copies of the names, no base64 string scanned again for escapes (issue 12, seventh
-/// round).
+/// round). The base64 is `base64-simd`'s (SIMD where the CPU has it, detected at run
+/// time): 90 ns for 1 KiB against the `base64` crate's 450 here, the largest single
+/// function of a flat-out `fs.get` worker's own code (2.8 %; issue 12, twelfth round,
+/// `bench/results/issue12-r12/base64-cost.txt`).
 fn get_result(path: &str, content_type: &str, bytes: &[u8]) -> Vec<u8> {
-    let b64 = base64::encoded_len(bytes.len(), true).unwrap_or(0);
+    let b64 = base64_simd::STANDARD.encoded_length(bytes.len());
     let mut out = Vec::with_capacity(96 + path.len() + content_type.len() + b64.max(bytes.len()));
     let mut o = Object::new(&mut out);
     o.str("path", path);
@@ -192,9 +195,9 @@ fn get_result(path: &str, content_type: &str, bytes: &[u8]) -> Vec<u8> {
         Err(_) => o.str_with("content_base64", |out| {
             let start = out.len();
             out.resize(start + b64, 0);
-            let n = base64::engine::general_purpose::STANDARD
-                .encode_slice(bytes, &mut out[start..])
-                .unwrap_or(0); // the room is `encoded_len`: cannot fall short
+            // The room is `encoded_length`: exactly what the encoding takes.
+            let room = base64_simd::Out::from_slice(&mut out[start..]);
+            let n = base64_simd::STANDARD.encode(bytes, room).len();
             out.truncate(start + n);
         }),
     }

@@ -13,6 +13,7 @@
 #     was dropped: the measured histogram part, plus the same for worker_tasks_total,
 #     worker_assignments_total and worker_task_polls_total, written but never built or
 #     measured.
+#   b64: old = 7062def (one walk), new = + base64-simd for fs.get's content (uncommitted when built)
 set -euo pipefail
 tag=$1 old=$2 new=$3 n=${4:-10}
 B=/tmp/beamline-bench O=${O:-/tmp/r12}
