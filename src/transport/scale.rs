@@ -102,9 +102,13 @@ impl LaneScale {
         }
     }
 
-    /// Called once per lane when its intake has ended (at stop).
+    /// Called once per lane when its intake has ended (at stop). A call past the lanes
+    /// counted changes nothing (the count never wraps around to "running").
     pub fn intake_ended(&self) {
-        if self.running.fetch_sub(1, Ordering::AcqRel) == 1 {
+        let before = self
+            .running
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+        if before == Ok(1) {
             self.ended.cancel();
         }
     }
@@ -352,6 +356,12 @@ mod tests {
             .await
             .expect("ends once both have")
             .expect("task");
+        // One call too many: still ended (the count does not wrap around).
+        s.intake_ended();
+        assert_eq!(s.running.load(Ordering::Acquire), 0);
+        tokio::time::timeout(Duration::from_millis(100), s.every_intake_ended())
+            .await
+            .expect("still ended");
     }
 
     #[test]
