@@ -996,11 +996,6 @@ impl PutMachine {
     }
 }
 
-/// Runs a machine to completion with blocking syscalls (the threads backend).
-/// Runs a get on the calling thread with syscalls that never wait for the disk
-/// ([`sys::exec_nowait`]). `false` when a step would have blocked (a path not in the dentry
-/// cache, data not in the page cache, a rename race): nothing was answered, and dropping
-/// the machine closes what it opened; the caller then hands the get to an IO thread.
 /// `root/rel` as one path, when opening it from the current directory with
 /// `RESOLVE_NO_SYMLINKS` can only reach a file beneath the root: `rel` has no `..`
 /// component (it is relative, `path::parse_get`), so a walk that follows no symlink stays
@@ -1022,6 +1017,10 @@ fn whole_path(root: &std::ffi::CStr, rel: &GetPath) -> Option<CString> {
     CString::new(v).ok()
 }
 
+/// Runs a get on the calling thread with syscalls that never wait for the disk
+/// ([`sys::exec_nowait`]). `false` when a step would have blocked (a path not in the dentry
+/// cache, data not in the page cache, a rename race): nothing was answered, and dropping
+/// the machine closes what it opened; the caller then hands the get to an IO thread.
 pub(crate) fn run_get_nowait(m: &mut GetMachine) -> bool {
     m.nowait = true;
     let mut step = m.start();
@@ -1037,6 +1036,7 @@ pub(crate) fn run_get_nowait(m: &mut GetMachine) -> bool {
     true
 }
 
+/// Runs a machine to completion with blocking syscalls (the threads backend).
 pub(crate) fn run_blocking(m: &mut Machine) {
     let mut step = m.start();
     while let Step::Submit(op) = step {
