@@ -55,8 +55,8 @@
 //! absolute symlinks and symlinks leading out of the root fail with `EXDEV` and are reported
 //! as [`FsErrorKind::Escape`]; symlinks that stay inside are followed. A get first tries
 //! the shortcut that opens the same file: `openat2(AT_FDCWD, "root/rel",
-//! RESOLVE_NO_SYMLINKS)` when `rel` has no `..` (a walk that follows no symlink and never
-//! goes up stays beneath the root); a symlink on the way (`ELOOP`) sends it through the
+//! RESOLVE_NO_SYMLINKS)` when `rel` has no `..` and the two fit in one path (a walk that
+//! follows no symlink and never goes up stays beneath the root); a symlink on the way (`ELOOP`) sends it through the
 //! root as above. The IO threads open the root directory per request that needs it
 //! (`O_PATH|O_DIRECTORY`); the inline gets of [`IoPool::try_get_now`] keep such a root open
 //! per calling thread, checked by one `statx` of its path before each use so that a

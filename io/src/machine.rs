@@ -1002,12 +1002,16 @@ impl PutMachine {
 /// below wherever the root's path leads at that moment. The same file `RESOLVE_BENEATH`
 /// from the root would open, in one walk instead of two (or of a `statx` of the root's path
 /// and a walk from a kept root): no descriptor of the root is kept, so none can be stale.
+/// Not when the two together are longer than a path may be (`PATH_MAX` with its NUL), as
+/// a long `rel` beneath a root can be.
 fn whole_path(root: &std::ffi::CStr, rel: &GetPath) -> Option<CString> {
-    if rel.display.split('/').any(|c| c == "..") {
+    let (root, rel_bytes) = (root.to_bytes(), rel.c.as_bytes());
+    if root.len() + 1 + rel_bytes.len() >= libc::PATH_MAX as usize
+        || rel.display.split('/').any(|c| c == "..")
+    {
         return None;
     }
-    let root = root.to_bytes();
-    let rel = rel.c.as_bytes();
+    let rel = rel_bytes;
     let mut v = Vec::with_capacity(root.len() + rel.len() + 2);
     v.extend_from_slice(root);
     if !root.ends_with(b"/") {

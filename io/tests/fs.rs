@@ -130,6 +130,7 @@ for_each_backend!(
     backend_is_reported,
     inline_get_answers_like_the_pool,
     a_root_behind_a_symlink_is_the_same_sandbox,
+    a_path_as_long_as_a_path_may_be_is_read,
     overwrites_keep_the_old_inode_as_the_spare,
     a_reader_of_an_old_version_keeps_it_whole,
     linked_or_altered_old_versions_are_never_reused,
@@ -993,6 +994,28 @@ fn a_root_behind_a_symlink_is_the_same_sandbox(b: Backend) {
                     assert_eq!(now, want, "inline {} {p}", root.display());
                 }
             }
+        }
+    });
+}
+
+/// A `rel` as long as a path may be (4 095 bytes): the root's path and it together are
+/// longer than the kernel takes in one path, so the get goes through the root; the same
+/// bytes, pool and inline.
+fn a_path_as_long_as_a_path_may_be_is_read(b: Backend) {
+    let Some(pool) = start(config(b)) else { return };
+    let e = env();
+    let dir = "d".repeat(200);
+    let mut rel = vec![dir.as_str(); 20].join("/");
+    rel.push('/');
+    rel.push_str(&"f".repeat(4095 - rel.len()));
+    assert_eq!(rel.len(), 4095);
+    rt().block_on(async {
+        pool.put(&e.root, &rel, Bytes::from_static(b"far down"), None)
+            .await
+            .unwrap();
+        assert_eq!(pool.get(&e.root, &rel).await.unwrap().bytes, b"far down");
+        if let Some(now) = pool.try_get_now(&e.root, &rel) {
+            assert_eq!(now.unwrap().bytes, b"far down");
         }
     });
 }
