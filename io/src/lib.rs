@@ -56,15 +56,16 @@
 //! as [`FsErrorKind::Escape`]; symlinks that stay inside are followed. A get first tries
 //! the shortcut that opens the same file: `openat2(AT_FDCWD, "root/rel",
 //! RESOLVE_NO_SYMLINKS)` when `rel` has no `..` and the two fit in one path (a walk that
-//! follows no symlink and never goes up stays beneath the root); a symlink on the way (`ELOOP`) sends it through the
-//! root as above. The IO threads open the root directory per request that needs it
-//! (`O_PATH|O_DIRECTORY`); the inline gets of [`IoPool::try_get_now`] keep such a root open
-//! per calling thread, checked by one `statx` of its path before each use so that a
-//! replaced root is never served from a stale fd (`roots.rs`). A hard link inside the root to a file outside it cannot be told apart
-//! by path resolution, so reads refuse every file with `st_nlink > 1` (Escape), including
-//! hard links whose other name is inside the root. Writes replace the directory entry by
-//! `renameat` (or exchange it with a rewritten spare) and never write through an existing
-//! link: a spare is only ever written while it has one link and no other opener.
+//! follows no symlink and never goes up stays beneath the root); a symlink on the way
+//! (`ELOOP`) sends it through the root as above. The IO threads open the root directory
+//! per request that needs it (`O_PATH|O_DIRECTORY`); the inline gets of
+//! [`IoPool::try_get_now`] keep such a root open per calling thread, checked by one
+//! `statx` of its path before each use so that a replaced root is never served from a
+//! stale fd (`roots.rs`). A hard link inside the root to a file outside it cannot be told
+//! apart by path resolution, so reads refuse every file with `st_nlink > 1` (Escape),
+//! including hard links whose other name is inside the root. Writes replace the directory
+//! entry by `renameat` (or exchange it with a rewritten spare) and never write through an
+//! existing link: a spare is only ever written while it has one link and no other opener.
 
 #![deny(unsafe_op_in_unsafe_fn)]
 
