@@ -180,7 +180,7 @@ impl Block for FsBlock {
 /// with a binary file's base64 encoded straight into the text: no `Value` map, no owned
 /// copies of the names, no base64 string scanned again for escapes (issue 12, seventh
 /// round). The base64 is `base64-simd`'s (SIMD where the CPU has it, detected at run
-/// time): 90 ns for 1 KiB against the `base64` crate's 450 here, the largest single
+/// time): 86–92 ns for 1 KiB against the `base64` crate's 441–648 here, the largest single
 /// function of a flat-out `fs.get` worker's own code (2.8 %; issue 12, twelfth round,
 /// `bench/results/issue12-r12/base64-cost.txt`).
 fn get_result(path: &str, content_type: &str, bytes: &[u8]) -> Vec<u8> {
