@@ -650,8 +650,10 @@ async fn bench(args: RunArgs, null_only: bool) -> Result<ExitCode> {
             (Some(b), url, pid, v)
         }
     };
+    let (cpu_model, kernel) = report::this_host();
     eprintln!(
-        "broker {url} ({nats_version}); http upstream 127.0.0.1:{}",
+        "host: {cpu_model}, {} CPUs, Linux {kernel}; broker {url} ({nats_version}); http upstream 127.0.0.1:{}",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
         upstream.port
     );
     let client = async_nats::ConnectOptions::new()
@@ -920,6 +922,8 @@ async fn bench(args: RunArgs, null_only: bool) -> Result<ExitCode> {
         cpus: std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(0),
+        cpu_model,
+        kernel,
         args: std::env::args().collect(),
         nats_url: url.clone(),
         nats_server: nats_version,

@@ -16,6 +16,11 @@ pub(crate) struct Meta {
     pub(crate) started_unix_s: u64,
     pub(crate) host: String,
     pub(crate) cpus: usize,
+    /// `model name` of `/proc/cpuinfo`: absolute figures from different CPU models (an
+    /// Intel and an AMD guest of the same size differ by 2×) compare only as ratios.
+    pub(crate) cpu_model: String,
+    /// `/proc/sys/kernel/osrelease`.
+    pub(crate) kernel: String,
     pub(crate) args: Vec<String>,
     pub(crate) nats_url: String,
     pub(crate) nats_server: String,
@@ -25,6 +30,26 @@ pub(crate) struct Meta {
     pub(crate) repeats: usize,
     pub(crate) http_upstream_requests: u64,
     pub(crate) notes: Vec<String>,
+}
+
+/// The CPU model named in a `/proc/cpuinfo` text (its first `model name`), or "unknown".
+pub(crate) fn cpu_model(cpuinfo: &str) -> String {
+    cpuinfo
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .find(|(k, _)| k.trim() == "model name")
+        .map(|(_, v)| v.trim().to_string())
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| "unknown".to_string())
+}
+
+/// This machine: its CPU model and kernel release, read once per bench run.
+pub(crate) fn this_host() -> (String, String) {
+    let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
+    (
+        cpu_model(&read("/proc/cpuinfo")),
+        read("/proc/sys/kernel/osrelease").trim().to_string(),
+    )
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -416,6 +441,19 @@ pub(crate) fn soak_svg(path: &Path, title: &str, samples: &[Sample], warmup_s: f
 mod tests {
     use super::*;
     use crate::stats::{aggregate, new_histogram, RunOutcome};
+
+    #[test]
+    fn the_cpu_model_is_the_first_model_name_of_cpuinfo() {
+        let amd = "processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC\n\n\
+                   processor\t: 1\nmodel name\t: AMD EPYC\n";
+        assert_eq!(cpu_model(amd), "AMD EPYC");
+        let intel = "model name\t: Intel(R) Xeon(R) Platinum 8488C\nflags\t\t: fpu: x\n";
+        assert_eq!(cpu_model(intel), "Intel(R) Xeon(R) Platinum 8488C");
+        // arm64 names no model; an empty one is no name either.
+        assert_eq!(cpu_model("processor\t: 0\nCPU part\t: 0xd0c\n"), "unknown");
+        assert_eq!(cpu_model("model name\t:\n"), "unknown");
+        assert_eq!(cpu_model(""), "unknown");
+    }
 
     #[test]
     fn table_has_null_worker_and_ratio_rows() {
