@@ -3,10 +3,10 @@
 # runs without the plain loop (each with its own null echo), old and new alternating with
 # the order swapped each round. Usage: run-ab.sh TAG OLD_BIN NEW_BIN [N]; reports land in
 # $O/TAG-{old,new}-rK and are copied here as TAG-{old,new}-rK.{json,txt};
-# then `python3 pairs.py . TAG` and `python3 ../issue12-r9/summarize.py .`.
+# then `python3 ../issue12-r12/pairs.py . TAG` and `python3 ../issue12-r9/summarize.py .`.
 # Steps run with it (binaries: `cargo build --profile deb -p beamline_worker`):
 #   pf: old = 13eddef (/tmp/bw-base), new = the same with prefault.diff applied (/tmp/bw-pf).
-#     Not kept: `python3 pairs.py . pf` -> new lower in 4 of 10.
+#     Not kept: `python3 ../issue12-r12/pairs.py . pf` -> new lower in 4 of 10.
 set -euo pipefail
 tag=$1 old=$2 new=$3 n=${4:-10}
 B=/tmp/beamline-bench O=${O:-/tmp/r13}
