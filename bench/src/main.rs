@@ -651,9 +651,9 @@ async fn bench(args: RunArgs, null_only: bool) -> Result<ExitCode> {
         }
     };
     let (cpu_model, kernel) = report::this_host();
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
     eprintln!(
-        "host: {cpu_model}, {} CPUs, Linux {kernel}; broker {url} ({nats_version}); http upstream 127.0.0.1:{}",
-        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        "host: {cpu_model}, {cpus} CPUs, Linux {kernel}; broker {url} ({nats_version}); http upstream 127.0.0.1:{}",
         upstream.port
     );
     let client = async_nats::ConnectOptions::new()
@@ -919,9 +919,7 @@ async fn bench(args: RunArgs, null_only: bool) -> Result<ExitCode> {
             .unwrap_or_default()
             .trim()
             .to_string(),
-        cpus: std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(0),
+        cpus,
         cpu_model,
         kernel,
         args: std::env::args().collect(),

@@ -17,7 +17,7 @@ pub(crate) struct Meta {
     pub(crate) host: String,
     pub(crate) cpus: usize,
     /// `model name` of `/proc/cpuinfo`: absolute figures from different CPU models (an
-    /// Intel and an AMD guest of the same size differ by 2×) compare only as ratios.
+    /// Intel and an AMD guest of the same size differed by 2–2.7×) compare only as ratios.
     pub(crate) cpu_model: String,
     /// `/proc/sys/kernel/osrelease`.
     pub(crate) kernel: String,
