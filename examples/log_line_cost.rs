@@ -2,9 +2,10 @@
 //! else a task does (issue 12): the worker's own log layer (`telemetry::logs::init_to`,
 //! JSON, default filter) writing to a sink, and per iteration what the pipeline does for
 //! one task: the `worker.assignment.receive` span with its fields, entered, the
-//! "Step execution completed" line with the pipeline's fields, the span dropped. Prints
-//! the thread's CPU time per iteration (`CLOCK_THREAD_CPUTIME_ID`) for each of `ROUNDS`
-//! rounds of `PER_ROUND`, and the lines the background writer dropped (must be 0).
+//! "Step execution completed" line with the pipeline's fields (`logs::StepLine::log`, as
+//! the pipeline logs it), the span dropped. Prints the thread's CPU time per iteration
+//! (`CLOCK_THREAD_CPUTIME_ID`) for each of `ROUNDS` rounds of `PER_ROUND`, and the lines
+//! the background writer dropped (must be 0).
 //!
 //!   cargo run --release --example log_line_cost
 
@@ -38,19 +39,22 @@ fn one_task(i: u32) {
         assignment_id = assignment_id
     );
     let _in = span.enter();
-    tracing::info!(
-        assignment_id = assignment_id,
-        block_type = "fs.get",
-        status = "success",
-        latency_ms = u64::from(i % 7),
-        attempts = 1u32,
-        tenant_id = "tenant-acme",
-        trace_id = "4bf92f3577b34da6a3ce929d0e0e4736",
-        run_id = "run-2026-11-28-0001",
-        flow_id = "flow-ingest",
-        step_id = "step-read",
-        "Step execution completed"
-    );
+    logs::StepLine {
+        success: true,
+        tenant_id: Some("tenant-acme"),
+        trace_id: Some("4bf92f3577b34da6a3ce929d0e0e4736"),
+        run_id: Some("run-2026-11-28-0001"),
+        block_type: Some("fs.get"),
+        worker_id: "bench-worker",
+        assignment_id: Some(assignment_id),
+        status: "success",
+        latency_ms: u64::from(i % 7),
+        attempts: 1,
+        error: None,
+        flow_id: Some("flow-ingest"),
+        step_id: Some("step-read"),
+    }
+    .log();
 }
 
 fn main() {

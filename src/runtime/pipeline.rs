@@ -26,6 +26,7 @@ use crate::contract::wire::{
     ResultBody, WorkerFacts,
 };
 use crate::contract::{AckStatus, Assignment, ErrorCode, Fields, RetryPolicy, Status, TaskError};
+use crate::telemetry::logs::StepLine;
 use crate::telemetry::Intake;
 use crate::transport::{Delivery, Kind, TransportError};
 
@@ -330,38 +331,22 @@ impl Reply<'_> {
     /// The per-step log line.
     fn log(&self, outcome: &Outcome<'_>) {
         let ids = &self.ids;
-        if outcome.status == Status::Success {
-            tracing::info!(
-                assignment_id = ids.assignment_id,
-                block_type = self.job_type,
-                status = outcome.status.as_str(),
-                latency_ms = outcome.latency_ms,
-                attempts = outcome.attempts,
-                tenant_id = ids.tenant_id,
-                trace_id = ids.trace_id,
-                run_id = ids.run_id,
-                flow_id = ids.flow_id,
-                step_id = ids.step_id,
-                "Step execution completed"
-            );
-        } else {
-            let error = outcome.error;
-            tracing::warn!(
-                assignment_id = ids.assignment_id,
-                block_type = self.job_type,
-                status = outcome.status.as_str(),
-                latency_ms = outcome.latency_ms,
-                attempts = outcome.attempts,
-                error_code = error.map(|e| e.code.code()),
-                error_message = error.map(|e| e.message.as_str()),
-                tenant_id = ids.tenant_id,
-                trace_id = ids.trace_id,
-                run_id = ids.run_id,
-                flow_id = ids.flow_id,
-                step_id = ids.step_id,
-                "Step execution failed"
-            );
+        StepLine {
+            success: outcome.status == Status::Success,
+            tenant_id: ids.tenant_id,
+            trace_id: ids.trace_id,
+            run_id: ids.run_id,
+            block_type: self.job_type,
+            worker_id: &self.shared.config.worker_id,
+            assignment_id: ids.assignment_id,
+            status: outcome.status.as_str(),
+            latency_ms: outcome.latency_ms,
+            attempts: outcome.attempts,
+            error: outcome.error.map(|e| (e.code.code(), e.message.as_str())),
+            flow_id: ids.flow_id,
+            step_id: ids.step_id,
         }
+        .log();
     }
 }
 

@@ -193,6 +193,12 @@ where
         None => (None, Some(filter)),
     };
     let writer = QueueWriter { tx };
+    let step_sink = by_target.as_ref().map(|f| StepSink {
+        format,
+        writer: writer.clone(),
+        info: f.would_enable(STEP_TARGET, &Level::INFO),
+        warn: f.would_enable(STEP_TARGET, &Level::WARN),
+    });
     let logs_by_target = by_target.map(|f| LogLayer::new(format, writer.clone()).with_filter(f));
     let logs_by_env = by_env.map(|f| LogLayer::new(format, writer).with_filter(f));
     let installed = tracing_subscriber::registry()
@@ -203,6 +209,9 @@ where
         .is_ok();
     if !installed {
         return LogGuard { writer: None };
+    }
+    if let Some(sink) = step_sink {
+        let _ = STEP_SINK.set(sink);
     }
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
@@ -324,29 +333,78 @@ pub fn is_sensitive_key(key: &str) -> bool {
 }
 
 /// [`is_sensitive_key`] for a field name of a callsite: names are `&'static str` of a
-/// fixed set of callsites, so the answer is remembered per thread by the name's address in
-/// a small direct-mapped table (a log line and its span record some twenty fields per
-/// assignment; a hash map lookup per field cost more than it saved).
+/// fixed set of callsites, so the answer is remembered per thread by the name's address
+/// ([`SeenNames`]; a log line and its span record some twenty fields per assignment; a
+/// hash map lookup per field cost more than it saved).
 fn sensitive_field(name: &'static str) -> bool {
-    const SLOTS: usize = 128;
-    type Slot = (usize, usize, bool);
     thread_local! {
-        static SEEN: RefCell<[Slot; SLOTS]> = const { RefCell::new([(0, 0, false); SLOTS]) };
+        static SEEN: RefCell<SeenNames> = const { RefCell::new(SeenNames::new()) };
     }
-    let (at, len) = (name.as_ptr() as usize, name.len());
-    let slot = (at >> 3 ^ at >> 11) % SLOTS;
     SEEN.with(|seen| {
         let Ok(mut seen) = seen.try_borrow_mut() else {
             return is_sensitive_key(name);
         };
-        let entry = &mut seen[slot];
-        if entry.0 == at && entry.1 == len {
-            return entry.2;
+        if let Some(known) = seen.get(name) {
+            return known;
         }
         let known = is_sensitive_key(name);
-        *entry = (at, len, known);
+        seen.put(name, known);
         known
     })
+}
+
+/// A small open-addressed table of field names (by address and length) and whether each
+/// is sensitive. The names of one callsite lie side by side in the binary, a few bytes
+/// apart: the address is spread over the slots by Fibonacci hashing, and a taken slot
+/// sends a name on to the next ones. (Issue 12, fourteenth round: the slot was the address
+/// shifted right by 3 bits, so names within 8 bytes of each other shared one and pushed
+/// each other out on every line: `is_sensitive_key` was 6.7 % of a log line's CPU in
+/// `examples/log_line_cost.rs`.)
+struct SeenNames {
+    slots: [(usize, usize, bool); SeenNames::SLOTS],
+}
+
+impl SeenNames {
+    const SLOTS: usize = 128;
+    /// How many slots a name may go on to before it takes its first one over.
+    const PROBES: usize = 8;
+
+    const fn new() -> SeenNames {
+        SeenNames {
+            slots: [(0, 0, false); SeenNames::SLOTS],
+        }
+    }
+
+    fn home(name: &str) -> usize {
+        const GOLDEN: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mixed = (name.as_ptr() as u64 ^ (name.len() as u64) << 1).wrapping_mul(GOLDEN);
+        (mixed >> (u64::BITS - SeenNames::SLOTS.trailing_zeros())) as usize
+    }
+
+    /// The slots `name` may be in, its home first.
+    fn window(name: &str) -> impl Iterator<Item = usize> {
+        let home = SeenNames::home(name);
+        (0..SeenNames::PROBES).map(move |i| (home + i) % SeenNames::SLOTS)
+    }
+
+    fn holds(slot: &(usize, usize, bool), name: &str) -> bool {
+        slot.0 == name.as_ptr() as usize && slot.1 == name.len()
+    }
+
+    fn get(&self, name: &str) -> Option<bool> {
+        SeenNames::window(name)
+            .map(|i| &self.slots[i])
+            .find(|slot| SeenNames::holds(slot, name))
+            .map(|slot| slot.2)
+    }
+
+    /// Remembers `name` in the first free slot of its window; with none free, in its home.
+    fn put(&mut self, name: &str, sensitive: bool) {
+        let at = SeenNames::window(name)
+            .find(|&i| self.slots[i].0 == 0)
+            .unwrap_or_else(|| SeenNames::home(name));
+        self.slots[at] = (name.as_ptr() as usize, name.len(), sensitive);
+    }
 }
 
 fn eq_key(a: &[u8], b: &[u8]) -> bool {
@@ -791,6 +849,44 @@ impl Recorded {
         }
     }
 
+    /// The field `name` is `v`: text scrubbed, anything under a sensitive key
+    /// [`REDACTED`] (see [`Recorded::append_text`]).
+    fn record(&mut self, name: &'static str, v: Val<'_>) {
+        let item = match v {
+            Val::Str(t) => Item::Str(self.append_text(name, |out| out.push_str(t))),
+            _ if sensitive_field(name) => {
+                Item::Str(self.append_text(name, |out| v.write_text(out)))
+            }
+            Val::I64(x) => Item::I64(x),
+            Val::U64(x) => Item::U64(x),
+            Val::F64(x) => Item::F64(x),
+            Val::Bool(x) => Item::Bool(x),
+        };
+        self.set(name, item);
+    }
+
+    /// Appends the text `write` writes, with any credential in it masked ([`scrub`]); under
+    /// a sensitive key [`REDACTED`] whole instead (so the text is not formatted or
+    /// scrubbed for nothing). Returns where it is in the buffer.
+    fn append_text(&mut self, name: &'static str, write: impl FnOnce(&mut String)) -> Range<usize> {
+        let t = &mut self.text;
+        let start = t.len();
+        if sensitive_field(name) {
+            t.push_str(REDACTED);
+        } else {
+            write(t);
+            let masked = match scrub_remembered(&t[start..]) {
+                Cow::Owned(m) => Some(m),
+                Cow::Borrowed(_) => None,
+            };
+            if let Some(m) = masked {
+                t.truncate(start);
+                t.push_str(&m);
+            }
+        }
+        start..t.len()
+    }
+
     fn val(&self, item: &Item) -> Val<'_> {
         match item {
             Item::Str(r) => Val::Str(self.text.get(r.clone()).unwrap_or_default()),
@@ -840,51 +936,26 @@ struct Recorder<'a> {
 }
 
 impl Recorder<'_> {
-    /// A value that is not text. Under a sensitive key it is [`REDACTED`] instead; as an
-    /// event's message, its text.
+    /// A value that is not text (as an event's message, its text).
     fn put(&mut self, field: &Field, v: Val<'static>) {
         let name = field.name();
         if name.starts_with("log.") {
             return; // tracing-log's own bookkeeping
         }
-        if (name == "message" && self.takes_message) || sensitive_field(name) {
+        if name == "message" && self.takes_message {
             self.text(field, |t| v.write_text(t));
             return;
         }
-        let item = match v {
-            Val::I64(x) => Item::I64(x),
-            Val::U64(x) => Item::U64(x),
-            Val::F64(x) => Item::F64(x),
-            Val::Bool(x) => Item::Bool(x),
-            // Text comes through `text`; a static one is copied like any other.
-            Val::Str(t) => return self.text(field, |out| out.push_str(t)),
-        };
-        self.rec.set(name, item);
+        self.rec.record(name, v);
     }
 
-    /// Text, written by `write` into the buffer and scrubbed there; under a sensitive key
-    /// [`REDACTED`] whole instead (so the text is not formatted or scrubbed for nothing).
+    /// Text, written by `write` into the buffer and scrubbed there ([`Recorded::append_text`]).
     fn text(&mut self, field: &Field, write: impl FnOnce(&mut String)) {
         let name = field.name();
         if name.starts_with("log.") {
             return;
         }
-        let t = &mut self.rec.text;
-        let start = t.len();
-        if sensitive_field(name) {
-            t.push_str(REDACTED);
-        } else {
-            write(t);
-            let masked = match scrub_remembered(&t[start..]) {
-                Cow::Owned(m) => Some(m),
-                Cow::Borrowed(_) => None,
-            };
-            if let Some(m) = masked {
-                t.truncate(start);
-                t.push_str(&m);
-            }
-        }
-        let range = start..t.len();
+        let range = self.rec.append_text(name, write);
         if name == "message" && self.takes_message {
             self.rec.message = Some(range);
         } else {
@@ -1137,25 +1208,209 @@ impl<W> LogLayer<W>
 where
     W: for<'a> MakeWriter<'a> + 'static,
 {
-    /// Formats the line into the thread's [`LINE`] buffer and hands it to the writer.
+    /// Formats the line and hands it to the writer.
     fn write_line(&self, meta: &Metadata<'_>, message: &str, all: &[(&str, Val<'_>)]) {
-        LINE.with(|cell| {
-            let Ok(mut line) = cell.try_borrow_mut() else {
-                return; // a log line from inside this one's own formatting
-            };
-            line.clear();
-            match self.format {
-                LogFormat::Json => json_line(&mut line, meta, message, all),
-                LogFormat::Text => text_line(&mut line, meta, message, all),
-            }
-            line.push('\n');
+        let head = Head {
+            level: *meta.level(),
+            target: meta.target(),
+            message,
+        };
+        with_line(self.format, &head, all, |line| {
             // One write per line, so lines from different threads never interleave.
-            let _ = self.writer.make_writer_for(meta).write_all(line.as_bytes());
-            if line.capacity() > 64 * 1024 {
-                // One huge line does not keep its buffer for the thread's lifetime.
-                *line = String::with_capacity(512);
-            }
+            let _ = self.writer.make_writer_for(meta).write_all(line);
         });
+    }
+}
+
+/// What a line says before its fields.
+struct Head<'a> {
+    level: Level,
+    target: &'a str,
+    message: &'a str,
+}
+
+/// Formats one line (with its newline) into the thread's [`LINE`] buffer and hands it to
+/// `write`.
+fn with_line(
+    format: LogFormat,
+    head: &Head<'_>,
+    all: &[(&str, Val<'_>)],
+    write: impl FnOnce(&[u8]),
+) {
+    LINE.with(|cell| {
+        let Ok(mut line) = cell.try_borrow_mut() else {
+            return; // a log line from inside this one's own formatting
+        };
+        line.clear();
+        match format {
+            LogFormat::Json => json_line(&mut line, head, all),
+            LogFormat::Text => text_line(&mut line, head, all),
+        }
+        line.push('\n');
+        write(line.as_bytes());
+        if line.capacity() > 64 * 1024 {
+            // One huge line does not keep its buffer for the thread's lifetime.
+            *line = String::with_capacity(512);
+        }
+    });
+}
+
+// ---------------------------------------------------------------------------------------
+// The per-step line
+
+/// The target of the per-step line: the pipeline's module, as when it logged it itself.
+pub const STEP_TARGET: &str = "beamline_worker::runtime::pipeline";
+
+/// The per-step outcome line, "Step execution completed" (INFO) or "Step execution failed"
+/// (WARN): the one line every assignment with an id logs. Its fields include every field
+/// of the pipeline's `worker.assignment.receive` span, in the span's order, so the line is
+/// the same with and without that span around it.
+#[derive(Debug, Clone, Copy)]
+pub struct StepLine<'a> {
+    pub success: bool,
+    pub tenant_id: Option<&'a str>,
+    pub trace_id: Option<&'a str>,
+    pub run_id: Option<&'a str>,
+    pub block_type: Option<&'a str>,
+    pub worker_id: &'a str,
+    pub assignment_id: Option<&'a str>,
+    pub status: &'a str,
+    pub latency_ms: u64,
+    pub attempts: u32,
+    /// `error_code` and `error_message`: written on a failure that has them.
+    pub error: Option<(u16, &'a str)>,
+    pub flow_id: Option<&'a str>,
+    pub step_id: Option<&'a str>,
+}
+
+/// Where [`StepLine::log`] writes directly: set by [`init_to`] when it installed the log
+/// layer with a target/level filter.
+#[derive(Debug)]
+struct StepSink {
+    format: LogFormat,
+    writer: QueueWriter,
+    /// Whether the filter lets the success (INFO) and failure (WARN) lines through.
+    info: bool,
+    warn: bool,
+}
+
+static STEP_SINK: std::sync::OnceLock<StepSink> = std::sync::OnceLock::new();
+
+impl StepLine<'_> {
+    /// Logs the line: formatted and queued directly when [`init_to`] installed the log
+    /// layer with a target/level filter (the usual `RUST_LOG`); else through `tracing`.
+    ///
+    /// Directly, the line skips what `tracing` does for an event that this line does not
+    /// need: visiting each field through `dyn Visit`, looking up the enclosing spans in
+    /// the registry and merging their fields (this line carries all of them itself). The
+    /// trace exporter takes no events, so it misses nothing. The bytes are the same
+    /// (`telemetry::logs::tests::a_step_line_is_the_same_direct_and_through_tracing`).
+    pub fn log(&self) {
+        match STEP_SINK.get() {
+            Some(sink) => self.write_to(sink),
+            None => self.via_tracing(),
+        }
+    }
+
+    fn message(&self) -> (&'static str, Level) {
+        if self.success {
+            ("Step execution completed", Level::INFO)
+        } else {
+            ("Step execution failed", Level::WARN)
+        }
+    }
+
+    fn write_to(&self, sink: &StepSink) {
+        let (message, level) = self.message();
+        if !(if self.success { sink.info } else { sink.warn }) {
+            return;
+        }
+        let head = Head {
+            level,
+            target: STEP_TARGET,
+            message,
+        };
+        // The thread's event scratch, unless a line is being recorded on it right now.
+        EVENT.with(|cell| match cell.try_borrow_mut() {
+            Ok(mut rec) => {
+                rec.clear();
+                self.write_with(sink, &head, &mut rec);
+            }
+            Err(_) => self.write_with(sink, &head, &mut Recorded::default()),
+        });
+    }
+
+    fn write_with(&self, sink: &StepSink, head: &Head<'_>, rec: &mut Recorded) {
+        let text = |rec: &mut Recorded, name, v: Option<&str>| {
+            if let Some(v) = v {
+                rec.record(name, Val::Str(v));
+            }
+        };
+        text(rec, "tenant_id", self.tenant_id);
+        text(rec, "trace_id", self.trace_id);
+        text(rec, "run_id", self.run_id);
+        text(rec, "block_type", self.block_type);
+        text(rec, "worker_id", Some(self.worker_id));
+        text(rec, "assignment_id", self.assignment_id);
+        text(rec, "status", Some(self.status));
+        rec.record("latency_ms", Val::U64(self.latency_ms));
+        rec.record("attempts", Val::U64(u64::from(self.attempts)));
+        if let Some((code, message)) = self.error.filter(|_| !self.success) {
+            rec.record("error_code", Val::U64(u64::from(code)));
+            text(rec, "error_message", Some(message));
+        }
+        text(rec, "flow_id", self.flow_id);
+        text(rec, "step_id", self.step_id);
+        let all: SmallVec<[(&str, Val<'_>); 16]> = rec
+            .items
+            .iter()
+            .map(|(k, item)| (*k, rec.val(item)))
+            .collect();
+        with_line(sink.format, head, &all, |line| {
+            let _ = (&sink.writer).write_all(line);
+        });
+    }
+
+    /// The same line as an event, for a subscriber [`StepLine::log`] cannot write for
+    /// (tests, an `EnvFilter` with span or field directives). Field for field as written
+    /// directly, in the same order.
+    fn via_tracing(&self) {
+        let (code, error_message) = self.error.unzip();
+        if self.success {
+            tracing::info!(
+                target: STEP_TARGET,
+                tenant_id = self.tenant_id,
+                trace_id = self.trace_id,
+                run_id = self.run_id,
+                block_type = self.block_type,
+                worker_id = self.worker_id,
+                assignment_id = self.assignment_id,
+                status = self.status,
+                latency_ms = self.latency_ms,
+                attempts = self.attempts,
+                flow_id = self.flow_id,
+                step_id = self.step_id,
+                "Step execution completed"
+            );
+        } else {
+            tracing::warn!(
+                target: STEP_TARGET,
+                tenant_id = self.tenant_id,
+                trace_id = self.trace_id,
+                run_id = self.run_id,
+                block_type = self.block_type,
+                worker_id = self.worker_id,
+                assignment_id = self.assignment_id,
+                status = self.status,
+                latency_ms = self.latency_ms,
+                attempts = self.attempts,
+                error_code = code,
+                error_message = error_message,
+                flow_id = self.flow_id,
+                step_id = self.step_id,
+                "Step execution failed"
+            );
+        }
     }
 }
 
@@ -1166,13 +1421,13 @@ fn is_id((k, v): &(&str, Val<'_>)) -> bool {
 
 /// One guide-shaped JSON line (without its newline): timestamp, level, component,
 /// message, the other fields under `fields`, then the correlation ids at the top level.
-fn json_line(line: &mut String, meta: &Metadata<'_>, message: &str, all: &[(&str, Val<'_>)]) {
+fn json_line(line: &mut String, head: &Head<'_>, all: &[(&str, Val<'_>)]) {
     line.push_str("{\"timestamp\":\"");
     push_timestamp(line);
     line.push_str("\",\"level\":\"");
-    line.push_str(level_name(meta.level()));
+    line.push_str(level_name(&head.level));
     line.push_str("\",\"component\":\"worker\",\"message\":");
-    json_str(line, message);
+    json_str(line, head.message);
     line.push_str(",\"fields\":{");
     let mut first = true;
     for (k, v) in all.iter().filter(|(k, _)| !is_correlation(k)) {
@@ -1197,14 +1452,14 @@ fn json_line(line: &mut String, meta: &Metadata<'_>, message: &str, all: &[(&str
 }
 
 /// One `--log-format text` line (without its newline).
-fn text_line(line: &mut String, meta: &Metadata<'_>, message: &str, all: &[(&str, Val<'_>)]) {
+fn text_line(line: &mut String, head: &Head<'_>, all: &[(&str, Val<'_>)]) {
     push_timestamp(line);
     let _ = write!(
         line,
         " {:>5} {}: {}",
-        level_name(meta.level()),
-        meta.target(),
-        message.replace('\n', "\\n")
+        level_name(&head.level),
+        head.target,
+        head.message.replace('\n', "\\n")
     );
     for (k, v) in all.iter().filter(|(k, _)| !is_correlation(k)) {
         let _ = write!(line, " {k}=");
@@ -1371,6 +1626,150 @@ mod tests {
             .collect()
     }
 
+    /// A line without its timestamp (the first JSON value, or the text line's first word).
+    fn untimed(line: &str) -> String {
+        match line.strip_prefix("{\"timestamp\":\"") {
+            Some(rest) => rest
+                .split_once('"')
+                .map(|(_, r)| r.to_owned())
+                .unwrap_or_default(),
+            None => line
+                .split_once(' ')
+                .map(|(_, r)| r.to_owned())
+                .unwrap_or_default(),
+        }
+    }
+
+    /// The step line as [`StepLine::log`] writes it directly, through a sink of its own.
+    fn direct(format: LogFormat, line: &StepLine<'_>, info: bool, warn: bool) -> Vec<String> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(4);
+        let sink = StepSink {
+            format,
+            writer: QueueWriter { tx },
+            info,
+            warn,
+        };
+        line.write_to(&sink);
+        // Split as `capture` splits what the layer wrote.
+        let bytes: Vec<u8> = rx.try_iter().flatten().collect();
+        String::from_utf8(bytes)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// The step line through `tracing`, alone and inside a span like the pipeline's
+    /// `worker.assignment.receive` (whose fields it repeats, in the same order).
+    fn through_tracing(format: LogFormat, line: &StepLine<'_>) -> [Vec<String>; 2] {
+        let alone = capture(format, || line.via_tracing());
+        let in_span = capture(format, || {
+            let span = tracing::info_span!(
+                "worker.assignment.receive",
+                tenant_id = line.tenant_id.unwrap_or(""),
+                trace_id = line.trace_id,
+                run_id = line.run_id,
+                block_type = line.block_type,
+                worker_id = line.worker_id,
+                assignment_id = line.assignment_id
+            );
+            let _in = span.enter();
+            line.via_tracing();
+        });
+        [alone, in_span]
+    }
+
+    fn arb_id() -> impl Strategy<Value = Option<String>> {
+        prop_oneof![
+            Just(None),
+            Just(Some(String::new())),
+            arb_log_text().prop_map(Some)
+        ]
+    }
+
+    proptest! {
+        /// Written directly, the per-step line has the bytes `tracing` and the log layer
+        /// give it (but the timestamp), with or without the receive span around it: hostile
+        /// text, credentials, missing and empty ids, both formats, both outcomes.
+        #[test]
+        fn a_step_line_is_the_same_direct_and_through_tracing(
+            success in any::<bool>(),
+            ids in proptest::collection::vec(arb_id(), 8),
+            texts in proptest::collection::vec(arb_log_text(), 3),
+            latency_ms in any::<u64>(),
+            attempts in any::<u32>(),
+            code in proptest::option::of(any::<u16>()),
+            json_format in any::<bool>(),
+        ) {
+            let format = if json_format { LogFormat::Json } else { LogFormat::Text };
+            let id = |i: usize| ids[i].as_deref();
+            let line = StepLine {
+                success,
+                tenant_id: id(0),
+                trace_id: id(1),
+                run_id: id(2),
+                block_type: id(3),
+                worker_id: &texts[0],
+                assignment_id: id(4),
+                status: &texts[1],
+                latency_ms,
+                attempts,
+                error: code.map(|c| (c, texts[2].as_str())),
+                flow_id: id(5),
+                step_id: id(6),
+            };
+            let written = direct(format, &line, true, true);
+            prop_assert_eq!(written.len(), 1);
+            for traced in through_tracing(format, &line) {
+                prop_assert_eq!(traced.len(), 1);
+                prop_assert_eq!(untimed(&written[0]), untimed(&traced[0]));
+            }
+        }
+    }
+
+    #[test]
+    fn a_step_line_the_filter_turns_away_is_not_written() {
+        let line = StepLine {
+            success: true,
+            tenant_id: Some("t"),
+            trace_id: None,
+            run_id: None,
+            block_type: Some("fs.get"),
+            worker_id: "w",
+            assignment_id: Some("a-1"),
+            status: "success",
+            latency_ms: 3,
+            attempts: 1,
+            error: None,
+            flow_id: None,
+            step_id: None,
+        };
+        let failed = StepLine {
+            success: false,
+            status: "error",
+            error: Some((2002, "no such file")),
+            ..line
+        };
+        // `RUST_LOG=warn`: the success line is below it, the failure line is not.
+        assert!(direct(LogFormat::Json, &line, false, true).is_empty());
+        let written = direct(LogFormat::Json, &failed, false, true);
+        assert_eq!(written.len(), 1);
+        let v = json(&written[0]);
+        assert_eq!(v["level"], "WARN");
+        assert_eq!(v["message"], "Step execution failed");
+        assert_eq!(v["fields"]["error_code"], 2002);
+        assert_eq!(v["fields"]["worker_id"], "w");
+        assert_eq!(v["tenant_id"], "t");
+        assert!(direct(LogFormat::Json, &failed, true, false).is_empty());
+        let ok = direct(LogFormat::Text, &line, true, false);
+        assert_eq!(ok.len(), 1);
+        assert!(
+            ok[0].contains(" INFO beamline_worker::runtime::pipeline: Step execution completed"),
+            "{}",
+            ok[0]
+        );
+    }
+
     #[test]
     fn remembered_sensitivity_agrees_with_the_list() {
         let names: [&'static str; 8] = [
@@ -1388,6 +1787,33 @@ mod tests {
                 assert_eq!(sensitive_field(k), is_sensitive_key(k), "{k}");
             }
         }
+    }
+
+    #[test]
+    fn names_side_by_side_are_all_remembered() {
+        // Field names as a binary lays them out: one after the other, a few bytes apart.
+        static PACKED: &str = "assignment_idblock_typestatuslatency_msattemptstenant_idtrace_idrun_idflow_idstep_idworker_iderror_codeerror_messagepasswordidokab";
+        let lens = [13, 10, 6, 10, 8, 9, 8, 6, 7, 7, 9, 10, 13, 8, 2, 2, 1, 1];
+        let mut names = Vec::new();
+        let mut at = 0;
+        for len in lens {
+            names.push(&PACKED[at..at + len]);
+            at += len;
+        }
+        assert_eq!(at, PACKED.len());
+        let mut seen = SeenNames::new();
+        for name in &names {
+            seen.put(name, is_sensitive_key(name));
+        }
+        for name in &names {
+            assert_eq!(
+                seen.get(name),
+                Some(is_sensitive_key(name)),
+                "{name} forgotten"
+            );
+        }
+        // A name not put is not found, even where it shares a start with one that was.
+        assert_eq!(seen.get(&PACKED[0..10]), None);
     }
 
     fn json(line: &str) -> serde_json::Value {
