@@ -3,7 +3,7 @@
 //!
 //! | module | what it holds |
 //! |---|---|
-//! | [`ports`] | a free port of 127.0.0.1, waiting for a port to listen |
+//! | [`ports`] | a free port of 127.0.0.1, which process listens on a port |
 //! | [`nats_server`] | a `nats-server -js` on a free port, own store, killed on drop |
 //! | [`worker`] | the worker binary as a child (`BEAMLINE_WORKER_BIN` honoured), own roots and ports |
 //! | [`router`] | a Router stand-in on NATS, the contract's subjects, assignment and result helpers |

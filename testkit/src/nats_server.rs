@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::ports::{try_free_port, wait_port};
+use crate::ports::{is_listening, is_listening_anyone, try_free_port};
 
 /// Where nats-server usually is when it is not on `PATH` (the Debian package: /usr/sbin).
 const FALLBACKS: [&str; 3] = [
@@ -143,8 +143,16 @@ impl NatsServerBuilder {
             ready_timeout: self.ready_timeout.unwrap_or(Duration::from_secs(10)),
             child: None,
         };
-        n.spawn()?;
-        Ok(n)
+        // The port was free when it was picked; another process may have bound it since
+        // (`ports::is_listening`): then the server cannot listen, and starts again on
+        // another port, up to a few times.
+        for _ in 0..4 {
+            match n.spawn() {
+                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => n.port = try_free_port()?,
+                other => return other.map(|()| n),
+            }
+        }
+        n.spawn().map(|()| n)
     }
 }
 
@@ -206,14 +214,21 @@ impl NatsServer {
         let end = Instant::now() + self.ready_timeout;
         loop {
             if let Ok(Some(st)) = child.try_wait() {
-                return Err(std::io::Error::other(format!(
-                    "nats-server exited ({st}): {}",
-                    self.log_tail(2000)
-                )));
+                // Someone else listens on the port it was given.
+                let kind = if is_listening_anyone(self.port) {
+                    std::io::ErrorKind::AddrInUse
+                } else {
+                    std::io::ErrorKind::Other
+                };
+                return Err(std::io::Error::new(
+                    kind,
+                    format!("nats-server exited ({st}): {}", self.log_tail(2000)),
+                ));
             }
-            if wait_port(self.port, Duration::from_millis(50)) {
+            if is_listening(child.id(), self.port) {
                 break;
             }
+            std::thread::sleep(Duration::from_millis(20));
             if Instant::now() > end {
                 let _ = child.kill();
                 let _ = child.wait();

@@ -6,7 +6,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::ports::{free_port, wait_port};
+use crate::ports::{free_port, is_listening};
 
 /// The worker binary under test: `BEAMLINE_WORKER_BIN` when set (a binary kept aside, e.g.
 /// one built before a fix, or when several checkouts share one target dir), else the one
@@ -113,13 +113,37 @@ impl Worker {
         }
     }
 
+    /// Starts the worker and waits until it holds its metrics port. The ports were free
+    /// when they were picked, but another process (a broker or worker of a test running
+    /// beside this one) may have bound one since: then this worker exits ("Address already
+    /// in use") and is started again on fresh ports, up to a few times.
     fn spawn(&mut self) {
+        const TRIES: usize = 5;
+        for _ in 0..TRIES {
+            match self.spawn_once() {
+                Started::Up => return,
+                Started::PortTaken => {
+                    self.metrics_port = free_port();
+                    self.health_port = free_port();
+                }
+                Started::Failed(why) => panic!("{why}; log:\n{}", self.logs()),
+            }
+        }
+        panic!(
+            "worker found its ports taken {TRIES} times; log:\n{}",
+            self.logs()
+        );
+    }
+
+    fn spawn_once(&mut self) -> Started {
+        // What this start writes begins here (a restart appends to the same file).
+        let from = self.logs().len();
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&self.log)
             .expect("log file");
-        let child = Command::new(worker_bin())
+        let mut child = Command::new(worker_bin())
             .args(&self.args)
             .arg(format!("--fs-root={}", self.fs_root.display()))
             .arg(format!("--sql-root={}", self.sql_root.display()))
@@ -135,12 +159,27 @@ impl Worker {
             .stderr(log)
             .spawn()
             .expect("worker binary runs");
-        self.child = Some(child);
-        assert!(
-            wait_port(self.metrics_port, Duration::from_secs(15)),
-            "worker did not open its metrics port; log:\n{}",
-            self.logs()
-        );
+        let end = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                let written = self.logs().get(from..).unwrap_or_default().to_owned();
+                return if written.contains("Address already in use") {
+                    Started::PortTaken
+                } else {
+                    Started::Failed(format!("worker exited at start ({status})"))
+                };
+            }
+            if is_listening(child.id(), self.metrics_port) {
+                self.child = Some(child);
+                return Started::Up;
+            }
+            if Instant::now() > end {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Started::Failed("worker did not open its metrics port".into());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     pub fn logs(&self) -> String {
@@ -190,6 +229,14 @@ impl Worker {
             .await
             .2
     }
+}
+
+/// How one start of the worker went.
+enum Started {
+    Up,
+    /// It exited because a port it was given had been taken in the meantime.
+    PortTaken,
+    Failed(String),
 }
 
 impl Drop for Worker {
