@@ -288,6 +288,38 @@ async fn every_log_line_is_a_schema_valid_guide_shaped_object() {
     }
 }
 
+/// A line the block logs while it runs carries the assignment's ids, as the lines logged
+/// around it do, also without a trace exporter (where the block used to run outside the
+/// receive span: issue 12, fourteenth round).
+#[tokio::test]
+async fn a_line_logged_inside_a_block_carries_the_assignments_ids() {
+    let upstream = beamline_testkit::http_server::Scripted::start(vec![(200, "ok", vec![])]).await;
+    let nats = Nats::start();
+    let worker = Worker::builder(&nats.url())
+        .env("RUST_LOG", "debug")
+        .start();
+    let router = Router::connect(&nats.url()).await;
+    ready(&router).await;
+    let mut a = assignment(
+        "ids-in-block",
+        "tenant-ids",
+        json!({"type": "http.request", "method": "GET", "url": upstream.url_for("/x"),
+            "timeout_ms": 5000}),
+    );
+    a["run_id"] = json!("run-ids");
+    router.assign(&a).await;
+    assert_eq!(router.result("ids-in-block").await["status"], "success");
+    let line = wait_for_log(&worker, "the http block's own line", |l| {
+        l["message"] == "http.request answered"
+    })
+    .await;
+    assert_eq!(line["tenant_id"], "tenant-ids", "{line}");
+    assert_eq!(line["trace_id"], TRACE, "{line}");
+    assert_eq!(line["run_id"], "run-ids", "{line}");
+    assert_eq!(line["fields"]["assignment_id"], "ids-in-block", "{line}");
+    assert_eq!(line["fields"]["block_type"], "http.request", "{line}");
+}
+
 #[tokio::test]
 async fn text_log_format_is_one_readable_line_per_event() {
     let nats = Nats::start();

@@ -366,7 +366,8 @@ async fn store(guard: Option<Guard>, ack: Bytes, body: &Bytes) -> Option<Arc<Rec
 /// made: only for a trace exporter. Without one a span is seen only by the log layer, which
 /// lifts the correlation ids of an event's enclosing spans, and these two carry the same
 /// ids as their parent `worker.assignment.receive`: they would cost two span records (and
-/// their field allocations) per task and change no log line (issue 12).
+/// their field allocations) per task and change no log line (issue 12). Without them the
+/// block runs in the receive span itself ([`execute_span`]).
 fn child_spans(shared: &Shared) -> bool {
     shared.config.otlp_endpoint.is_some()
 }
@@ -467,9 +468,11 @@ fn receive_span(shared: &Shared, assignment: &Assignment<'_>) -> tracing::Span {
     span
 }
 
+/// The span the block runs in: `worker.block.execute` with a trace exporter; else the
+/// receive span itself, so that what the block logs carries the assignment's ids.
 fn execute_span(parent: &tracing::Span, reply: &Reply<'_>, kind: BlockKind) -> tracing::Span {
     if !child_spans(reply.shared) {
-        return tracing::Span::none();
+        return parent.clone();
     }
     let ids = &reply.ids;
     tracing::info_span!(parent: parent, "worker.block.execute",
