@@ -113,10 +113,10 @@ impl Worker {
         }
     }
 
-    /// Starts the worker and waits until it holds its metrics port. The ports were free
-    /// when they were picked, but another process (a broker or worker of a test running
-    /// beside this one) may have bound one since: then this worker exits ("Address already
-    /// in use") and is started again on fresh ports, up to a few times.
+    /// Starts the worker and waits until it holds its metrics and health ports. They were
+    /// free when they were picked, but another process (a broker or worker of a test
+    /// running beside this one) may have bound one since: then this worker exits ("Address
+    /// already in use") and is started again on fresh ports, up to a few times.
     fn spawn(&mut self) {
         const TRIES: usize = 5;
         for _ in 0..TRIES {
@@ -169,14 +169,18 @@ impl Worker {
                     Started::Failed(format!("worker exited at start ({status})"))
                 };
             }
-            if is_listening(child.id(), self.metrics_port) {
+            // Both: the metrics port is bound first, and the worker exits when the health
+            // port then turns out to be taken.
+            if is_listening(child.id(), self.metrics_port)
+                && is_listening(child.id(), self.health_port)
+            {
                 self.child = Some(child);
                 return Started::Up;
             }
             if Instant::now() > end {
                 let _ = child.kill();
                 let _ = child.wait();
-                return Started::Failed("worker did not open its metrics port".into());
+                return Started::Failed("worker did not open its metrics and health ports".into());
             }
             std::thread::sleep(Duration::from_millis(20));
         }
