@@ -288,6 +288,53 @@ async fn every_log_line_is_a_schema_valid_guide_shaped_object() {
     }
 }
 
+/// `RUST_LOG` decides about the per-step line however it is written: with a plain
+/// target/level filter the worker writes the line itself (`logs::StepLine`), with span
+/// directives it goes through `tracing`; either way the filter is obeyed.
+#[tokio::test]
+async fn the_per_step_line_follows_rust_log() {
+    // One CPU thread, so the two assignments' lines are queued in the order they ran.
+    for (spec, success_line) in [
+        ("info,beamline_worker::runtime::pipeline=warn", false),
+        ("warn", false),
+        ("info", true),
+        ("info,[worker.assignment.receive]=info", true),
+    ] {
+        let nats = Nats::start();
+        let worker = Worker::builder(&nats.url())
+            .env("RUST_LOG", spec)
+            .arg("--cpu-pool-size=1")
+            .start();
+        let router = Router::connect(&nats.url()).await;
+        ready(&router).await;
+        router.assign(&fs_put("rl-ok", "tenant-rl")).await;
+        assert_eq!(router.result("rl-ok").await["status"], "success", "{spec}");
+        let failing = assignment(
+            "rl-fail",
+            "tenant-rl",
+            json!({"type": "fs.get", "path": "/missing.txt"}),
+        );
+        router.assign(&failing).await;
+        assert_eq!(router.result("rl-fail").await["status"], "error", "{spec}");
+        let failed = wait_for_log(&worker, "the failure line", |l| {
+            l["message"] == "Step execution failed" && l["fields"]["assignment_id"] == "rl-fail"
+        })
+        .await;
+        assert_eq!(failed["level"], "WARN", "{spec}");
+        assert_eq!(failed["tenant_id"], "tenant-rl", "{spec}");
+        assert_eq!(failed["fields"]["block_type"], "fs.get", "{spec}");
+        let ok = log_lines(&worker).into_iter().find(|l| {
+            l["message"] == "Step execution completed" && l["fields"]["assignment_id"] == "rl-ok"
+        });
+        assert_eq!(ok.is_some(), success_line, "RUST_LOG={spec}: {ok:?}");
+        if let Some(ok) = ok {
+            assert_eq!(ok["level"], "INFO", "{spec}");
+            assert_eq!(ok["run_id"], "run-rl-ok", "{spec}");
+            assert_eq!(ok["fields"]["status"], "success", "{spec}");
+        }
+    }
+}
+
 /// A line the block logs while it runs carries the assignment's ids, as the lines logged
 /// around it do, also without a trace exporter (where the block used to run outside the
 /// receive span: issue 12, fourteenth round).
