@@ -1262,9 +1262,10 @@ fn with_line(
 pub const STEP_TARGET: &str = "beamline_worker::runtime::pipeline";
 
 /// The per-step outcome line, "Step execution completed" (INFO) or "Step execution failed"
-/// (WARN): the one line every assignment with an id logs. Its fields include every field
-/// of the pipeline's `worker.assignment.receive` span, in the span's order, so the line is
-/// the same with and without that span around it.
+/// (WARN), logged once for each assignment that runs to a result or is rejected (a
+/// duplicate answered from the dedupe store logs its own line instead). Its fields include
+/// every field of the pipeline's `worker.assignment.receive` span, in the span's order, so
+/// the line is the same with and without that span around it.
 #[derive(Debug, Clone, Copy)]
 pub struct StepLine<'a> {
     pub success: bool,
