@@ -26,7 +26,7 @@ use crate::contract::wire::{
     ResultBody, WorkerFacts,
 };
 use crate::contract::{AckStatus, Assignment, ErrorCode, Fields, RetryPolicy, Status, TaskError};
-use crate::telemetry::logs::StepLine;
+use crate::telemetry::logs::{StepLine, TaskFields};
 use crate::telemetry::Intake;
 use crate::transport::{Delivery, Kind, TransportError};
 
@@ -417,41 +417,71 @@ async fn handle_parsed(
         Ok(read) => read,
         Err(why) => return Box::pin(no_id(shared, delivery, why, value)).await,
     };
-    let span = receive_span(shared, &assignment);
     let reply = Reply::new(shared, delivery, &assignment, value, received);
-    let Some(guard) = claim(&reply, &span).await else {
+    let run = run(&reply, blocks, &assignment, problem);
+    // The run in its receive span, or with the span's fields alone when nothing needs the
+    // span itself (`logs::TaskFields`). One scope for the whole run: each `instrument`
+    // costs a span clone, and an enter and exit on every poll and again at its drop.
+    match receive_fields(shared, &assignment) {
+        Some(fields) => fields.scope(run).await,
+        None => run.instrument(receive_span(shared, &assignment)).await,
+    }
+}
+
+/// Claim → validate → admit → execute → finish, in the receive span or with its fields.
+async fn run(
+    reply: &Reply<'_>,
+    blocks: &Blocks,
+    assignment: &Assignment<'_>,
+    problem: Option<TaskError>,
+) {
+    let shared = reply.shared;
+    let Some(guard) = claim(reply).await else {
         return; // a duplicate, answered
     };
-    let (kind, job) = match validate(&assignment, problem) {
+    let (kind, job) = match validate(assignment, problem) {
         Ok(valid) => valid,
-        Err((kind, error)) => {
-            return Box::pin(reject(&reply, Some(guard), kind, error).instrument(span)).await;
-        }
+        Err((kind, error)) => return Box::pin(reject(reply, Some(guard), kind, error)).await,
     };
-    let _quota = match shared.quotas.take(tenant_of(&assignment)) {
+    let _quota = match shared.quotas.take(tenant_of(assignment)) {
         Ok(slot) => slot,
         Err(error) => {
             // Not remembered for dedupe: the Router's later retry of it runs.
             drop(guard);
-            return Box::pin(reject(&reply, None, Some(kind), error).instrument(span)).await;
+            return Box::pin(reject(reply, None, Some(kind), error)).await;
         }
     };
     let cancel = shared
         .cancels
         .register(reply.key.clone(), &shared.hard_stop);
-    let run = Execute::new(&reply, &assignment, (kind, job), &cancel);
-    let exec_span = execute_span(&span, &reply, kind);
+    let run = Execute::new(reply, assignment, (kind, job), &cancel);
     let _pool = super::PoolBusy::new(&shared.metrics, kind); // worker_pool_in_flight{pool}
-    let (ack, finished) = blocks.run(kind, run).instrument(exec_span).await;
-    let finished = with_cancel_reason(finished, &cancel);
-    reply
-        .finish(Some(guard), ack, Some(kind), finished)
-        .instrument(span)
+    let (ack, finished) = blocks
+        .run(kind, run)
+        .instrument(execute_span(reply, kind))
         .await;
+    let finished = with_cancel_reason(finished, &cancel);
+    reply.finish(Some(guard), ack, Some(kind), finished).await;
 }
 
 fn tenant_of<'a>(assignment: &'a Assignment<'_>) -> &'a str {
     assignment.tenant_id.as_deref().unwrap_or("")
+}
+
+/// The receive span's fields without the span, when no trace exporter wants it and the
+/// log layer takes them so (else `None`: the span is made).
+fn receive_fields(shared: &Shared, assignment: &Assignment<'_>) -> Option<TaskFields> {
+    if child_spans(shared) {
+        return None;
+    }
+    TaskFields::receive([
+        ("tenant_id", Some(tenant_of(assignment))),
+        ("trace_id", assignment.trace_id.as_deref()),
+        ("run_id", assignment.run_id),
+        ("block_type", assignment.job_type),
+        ("worker_id", Some(shared.config.worker_id.as_str())),
+        ("assignment_id", Some(assignment.assignment_id)),
+    ])
 }
 
 fn receive_span(shared: &Shared, assignment: &Assignment<'_>) -> tracing::Span {
@@ -468,27 +498,28 @@ fn receive_span(shared: &Shared, assignment: &Assignment<'_>) -> tracing::Span {
     span
 }
 
-/// The span the block runs in: `worker.block.execute` with a trace exporter; else the
-/// receive span itself, so that what the block logs carries the assignment's ids.
-fn execute_span(parent: &tracing::Span, reply: &Reply<'_>, kind: BlockKind) -> tracing::Span {
+/// The span the block runs in, `worker.block.execute`, a child of the receive span it is
+/// called in, when there is a trace exporter; else none (entering it costs a branch): the
+/// block runs in the receive span itself, so that what it logs carries the assignment's ids.
+fn execute_span(reply: &Reply<'_>, kind: BlockKind) -> tracing::Span {
     if !child_spans(reply.shared) {
-        return parent.clone();
+        return tracing::Span::none();
     }
     let ids = &reply.ids;
-    tracing::info_span!(parent: parent, "worker.block.execute",
-        tenant_id = ids.tenant_id.unwrap_or(""), trace_id = ids.trace_id, run_id = ids.run_id,
-        block_type = kind.as_str(), worker_id = reply.shared.config.worker_id.as_str())
+    tracing::info_span!(
+        "worker.block.execute",
+        tenant_id = ids.tenant_id.unwrap_or(""),
+        trace_id = ids.trace_id,
+        run_id = ids.run_id,
+        block_type = kind.as_str(),
+        worker_id = reply.shared.config.worker_id.as_str()
+    )
 }
 
 /// Claims the assignment for this delivery. A duplicate is answered here, with the result
 /// stored for it (waiting for it when it is running here now), and gets `None`.
-async fn claim(reply: &Reply<'_>, span: &tracing::Span) -> Option<Guard> {
-    let begun = reply
-        .shared
-        .dedupe
-        .begin_key(&reply.key)
-        .instrument(span.clone())
-        .await;
+async fn claim(reply: &Reply<'_>) -> Option<Guard> {
+    let begun = reply.shared.dedupe.begin_key(&reply.key).await;
     let mut running = match begun {
         Begin::New(guard) => return Some(guard),
         Begin::Done(record) => {

@@ -11,10 +11,13 @@
 use std::borrow::Cow;
 use std::cell::RefCell;
 use std::fmt::{self, Write as _};
+use std::future::Future;
 use std::io::Write as _;
 use std::ops::Range;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
 
 use smallvec::SmallVec;
 use tracing::field::{Field, Visit};
@@ -1163,31 +1166,42 @@ where
                 takes_message: true,
             });
             let own = &*own;
-            // Span fields root first, then the event's own: the nearest value of a key
-            // wins. Borrowed, not cloned: the spans' extensions are held for the line's
-            // formatting. Inline room for the usual depth and field count: no allocation.
-            let spans: SmallVec<[_; 4]> = ctx
-                .event_scope(event)
-                .map(|scope| scope.from_root().collect())
-                .unwrap_or_default();
-            let exts: SmallVec<[_; 4]> = spans.iter().map(|s| s.extensions()).collect();
-            let mut all: SmallVec<[(&str, Val<'_>); 24]> = SmallVec::new();
-            let mut set = |k: &'static str, v| match all.iter_mut().find(|(n, _)| same_name(n, k)) {
-                Some(slot) => slot.1 = v,
-                None => all.push((k, v)),
-            };
-            for e in &exts {
-                if let Some(f) = e.get::<Recorded>() {
+            let with_task = |task: Option<&Recorded>| {
+                // Span fields root first, then the event's own: the nearest value of a key
+                // wins. Borrowed, not cloned: the spans' extensions are held for the line's
+                // formatting. Inline room for the usual depth and field count: no
+                // allocation. A task's fields held without its span (`TaskFields`) are
+                // the outermost.
+                let spans: SmallVec<[_; 4]> = ctx
+                    .event_scope(event)
+                    .map(|scope| scope.from_root().collect())
+                    .unwrap_or_default();
+                let exts: SmallVec<[_; 4]> = spans.iter().map(|s| s.extensions()).collect();
+                let mut all: SmallVec<[(&str, Val<'_>); 24]> = SmallVec::new();
+                let mut set =
+                    |k: &'static str, v| match all.iter_mut().find(|(n, _)| same_name(n, k)) {
+                        Some(slot) => slot.1 = v,
+                        None => all.push((k, v)),
+                    };
+                let recorded = task
+                    .into_iter()
+                    .chain(exts.iter().filter_map(|e| e.get::<Recorded>()))
+                    .chain(std::iter::once(own));
+                for f in recorded {
                     for (k, item) in &f.items {
                         set(k, f.val(item));
                     }
                 }
+                let message = own.message().unwrap_or_else(|| meta.target());
+                self.write_line(meta, message, &all);
+            };
+            let done = TASK.try_with(|t| match t.try_borrow() {
+                Ok(t) => with_task(t.as_ref()),
+                Err(_) => with_task(None),
+            });
+            if done.is_err() {
+                with_task(None); // the thread is exiting: no task
             }
-            for (k, item) in &own.items {
-                set(k, own.val(item));
-            }
-            let message = own.message().unwrap_or_else(|| meta.target());
-            self.write_line(meta, message, &all);
         };
         // The thread's scratch, unless this line comes from inside the recording of
         // another (a `Debug` impl that logs).
@@ -1413,6 +1427,90 @@ impl StepLine<'_> {
             );
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// A task's fields without its span
+
+/// The fields of `worker.assignment.receive`, held by the task instead of a span when lines
+/// are written directly ([`init_to`] installed a target/level filter that lets the span
+/// through) and no trace exporter wants spans. A line logged while the task is polled
+/// ([`InTask`]) carries them as it would carry the span's: as the outermost span's fields,
+/// the same bytes
+/// (`telemetry::logs::tests::a_line_in_a_task_is_the_same_with_its_fields_or_its_span`).
+/// What it saves per task: the registry's span record, and its look-up at every enter and
+/// exit, clone and drop (issue 12, fifteenth round).
+#[derive(Debug)]
+pub struct TaskFields(Recorded);
+
+impl TaskFields {
+    /// The receive span's fields in its order (a `None` is not recorded, as `tracing`
+    /// records no field for a `None`); `None` when the span is needed instead: the lines
+    /// go through `tracing` (a filter with span directives may select on the span), or the
+    /// filter turns the span away (then neither it nor these fields are there).
+    pub fn receive(fields: [(&'static str, Option<&str>); 6]) -> Option<TaskFields> {
+        STEP_SINK
+            .get()
+            .is_some_and(|sink| sink.info)
+            .then(|| TaskFields::record(&fields))
+    }
+
+    fn record(fields: &[(&'static str, Option<&str>)]) -> TaskFields {
+        let mut rec = Recorded::with_capacity(fields.len());
+        for &(name, v) in fields {
+            if let Some(v) = v {
+                rec.record(name, Val::Str(v));
+            }
+        }
+        TaskFields(rec)
+    }
+
+    /// Runs `fut` with these fields on the lines it logs.
+    pub fn scope<F: Future>(self, fut: F) -> InTask<F> {
+        InTask {
+            inner: fut,
+            fields: Some(self.0),
+        }
+    }
+}
+
+thread_local! {
+    /// The fields of the task being polled on this thread, if it has any ([`InTask`]).
+    static TASK: RefCell<Option<Recorded>> = const { RefCell::new(None) };
+}
+
+pin_project_lite::pin_project! {
+    /// A future whose lines carry its task's fields: they are on the thread while it is
+    /// polled (moved in and out, no allocation).
+    #[derive(Debug)]
+    pub struct InTask<F> {
+        #[pin]
+        inner: F,
+        fields: Option<Recorded>,
+    }
+}
+
+impl<F: Future> Future for InTask<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<F::Output> {
+        let this = self.project();
+        // Nested (a task's future inside another's): the inner one's fields for its polls.
+        let outer = swap_task(this.fields.take());
+        let r = this.inner.poll(cx);
+        *this.fields = swap_task(outer);
+        r
+    }
+}
+
+/// Puts `fields` on this thread as the polled task's, and returns what was there.
+fn swap_task(fields: Option<Recorded>) -> Option<Recorded> {
+    TASK.try_with(|t| match t.try_borrow_mut() {
+        Ok(mut t) => std::mem::replace(&mut *t, fields),
+        Err(_) => None, // a poll from inside a line's formatting: none
+    })
+    .ok()
+    .flatten()
 }
 
 /// Whether a field is a correlation id lifted to the line's top level.
@@ -1726,6 +1824,96 @@ mod tests {
                 prop_assert_eq!(untimed(&written[0]), untimed(&traced[0]));
             }
         }
+    }
+
+    /// What a block logs: inside a span of its own that repeats a key of the receive
+    /// span's (the nearest value wins), an event with a field and one without.
+    fn block_lines(text: &str) {
+        let inner = tracing::info_span!("block", run_id = text, step = 3);
+        let _in = inner.enter();
+        tracing::warn!(detail = text, "ack publish failed");
+        tracing::info!("answered");
+    }
+
+    /// Runs a future that is ready without waiting.
+    fn run_ready<F: std::future::Future>(fut: F) -> F::Output {
+        let mut fut = std::pin::pin!(fut);
+        let mut cx = TaskContext::from_waker(std::task::Waker::noop());
+        loop {
+            if let Poll::Ready(v) = fut.as_mut().poll(&mut cx) {
+                return v;
+            }
+        }
+    }
+
+    proptest! {
+        /// A line logged inside a task that holds the receive span's fields
+        /// (`TaskFields`) has the bytes it has inside the span itself (but the timestamp),
+        /// and a line after the task has none of them.
+        #[test]
+        fn a_line_in_a_task_is_the_same_with_its_fields_or_its_span(
+            ids in proptest::collection::vec(arb_id(), 6),
+            text in arb_log_text(),
+            json_format in any::<bool>(),
+        ) {
+            let format = if json_format { LogFormat::Json } else { LogFormat::Text };
+            let id = |i: usize| ids[i].as_deref();
+            let in_span = capture(format, || {
+                let span = tracing::info_span!(
+                    "worker.assignment.receive",
+                    tenant_id = id(0),
+                    trace_id = id(1),
+                    run_id = id(2),
+                    block_type = id(3),
+                    worker_id = id(4),
+                    assignment_id = id(5)
+                );
+                span.in_scope(|| block_lines(&text));
+                block_lines(&text);
+            });
+            let with_fields = capture(format, || {
+                let fields = TaskFields::record(&[
+                    ("tenant_id", id(0)),
+                    ("trace_id", id(1)),
+                    ("run_id", id(2)),
+                    ("block_type", id(3)),
+                    ("worker_id", id(4)),
+                    ("assignment_id", id(5)),
+                ]);
+                run_ready(fields.scope(async { block_lines(&text) }));
+                block_lines(&text);
+            });
+            prop_assert_eq!(in_span.len(), 4);
+            prop_assert_eq!(with_fields.len(), 4);
+            for (a, b) in in_span.iter().zip(&with_fields) {
+                prop_assert_eq!(untimed(a), untimed(b));
+            }
+        }
+    }
+
+    #[test]
+    fn a_task_s_fields_are_on_the_thread_only_while_it_is_polled() {
+        let outer = TaskFields::record(&[("assignment_id", Some("outer"))]);
+        let inner = TaskFields::record(&[("assignment_id", Some("inner"))]);
+        let ids = |v: &[String]| -> Vec<String> {
+            v.iter()
+                .map(|l| {
+                    json(l)["fields"]["assignment_id"]
+                        .as_str()
+                        .unwrap_or("-")
+                        .to_owned()
+                })
+                .collect()
+        };
+        let lines = capture(LogFormat::Json, || {
+            run_ready(outer.scope(async {
+                tracing::info!("a");
+                inner.scope(async { tracing::info!("b") }).await;
+                tracing::info!("c");
+            }));
+            tracing::info!("d");
+        });
+        assert_eq!(ids(&lines), ["outer", "inner", "outer", "-"], "{lines:?}");
     }
 
     #[test]
