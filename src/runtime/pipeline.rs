@@ -418,13 +418,13 @@ async fn handle_parsed(
         Err(why) => return Box::pin(no_id(shared, delivery, why, value)).await,
     };
     let reply = Reply::new(shared, delivery, &assignment, value, received);
-    let run = run(&reply, blocks, &assignment, problem);
+    let task = run(&reply, blocks, &assignment, problem);
     // The run in its receive span, or with the span's fields alone when nothing needs the
     // span itself (`logs::TaskFields`). One scope for the whole run: each `instrument`
     // costs a span clone, and an enter and exit on every poll and again at its drop.
     match receive_fields(shared, &assignment) {
-        Some(fields) => fields.scope(run).await,
-        None => run.instrument(receive_span(shared, &assignment)).await,
+        Some(fields) => fields.scope(task).await,
+        None => task.instrument(receive_span(shared, &assignment)).await,
     }
 }
 
