@@ -1004,7 +1004,7 @@ impl PutMachine {
 /// and a walk from a kept root): no descriptor of the root is kept, so none can be stale.
 /// Not when the two together are longer than a path may be (`PATH_MAX` with its NUL), as
 /// a long `rel` beneath a root can be.
-fn whole_path(root: &std::ffi::CStr, rel: &GetPath) -> Option<CString> {
+pub(crate) fn whole_path(root: &std::ffi::CStr, rel: &GetPath) -> Option<CString> {
     let (root, rel_bytes) = (root.to_bytes(), rel.c.as_bytes());
     if root.len() + 1 + rel_bytes.len() >= libc::PATH_MAX as usize
         || rel.display.split('/').any(|c| c == "..")

@@ -14,7 +14,7 @@
 
 use std::ffi::CStr;
 use std::fs::{File, Metadata};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
@@ -102,15 +102,27 @@ pub enum Locate {
 /// now. Returns its index in `rels`. A name that is not found is passed over; any other
 /// refusal is the answer. When none is found, the last one's not-found error.
 ///
-/// Cheaper than [`open_beneath`] per name: the root is the one this thread keeps open
-/// (the kept roots of the inline `fs.get`, checked by one `statx` of its path before use);
-/// an `O_PATH` open needs no `fcntl` after it; and with [`Locate::Identify`] and
-/// `no_symlinks`, a name of one component (no `/`, never `.` or `..`) is one
-/// `statx(root, name, AT_SYMLINK_NOFOLLOW)`, which is exactly what `openat2` with
-/// `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS` would reach. A kept root that was removed and
-/// made again can come back under its old inode number; nothing is found through the
-/// removed one, so an answer with something found (or refused) is known to come from the
-/// live directory, and "none found" is asked again through a fresh open of the root.
+/// Cheaper than [`open_beneath`] per name. With `no_symlinks`, each name is first looked
+/// up in one walk of its whole path (the root's path, then the name; [`locate_whole`]):
+/// a walk that follows no symlink and never goes up ends beneath whatever directory the
+/// root's path names at that moment, so it reaches what a walk beneath the root would,
+/// and no descriptor of the root is needed (none can be stale). With [`Locate::Identify`]
+/// a name of one component (no `/`, never `.` or `..`) is one
+/// `statx(AT_SYMLINK_NOFOLLOW)` of the whole path, which may follow symlinks of the root's
+/// own path (they lead to the root) and none beneath it; a longer name is one
+/// `openat2(RESOLVE_NO_SYMLINKS)`. When such a walk meets a symlink (in the root's own
+/// path, or beneath it), the answer comes from the way through the root below, and this
+/// thread marks the root so that its later lookups go that way at once.
+///
+/// Through the root: the root is the one this thread keeps open (the kept roots of the
+/// inline `fs.get`, checked by one `statx` of its path before use); an `O_PATH` open
+/// needs no `fcntl` after it; and with [`Locate::Identify`] and `no_symlinks`, a name of
+/// one component is one `statx(root, name, AT_SYMLINK_NOFOLLOW)`, which is exactly what
+/// `openat2` with `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS` would reach. A kept root that
+/// was removed and made again can come back under its old inode number; nothing is found
+/// through the removed one, so an answer with something found (or refused) is known to
+/// come from the live directory, and "none found" is asked again through a fresh open of
+/// the root.
 pub fn locate_first_beneath(
     root: &Path,
     rels: &[&str],
@@ -125,6 +137,11 @@ pub fn locate_first_beneath(
         return Err(FsError::new(FsErrorKind::InvalidPath, "open", ""));
     };
     let root_c = path::root_cstring(root, &last.display)?;
+    if opts.no_symlinks && !roots::symlinked(&root_c) {
+        if let Some(found) = locate_whole(&root_c, &parsed, how) {
+            return found;
+        }
+    }
     if let Some(held) = roots::take(&root_c) {
         let (fd, id) = held.split();
         let found = locate_first(&fd, &parsed, opts, how);
@@ -141,6 +158,47 @@ pub fn locate_first_beneath(
     found
 }
 
+/// What [`locate_first`] would answer with `no_symlinks`, each name looked up by its
+/// whole path (see [`locate_first_beneath`]). `None` when that way cannot tell: a name has
+/// a `..` component or is too long to join to the root's path, or a walk met a symlink
+/// (then the root is marked, [`roots::mark_symlinked`]).
+fn locate_whole(
+    root_c: &CStr,
+    parsed: &[path::GetPath],
+    how: Locate,
+) -> Option<Result<(usize, LocatedFile), FsError>> {
+    let mut missing = None;
+    for (i, p) in parsed.iter().enumerate() {
+        let whole = crate::machine::whole_path(root_c, p)?;
+        let display = p.display.as_str();
+        let found = if how == Locate::Identify && !display.contains('/') {
+            identify(libc::AT_FDCWD, &whole, display)
+        } else {
+            match open_whole(&whole) {
+                Err(libc::ELOOP) => {
+                    roots::mark_symlinked(root_c);
+                    return None;
+                }
+                Err(errno) => Err(fail(errno, display)),
+                Ok(fd) => held(fd, display),
+            }
+        };
+        match found {
+            Err(e) if e.kind == FsErrorKind::NotFound => missing = Some(e),
+            Err(e) => return Some(Err(e)),
+            Ok(mut file) => {
+                if how == Locate::Identify {
+                    file.fd = None;
+                }
+                return Some(Ok((i, file)));
+            }
+        }
+    }
+    Some(Err(missing.unwrap_or_else(|| {
+        FsError::new(FsErrorKind::NotFound, "open", "")
+    })))
+}
+
 fn locate_first(
     root_fd: &OwnedFd,
     parsed: &[path::GetPath],
@@ -152,7 +210,7 @@ fn locate_first(
         let display = p.display.as_str();
         let single = !display.contains('/');
         let found = if how == Locate::Identify && opts.no_symlinks && single {
-            identify(root_fd, &p.c, display)
+            identify(root_fd.as_raw_fd(), &p.c, display)
         } else {
             hold(root_fd, &p.c, opts, display)
         };
@@ -170,14 +228,17 @@ fn locate_first(
     Err(missing.unwrap_or_else(|| FsError::new(FsErrorKind::NotFound, "open", "")))
 }
 
-/// `name` (one component) in `root_fd`, by one `statx` that follows no symlink.
-fn identify(root_fd: &OwnedFd, name: &CStr, display: &str) -> Result<LocatedFile, FsError> {
+/// `name` (one component) in the directory `dirfd`, or a whole path whose last component
+/// is the one looked at (`dirfd` = `AT_FDCWD`), by one `statx` that follows no symlink
+/// there.
+fn identify(dirfd: RawFd, name: &CStr, display: &str) -> Result<LocatedFile, FsError> {
     // SAFETY: `statx` is a plain C struct of integers; all-zero is a valid value.
     let mut stx: libc::statx = unsafe { std::mem::zeroed() };
-    // SAFETY: `name` is NUL-terminated, `root_fd` open, `stx` a writable statx buffer.
+    // SAFETY: `name` is NUL-terminated, `dirfd` open (or `AT_FDCWD`), `stx` a writable
+    // statx buffer.
     let r = unsafe {
         libc::statx(
-            root_fd.as_raw_fd(),
+            dirfd,
             name.as_ptr(),
             libc::AT_SYMLINK_NOFOLLOW | libc::AT_STATX_DONT_SYNC,
             libc::STATX_TYPE | libc::STATX_NLINK | libc::STATX_INO,
@@ -212,12 +273,39 @@ fn hold(
     // openat2 takes no other flag beside O_PATH but O_CLOEXEC, O_DIRECTORY, O_NOFOLLOW.
     let fd = open_at(root_fd, rel, libc::O_PATH | libc::O_CLOEXEC, opts)
         .map_err(|errno| fail(errno, display))?;
+    held(fd, display)
+}
+
+/// The file `fd` (opened `O_PATH`), refused unless a regular file with one link.
+fn held(fd: OwnedFd, display: &str) -> Result<LocatedFile, FsError> {
     let file = File::from(fd);
     let metadata = checked_metadata(&file, display)?;
     Ok(LocatedFile {
         id: (metadata.dev(), metadata.ino()),
         fd: Some(file.into()),
     })
+}
+
+/// `openat2(AT_FDCWD, whole, O_PATH)` following no symlink anywhere on the way; the errno
+/// on failure (`ELOOP`: a symlink was met).
+fn open_whole(whole: &CStr) -> Result<OwnedFd, i32> {
+    let how = OpenHow {
+        flags: (libc::O_PATH | libc::O_CLOEXEC) as u64,
+        mode: 0,
+        resolve: libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS,
+    };
+    // SAFETY: `whole` and `how` are live for the call.
+    let r = unsafe {
+        sys::exec(&Op::OpenAt2 {
+            dirfd: libc::AT_FDCWD,
+            path: whole.as_ptr(),
+            how: &how,
+        })
+    };
+    if r < 0 {
+        return Err(-r);
+    }
+    Ok(own(r))
 }
 
 fn fail(errno: i32, display: &str) -> FsError {
@@ -455,19 +543,57 @@ mod tests {
             "..",
             ".",
         ];
+        // The same root reached through a symlink: a whole-path walk that refuses symlinks
+        // meets that one, and the answer comes through the root.
+        let link = d.path().join("link");
+        symlink(&root, &link).unwrap();
         for o in [OpenBeneath::default(), OpenBeneath { no_symlinks: true }] {
             for name in names {
                 let want = open_beneath(&root, name, o)
                     .map(|f| (f.metadata.dev(), f.metadata.ino()))
                     .map_err(|e| e.kind);
                 for how in [Locate::Identify, Locate::Hold] {
-                    // Twice: through a fresh root, then through the kept one.
-                    for _ in 0..2 {
-                        assert_eq!(located(&root, name, o, how), want, "{name} {o:?} {how:?}");
+                    for at in [&root, &link] {
+                        // Twice: through a fresh root (or in whole walks), then through the
+                        // kept one (or in whole walks again).
+                        for _ in 0..2 {
+                            let got = located(at, name, o, how);
+                            assert_eq!(got, want, "{name} {o:?} {how:?} {}", at.display());
+                        }
                     }
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_root_without_symlinks_is_looked_up_in_whole_walks() {
+        let (d, root) = env();
+        let root = std::fs::canonicalize(root).unwrap();
+        std::fs::write(root.join("db"), b"shared").unwrap();
+        let strict = OpenBeneath { no_symlinks: true };
+        let root_c = path::root_cstring(&root, "db").unwrap();
+        for how in [Locate::Identify, Locate::Hold] {
+            let (at, _) = locate_first_beneath(&root, &["sub/db", "db"], strict, how).unwrap();
+            assert_eq!(at, 1);
+        }
+        assert_eq!(roots::held(), 0, "no root kept for whole walks");
+        assert!(!roots::symlinked(&root_c));
+        // Behind a symlink: the private name's walk meets it; the root is marked and kept.
+        let link = d.path().join("link");
+        symlink(&root, &link).unwrap();
+        let link_c = path::root_cstring(&link, "db").unwrap();
+        let (at, _) =
+            locate_first_beneath(&link, &["sub/db", "db"], strict, Locate::Identify).unwrap();
+        assert_eq!(at, 1);
+        assert!(roots::symlinked(&link_c));
+        assert_eq!(roots::held(), 1);
+        // A symlink beneath a root refuses the name there, and marks that root as well.
+        symlink("db", root.join("sub/db")).unwrap();
+        let e =
+            locate_first_beneath(&root, &["sub/db", "db"], strict, Locate::Identify).unwrap_err();
+        assert_eq!(e.kind, FsErrorKind::Escape);
+        assert!(roots::symlinked(&root_c));
     }
 
     #[test]

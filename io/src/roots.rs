@@ -17,8 +17,9 @@
 //! ([`crate::IoPool::try_get_now`]).
 //!
 //! The CPU threads' inline gets use it, and the SQL block's `locate_first_beneath`
-//! (`open.rs`) on the blocking threads; the IO threads open the root per request that
-//! goes through it.
+//! (`open.rs`, on the CPU threads: the same rule, its names are looked up in whole walks
+//! until one meets a symlink); the IO threads open the root per request that goes through
+//! it.
 
 use std::cell::RefCell;
 use std::ffi::CStr;

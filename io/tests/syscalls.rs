@@ -14,12 +14,20 @@
 //! `perf_event_paranoid` ≤ -1): where either is missing the test says SKIP, unless
 //! `BEAMLINE_REQUIRE_SYSCALL_COUNT=1` (CI sets it) turns that into a failure.
 
+//!
+//! The SQL block's lookup of a database name (`locate_first_beneath` of the tenant's own
+//! `<tenant>/NAME`, not there, then the shared `NAME`) is counted the same way: two
+//! system calls (`openat2` of the private name's whole path, `statx` of the shared one's),
+//! three under a root behind a symlink (`statx` of the kept root's path, then both names
+//! beneath it). It was three under every root before issue 12's sixteenth round.
+
 #![allow(clippy::unwrap_used)]
 
 use std::fs;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::Path;
 
-use beamline_io::{IoConfig, IoPool};
+use beamline_io::{IoConfig, IoPool, Locate, OpenBeneath};
 
 /// The first 64 bytes of `struct perf_event_attr` (`PERF_ATTR_SIZE_VER0`).
 #[repr(C)]
@@ -106,18 +114,84 @@ fn an_inline_get_under_a_root_behind_a_symlink_makes_five() {
     count_gets(&base.join("link/b/tenant"), 5);
 }
 
-/// Counts the system calls of 1 000 inline gets of a hot 1 KiB file in `root` (made here),
-/// and checks `expected` per get (one more in a debug build).
-fn count_gets(root: &std::path::Path, expected: u64) {
-    let counter = match syscall_counter() {
-        Ok(c) => c,
+#[test]
+fn a_database_name_is_looked_up_in_two_system_calls() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = fs::canonicalize(dir.path()).unwrap();
+    count_lookups(&base.join("sql"), 2);
+}
+
+#[test]
+fn a_database_name_under_a_root_behind_a_symlink_takes_three() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = fs::canonicalize(dir.path()).unwrap();
+    fs::create_dir(base.join("real")).unwrap();
+    std::os::unix::fs::symlink(base.join("real"), base.join("link")).unwrap();
+    count_lookups(&base.join("link/sql"), 3);
+}
+
+/// This thread's system call counter, or `None` (said) where the test is skipped.
+fn counter_or_skip() -> Option<OwnedFd> {
+    match syscall_counter() {
+        Ok(c) => Some(c),
         Err(why) => {
             if std::env::var_os("BEAMLINE_REQUIRE_SYSCALL_COUNT").is_some() {
                 panic!("no syscall counter: {why}");
             }
             eprintln!("SKIP: no syscall counter here: {why}");
-            return;
+            None
         }
+    }
+}
+
+/// Counts the system calls of `n` calls of `f` on this thread.
+fn count(counter: &OwnedFd, n: u64, mut f: impl FnMut()) -> u64 {
+    // SAFETY: ioctls on our own perf event descriptor.
+    unsafe { libc::ioctl(counter.as_raw_fd(), PERF_EVENT_IOC_ENABLE, 0) };
+    for _ in 0..n {
+        f();
+    }
+    // SAFETY: as above.
+    unsafe { libc::ioctl(counter.as_raw_fd(), PERF_EVENT_IOC_DISABLE, 0) };
+    read_count(counter)
+}
+
+/// Counts the system calls of 1 000 lookups of the database `db` for tenant `t` in `root`
+/// (made here, with only the shared `db`), as the SQL block makes them, and checks
+/// `expected` per lookup.
+fn count_lookups(root: &Path, expected: u64) {
+    let Some(counter) = counter_or_skip() else {
+        return;
+    };
+    fs::create_dir_all(root.join("t")).unwrap();
+    fs::write(root.join("db"), b"shared").unwrap();
+    let strict = OpenBeneath { no_symlinks: true };
+    let lookup = || {
+        let (at, found) =
+            beamline_io::locate_first_beneath(root, &["t/db", "db"], strict, Locate::Identify)
+                .unwrap();
+        assert_eq!((at, found.fd.is_none()), (1, true));
+    };
+    // Warm: the dentries, the kept root (or the mark of one behind a symlink).
+    for _ in 0..10 {
+        lookup();
+    }
+    const LOOKUPS: u64 = 1000;
+    let calls = count(&counter, LOOKUPS, lookup);
+    let per = calls as f64 / LOOKUPS as f64;
+    eprintln!("{calls} system calls for {LOOKUPS} lookups: {per:.2} per lookup");
+    // The disabling ioctl itself counts; an allocator's occasional mmap may too.
+    assert!(
+        (expected * LOOKUPS..=expected * LOOKUPS + 20).contains(&calls),
+        "{per:.2} system calls per lookup, expected {expected}"
+    );
+}
+
+/// Counts the system calls of 1 000 inline gets of a hot 1 KiB file in `root` (made here),
+/// and checks `expected` per get (one more in a debug build).
+fn count_gets(root: &Path, expected: u64) {
+    let Some(counter) = counter_or_skip() else {
+        return;
     };
     let pool = IoPool::start(IoConfig {
         threads: 1,
@@ -138,15 +212,10 @@ fn count_gets(root: &std::path::Path, expected: u64) {
         }
     }
     const GETS: u64 = 1000;
-    // SAFETY: ioctls on our own perf event descriptor.
-    unsafe { libc::ioctl(counter.as_raw_fd(), PERF_EVENT_IOC_ENABLE, 0) };
-    for _ in 0..GETS {
+    let calls = count(&counter, GETS, || {
         let got = pool.try_get_now(root, "f.bin").expect("inline").unwrap();
         assert_eq!(got.bytes.len(), 1024);
-    }
-    // SAFETY: as above.
-    unsafe { libc::ioctl(counter.as_raw_fd(), PERF_EVENT_IOC_DISABLE, 0) };
-    let calls = read_count(&counter);
+    });
     let per_get = calls as f64 / GETS as f64;
     eprintln!("{calls} system calls for {GETS} inline gets: {per_get:.2} per get");
     // With debug assertions, std checks that a descriptor is open before closing it

@@ -58,10 +58,12 @@
 //! first, each with a cache of prepared statements (`prepare_cached`). On every use the
 //! name is resolved again (a private database created or removed since is seen at once)
 //! and the connection reopened when the (device, inode) changed (the file was replaced)
-//! or dropped when it is gone. A use of a cached connection costs three system calls for
-//! that (`beamline_io::locate_first_beneath` with `Locate::Identify`: the kept SQL root's
-//! `statx` check, the private name's `openat2`, a `statx` of the shared name); only an
-//! open holds the file (`O_PATH`) until SQLite has its own descriptor on it.
+//! or dropped when it is gone. A use of a cached connection costs two system calls for
+//! that (`beamline_io::locate_first_beneath` with `Locate::Identify`: the private name's
+//! `openat2` and a `statx` of the shared name, each of its whole path, which no symlink
+//! may be on), three under a SQL root behind a symlink (the kept root's `statx` check,
+//! then both names beneath it); only an open holds the file (`O_PATH`) until SQLite has
+//! its own descriptor on it.
 //! Sandbox mode changes nothing: reads have no side effects. (Reading a WAL-mode database
 //! makes SQLite create its empty `-wal`/`-shm` coordination files next to it when no other
 //! connection has; the database file itself is never created or written.)
