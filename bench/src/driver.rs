@@ -205,8 +205,15 @@ impl Tracker {
         if let Some(h) = &mut self.interval_hist {
             h.saturating_record(lat_us);
         }
+        if let Some(t) = &mut self.out.timeline {
+            t.push((slot.sent_ns / 1000, lat_us));
+        }
     }
 }
+
+/// Names a directory: each measured run writes its results' send times and latencies
+/// there as CSV (`RunOutcome::timeline`, `main.rs`).
+pub(crate) const TIMELINE_ENV: &str = "BEAMLINE_BENCH_TIMELINE";
 
 /// Runs one measured load and returns what it saw. `check_type`: count results whose
 /// `job.type` differs from the type sent (off for the null-echo worker, which says "null").
@@ -254,6 +261,9 @@ pub(crate) async fn drive(
         check_type,
         interval_hist: spec.sample_every.map(|_| new_histogram()),
     };
+    if std::env::var_os(TIMELINE_ENV).is_some() {
+        tr.out.timeline = Some(Vec::with_capacity(1 << 20));
+    }
     let publish_until = spec.duration.map(|d| start + d);
     let mut publishing = true;
     let mut drain_deadline = start;
@@ -553,7 +563,10 @@ mod tests {
             ring: vec![EMPTY_SLOT; 4],
             mask: 3,
             inflight: 0,
-            out: RunOutcome::default(),
+            out: RunOutcome {
+                timeline: Some(Vec::new()),
+                ..RunOutcome::default()
+            },
             last_result_ns: 0,
             check_type: true,
             interval_hist: None,
@@ -585,6 +598,11 @@ mod tests {
         let http = &tr.out.types[BlockType::Http.index()];
         assert_eq!(http.bad_statuses.get("timeout"), Some(&1));
         assert_eq!(http.type_mismatch, 1);
+        // Each matched result once in the timeline: (sent µs, latency µs).
+        assert_eq!(
+            tr.out.timeline.as_deref(),
+            Some(&[(0, 2000), (0, 3000)][..])
+        );
         // seq 2 unanswered, then seq 6 reuses its slot: counted lost.
         tr.on_publish(2, 0, BlockType::FsGet);
         tr.on_publish(6, 0, BlockType::FsGet);

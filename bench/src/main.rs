@@ -366,6 +366,33 @@ fn plan(args: &RunArgs) -> Vec<Step> {
         .collect()
 }
 
+/// Writes a run's timeline (`driver::TIMELINE_ENV`) as `<dir>/<label>.csv`, the label's
+/// characters other than letters, digits and `#` made `-`: `sent_us,latency_us` per result.
+fn write_timeline(label: &str, out: &RunOutcome) {
+    let (Some(dir), Some(rows)) = (std::env::var_os(driver::TIMELINE_ENV), &out.timeline) else {
+        return;
+    };
+    let name: String = label
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '#' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    let path = std::path::Path::new(&dir).join(format!("{name}.csv"));
+    let mut text = String::with_capacity(rows.len() * 16 + 32);
+    text.push_str("sent_us,latency_us\n");
+    for (sent, lat) in rows {
+        text.push_str(&format!("{sent},{lat}\n"));
+    }
+    if let Err(e) = std::fs::write(&path, text) {
+        eprintln!("timeline {}: {e}", path.display());
+    }
+}
+
 fn progress_bar(spec: &LoadSpec, label: String) -> ProgressBar {
     let target = if std::io::stderr().is_terminal() {
         ProgressDrawTarget::stderr()
@@ -441,7 +468,7 @@ impl Ctx {
             )
             .await?;
         }
-        let pb = progress_bar(spec, label);
+        let pb = progress_bar(spec, label.clone());
         let tag = self.tag();
         let out = driver::drive(
             &self.client,
@@ -456,6 +483,7 @@ impl Ctx {
         .await;
         pb.finish_and_clear();
         let out = out?;
+        write_timeline(&label, &out);
         if let Some(st) = worker.exited() {
             bail!(
                 "{} exited during the run ({st}):\n{}",

@@ -139,6 +139,10 @@ pub(crate) struct RunOutcome {
     pub(crate) elapsed_s: f64,
     pub(crate) cpu: CpuDelta,
     pub(crate) samples: Vec<Sample>,
+    /// Each result's (intended send time since the run's start, latency), both in µs, in
+    /// the order the results came; only when `BEAMLINE_BENCH_TIMELINE` names a directory
+    /// to write them to (a diagnostic: where in time the slow results fall).
+    pub(crate) timeline: Option<Vec<(u64, u64)>>,
 }
 
 impl RunOutcome {
