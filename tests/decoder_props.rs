@@ -34,8 +34,8 @@ fn settings() -> DecodeSettings {
 /// `job` through the typed decoder `f`, as the pipeline hands it over (parsed in place).
 fn with_job<R>(job: &Value, f: impl FnOnce(Fields<'_, '_>) -> R) -> R {
     let mut buf = serde_json::to_vec(job).expect("json");
-    let value = parse_value(&mut buf).expect("parses");
-    f(Fields::new(&value, "job"))
+    let parsed = parse_value(&mut buf).expect("parses");
+    f(Fields::new(&parsed.value, "job"))
 }
 
 fn decode(kind: BlockKind, job: &Value, s: &DecodeSettings) -> Result<(), TaskError> {

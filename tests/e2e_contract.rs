@@ -97,6 +97,13 @@ async fn invalid_assignments_get_a_rejected_ack_an_error_result_and_a_dlq_entry(
     let long = "x".repeat(129);
     router.assign(&json!({"version":"1","assignment_id": long,"tenant_id":"t","job":{"type":"fs.get","path":"x"}})).await;
     expect_rejected(&router, &long, 1001, "assignment_id").await;
+    // JSON grammar, not Unicode text: simd-json alone would have read the high half as
+    // U+0000 (simd-lite/simd-json#481) and run the job.
+    let lone = r#"{"version":"1","assignment_id":"v-surrogate","tenant_id":"t","request_id":"r\ud800","job":{"type":"fs.get","path":"x\udc00"}}"#;
+    router.publish(ASSIGN, lone).await;
+    expect_rejected(&router, "v-surrogate", 1003, "surrogate").await;
+    let r = router.result("v-surrogate").await;
+    assert_eq!(r["request_id"], "r\u{fffd}", "{r}");
 }
 
 #[tokio::test]
@@ -116,9 +123,12 @@ async fn unanswerable_payloads_go_to_the_dlq_only() {
             r#"{"assignment_id": 42, "note": "a \"quoted\" \\ escape"}"#,
         )
         .await;
+    // An id with a lone surrogate escape cannot be echoed as it was sent.
+    let lone = r#"{"version":"1","assignment_id":"lone\ud800","tenant_id":"t","job":{"type":"fs.get","path":"/x"}}"#;
+    router.publish(ASSIGN, lone).await;
     let dlq = router
         .seen
-        .wait_count(DLQ, 4, Duration::from_secs(10))
+        .wait_count(DLQ, 5, Duration::from_secs(10))
         .await;
     let text = dlq
         .iter()
@@ -149,6 +159,11 @@ async fn unanswerable_payloads_go_to_the_dlq_only() {
         "{wrong}"
     );
     assert_eq!(wrong["error"]["code"], 1003);
+    let surrogate = dlq
+        .iter()
+        .find(|d| d["payload"] == lone)
+        .expect("the payload of an id with a lone surrogate kept as text");
+    assert_eq!(surrogate["error"]["code"], 1003, "{surrogate}");
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(router.seen.on(ACK).iter().all(|a| a["assignment_id"]
         .as_str()

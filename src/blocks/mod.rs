@@ -225,18 +225,27 @@ impl DecodeSettings {
 
 /// [`decode_job`] on a job given as JSON text, parsed in place as the pipeline parses an
 /// assignment: text that is not JSON (or nested too deep) gets the code the parser gives
-/// it, and JSON that is not an object is 1003, as `job` inside an assignment would be.
+/// it, and JSON that is not an object, or holds a lone surrogate escape, is 1003, as `job`
+/// inside an assignment would be.
 pub fn decode_job_json(
     kind: BlockKind,
     json: &mut [u8],
     assignment_id: &str,
     settings: &DecodeSettings,
 ) -> Result<(), TaskError> {
-    let value = crate::contract::assignment::parse_value(json).map_err(|u| u.error)?;
-    if !value.is_object() {
+    let parsed = crate::contract::assignment::parse_value(json).map_err(|u| u.error)?;
+    if let Some(mended) = parsed.mended {
+        return Err(mended);
+    }
+    if !parsed.value.is_object() {
         return Err(TaskError::format("job", "an object"));
     }
-    decode_job(kind, Fields::new(&value, "job"), assignment_id, settings)
+    decode_job(
+        kind,
+        Fields::new(&parsed.value, "job"),
+        assignment_id,
+        settings,
+    )
 }
 
 #[cfg(test)]

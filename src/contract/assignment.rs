@@ -88,8 +88,90 @@ pub struct ParseLimits {
     pub max_timeout: Duration,
 }
 
-/// Refuses JSON nested deeper than `max` without building anything (no recursion).
-pub fn check_depth(raw: &[u8], max: usize) -> Result<(), TaskError> {
+/// Refuses JSON nested deeper than `max_depth` before anything is built from it (what is
+/// built would be dropped and written by recursion). `memchr` counts the opening brackets
+/// a vector at a time, and no more of them than the limit means no deeper nesting; only
+/// beyond that the exact walk, byte by byte (3 ns a byte here,
+/// `examples/parse_check_cost.rs`).
+pub fn check_before_parse(raw: &[u8], max_depth: usize) -> Result<(), TaskError> {
+    if memchr::memchr2_iter(b'{', b'[', raw)
+        .nth(max_depth)
+        .is_some()
+    {
+        check_depth(raw, max_depth)?;
+    }
+    Ok(())
+}
+
+/// Rewrites, in place, every surrogate escape that is not half of a pair (`\ud800` with no
+/// `\udc00`–`\udfff` escape right after it, or a low one alone) as `\ufffd`, the same six
+/// bytes, and returns the 1003 that the assignment gets for the first one. simd-json would
+/// decode a lone high surrogate as U+0000 instead of refusing it
+/// (simd-lite/simd-json#481, 0.15 to at least 0.18), so an id would be echoed changed and
+/// a path, query parameter or body used changed; a lone low one it refuses, which would
+/// make valid JSON grammar unanswerable. The escapes are walked from the first backslash,
+/// each one skipped whole, so an escaped backslash is never taken for an escape's start.
+pub fn mend_lone_surrogates(buf: &mut [u8]) -> Option<TaskError> {
+    if !may_hold_a_surrogate_escape(buf) {
+        return None;
+    }
+    let mut first = None;
+    let mut from = 0;
+    while let Some(at) = buf
+        .get(from..)
+        .and_then(|rest| memchr::memchr(b'\\', rest))
+        .map(|k| from + k)
+    {
+        let half = |at: usize| match buf.get(at..at + 2) {
+            Some(b"\\u") => buf.get(at + 2..at + 6).and_then(surrogate_half),
+            _ => None,
+        };
+        from = match half(at) {
+            Some(true) if half(at + 6) == Some(false) => at + 12,
+            Some(_) => {
+                first.get_or_insert_with(|| lone_surrogate(buf, at));
+                if let Some(digits) = buf.get_mut(at + 2..at + 6) {
+                    digits.copy_from_slice(b"fffd");
+                }
+                at + 6
+            }
+            None if buf.get(at + 1) == Some(&b'u') => at + 6,
+            None => at + 2,
+        };
+    }
+    first
+}
+
+/// Whether `\ud` or `\uD` occurs anywhere. Thirty-two places at a time with no branch
+/// among them, which the compiler makes vector compares: an escape-dense text costs what
+/// a plain one does.
+fn may_hold_a_surrogate_escape(raw: &[u8]) -> bool {
+    const CHUNK: usize = 32;
+    let starts = raw.len().saturating_sub(2);
+    let at = |from: usize| raw.get(from..from + starts).unwrap_or_default();
+    let (first, second, third) = (at(0), at(1), at(2));
+    let hit = |a: u8, b: u8, c: u8| {
+        u8::from(a == b'\\') & u8::from(b == b'u') & u8::from(c | 0x20 == b'd')
+    };
+    let mut chunks = first
+        .chunks_exact(CHUNK)
+        .zip(second.chunks_exact(CHUNK))
+        .zip(third.chunks_exact(CHUNK));
+    if chunks.any(|((a, b), c)| {
+        a.iter()
+            .zip(b)
+            .zip(c)
+            .fold(0u8, |seen, ((&a, &b), &c)| seen | hit(a, b, c))
+            != 0
+    }) {
+        return true;
+    }
+    let tail = starts - starts % CHUNK;
+    (tail..starts).any(|i| hit(first[i], second[i], third[i]) != 0)
+}
+
+/// Refuses JSON nested deeper than `max` (no recursion).
+fn check_depth(raw: &[u8], max: usize) -> Result<(), TaskError> {
     let (mut depth, mut in_str, mut esc) = (0usize, false, false);
     for &b in raw {
         if in_str {
@@ -117,6 +199,35 @@ pub fn check_depth(raw: &[u8], max: usize) -> Result<(), TaskError> {
         }
     }
     Ok(())
+}
+
+/// The 1003 for a lone surrogate escape at `at`, out of line: the rare end of a check that
+/// every assignment goes through.
+#[cold]
+#[inline(never)]
+fn lone_surrogate(buf: &[u8], at: usize) -> TaskError {
+    let escape = String::from_utf8_lossy(buf.get(at + 2..at + 6).unwrap_or_default());
+    TaskError::new(
+        ErrorCode::InvalidFormat,
+        format!(
+            "a string holds the surrogate escape `\\u{escape}` (character {at}) without \
+             its other half: not Unicode text (read as U+FFFD)"
+        ),
+    )
+}
+
+/// For the four hex digits of a `\u` escape: `Some(true)` for a high surrogate
+/// (D800–DBFF), `Some(false)` for a low one (DC00–DFFF), `None` otherwise.
+fn surrogate_half(hex: &[u8]) -> Option<bool> {
+    let digits = std::str::from_utf8(hex).ok()?;
+    if !digits.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    match u16::from_str_radix(digits, 16).ok()? {
+        0xD800..=0xDBFF => Some(true),
+        0xDC00..=0xDFFF => Some(false),
+        _ => None,
+    }
 }
 
 /// The top-level `"tenant_id"` string of a raw assignment, found without parsing: a scan
@@ -194,19 +305,37 @@ fn string_end(raw: &[u8], from: usize) -> Option<usize> {
     None
 }
 
-/// Parses `buf` in place. Errors are unanswerable: no `assignment_id` can be trusted.
-pub fn parse_value(buf: &mut [u8]) -> Result<BorrowedValue<'_>, Unanswerable> {
-    check_depth(buf, MAX_JSON_DEPTH).map_err(|error| Unanswerable {
+/// A payload parsed in place, with what was mended before parsing it.
+#[derive(Debug)]
+pub struct Parsed<'a> {
+    pub value: BorrowedValue<'a>,
+    /// The 1003 of a lone surrogate escape read as U+FFFD ([`mend_lone_surrogates`]):
+    /// the assignment is answered, and refused.
+    pub mended: Option<TaskError>,
+}
+
+/// Parses `buf` in place. Errors are unanswerable: no `assignment_id` can be trusted (one
+/// that held a lone surrogate neither: it could not be echoed as sent).
+pub fn parse_value(buf: &mut [u8]) -> Result<Parsed<'_>, Unanswerable> {
+    let unanswerable = |error| Unanswerable {
         error,
         parsed_object: false,
-    })?;
-    parse_with_thread_buffers(buf).map_err(|e| Unanswerable {
-        error: TaskError::new(
+    };
+    check_before_parse(buf, MAX_JSON_DEPTH).map_err(unanswerable)?;
+    let mended = mend_lone_surrogates(buf);
+    let value = parse_with_thread_buffers(buf).map_err(|e| {
+        unanswerable(TaskError::new(
             ErrorCode::InvalidFormat,
             format!("assignment is not valid JSON: {e}"),
-        ),
-        parsed_object: false,
-    })
+        ))
+    })?;
+    if let Some(error) = &mended {
+        let id = value.get("assignment_id").and_then(|v| v.as_str());
+        if id.is_some_and(|id| id.contains('\u{fffd}')) {
+            return Err(unanswerable(error.clone()));
+        }
+    }
+    Ok(Parsed { value, mended })
 }
 
 /// Largest input parsed with the thread's reused buffers; a larger one gets buffers of its
@@ -247,10 +376,11 @@ impl<'a> Assignment<'a> {
     /// (not an object, or no usable `assignment_id`); every other problem is left for
     /// [`Assignment::validate`] so that the answer can echo the ids.
     pub fn read(
-        value: &'a BorrowedValue<'a>,
+        parsed: &'a Parsed<'a>,
         headers: &AssignmentHeaders,
         limits: ParseLimits,
     ) -> Result<(Assignment<'a>, Option<TaskError>), Unanswerable> {
+        let value = &parsed.value;
         if !value.is_object() {
             return Err(Unanswerable {
                 error: TaskError::new(ErrorCode::InvalidFormat, "assignment is not a JSON object"),
@@ -305,7 +435,8 @@ impl<'a> Assignment<'a> {
             retry: RetryPolicy::default(),
             priority: 0,
         };
-        let problem = a.validate(&top, headers, limits).err();
+        let invalid = a.validate(&top, headers, limits).err();
+        let problem = parsed.mended.clone().or(invalid);
         Ok((a, problem))
     }
 
@@ -658,6 +789,128 @@ mod tests {
     fn deep_nesting_is_refused_before_parsing() {
         let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
         assert_eq!(code(&deep), 9001);
+    }
+
+    #[test]
+    fn regression_a_lone_high_surrogate_is_refused_not_read_as_nul() {
+        let with_request_id = |text: &str| {
+            format!(
+                r#"{{"version":"1","assignment_id":"a","tenant_id":"t","request_id":"{text}","job":{{"type":"fs.get"}}}}"#
+            )
+        };
+        // Answered and refused, the id echoed with U+FFFD where the lone half was.
+        for (lone, read) in [
+            (r"\ud800", "\u{fffd}"),
+            (r"x\udbffx", "x\u{fffd}x"),
+            (r"\ud800\\", "\u{fffd}\\"),
+            (r"\ud800\n", "\u{fffd}\n"),
+            (r"\ud800\u0041", "\u{fffd}A"),
+            (r"\udc00", "\u{fffd}"),
+            (r"\udc00\ud800", "\u{fffd}\u{fffd}"),
+            (r"\ud83d\ud83d\ude00", "\u{fffd}\u{1f600}"),
+        ] {
+            let mut buf = with_request_id(lone).into_bytes();
+            let parsed = parse_value(&mut buf).expect("answerable");
+            let (a, problem) = Assignment::read(&parsed, &AssignmentHeaders::default(), LIMITS)
+                .expect("answerable");
+            assert_eq!(problem.map(|e| e.code.code()), Some(1003), "{lone}");
+            assert_eq!(a.request_id.as_deref(), Some(read), "{lone}");
+        }
+        // Not JSON text at all (a bad escape), or an id that cannot be echoed as sent.
+        assert_eq!(code(&with_request_id(r"\ud800\uzzzz")), 9003);
+        let lone_id =
+            r#"{"version":"1","assignment_id":"a\ud800","tenant_id":"t","job":{"type":"fs.get"}}"#;
+        assert_eq!(code(lone_id), 9003);
+        for (escaped, read) in [
+            (r"\ud83d\ude00", "\u{1f600}"),
+            (r"\uDBFF\uDFFF", "\u{10ffff}"),
+            (r"\\ud800", r"\ud800"),
+            (r"\\\ud83d\ude00", "\\\u{1f600}"),
+            (r"\u0000", "\0"),
+            (r"\u00e9\ud800\udc00", "\u{e9}\u{10000}"),
+            ("\u{fffd}", "\u{fffd}"),
+        ] {
+            let mut buf = with_request_id(escaped).into_bytes();
+            let parsed = parse_value(&mut buf).expect("parses");
+            let (a, problem) = Assignment::read(&parsed, &AssignmentHeaders::default(), LIMITS)
+                .expect("answerable");
+            assert!(problem.is_none(), "{escaped}: {problem:?}");
+            assert_eq!(a.request_id.as_deref(), Some(read), "{escaped}");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_surrogate_escape_search_finds_what_a_plain_scan_finds(
+            raw in proptest::collection::vec(proptest::sample::select(b"\\udDx\"".to_vec()), 0..200)
+        ) {
+            let plain = raw
+                .windows(3)
+                .any(|w| w[0] == b'\\' && w[1] == b'u' && w[2] | 0x20 == b'd');
+            proptest::prop_assert_eq!(may_hold_a_surrogate_escape(&raw), plain);
+        }
+
+        #[test]
+        fn a_lone_surrogate_anywhere_in_a_string_is_answered_1003(
+            before in "[a-z\\\\\"]{0,40}",
+            half in 0xD800u16..0xE000,
+            after in "[a-z]{0,3}",
+        ) {
+            // Escaped as JSON text, so that `\` and `"` are escapes of their own.
+            let text = |t: &str| t.replace('\\', "\\\\").replace('"', "\\\"");
+            let json = format!(
+                r#"{{"version":"1","assignment_id":"a","tenant_id":"t","note":"{}\u{half:04x}{}","job":{{"type":"fs.get"}}}}"#,
+                text(&before),
+                text(&after)
+            );
+            proptest::prop_assert_eq!(code(&json), 1003);
+        }
+    }
+
+    #[test]
+    fn a_key_given_twice_is_read_as_its_last_copy() {
+        // As serde_json's Value and JavaScript's JSON.parse read it, so that the worker
+        // and a validator upstream do not see two different tenants in one assignment.
+        for padding in [0, 40] {
+            let extra: String = (0..padding).map(|i| format!(r#""k{i}":{i},"#)).collect();
+            let json = format!(
+                r#"{{{extra}"version":"1","assignment_id":"first","tenant_id":"t1","assignment_id":"last","tenant_id":"t2","job":{{"type":"fs.get","type":"fs.put"}}}}"#
+            );
+            let mut buf = json.into_bytes();
+            let v = parse_value(&mut buf).expect("parses");
+            let (a, _) =
+                Assignment::read(&v, &AssignmentHeaders::default(), LIMITS).expect("answerable");
+            assert_eq!(a.assignment_id, "last", "{padding} keys before");
+            assert_eq!(a.tenant_id.as_deref(), Some("t2"), "{padding} keys before");
+            assert_eq!(a.job_type, Some("fs.put"), "{padding} keys before");
+            assert_eq!(v.value.as_object().map(|o| o.len()), Some(padding + 4));
+        }
+    }
+
+    #[test]
+    fn brackets_inside_strings_are_not_nesting() {
+        let text = "[{".repeat(MAX_JSON_DEPTH);
+        let json = format!(
+            r#"{{"version":"1","assignment_id":"a","tenant_id":"t","note":"{text}\"{text}","job":{{"type":"fs.get"}}}}"#
+        );
+        assert_eq!(code(&json), 0);
+        let nested = format!(
+            "{}{}",
+            "[".repeat(MAX_JSON_DEPTH + 1),
+            "]".repeat(MAX_JSON_DEPTH + 1)
+        );
+        assert_eq!(code(&nested), 9001);
+        let at_the_limit = format!(
+            r#"{{"version":"1","assignment_id":"a","tenant_id":"t","x":{}{},"job":{{"type":"fs.get"}}}}"#,
+            "[".repeat(MAX_JSON_DEPTH - 1),
+            "]".repeat(MAX_JSON_DEPTH - 1)
+        );
+        assert_eq!(code(&at_the_limit), 0);
+        let side_by_side = format!(
+            r#"{{"version":"1","assignment_id":"a","tenant_id":"t","x":[{}[]],"job":{{"type":"fs.get"}}}}"#,
+            "[],".repeat(MAX_JSON_DEPTH * 2)
+        );
+        assert_eq!(code(&side_by_side), 0);
     }
 
     #[test]

@@ -20,7 +20,7 @@ use simd_json::BorrowedValue;
 use tracing::Instrument;
 
 use crate::blocks::{Block, BlockKind, Blocks, ExecCtx, Output, RunBlock};
-use crate::contract::assignment::{parse_value, Unanswerable};
+use crate::contract::assignment::{parse_value, Parsed, Unanswerable};
 use crate::contract::wire::{
     dlq_reason, encode, encode_json, now_ms, Ack, DeadLetter, ExecResult, Ids, Original, Outcome,
     ResultBody, WorkerFacts,
@@ -384,13 +384,15 @@ pub(super) async fn handle(shared: Arc<Shared>, blocks: Rc<Blocks>, mut delivery
     let (mut buf, pristine) = own_buffer(payload);
     // The error arm falls out of the match so that the buffer's borrow has ended.
     let why = match parse_value(&mut buf) {
-        Ok(value) => {
+        Ok(parsed) => {
             // Boxed where it is made: the pipeline's state is ~5 KiB, and every move of an
             // unboxed future copies all of it (into `cputime::metered`, into the local
             // task, into tokio's own box for large tasks): 6 % of the worker's CPU went to
             // such copies (`memmove`) in issue 12's profile.
-            let parsed = Box::pin(handle_parsed(&shared, &blocks, &delivery, &value, received));
-            return parsed.await;
+            let task = Box::pin(handle_parsed(
+                &shared, &blocks, &delivery, &parsed, received,
+            ));
+            return task.await;
         }
         Err(why) => why,
     };
@@ -410,14 +412,14 @@ async fn handle_parsed(
     shared: &Arc<Shared>,
     blocks: &Blocks,
     delivery: &Delivery,
-    value: &BorrowedValue<'_>,
+    parsed: &Parsed<'_>,
     received: Instant,
 ) {
-    let (assignment, problem) = match Assignment::read(value, &delivery.headers, shared.limits) {
+    let (assignment, problem) = match Assignment::read(parsed, &delivery.headers, shared.limits) {
         Ok(read) => read,
-        Err(why) => return Box::pin(no_id(shared, delivery, why, value)).await,
+        Err(why) => return Box::pin(no_id(shared, delivery, why, &parsed.value)).await,
     };
-    let reply = Reply::new(shared, delivery, &assignment, value, received);
+    let reply = Reply::new(shared, delivery, &assignment, &parsed.value, received);
     let task = run(&reply, blocks, &assignment, problem);
     // The run in its receive span, or with the span's fields alone when nothing needs the
     // span itself (`logs::TaskFields`). One scope for the whole run: each `instrument`
@@ -953,7 +955,7 @@ pub(super) async fn refuse(shared: Arc<Shared>, mut delivery: Delivery) {
     shared.metrics.intake(Intake::Overloaded);
     let (mut buf, pristine) = own_buffer(std::mem::take(&mut delivery.payload));
     let why = match parse_value(&mut buf) {
-        Ok(value) => return refuse_parsed(&shared, &delivery, &value).await,
+        Ok(parsed) => return refuse_parsed(&shared, &delivery, &parsed).await,
         Err(why) => why,
     };
     // Boxed too: inline, this rare path's state (~2 KiB) made every task's future that
@@ -961,12 +963,12 @@ pub(super) async fn refuse(shared: Arc<Shared>, mut delivery: Delivery) {
     Box::pin(unparseable(&shared, &delivery, why, pristine, buf)).await
 }
 
-async fn refuse_parsed(shared: &Arc<Shared>, delivery: &Delivery, value: &BorrowedValue<'_>) {
-    let (assignment, _) = match Assignment::read(value, &delivery.headers, shared.limits) {
+async fn refuse_parsed(shared: &Arc<Shared>, delivery: &Delivery, parsed: &Parsed<'_>) {
+    let (assignment, _) = match Assignment::read(parsed, &delivery.headers, shared.limits) {
         Ok(read) => read,
-        Err(why) => return no_id(shared, delivery, why, value).await,
+        Err(why) => return no_id(shared, delivery, why, &parsed.value).await,
     };
-    let reply = Reply::new(shared, delivery, &assignment, value, Instant::now());
+    let reply = Reply::new(shared, delivery, &assignment, &parsed.value, Instant::now());
     let error = TaskError::retryable(
         ErrorCode::SystemOverload,
         "worker saturated: every queue is full; retry later",
