@@ -1,10 +1,10 @@
 //! The CPU cost of the checks every assignment goes through before simd-json parses it
 //! (`contract::assignment`: `check_before_parse`, the nesting depth, and
 //! `mend_lone_surrogates`, a surrogate escape without its other half, which simd-json would
-//! read as U+0000), against the byte-at-a-time depth walk that every assignment went
-//! through before (now only one with more opening brackets than the limit), kept here to
-//! compare. Three payloads: the bench's `fs.get` assignment, the
-//! Router's golden assignment, and an `http.request` whose body is 16 KiB of escaped JSON.
+//! read as U+0000), against the byte-at-a-time depth walk (`check_depth`) that every
+//! assignment went through before, and now only one with more opening brackets than the
+//! limit. Three payloads: the bench's `fs.get` assignment, the Router's golden assignment,
+//! and an `http.request` whose body is 16 KiB of escaped JSON.
 //! Prints the median of seven rounds of thread CPU time (`CLOCK_THREAD_CPUTIME_ID`) per
 //! check, and the whole `parse_value` (check and parse) for scale.
 //!
@@ -12,41 +12,13 @@
 
 use beamline_io::cputime::thread_cpu_ns;
 use beamline_worker::contract::assignment::{
-    check_before_parse, mend_lone_surrogates, parse_value,
+    check_before_parse, check_depth, mend_lone_surrogates, parse_value,
 };
 
 const ROUNDS: usize = 7;
 /// About 256 MB of input per payload and check and round: long enough to time.
 const BYTES_PER_ROUND: usize = 256 << 20;
 const MAX_DEPTH: usize = 64;
-
-/// The depth check as it was before the surrogate check joined it (issue 12, round 17).
-fn byte_loop(raw: &[u8], max: usize) -> bool {
-    let (mut depth, mut in_str, mut esc) = (0usize, false, false);
-    for &b in raw {
-        if in_str {
-            match (esc, b) {
-                (true, _) => esc = false,
-                (false, b'\\') => esc = true,
-                (false, b'"') => in_str = false,
-                _ => {}
-            }
-            continue;
-        }
-        match b {
-            b'"' => in_str = true,
-            b'{' | b'[' => {
-                depth += 1;
-                if depth > max {
-                    return false;
-                }
-            }
-            b'}' | b']' => depth = depth.saturating_sub(1),
-            _ => {}
-        }
-    }
-    true
-}
 
 /// Median thread CPU ns per call of `check` over `ROUNDS` rounds of `n` calls.
 fn median_ns(n: usize, mut check: impl FnMut() -> bool) -> f64 {
@@ -80,7 +52,9 @@ fn main() {
         ("16 KiB body", &big),
     ] {
         let n = BYTES_PER_ROUND / raw.len();
-        let old = median_ns(n, || byte_loop(std::hint::black_box(raw), MAX_DEPTH));
+        let old = median_ns(n, || {
+            check_depth(std::hint::black_box(raw), MAX_DEPTH).is_ok()
+        });
         let mut unchanged = raw.clone();
         let new = median_ns(n, || {
             check_before_parse(std::hint::black_box(raw), MAX_DEPTH).is_ok()

@@ -143,8 +143,8 @@ pub fn mend_lone_surrogates(buf: &mut [u8]) -> Option<TaskError> {
 }
 
 /// Whether `\ud` or `\uD` occurs anywhere. Thirty-two places at a time with no branch
-/// among them, which the compiler makes vector compares: an escape-dense text costs what
-/// a plain one does.
+/// among them, so that the compiler can make them vector compares, and an escape-dense
+/// text costs what a plain one does.
 fn may_hold_a_surrogate_escape(raw: &[u8]) -> bool {
     const CHUNK: usize = 32;
     let starts = raw.len().saturating_sub(2);
@@ -170,8 +170,9 @@ fn may_hold_a_surrogate_escape(raw: &[u8]) -> bool {
     (tail..starts).any(|i| hit(first[i], second[i], third[i]) != 0)
 }
 
-/// Refuses JSON nested deeper than `max` (no recursion).
-fn check_depth(raw: &[u8], max: usize) -> Result<(), TaskError> {
+/// Refuses JSON nested deeper than `max` (no recursion), walking every byte: what
+/// [`check_before_parse`] does only when `memchr` counts more opening brackets than `max`.
+pub fn check_depth(raw: &[u8], max: usize) -> Result<(), TaskError> {
     let (mut depth, mut in_str, mut esc) = (0usize, false, false);
     for &b in raw {
         if in_str {
