@@ -1,9 +1,8 @@
 //! Publishing the worker's messages: acks, results and DLQ entries (through JetStream
 //! with `Nats-Msg-Id` where a stream keeps them), approval requests and heartbeats.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_nats::jetstream;
 use async_nats::{Client, Subject};
@@ -43,23 +42,8 @@ pub struct Publisher {
     /// The ack, result and DLQ subjects as NATS subjects (shared bytes: a publish clones a
     /// reference, where a `String` subject cost three copies per publish).
     outgoing: [Subject; 3],
-    /// The server's `max_payload`, read from the connection at most once a second.
-    max_payload: Arc<MaxPayload>,
     metrics: Arc<Metrics>,
 }
-
-/// The server's `max_payload` as last read, and when (ms since `since`). Reading it from
-/// the client copies the whole server info (a dozen strings): it was a per-result cost.
-#[derive(Debug)]
-struct MaxPayload {
-    since: Instant,
-    bytes: AtomicUsize,
-    read_at_ms: AtomicU64,
-}
-
-/// How long a read `max_payload` is used before it is read again (a reconnect may reach a
-/// server with another limit).
-const MAX_PAYLOAD_FRESH_MS: u64 = 1000;
 
 /// Gives up on a publish after this long (the caller then naks or logs).
 const PUBLISH_PATIENCE: Duration = Duration::from_secs(60);
@@ -76,17 +60,11 @@ impl Publisher {
             Subject::from(subjects.result.as_str()),
             Subject::from(subjects.dlq.as_str()),
         ];
-        let max_payload = Arc::new(MaxPayload {
-            since: Instant::now(),
-            bytes: AtomicUsize::new(client.server_info().max_payload),
-            read_at_ms: AtomicU64::new(0),
-        });
         Publisher {
             client,
             js,
             subjects,
             outgoing,
-            max_payload,
             metrics,
         }
     }
@@ -137,7 +115,8 @@ impl Publisher {
                 let now = tokio::time::Instant::now();
                 (now + PUBLISH_PATIENCE, Duration::from_millis(50))
             });
-            if tokio::time::Instant::now() + *delay > *deadline {
+            // Over the limit the client checks, no retry can get it through.
+            if is_over_max_payload(&*e) || tokio::time::Instant::now() + *delay > *deadline {
                 let what = format!("publishing {} to {subject}", kind.as_str());
                 return Err(TransportError::new(what, e));
             }
@@ -159,20 +138,26 @@ impl Publisher {
         self.client.connection_state() == async_nats::connection::State::Connected
     }
 
-    /// The server's max_payload (bytes), for the size check of results: read from the
-    /// connection at most once a second.
+    /// The largest message (bytes) the client lets through: the server's `max_payload`
+    /// from its last INFO, NATS's default (1 MiB) before the first. The very value the
+    /// client checks each publish against, so a result sized against it is never refused
+    /// by the client. (It was read from the server info once a second; a connection made
+    /// in the background had no info yet, its 0 was kept for that second, and results over
+    /// the limit were retried for a minute, then dropped, instead of answered 2004.)
     pub fn max_payload(&self) -> usize {
-        let m = &self.max_payload;
-        let now_ms = m.since.elapsed().as_millis() as u64;
-        let read_at = m.read_at_ms.load(Ordering::Relaxed);
-        if now_ms.saturating_sub(read_at) >= MAX_PAYLOAD_FRESH_MS {
-            m.read_at_ms.store(now_ms, Ordering::Relaxed);
-            let bytes = self.client.server_info().max_payload;
-            m.bytes.store(bytes, Ordering::Relaxed);
-            return bytes;
-        }
-        m.bytes.load(Ordering::Relaxed)
+        self.client.max_payload()
     }
+}
+
+/// Whether a publish failed because the message is larger than the connection allows.
+fn is_over_max_payload(e: &(dyn std::error::Error + 'static)) -> bool {
+    if let Some(e) = e.downcast_ref::<async_nats::PublishError>() {
+        return e.kind() == async_nats::client::PublishErrorKind::MaxPayloadExceeded;
+    }
+    if let Some(e) = e.downcast_ref::<jetstream::context::PublishError>() {
+        return e.kind() == jetstream::context::PublishErrorKind::MaxPayloadExceeded;
+    }
+    false
 }
 
 /// One JetStream publish with its message id, waited for until the stream stored it.
