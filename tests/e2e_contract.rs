@@ -170,6 +170,121 @@ async fn unanswerable_payloads_go_to_the_dlq_only() {
         .is_some_and(|s| s.starts_with("ready-"))));
 }
 
+/// A DLQ entry holds a copy of the original message, so for a message near NATS
+/// `max_payload` it is over it: the copy is shortened to fit, and the entry says what was
+/// left out. (Such entries were refused by the client and lost; an unparseable payload's
+/// delivery was handed back each time and redelivered forever.)
+#[tokio::test]
+async fn dlq_entries_for_messages_near_max_payload_are_shortened_to_fit() {
+    let (_n, worker, router) = setup("jetstream", &[]).await;
+    let max_payload = 1 << 20;
+    // Not UTF-8: its base64 (4/3 of it) is over the limit.
+    let binary: Vec<u8> = (0..1_000_000u32).map(|i| 0x80 | (i % 127) as u8).collect();
+    router.publish(ASSIGN, binary.clone()).await;
+    // A put to a path outside the tenant's root (2003), the assignment just under the limit.
+    let mut put = assignment(
+        "big-put",
+        "t",
+        json!({"type": "fs.put", "path": "../outside.bin", "content": ""}),
+    );
+    let room = max_payload - 600 - put.to_string().len();
+    put["job"]["content"] = json!("c".repeat(room));
+    let put_len = put.to_string().len();
+    assert!(
+        put_len < max_payload && put_len > max_payload - 1024,
+        "{put_len}"
+    );
+    router.assign(&put).await;
+
+    let r = router.result("big-put").await;
+    assert_eq!(r["error"]["code"], 2003, "{}", r["error"]);
+    let d = router.dlq("big-put").await;
+    let text = d.to_string();
+    assert!(text.len() <= max_payload, "{}", text.len());
+    assert_eq!(d["error"]["code"], 2003);
+    assert_eq!(d["assignment"]["assignment_id"], "big-put");
+    assert_eq!(d["assignment"]["job"]["type"], "fs.put");
+    assert_eq!(d["assignment"]["job"]["path"], "../outside.bin");
+    assert!(d["assignment"]["job"].get("content").is_none());
+    assert_eq!(d["truncated"]["dropped"], json!(["job.content"]));
+    assert_eq!(d["truncated"]["original_bytes"], put_len);
+
+    let dlq = router
+        .seen
+        .wait_count(DLQ, 3, Duration::from_secs(15))
+        .await;
+    let bin = dlq
+        .iter()
+        .find(|d| d.get("payload_base64").is_some())
+        .expect("the binary payload's entry");
+    use base64::Engine as _;
+    let kept = base64::engine::general_purpose::STANDARD
+        .decode(bin["payload_base64"].as_str().expect("base64"))
+        .expect("whole base64");
+    assert!(kept.len() > 700_000, "as much as fits: {}", kept.len());
+    assert_eq!(kept[..], binary[..kept.len()]);
+    assert_eq!(bin["truncated"]["original_bytes"], binary.len());
+    assert_eq!(bin["truncated"]["kept_bytes"], kept.len());
+    assert_eq!(bin["error"]["code"], 1003);
+    // Published once, and the delivery acked: not handed back and redelivered.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let binaries = router
+        .seen
+        .on(DLQ)
+        .iter()
+        .filter(|d| d.get("payload_base64").is_some())
+        .count();
+    assert_eq!(binaries, 1);
+    let m = worker.metrics().await;
+    assert_eq!(
+        beamline_testkit::metrics::metric_sum(&m, "worker_publish_failures_total", &[]),
+        0.0
+    );
+}
+
+/// Large values where a result repeats them: a 600 KB unknown `job.type` (a result holds
+/// it twice) and a 600 KB path quoted in an error message (an ack or result holds its
+/// message twice). Whole, they made acks and results over NATS `max_payload`: refused by
+/// the client, lost. The type is repeated as its first 128 bytes, a message is cut at 1 KiB.
+#[tokio::test]
+async fn large_values_repeated_in_an_answer_do_not_swell_it() {
+    let (_n, _w, router) = setup("core", &[]).await;
+    let job_type = "q".repeat(600_000);
+    router
+        .assign(&assignment("big-type", "t", json!({"type": job_type})))
+        .await;
+    let ack = router.ack("big-type").await;
+    assert_eq!(ack["status"], "rejected");
+    assert_eq!(ack["error"]["code"], 1001);
+    let r = router.result("big-type").await;
+    assert_eq!(r["error"]["code"], 1001);
+    assert_eq!(r["job"]["type"], "q".repeat(128));
+    let d = router.dlq("big-type").await;
+    assert_eq!(d["assignment"]["assignment_id"], "big-type");
+
+    let path = format!("/{}", "p".repeat(600_000));
+    router
+        .assign(&assignment(
+            "big-path",
+            "t",
+            json!({"type": "fs.get", "path": path}),
+        ))
+        .await;
+    let r = router.result("big-path").await;
+    assert_eq!(r["status"], "error");
+    assert_eq!(r["error"]["code"], 1001);
+    let message = r["error"]["message"].as_str().expect("message");
+    assert!(message.len() < 1200, "{} bytes", message.len());
+    assert!(message.starts_with("open pppp"), "{}", &message[..64]);
+    assert!(
+        message.ends_with(" bytes in all)"),
+        "{}",
+        &message[message.len() - 64..]
+    );
+    assert_eq!(r["error_message"], message);
+    assert_eq!(router.dlq("big-path").await["error"]["message"], message);
+}
+
 #[tokio::test]
 async fn nats_headers_supply_tenant_version_and_trace() {
     let (_n, w, router) = setup("core", &[]).await;

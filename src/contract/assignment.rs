@@ -73,7 +73,8 @@ pub struct Assignment<'a> {
     pub flow_id: Option<&'a str>,
     pub step_id: Option<&'a str>,
     pub provider_id: Option<&'a str>,
-    /// `job.type` as sent (aliases are resolved by the block registry).
+    /// `job.type` as sent (aliases are resolved by the block registry), cut to its first
+    /// [`MAX_JOB_TYPE_LEN`] bytes ([`echoed_job_type`]).
     pub job_type: Option<&'a str>,
     pub job: Option<Fields<'a, 'a>>,
     pub deadline: Duration,
@@ -430,7 +431,7 @@ impl<'a> Assignment<'a> {
             flow_id: from_either("flow_id"),
             step_id: from_either("step_id"),
             provider_id: executor.and_then(|e| str_of(&e, "provider_id")),
-            job_type: job.and_then(|j| str_of(&j, "type")),
+            job_type: job.and_then(|j| str_of(&j, "type")).map(echoed_job_type),
             job,
             deadline: limits.default_timeout,
             retry: RetryPolicy::default(),
@@ -601,6 +602,24 @@ fn read_retry(r: &Fields<'_, '_>, attempts: &str, backoff: &str) -> Result<Retry
     Ok(p)
 }
 
+/// The longest `job.type` a result, a log line or a message repeats (bytes); block types
+/// are short names, so only an unknown type is ever cut.
+pub const MAX_JOB_TYPE_LEN: usize = 128;
+
+/// `job.type` as repeated: its first [`MAX_JOB_TYPE_LEN`] bytes (at a character boundary).
+/// A result holds it twice (`job.type`, `metadata.block_type`), so an unknown type of half
+/// of `max_payload` made a result the broker refused, and a log line as large.
+pub fn echoed_job_type(t: &str) -> &str {
+    if t.len() <= MAX_JOB_TYPE_LEN {
+        return t;
+    }
+    let mut end = MAX_JOB_TYPE_LEN;
+    while !t.is_char_boundary(end) {
+        end -= 1;
+    }
+    &t[..end]
+}
+
 /// A tenant id becomes a directory name and a key part: it must be one safe path segment.
 pub fn validate_tenant(t: &str) -> Result<(), TaskError> {
     let ok = t.len() <= 128
@@ -632,6 +651,29 @@ mod tests {
         let v = parse_value(&mut buf)?;
         let r = Assignment::read(&v, &AssignmentHeaders::default(), LIMITS).map(|(_, e)| e);
         r
+    }
+
+    #[test]
+    fn a_long_job_type_is_repeated_as_its_first_128_bytes() {
+        assert_eq!(echoed_job_type("fs.get"), "fs.get");
+        let at_limit = "t".repeat(MAX_JOB_TYPE_LEN);
+        assert_eq!(echoed_job_type(&at_limit), at_limit);
+        // A three-byte character across the limit is left out whole.
+        let across = format!("{}€tail", "t".repeat(MAX_JOB_TYPE_LEN - 1));
+        assert_eq!(echoed_job_type(&across), "t".repeat(MAX_JOB_TYPE_LEN - 1));
+        let json = format!(
+            r#"{{"version":"1","assignment_id":"a","tenant_id":"t","job":{{"type":"{}"}}}}"#,
+            "q".repeat(5000)
+        );
+        let mut buf = json.into_bytes();
+        let v = parse_value(&mut buf).expect("parses");
+        let (a, problem) =
+            Assignment::read(&v, &AssignmentHeaders::default(), LIMITS).expect("answerable");
+        assert_eq!(a.job_type, Some("q".repeat(MAX_JOB_TYPE_LEN).as_str()));
+        assert!(
+            problem.is_none(),
+            "an unknown type is the registry's to refuse"
+        );
     }
 
     #[test]

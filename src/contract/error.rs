@@ -22,12 +22,33 @@ pub struct TaskError {
     pub result: Option<Box<serde_json::Value>>,
 }
 
+/// The most a message keeps (bytes). Messages quote input (a path, a job type, an
+/// upstream's words), and an ack or a result holds its message twice (`error.message` and
+/// `message` or `error_message`): unbounded, a large quoted value made them larger than
+/// NATS `max_payload`, and the client refused them.
+pub const MAX_MESSAGE_BYTES: usize = 1024;
+
+/// `message` cut to [`MAX_MESSAGE_BYTES`] (at a character boundary), saying how long it was.
+fn bounded(mut message: String) -> String {
+    if message.len() <= MAX_MESSAGE_BYTES {
+        return message;
+    }
+    let total = message.len();
+    let mut end = MAX_MESSAGE_BYTES;
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    message.truncate(end);
+    message.push_str(&format!("… ({total} bytes in all)"));
+    message
+}
+
 impl TaskError {
     /// A non-retryable error.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         TaskError {
             code,
-            message: message.into(),
+            message: bounded(message.into()),
             retryable: false,
             error_type: None,
             retry_after: None,
@@ -110,3 +131,26 @@ impl std::fmt::Display for TaskError {
 }
 
 impl std::error::Error for TaskError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_short_message_is_kept_whole() {
+        let e = TaskError::new(ErrorCode::InvalidInput, "field `job.type`: unknown");
+        assert_eq!(e.message, "field `job.type`: unknown");
+    }
+
+    #[test]
+    fn a_long_message_is_cut_at_a_character_and_says_how_long_it_was() {
+        // Two-byte characters from an odd offset: the limit falls inside one.
+        let quoted = format!("x{}", "é".repeat(2000));
+        let e = TaskError::invalid("job.type", format!("unknown block type {quoted:?}"));
+        let total = "field `job.type`: unknown block type \"\"".len() + quoted.len();
+        let (kept, tail) = e.message.split_once('…').expect("cut");
+        assert!(kept.len() <= MAX_MESSAGE_BYTES && kept.len() > MAX_MESSAGE_BYTES - 2);
+        assert!(kept.starts_with("field `job.type`: unknown block type \"xé"));
+        assert_eq!(tail, format!(" ({total} bytes in all)"));
+    }
+}

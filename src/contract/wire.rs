@@ -271,6 +271,10 @@ impl<'a> ExecResult<'a> {
 pub enum Original<'a> {
     #[serde(rename = "assignment")]
     Assignment(&'a serde_json::value::RawValue),
+    /// The assignment with its large members left out, to fit `max_payload`
+    /// (`contract::dead_letter`; [`Truncated`] names what was left out).
+    #[serde(rename = "assignment")]
+    Shortened(serde_json::Value),
     #[serde(rename = "payload")]
     Text(&'a str),
     #[serde(rename = "payload_base64")]
@@ -285,8 +289,25 @@ pub struct DeadLetter<'a> {
     pub dlq_reason: &'static str,
     pub worker_id: &'a str,
     pub failed_at: u64,
+    /// `None` only when not even a shortened copy fits (`truncated` says so).
     #[serde(flatten)]
-    pub original: Original<'a>,
+    pub original: Option<Original<'a>>,
+    /// Present when the copy of the original was shortened to fit NATS `max_payload`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub truncated: Option<Truncated>,
+}
+
+/// `"truncated"` of a DLQ entry whose copy of the original was shortened to fit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Truncated {
+    /// The original message's size, bytes (as received; decoded for `payload_base64`).
+    pub original_bytes: usize,
+    /// For `payload` / `payload_base64`: how many bytes of its start are kept.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kept_bytes: Option<usize>,
+    /// For `assignment`: the members left out, as dotted paths (`job.content`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub dropped: Vec<String>,
 }
 
 /// Why something went to the DLQ.

@@ -21,14 +21,15 @@ use tracing::Instrument;
 
 use crate::blocks::{Block, BlockKind, Blocks, ExecCtx, Output, RunBlock};
 use crate::contract::assignment::{parse_value, Parsed, Unanswerable};
+use crate::contract::dead_letter::encode_dead_letter;
 use crate::contract::wire::{
-    dlq_reason, encode, encode_json, now_ms, Ack, DeadLetter, ExecResult, Ids, Original, Outcome,
+    dlq_reason, encode_json, now_ms, Ack, DeadLetter, ExecResult, Ids, Original, Outcome,
     ResultBody, WorkerFacts,
 };
 use crate::contract::{AckStatus, Assignment, ErrorCode, Fields, RetryPolicy, Status, TaskError};
 use crate::telemetry::logs::{StepLine, TaskFields};
 use crate::telemetry::Intake;
-use crate::transport::{Delivery, Kind, TransportError};
+use crate::transport::{Delivery, Kind, Publisher, TransportError};
 
 use super::cancel::Registration;
 use super::dedupe::{Begin, Guard, Record};
@@ -198,7 +199,7 @@ impl Reply<'_> {
 
     /// A 2004 when a result of `len` bytes is more than the broker takes.
     fn over_max_payload(&self, len: usize) -> Option<TaskError> {
-        let limit = self.delivery.publisher().max_payload().saturating_sub(1024);
+        let limit = body_limit(self.delivery.publisher());
         (limit > 0 && len > limit).then(|| {
             TaskError::new(
                 ErrorCode::QuotaExceeded,
@@ -278,16 +279,17 @@ impl Reply<'_> {
             dlq_reason: reason,
             worker_id: &self.shared.config.worker_id,
             failed_at: now,
-            original: match &original {
+            original: Some(match &original {
                 Some(raw) => Original::Assignment(raw),
                 None => Original::Text(""),
-            },
+            }),
+            truncated: None,
         };
         self.shared.metrics.dlq(reason);
-        if let Err(error) = self
-            .delivery
-            .publisher()
-            .publish(Kind::Dlq, self.msg_id.as_deref(), encode(&entry))
+        let publisher = self.delivery.publisher();
+        let body = encode_dead_letter(entry, body_limit(publisher));
+        if let Err(error) = publisher
+            .publish(Kind::Dlq, self.msg_id.as_deref(), body)
             .await
         {
             tracing::error!(error = %error, "DLQ publish failed");
@@ -990,6 +992,12 @@ fn ids_of<'a>(assignment: &'a Assignment<'a>) -> Ids<'a> {
     }
 }
 
+/// The most a result or DLQ entry may take: the connection's `max_payload` less room for
+/// the headers (`Nats-Msg-Id`).
+fn body_limit(publisher: &Publisher) -> usize {
+    publisher.max_payload().saturating_sub(1024)
+}
+
 /// Not answerable (not JSON, not an object, no usable id): a DLQ entry, nothing else.
 async fn unanswerable(
     shared: &Arc<Shared>,
@@ -1017,15 +1025,14 @@ async fn unanswerable(
         dlq_reason: dlq_reason::UNPARSEABLE,
         worker_id: &shared.config.worker_id,
         failed_at: now,
-        original,
+        original: Some(original),
+        truncated: None,
     };
     shared.metrics.dlq(dlq_reason::UNPARSEABLE);
     tracing::warn!(error = %why.error, "unanswerable assignment sent to the DLQ");
-    match delivery
-        .publisher()
-        .publish(Kind::Dlq, None, encode(&entry))
-        .await
-    {
+    let publisher = delivery.publisher();
+    let body = encode_dead_letter(entry, body_limit(publisher));
+    match publisher.publish(Kind::Dlq, None, body).await {
         Ok(()) => delivery.ack().await,
         Err(_) => delivery.nak(Duration::from_secs(1)).await,
     }
