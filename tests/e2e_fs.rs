@@ -234,7 +234,9 @@ async fn results_over_max_payload_become_2004(mode: &str, server_max_payload: Op
             "{r}"
         );
         assert!(r.get("result").is_none());
-        assert_eq!(router.dlq(&id).await["error"]["code"], 2004);
+        let d = router.dlq(&id).await;
+        assert_eq!(d["error"]["code"], 2004);
+        assert_eq!(d["dlq_reason"], "non_retryable");
     }
     let m = worker.metrics().await;
     assert_eq!(

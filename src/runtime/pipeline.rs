@@ -270,9 +270,10 @@ impl Reply<'_> {
     }
 
     async fn dead_letter(&self, outcome: &Outcome<'_>, dlq: Option<&'static str>, now: u64) {
-        // An error with no reason of its own (a result over max_payload) is dead-lettered
-        // with an empty reason, as it always was.
-        let reason = dlq.unwrap_or("");
+        // An error with no reason of its own (a result over max_payload, replaced by a 2004
+        // after the block ran) is one no retry mends: `non_retryable` (it was an empty
+        // reason, and an empty `reason` label on `worker_dlq_published_total`).
+        let reason = dlq.unwrap_or(dlq_reason::NON_RETRYABLE);
         let original = self.original();
         let entry = DeadLetter {
             result: ExecResult::new(&self.ids, self.job_type, outcome, self.worker(), now),
