@@ -170,6 +170,61 @@ async fn unanswerable_payloads_go_to_the_dlq_only() {
         .is_some_and(|s| s.starts_with("ready-"))));
 }
 
+/// JSON nested deeper than the worker parses (64 levels) is JSON all the same: one with an
+/// `assignment_id` is answered and refused (1001), the value past the limit cut in the
+/// DLQ's copy; one that is not JSON at all goes to the DLQ as it was sent. (Before, both
+/// went to the DLQ alone, unanswered.)
+#[tokio::test]
+async fn json_nested_too_deep_is_answered_and_refused() {
+    let (_n, _w, router) = setup("jetstream", &[]).await;
+    let deep = format!(
+        r#"{{"version":"1","assignment_id":"v-deep","tenant_id":"t","request_id":"r-deep","metadata":{{"x":{}{}}},"job":{{"type":"fs.get","path":"x"}}}}"#,
+        "[".repeat(100_000),
+        "]".repeat(100_000)
+    );
+    router.publish(ASSIGN, deep).await;
+    expect_rejected(&router, "v-deep", 1001, "nested deeper than 64 levels").await;
+    let r = router.result("v-deep").await;
+    assert_eq!(r["request_id"], "r-deep", "{r}");
+    assert_eq!(r["tenant_id"], "t", "{r}");
+    let d = router.dlq("v-deep").await;
+    assert_eq!(d["assignment"]["job"]["path"], "x", "{d}");
+    // The copy keeps 64 levels (the assignment, `metadata`, 62 arrays), then the cut.
+    let mut x = &d["assignment"]["metadata"]["x"];
+    for _ in 0..61 {
+        x = &x[0];
+    }
+    let cut = x[0].as_str().expect("the cut value, a string");
+    assert!(cut.starts_with("(nested too deep)"), "{:.40}", cut);
+    assert_eq!(cut.len(), (100_000 - 62) * 2 - 2);
+
+    let open = format!(
+        r#"{{"assignment_id":"v-deep-open","x":{}"#,
+        "[".repeat(1000)
+    );
+    router.publish(ASSIGN, open.clone()).await;
+    let end = std::time::Instant::now() + Duration::from_secs(15);
+    let kept = loop {
+        let dlq = router.seen.on(DLQ);
+        if let Some(d) = dlq.into_iter().find(|d| d["payload"] == open.as_str()) {
+            break d;
+        }
+        assert!(
+            std::time::Instant::now() < end,
+            "no DLQ entry holding the unclosed payload as sent within 15 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(kept["error"]["code"], 1003, "{}", kept["error"]);
+    assert_eq!(kept["dlq_reason"], "unparseable");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(router
+        .seen
+        .on(ACK)
+        .iter()
+        .all(|a| a["assignment_id"] != "v-deep-open"));
+}
+
 /// A DLQ entry holds a copy of the original message, so for a message near NATS
 /// `max_payload` it is over it: the copy is shortened to fit, and the entry says what was
 /// left out. (Such entries were refused by the client and lost; an unparseable payload's

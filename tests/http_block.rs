@@ -574,6 +574,9 @@ async fn metadata_address_is_denied_before_any_connection() {
             "http://[::ffff:169.254.169.254]/",
             "https://[fe80::1]:8443/",
             "http://0.0.0.0/",
+            // RFC 6874 zones: read as a DNS name before, a 3001 retried three times.
+            "http://[fe80::1%25eth0]/",
+            "http://[2001:db8::1%25eth0]:8080/",
         ] {
             let err = decode(&b, &json!({"type": "http.request", "url": url})).expect_err(url);
             assert_eq!(err.code, ErrorCode::PermissionDenied, "{url}: {err}");

@@ -58,6 +58,33 @@ proptest! {
         let _ = classify(&raw);
     }
 
+    /// A value nested `depth` levels inside an otherwise valid assignment (one level for the
+    /// assignment, one for `extra`): valid up to 64 levels in all, refused with 1001 past
+    /// them, whatever brackets of either kind and whatever strings hold brackets.
+    #[test]
+    fn nesting_past_64_levels_is_answered_and_refused(
+        kinds in prop::collection::vec(any::<bool>(), 1..200),
+        noise in prop::collection::vec("[\\[\\]{}\"\\\\a]{0,6}", 1..200),
+    ) {
+        let mut open = String::new();
+        let mut close = String::new();
+        for (k, &object) in kinds.iter().enumerate() {
+            let text = serde_json::to_string(&noise[k % noise.len()]).expect("json string");
+            if object {
+                open.push_str(&format!("{{{text}:"));
+                close.insert(0, '}');
+            } else {
+                open.push_str(&format!("[{text},"));
+                close.insert(0, ']');
+            }
+        }
+        let raw = format!(
+            r#"{{"version":"1","assignment_id":"a","tenant_id":"t","extra":{open}0{close},"job":{{"type":"fs.get"}}}}"#
+        );
+        let want = if kinds.len() + 1 > 64 { 1001 } else { 0 };
+        prop_assert_eq!(classify(raw.as_bytes()), Some(want));
+    }
+
     #[test]
     fn assignment_shaped_objects_get_a_contract_code(
         id in field(), version in field(), tenant in field(), job_type in field(),
@@ -94,7 +121,8 @@ fn regression_deeply_nested_arrays_do_not_overflow_the_stack() {
         "[".repeat(200_000),
         "]".repeat(200_000)
     );
-    assert_eq!(classify(raw.as_bytes()), None);
+    // Answered and refused: the value past the limit is cut, not parsed.
+    assert_eq!(classify(raw.as_bytes()), Some(1001));
 }
 
 #[test]

@@ -31,6 +31,9 @@ pub struct Unanswerable {
     pub error: TaskError,
     /// Set when the payload was a JSON object (the DLQ then carries it as `assignment`).
     pub parsed_object: bool,
+    /// The payload as it came, when parsing changed the buffer before it failed (values
+    /// nested past the limit cut, [`cut_deep_values`]): the DLQ's copy is this one.
+    pub sent: Option<Vec<u8>>,
 }
 
 /// Worker-side retry settings (`retry_config` or the Router's `options.retry`).
@@ -90,18 +93,99 @@ pub struct ParseLimits {
 }
 
 /// Refuses JSON nested deeper than `max_depth` before anything is built from it (what is
-/// built would be dropped and written by recursion). `memchr` counts the opening brackets
-/// a vector at a time, and no more of them than the limit means no deeper nesting; only
-/// beyond that the exact walk, byte by byte (3 ns a byte here,
-/// `examples/parse_check_cost.rs`).
+/// built would be dropped and written by recursion): [`more_brackets_than`], and only
+/// beyond that the exact walk. The pipeline cuts such values instead
+/// ([`cut_deep_values`]); this is the check alone, for `examples/parse_check_cost.rs`.
 pub fn check_before_parse(raw: &[u8], max_depth: usize) -> Result<(), TaskError> {
-    if memchr::memchr2_iter(b'{', b'[', raw)
-        .nth(max_depth)
-        .is_some()
-    {
+    if more_brackets_than(raw, max_depth) {
         check_depth(raw, max_depth)?;
     }
     Ok(())
+}
+
+/// Whether `raw` has more than `max` opening brackets: `memchr` counts them a vector at a
+/// time, and no more of them than the limit means no deeper nesting, so the exact walk
+/// (3 ns a byte here, `examples/parse_check_cost.rs`) runs only past it.
+fn more_brackets_than(raw: &[u8], max: usize) -> bool {
+    memchr::memchr2_iter(b'{', b'[', raw).nth(max).is_some()
+}
+
+/// What a value nested past the limit reads as once cut: as much of this as its own bytes
+/// hold, in a string of the same length.
+const CUT_MARK: &[u8] = b"(nested too deep)";
+
+/// Rewrites, in place, every array or object that opens deeper than `max` as a string of
+/// the same length (`"(nested too deep)"`, or as much of it as fits, padded with spaces),
+/// and returns the 1001 that the assignment gets for the first one: the payload is then
+/// parsed with no recursion past the limit and answered, refused, with its ids echoed, as
+/// the contract asks of JSON that has an `assignment_id` (issue 12, twentieth round;
+/// before, such a payload went to the DLQ alone). No recursion here either: the walk
+/// counts brackets outside strings, byte by byte (the caller runs it only past
+/// [`more_brackets_than`]). The value cut is not checked for JSON grammar: the assignment
+/// is refused either way. `Err` (1003) when a value to cut never closes: not JSON.
+pub fn cut_deep_values(buf: &mut [u8], max: usize) -> Result<Option<TaskError>, TaskError> {
+    let (mut first, mut depth, mut at) = (None, 0usize, 0usize);
+    while let Some(&b) = buf.get(at) {
+        match b {
+            b'"' => match string_end(buf, at + 1) {
+                Some(end) => at = end,
+                None => break, // not JSON: the parser says so
+            },
+            b'{' | b'[' if depth == max => {
+                let end = value_end(buf, at).ok_or_else(|| {
+                    TaskError::new(
+                        ErrorCode::InvalidFormat,
+                        format!(
+                            "assignment is not valid JSON: a value nested deeper than {max} \
+                             levels never closes (character {at})"
+                        ),
+                    )
+                })?;
+                let cut = &mut buf[at..=end];
+                let last = cut.len() - 1;
+                for (k, byte) in cut.iter_mut().enumerate() {
+                    *byte = match k {
+                        0 => b'"',
+                        k if k == last => b'"',
+                        k => CUT_MARK.get(k - 1).copied().unwrap_or(b' '),
+                    };
+                }
+                first.get_or_insert_with(|| {
+                    TaskError::new(
+                        ErrorCode::InvalidInput,
+                        format!("JSON nested deeper than {max} levels"),
+                    )
+                });
+                at = end;
+            }
+            b'{' | b'[' => depth += 1,
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        at += 1;
+    }
+    Ok(first)
+}
+
+/// Index of the bracket closing the array or object that opens at `from`, brackets inside
+/// strings not counted (either kind closes either kind: the value is cut, not read).
+fn value_end(raw: &[u8], from: usize) -> Option<usize> {
+    let (mut depth, mut at) = (0usize, from);
+    while let Some(&b) = raw.get(at) {
+        match b {
+            b'"' => at = string_end(raw, at + 1)?,
+            b'{' | b'[' => depth += 1,
+            b'}' | b']' => {
+                depth -= 1;
+                if depth == 0 {
+                    return Some(at);
+                }
+            }
+            _ => {}
+        }
+        at += 1;
+    }
+    None
 }
 
 /// Rewrites, in place, every surrogate escape that is not half of a pair (`\ud800` with no
@@ -311,33 +395,62 @@ fn string_end(raw: &[u8], from: usize) -> Option<usize> {
 #[derive(Debug)]
 pub struct Parsed<'a> {
     pub value: BorrowedValue<'a>,
-    /// The 1003 of a lone surrogate escape read as U+FFFD ([`mend_lone_surrogates`]):
-    /// the assignment is answered, and refused.
+    /// The 1001 of a value nested past the limit, cut ([`cut_deep_values`]), else the
+    /// 1003 of a lone surrogate escape read as U+FFFD ([`mend_lone_surrogates`]): the
+    /// assignment is answered, and refused.
     pub mended: Option<TaskError>,
 }
 
 /// Parses `buf` in place. Errors are unanswerable: no `assignment_id` can be trusted (one
 /// that held a lone surrogate neither: it could not be echoed as sent).
 pub fn parse_value(buf: &mut [u8]) -> Result<Parsed<'_>, Unanswerable> {
-    let unanswerable = |error| Unanswerable {
-        error,
-        parsed_object: false,
+    // The rare path keeps the payload as sent, for the DLQ, in case it is not JSON at all.
+    let (cut, sent) = if more_brackets_than(buf, MAX_JSON_DEPTH) {
+        let sent = buf.to_vec();
+        match cut_deep_values(buf, MAX_JSON_DEPTH) {
+            Ok(cut) => {
+                let changed = cut.is_some();
+                (cut, changed.then_some(sent))
+            }
+            Err(error) => {
+                return Err(Unanswerable {
+                    error,
+                    parsed_object: false,
+                    sent: Some(sent),
+                })
+            }
+        }
+    } else {
+        (None, None)
     };
-    check_before_parse(buf, MAX_JSON_DEPTH).map_err(unanswerable)?;
     let mended = mend_lone_surrogates(buf);
-    let value = parse_with_thread_buffers(buf).map_err(|e| {
-        unanswerable(TaskError::new(
-            ErrorCode::InvalidFormat,
-            format!("assignment is not valid JSON: {e}"),
-        ))
-    })?;
+    let value = match parse_with_thread_buffers(buf) {
+        Ok(value) => value,
+        Err(e) => {
+            return Err(Unanswerable {
+                error: TaskError::new(
+                    ErrorCode::InvalidFormat,
+                    format!("assignment is not valid JSON: {e}"),
+                ),
+                parsed_object: false,
+                sent,
+            })
+        }
+    };
     if let Some(error) = &mended {
         let id = value.get("assignment_id").and_then(|v| v.as_str());
         if id.is_some_and(|id| id.contains('\u{fffd}')) {
-            return Err(unanswerable(error.clone()));
+            return Err(Unanswerable {
+                error: error.clone(),
+                parsed_object: false,
+                sent: None,
+            });
         }
     }
-    Ok(Parsed { value, mended })
+    Ok(Parsed {
+        value,
+        mended: cut.or(mended),
+    })
 }
 
 /// Largest input parsed with the thread's reused buffers; a larger one gets buffers of its
@@ -387,6 +500,7 @@ impl<'a> Assignment<'a> {
             return Err(Unanswerable {
                 error: TaskError::new(ErrorCode::InvalidFormat, "assignment is not a JSON object"),
                 parsed_object: false,
+                sent: None,
             });
         }
         let top = Fields::new(value, "");
@@ -550,6 +664,7 @@ fn assignment_id_of<'a>(top: &Fields<'a, 'a>) -> Result<&'a str, Unanswerable> {
     Err(Unanswerable {
         error: problem,
         parsed_object: true,
+        sent: None,
     })
 }
 
@@ -829,9 +944,87 @@ mod tests {
     }
 
     #[test]
-    fn deep_nesting_is_refused_before_parsing() {
+    fn deep_nesting_is_cut_before_parsing() {
+        // Not an object once cut: unanswerable, as any array is.
         let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
-        assert_eq!(code(&deep), 9001);
+        assert_eq!(code(&deep), 9003);
+        // An assignment with a value nested too deep is answered and refused (1001).
+        let in_a_field = format!(
+            r#"{{"version":"1","assignment_id":"a","tenant_id":"t","x":{}{},"job":{{"type":"fs.get"}}}}"#,
+            "[{\"k\":".repeat(50_000),
+            "}]".repeat(50_000)
+        );
+        assert_eq!(code(&in_a_field), 1001);
+        // A value that never closes is not JSON: unanswerable, the payload kept as sent.
+        let open = format!(r#"{{"assignment_id":"a","x":{}"#, "[".repeat(1000));
+        let mut buf = open.as_bytes().to_vec();
+        let why = parse_value(&mut buf).expect_err("not JSON");
+        assert_eq!(why.error.code, ErrorCode::InvalidFormat);
+        assert!(
+            why.error.message.contains("never closes"),
+            "{}",
+            why.error.message
+        );
+        assert_eq!(why.sent.as_deref(), Some(open.as_bytes()));
+        // Cut, then found not to be JSON: unanswerable, the payload kept as sent.
+        let broken = format!(
+            r#"{{"assignment_id":"a","x":{}{},}}"#,
+            "[".repeat(70),
+            "]".repeat(70)
+        );
+        let mut buf = broken.as_bytes().to_vec();
+        let why = parse_value(&mut buf).expect_err("not JSON");
+        assert_eq!(why.error.code, ErrorCode::InvalidFormat);
+        assert_eq!(why.sent.as_deref(), Some(broken.as_bytes()));
+    }
+
+    #[test]
+    fn a_value_cut_for_depth_keeps_its_length_and_the_ids() {
+        // Depth 1 is the assignment itself: `x` holds 70 arrays, 64 levels in all are kept.
+        // The innermost holds a string with brackets and an escaped quote in it.
+        const INNER: &str = r#""]}[{\"""#;
+        let kept = MAX_JSON_DEPTH - 1;
+        let raw = format!(
+            r#"{{"version":"1","assignment_id":"a","request_id":"r","tenant_id":"t","x":{}{}{},"job":{{"type":"fs.get"}}}}"#,
+            "[".repeat(70),
+            INNER,
+            "]".repeat(70)
+        );
+        let mut buf = raw.as_bytes().to_vec();
+        let parsed = parse_value(&mut buf).expect("parses once cut");
+        let (a, problem) =
+            Assignment::read(&parsed, &AssignmentHeaders::default(), LIMITS).expect("answerable");
+        let problem = problem.expect("refused");
+        assert_eq!(problem.code, ErrorCode::InvalidInput);
+        assert_eq!(problem.message, "JSON nested deeper than 64 levels");
+        assert_eq!(a.assignment_id, "a");
+        assert_eq!(a.request_id.as_deref(), Some("r"));
+        assert_eq!(a.tenant_id.as_deref(), Some("t"));
+        assert_eq!(a.job_type, Some("fs.get"));
+        // The innermost kept array holds the cut value: a string the length of what it
+        // replaced, the mark then spaces (the string with brackets inside was cut whole).
+        let mut x = parsed.value.get("x").expect("x");
+        for _ in 0..kept - 1 {
+            x = x.as_array().and_then(|a| a.first()).expect("kept level");
+        }
+        let cut = x
+            .as_array()
+            .and_then(|a| a.first())
+            .and_then(|v| v.as_str())
+            .expect("a string where the deeper arrays were");
+        let replaced = (70 - kept) * 2 + INNER.len();
+        assert_eq!(cut.len(), replaced - 2);
+        assert!(cut.starts_with("(nested too deep)"), "{cut}");
+        assert!(cut["(nested too deep)".len()..].bytes().all(|b| b == b' '));
+        // An empty value past the limit is cut as an empty string.
+        let raw = format!(
+            r#"{{"assignment_id":"a","x":{}[]{}}}"#,
+            "[".repeat(kept),
+            "]".repeat(kept)
+        );
+        let mut buf = raw.as_bytes().to_vec();
+        assert!(parse_value(&mut buf).is_ok());
+        assert!(String::from_utf8_lossy(&buf).contains(r#"[""]"#));
     }
 
     #[test]
@@ -942,7 +1135,7 @@ mod tests {
             "[".repeat(MAX_JSON_DEPTH + 1),
             "]".repeat(MAX_JSON_DEPTH + 1)
         );
-        assert_eq!(code(&nested), 9001);
+        assert_eq!(code(&nested), 9003, "an array, once cut");
         let at_the_limit = format!(
             r#"{{"version":"1","assignment_id":"a","tenant_id":"t","x":{}{},"job":{{"type":"fs.get"}}}}"#,
             "[".repeat(MAX_JSON_DEPTH - 1),

@@ -5,7 +5,9 @@
 //!   case-insensitive, a trailing dot ignored) may be named in a URL at all.
 //! - **IP literal** in the URL (`http://169.254.169.254/`, `http://[::ffff:a9fe:a9fe]/`):
 //!   checked against `--http-deny-cidrs` before anything is sent. This check is needed
-//!   because hyper-util's connector never calls the resolver for an IP literal.
+//!   because hyper-util's connector never calls the resolver for an IP literal. An IPv6
+//!   literal with a zone (`[fe80::1%25eth0]`, RFC 6874) is refused too: a zone names a
+//!   link-local scope.
 //! - **DNS answers** ([`SsrfResolver`], the connector's resolver): every address inside a
 //!   denied CIDR is dropped; a name left with no address fails. The check applies to the
 //!   address that is then connected to, so a name cannot resolve to a denied address
@@ -112,6 +114,21 @@ impl SsrfPolicy {
         }
         if let Ok(ip) = name.parse::<IpAddr>() {
             if let Some(reason) = self.denied_reason(ip) {
+                return Err(deny(reason));
+            }
+        }
+        // `[fe80::1%25eth0]` (RFC 6874): no resolver reads it, so it failed as a DNS name
+        // (3001, retried). A zone names a link-local scope, a host's own network segment:
+        // refused, with the reason of the address when that is denied too.
+        if let Some((address, _zone)) = name.split_once('%') {
+            if host.starts_with('[') {
+                let reason = address
+                    .parse::<IpAddr>()
+                    .ok()
+                    .and_then(|ip| self.denied_reason(ip))
+                    .unwrap_or_else(|| {
+                        "an IPv6 zone identifier names a link-local scope".to_owned()
+                    });
                 return Err(deny(reason));
             }
         }
@@ -268,6 +285,17 @@ mod tests {
         let err = p.check_host("169.254.169.254").expect_err("denied");
         assert_eq!(err.host, "169.254.169.254");
         assert!(err.reason.contains("169.254.0.0/16"), "{}", err.reason);
+    }
+
+    #[test]
+    fn ipv6_literals_with_a_zone_are_denied() {
+        let p = default_policy();
+        let err = p.check_host("[fe80::1%25eth0]").expect_err("zoned");
+        assert!(err.reason.contains("fe80::/10"), "{}", err.reason);
+        for host in ["[2001:db8::1%25eth0]", "[2001:db8::1%eth0]", "[::1%251]"] {
+            let err = p.check_host(host).expect_err(host);
+            assert!(err.reason.contains("zone identifier"), "{}", err.reason);
+        }
     }
 
     #[test]

@@ -927,11 +927,14 @@ fn own_buffer(payload: Bytes) -> (BytesMut, Option<Bytes>) {
 async fn unparseable(
     shared: &Arc<Shared>,
     delivery: &Delivery,
-    why: Unanswerable,
+    mut why: Unanswerable,
     pristine: Option<Bytes>,
     buf: BytesMut,
 ) {
-    let raw = pristine.unwrap_or_else(|| buf.freeze());
+    let raw = match why.sent.take() {
+        Some(sent) => Bytes::from(sent),
+        None => pristine.unwrap_or_else(|| buf.freeze()),
+    };
     unanswerable(shared, delivery, why, raw_original(&raw)).await
 }
 
