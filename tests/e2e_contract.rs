@@ -546,6 +546,96 @@ async fn cancel_stops_a_running_assignment_of_the_same_tenant_only() {
     );
 }
 
+fn now_ms() -> u64 {
+    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+    since.map_or(0, |d| d.as_millis() as u64)
+}
+
+/// A decision or cancel is read for the fields that steer (CONTRACT.md's shapes); an extra
+/// field, a non-string `comment` or `reason`, or a `decided_at` that is not a time in ms
+/// does not throw it away (they were "malformed" and ignored, and the approval ran on to
+/// 5002), and a cancel may carry its tenant in a NATS header, as an assignment may.
+#[tokio::test]
+async fn decisions_and_cancels_with_extra_or_odd_fields_still_count() {
+    let (_n, _w, router) = setup("core", &[]).await;
+    let before = now_ms();
+    for id in ["ap-odd", "ap-future", "c-odd"] {
+        router.assign(&approval(id, "acme", 30_000)).await;
+        router
+            .seen
+            .wait_for(APPROVAL_REQUEST, id, Duration::from_secs(10))
+            .await;
+    }
+    router.publish(APPROVAL_DECISION, r#"{"assignment_id":"ap-odd","approver":"user1@example.com","approved":true,"comment":42,"decided_at":"2025-01-27T12:00:00Z","channel":{"kind":"slack"}}"#).await;
+    let r = router.result("ap-odd").await;
+    assert_eq!(r["status"], "success", "{r}");
+    assert_eq!(r["result"]["approved"], true);
+    assert_eq!(r["result"]["comment"], "42");
+    let at = r["result"]["approved_at"].as_u64().expect("approved_at");
+    assert!(before <= at && at <= now_ms(), "{at}");
+
+    // A `decided_at` in the future is not what the result says.
+    router.publish(APPROVAL_DECISION, r#"{"assignment_id":"ap-future","approver":"user2@example.com","approved":false,"decided_at":99999999999999}"#).await;
+    let r = router.result("ap-future").await;
+    assert_eq!(r["result"]["approved"], false, "{r}");
+    let at = r["result"]["approved_at"].as_u64().expect("approved_at");
+    assert!(before <= at && at <= now_ms(), "{at}");
+
+    router
+        .publish_with_headers(
+            CANCEL,
+            r#"{"assignment_id":"c-odd","reason":42,"extra":{"x":1}}"#,
+            &[("tenant_id", "acme")],
+        )
+        .await;
+    let r = router.result("c-odd").await;
+    assert_eq!(
+        (r["status"].as_str(), code(&r)),
+        (Some("cancelled"), 5001),
+        "{r}"
+    );
+    let message = r["error"]["message"].as_str().expect("message");
+    assert!(message.contains("42"), "{message}");
+}
+
+/// The deadline counts from when the worker received the assignment: one that waited in
+/// the queue past its deadline is answered 5002 with `attempts: 0`, and its block never
+/// runs (it ran, and wrote its file, after the Router's deadline).
+#[tokio::test]
+async fn a_deadline_that_passes_in_the_queue_ends_in_5002_without_running() {
+    let (_n, worker, router) = setup("core", &["--cpu-pool-size=1", "--max-in-flight=1"]).await;
+    // Holds the only slot for 3 s (no decision comes).
+    router.assign(&approval("q-hold", "acme", 3_000)).await;
+    router
+        .seen
+        .wait_for(APPROVAL_REQUEST, "q-hold", Duration::from_secs(10))
+        .await;
+    router
+        .assign(&assignment(
+            "q-late",
+            "acme",
+            json!({"type": "fs.put", "path": "/late.txt", "content": "x", "timeout_ms": 1000}),
+        ))
+        .await;
+    let r = router.result("q-late").await;
+    assert_eq!(
+        (r["status"].as_str(), code(&r), r["attempts"].as_u64()),
+        (Some("timeout"), 5002, Some(0)),
+        "{r}"
+    );
+    let latency = r["latency_ms"].as_u64().expect("latency_ms");
+    assert!(
+        latency >= 1000,
+        "latency_ms counts the time queued: {latency}"
+    );
+    assert!(
+        !worker.fs_root.join("acme/late.txt").exists(),
+        "the block did not run"
+    );
+    assert_eq!(router.ack("q-late").await["status"], "accepted");
+    assert_eq!(router.result("q-hold").await["status"], "timeout");
+}
+
 #[tokio::test]
 async fn approvals_granted_denied_wrong_approver_and_timeout() {
     let (_n, w, router) = setup("jetstream", &[]).await;
@@ -867,6 +957,10 @@ async fn health_names_full_pools_and_recovers() {
         "{body}"
     );
     assert_eq!(body["status"], "unhealthy");
+    // Each check in the platform schema's shape.
+    assert_eq!(body["checks"]["resource_pools"]["status"], "fail", "{body}");
+    assert!(body["checks"]["resource_pools"]["message"].is_string(), "{body}");
+    assert_eq!(body["checks"]["nats_connection"]["status"], "ok", "{body}");
     // The approvals time out, the queues drain, health comes back.
     let end = std::time::Instant::now() + Duration::from_secs(20);
     while health(w.health_port).await.0 != 200 {

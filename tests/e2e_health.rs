@@ -85,6 +85,11 @@ async fn head_answers_like_get_on_every_http_server() {
     // Other methods are still refused.
     let (status, _, _) = raw(worker.metrics_port, "POST", "/_health").await;
     assert_eq!(status, 405);
+    // The health-only port does not serve `/metrics` at all (it said 405, as if it did).
+    let (status, _, _) = raw(worker.health_port, "GET", "/metrics").await;
+    assert_eq!(status, 404);
+    let (status, _, _) = raw(worker.health_port, "POST", "/_health").await;
+    assert_eq!(status, 405);
 }
 
 /// A TCP proxy in front of the real nats-server that knows each connection by the name in

@@ -227,7 +227,8 @@ async fn every_log_line_is_a_schema_valid_guide_shaped_object() {
         l["message"] == "Step execution failed" && l["fields"]["assignment_id"] == "log-fail"
     })
     .await;
-    assert_eq!(failed["level"], "WARN");
+    // ERROR: what the guide's troubleshooting greps for.
+    assert_eq!(failed["level"], "ERROR");
     assert_eq!(failed["fields"]["status"], "error");
     assert_eq!(failed["fields"]["error_code"], 2002);
     assert_eq!(
@@ -320,7 +321,7 @@ async fn the_per_step_line_follows_rust_log() {
             l["message"] == "Step execution failed" && l["fields"]["assignment_id"] == "rl-fail"
         })
         .await;
-        assert_eq!(failed["level"], "WARN", "{spec}");
+        assert_eq!(failed["level"], "ERROR", "{spec}");
         assert_eq!(failed["tenant_id"], "tenant-rl", "{spec}");
         assert_eq!(failed["fields"]["block_type"], "fs.get", "{spec}");
         let ok = log_lines(&worker).into_iter().find(|l| {

@@ -67,6 +67,19 @@ pub struct Verdict {
     pub decided_at: Option<u64>,
 }
 
+/// Longest an approval can have waited for its decision: the decisions a worker keeps
+/// for a request not yet (re)registered are kept a week (`runtime::approvals`).
+const LONGEST_WAIT_MS: u64 = 7 * 24 * 3600 * 1000;
+
+/// The result's `approved_at`: the approver's own `decided_at` when it is a time the
+/// decision can have been taken (not in the future, not older than the longest wait),
+/// else when the worker read it. A sender cannot set it to any number it likes.
+fn approved_at(decided_at: Option<u64>, now: u64) -> u64 {
+    decided_at
+        .filter(|&at| at <= now && now - at <= LONGEST_WAIT_MS)
+        .unwrap_or(now)
+}
+
 #[derive(Debug)]
 pub struct HumanBlock {
     port: Rc<dyn ApprovalPort>,
@@ -176,12 +189,31 @@ impl Block for HumanBlock {
                 "approved": d.approved,
                 "approver": d.approver,
                 "comment": d.comment,
-                "approved_at": d.decided_at.unwrap_or_else(now_ms),
+                "approved_at": approved_at(d.decided_at, now_ms()),
             }))),
             None => Err(TaskError::new(
                 ErrorCode::CancelledByTimeout,
                 format!("no approval decision before expires_at {expires_at}"),
             )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn approved_at_is_the_approvers_time_only_when_it_can_be_true() {
+        let now = 1_800_000_000_000;
+        assert_eq!(approved_at(None, now), now);
+        assert_eq!(approved_at(Some(now - 5_000), now), now - 5_000);
+        assert_eq!(
+            approved_at(Some(now - LONGEST_WAIT_MS), now),
+            now - LONGEST_WAIT_MS
+        );
+        for odd in [now + 1, 123, now - LONGEST_WAIT_MS - 1, u64::MAX] {
+            assert_eq!(approved_at(Some(odd), now), now, "{odd}");
         }
     }
 }

@@ -118,7 +118,7 @@ const CUT_MARK: &[u8] = b"(nested too deep)";
 /// the same length (`"(nested too deep)"`, or as much of it as fits, padded with spaces),
 /// and returns the 1001 that the assignment gets for the first one: the payload is then
 /// parsed with no recursion past the limit and answered, refused, with its ids echoed, as
-/// the contract asks of JSON that has an `assignment_id` (issue 12, twentieth round;
+/// the contract asks of JSON that has an `assignment_id` (issue 12, nineteenth round;
 /// before, such a payload went to the DLQ alone). No recursion here either: the walk
 /// counts brackets outside strings, byte by byte (the caller runs it only past
 /// [`more_brackets_than`]). The value cut is not checked for JSON grammar: the assignment

@@ -3,6 +3,7 @@
 
 pub mod assignment;
 pub mod codes;
+pub mod control;
 pub mod dead_letter;
 pub mod error;
 pub mod fastjson;

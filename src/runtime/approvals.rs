@@ -10,7 +10,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::future::LocalBoxFuture;
-use serde::Deserialize;
 use tokio::sync::mpsc;
 
 use crate::blocks::{
@@ -18,21 +17,8 @@ use crate::blocks::{
     human::{PendingApproval, Verdict},
 };
 
-/// `ApprovalDecision`.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-pub struct Decision {
-    pub assignment_id: String,
-    /// Optional: restricts the decision to that tenant's request.
-    #[serde(default)]
-    pub tenant_id: Option<String>,
-    pub approver: String,
-    pub approved: bool,
-    #[serde(default)]
-    pub comment: Option<String>,
-    /// When the decision was taken (ms); the worker fills it in when absent.
-    #[serde(default)]
-    pub decided_at: Option<u64>,
-}
+/// `ApprovalDecision`, as read by [`crate::contract::control::read_decision`].
+pub use crate::contract::control::ApprovalDecision as Decision;
 
 const KEPT: Duration = Duration::from_secs(7 * 24 * 3600);
 const KEPT_CAP: usize = 100_000;

@@ -331,16 +331,9 @@ impl Runtime {
 }
 
 impl Control for Runtime {
-    fn cancel(&self, payload: &[u8]) {
-        #[derive(serde::Deserialize)]
-        struct CancelRequest {
-            assignment_id: String,
-            tenant_id: String,
-            #[serde(default)]
-            reason: Option<String>,
-        }
+    fn cancel(&self, payload: &[u8], header_tenant: Option<&str>) {
         let m = &self.shared.metrics;
-        match serde_json::from_slice::<CancelRequest>(payload) {
+        match crate::contract::control::read_cancel(payload, header_tenant) {
             Ok(c) => {
                 let reason = c.reason.as_deref().unwrap_or("cancel requested");
                 let effect = self
@@ -359,7 +352,7 @@ impl Control for Runtime {
 
     fn decision(&self, payload: &[u8]) {
         let m = &self.shared.metrics;
-        match serde_json::from_slice::<Decision>(payload) {
+        match crate::contract::control::read_decision(payload) {
             Ok(d) => {
                 let id = d.assignment_id.clone();
                 let routed = self.shared.approvals.decide(d);

@@ -377,7 +377,7 @@ fn child_spans(shared: &Shared) -> bool {
 
 /// Handles one delivery to the end. Never panics on input.
 pub(super) async fn handle(shared: Arc<Shared>, blocks: Rc<Blocks>, mut delivery: Delivery) {
-    let received = Instant::now();
+    let received = delivery.received;
     let metrics = &shared.metrics;
     metrics.intake(Intake::Received);
     if delivery.redelivered() {
@@ -707,6 +707,10 @@ impl Attempts<'_, '_> {
             if ctx.cancel.is_cancelled() {
                 return self.stopped(attempts);
             }
+            if tokio::time::Instant::now() >= deadline {
+                // Spent queued behind `--max-in-flight`: the block does not start.
+                return timed_out(attempts);
+            }
             attempts += 1;
             ctx.attempt = attempts;
             let error = match self.attempt(block, job, ctx, deadline).await {
@@ -821,10 +825,11 @@ impl Attempts<'_, '_> {
 }
 
 fn timed_out(attempts: u32) -> Finished {
-    let error = TaskError::new(
-        ErrorCode::CancelledByTimeout,
-        format!("job deadline passed after {attempts} attempt(s)"),
-    );
+    let message = match attempts {
+        0 => "job deadline passed before the block started (queued)".to_owned(),
+        n => format!("job deadline passed after {n} attempt(s)"),
+    };
+    let error = TaskError::new(ErrorCode::CancelledByTimeout, message);
     Finished::failed(error, attempts, None)
 }
 
@@ -974,7 +979,13 @@ async fn refuse_parsed(shared: &Arc<Shared>, delivery: &Delivery, parsed: &Parse
         Ok(read) => read,
         Err(why) => return no_id(shared, delivery, why, &parsed.value).await,
     };
-    let reply = Reply::new(shared, delivery, &assignment, &parsed.value, Instant::now());
+    let reply = Reply::new(
+        shared,
+        delivery,
+        &assignment,
+        &parsed.value,
+        delivery.received,
+    );
     let error = TaskError::retryable(
         ErrorCode::SystemOverload,
         "worker saturated: every queue is full; retry later",

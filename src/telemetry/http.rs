@@ -73,7 +73,9 @@ pub fn health_response(probe: &dyn Probe) -> (StatusCode, String) {
         .map(|i| {
             (
                 i.name.to_owned(),
-                serde_json::json!({"ok": i.ok, "detail": i.detail}),
+                // The platform schema's shape of a check (`platform-logging.schema.json`,
+                // `health_endpoint.response.checks`).
+                serde_json::json!({"status": if i.ok { "ok" } else { "fail" }, "message": i.detail}),
             )
         })
         .collect();
@@ -118,7 +120,9 @@ async fn route(
                 m.render(),
             )
         }
-        (_, "/_health" | "/metrics", _) => respond(
+        // Another method on a path served here; `/metrics` on the health-only port
+        // (`--health-endpoint`) is not served there: 404.
+        (_, "/_health", _) | (_, "/metrics", Some(_)) => respond(
             StatusCode::METHOD_NOT_ALLOWED,
             "text/plain",
             "method not allowed\n".into(),
@@ -208,5 +212,12 @@ mod tests {
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
         let v: serde_json::Value = serde_json::from_str(&body).expect("json");
         assert_eq!(v["failing"], serde_json::json!(["critical_errors"]));
+        assert_eq!(
+            v["checks"],
+            serde_json::json!({
+                "nats_connection": {"status": "ok", "message": "why"},
+                "critical_errors": {"status": "fail", "message": "why"},
+            })
+        );
     }
 }

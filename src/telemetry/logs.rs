@@ -201,6 +201,7 @@ where
         writer: writer.clone(),
         info: f.would_enable(STEP_TARGET, &Level::INFO),
         warn: f.would_enable(STEP_TARGET, &Level::WARN),
+        error: f.would_enable(STEP_TARGET, &Level::ERROR),
     });
     let logs_by_target = by_target.map(|f| LogLayer::new(format, writer.clone()).with_filter(f));
     let logs_by_env = by_env.map(|f| LogLayer::new(format, writer).with_filter(f));
@@ -1276,7 +1277,9 @@ fn with_line(
 pub const STEP_TARGET: &str = "beamline_worker::runtime::pipeline";
 
 /// The per-step outcome line, "Step execution completed" (INFO) or "Step execution failed"
-/// (WARN), logged once for each assignment that runs to a result or is rejected (a
+/// (ERROR for an `error` or `timeout` result, which the guide's troubleshooting finds with
+/// `grep "ERROR" worker.log`; WARN for `cancelled`, which someone asked for), logged once
+/// for each assignment that runs to a result or is rejected (a
 /// duplicate answered from the dedupe store logs its own line instead). Its fields include
 /// every field of the pipeline's `worker.assignment.receive` span, in the span's order, so
 /// the line is the same with and without that span around it.
@@ -1304,9 +1307,11 @@ pub struct StepLine<'a> {
 struct StepSink {
     format: LogFormat,
     writer: QueueWriter,
-    /// Whether the filter lets the success (INFO) and failure (WARN) lines through.
+    /// Whether the filter lets the success (INFO), cancelled (WARN) and failure (ERROR)
+    /// lines through.
     info: bool,
     warn: bool,
+    error: bool,
 }
 
 static STEP_SINK: std::sync::OnceLock<StepSink> = std::sync::OnceLock::new();
@@ -1328,16 +1333,21 @@ impl StepLine<'_> {
     }
 
     fn message(&self) -> (&'static str, Level) {
-        if self.success {
-            ("Step execution completed", Level::INFO)
-        } else {
-            ("Step execution failed", Level::WARN)
+        match (self.success, self.status) {
+            (true, _) => ("Step execution completed", Level::INFO),
+            (false, "cancelled") => ("Step execution failed", Level::WARN),
+            (false, _) => ("Step execution failed", Level::ERROR),
         }
     }
 
     fn write_to(&self, sink: &StepSink) {
         let (message, level) = self.message();
-        if !(if self.success { sink.info } else { sink.warn }) {
+        let enabled = match level {
+            Level::INFO => sink.info,
+            Level::WARN => sink.warn,
+            _ => sink.error,
+        };
+        if !enabled {
             return;
         }
         let head = Head {
@@ -1390,41 +1400,35 @@ impl StepLine<'_> {
     /// (tests, an `EnvFilter` with span or field directives). Field for field as written
     /// directly, in the same order.
     fn via_tracing(&self) {
-        let (code, error_message) = self.error.unzip();
-        if self.success {
-            tracing::info!(
-                target: STEP_TARGET,
-                tenant_id = self.tenant_id,
-                trace_id = self.trace_id,
-                run_id = self.run_id,
-                block_type = self.block_type,
-                worker_id = self.worker_id,
-                assignment_id = self.assignment_id,
-                status = self.status,
-                latency_ms = self.latency_ms,
-                attempts = self.attempts,
-                flow_id = self.flow_id,
-                step_id = self.step_id,
-                "Step execution completed"
-            );
-        } else {
-            tracing::warn!(
-                target: STEP_TARGET,
-                tenant_id = self.tenant_id,
-                trace_id = self.trace_id,
-                run_id = self.run_id,
-                block_type = self.block_type,
-                worker_id = self.worker_id,
-                assignment_id = self.assignment_id,
-                status = self.status,
-                latency_ms = self.latency_ms,
-                attempts = self.attempts,
-                error_code = code,
-                error_message = error_message,
-                flow_id = self.flow_id,
-                step_id = self.step_id,
-                "Step execution failed"
-            );
+        let (code, error_message) = self.error.filter(|_| !self.success).unzip();
+        // One field list for the three levels (`tracing`'s macros take the level as a
+        // constant); a `None` field is left out of the line, as written directly.
+        macro_rules! step_event {
+            ($level:expr, $message:literal) => {
+                tracing::event!(
+                    target: STEP_TARGET,
+                    $level,
+                    tenant_id = self.tenant_id,
+                    trace_id = self.trace_id,
+                    run_id = self.run_id,
+                    block_type = self.block_type,
+                    worker_id = self.worker_id,
+                    assignment_id = self.assignment_id,
+                    status = self.status,
+                    latency_ms = self.latency_ms,
+                    attempts = self.attempts,
+                    error_code = code,
+                    error_message = error_message,
+                    flow_id = self.flow_id,
+                    step_id = self.step_id,
+                    $message
+                )
+            };
+        }
+        match self.message().1 {
+            Level::INFO => step_event!(Level::INFO, "Step execution completed"),
+            Level::WARN => step_event!(Level::WARN, "Step execution failed"),
+            _ => step_event!(Level::ERROR, "Step execution failed"),
         }
     }
 }
@@ -1739,14 +1743,16 @@ mod tests {
         }
     }
 
-    /// The step line as [`StepLine::log`] writes it directly, through a sink of its own.
-    fn direct(format: LogFormat, line: &StepLine<'_>, info: bool, warn: bool) -> Vec<String> {
+    /// The step line as [`StepLine::log`] writes it directly, through a sink of its own
+    /// whose filter lets lines of `at` and above through.
+    fn direct(format: LogFormat, line: &StepLine<'_>, at: Level) -> Vec<String> {
         let (tx, rx) = std::sync::mpsc::sync_channel(4);
         let sink = StepSink {
             format,
             writer: QueueWriter { tx },
-            info,
-            warn,
+            info: Level::INFO <= at,
+            warn: Level::WARN <= at,
+            error: true,
         };
         line.write_to(&sink);
         // Split as `capture` splits what the layer wrote.
@@ -1817,7 +1823,7 @@ mod tests {
                 flow_id: id(5),
                 step_id: id(6),
             };
-            let written = direct(format, &line, true, true);
+            let written = direct(format, &line, Level::INFO);
             prop_assert_eq!(written.len(), 1);
             for traced in through_tracing(format, &line) {
                 prop_assert_eq!(traced.len(), 1);
@@ -1940,17 +1946,32 @@ mod tests {
             ..line
         };
         // `RUST_LOG=warn`: the success line is below it, the failure line is not.
-        assert!(direct(LogFormat::Json, &line, false, true).is_empty());
-        let written = direct(LogFormat::Json, &failed, false, true);
+        assert!(direct(LogFormat::Json, &line, Level::WARN).is_empty());
+        let written = direct(LogFormat::Json, &failed, Level::WARN);
         assert_eq!(written.len(), 1);
         let v = json(&written[0]);
-        assert_eq!(v["level"], "WARN");
+        assert_eq!(v["level"], "ERROR", "what `grep ERROR` finds (the guide)");
         assert_eq!(v["message"], "Step execution failed");
         assert_eq!(v["fields"]["error_code"], 2002);
         assert_eq!(v["fields"]["worker_id"], "w");
         assert_eq!(v["tenant_id"], "t");
-        assert!(direct(LogFormat::Json, &failed, true, false).is_empty());
-        let ok = direct(LogFormat::Text, &line, true, false);
+        let timeout = StepLine {
+            status: "timeout",
+            error: Some((5002, "job deadline passed")),
+            ..failed
+        };
+        let v = json(&direct(LogFormat::Json, &timeout, Level::ERROR)[0]);
+        assert_eq!(v["level"], "ERROR");
+        // A cancel someone asked for is a warning: below `RUST_LOG=error`.
+        let cancelled = StepLine {
+            status: "cancelled",
+            error: Some((5001, "cancelled")),
+            ..failed
+        };
+        assert!(direct(LogFormat::Json, &cancelled, Level::ERROR).is_empty());
+        let v = json(&direct(LogFormat::Json, &cancelled, Level::WARN)[0]);
+        assert_eq!(v["level"], "WARN");
+        let ok = direct(LogFormat::Text, &line, Level::INFO);
         assert_eq!(ok.len(), 1);
         assert!(
             ok[0].contains(" INFO beamline_worker::runtime::pipeline: Step execution completed"),

@@ -24,7 +24,8 @@ pub async fn consume_control(
             match client.subscribe(subjects.cancel.clone()).await {
                 Ok(mut sub) => {
                     while let Some(m) = sub.next().await {
-                        sink.cancel(&m.payload);
+                        let tenant = m.headers.as_ref().and_then(|h| h.get("tenant_id"));
+                        sink.cancel(&m.payload, tenant.map(|t| t.as_str()));
                     }
                 }
                 Err(e) => tracing::error!(error = %e, "subscribing to cancels failed"),

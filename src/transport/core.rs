@@ -2,7 +2,7 @@
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use std::future::poll_fn;
 use std::task::{Context, Poll};
@@ -108,6 +108,7 @@ pub(super) async fn consume_core(intake: Intake, mut lane: CoreLane) {
             headers: headers_of(msg.headers.as_ref()),
             payload: msg.payload,
             delivered: 1,
+            received: Instant::now(),
             settle: Settle::Core,
             publisher: intake.publisher.clone(),
             hold: None,

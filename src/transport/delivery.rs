@@ -2,7 +2,7 @@
 //! connection that answers it) and the traits the runtime implements to receive them.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, AckKind};
 use async_nats::HeaderMap;
@@ -36,6 +36,9 @@ pub struct Delivery {
     pub headers: AssignmentHeaders,
     /// JetStream delivery count (1 for core NATS).
     pub delivered: i64,
+    /// When the lane received it: the job's deadline and `latency_ms` count from here, so
+    /// time spent queued behind `--max-in-flight` counts too.
+    pub received: Instant,
     pub(super) settle: Settle,
     /// The connection it came in on, which also carries its ack and result.
     pub(super) publisher: Arc<Publisher>,
@@ -116,6 +119,7 @@ pub trait Sink: Send + Sync + 'static {
 
 /// Where the control connection hands cancel requests and approval decisions.
 pub trait Control: Send + Sync + 'static {
-    fn cancel(&self, payload: &[u8]);
+    /// A cancel request, with the `tenant_id` NATS header when it has one.
+    fn cancel(&self, payload: &[u8], header_tenant: Option<&str>);
     fn decision(&self, payload: &[u8]);
 }

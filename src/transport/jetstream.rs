@@ -1,7 +1,7 @@
 //! JetStream intake: pulls on the durable consumer every lane and instance shares,
 //! bounded by the intake budget, rebinding the consumer when the server lost it.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_nats::jetstream::consumer::pull::{MessagesErrorKind, Stream};
 use async_nats::jetstream::consumer::PullConsumer;
@@ -169,6 +169,7 @@ async fn take(intake: &Intake, messages: &mut Stream, failures: &mut u32) -> End
 /// worker holds its byte budget, waits (pulling nothing more) until finished assignments
 /// give some back. `None` when the worker stops meanwhile.
 async fn hand_over(intake: &Intake, msg: Message, slot: SemaphorePermit<'_>) -> Option<()> {
+    let received = Instant::now();
     let budget = &intake.budget;
     let kib = msg.payload.len().div_ceil(1024).clamp(1, budget.kib_total);
     let bytes = tokio::select! {
@@ -188,6 +189,7 @@ async fn hand_over(intake: &Intake, msg: Message, slot: SemaphorePermit<'_>) -> 
         headers: headers_of(m.headers.as_ref()),
         payload: m.payload,
         delivered,
+        received,
         settle: Settle::Js(Box::new(acker)),
         publisher: intake.publisher.clone(),
         hold: Some(hold),

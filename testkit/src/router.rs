@@ -153,16 +153,22 @@ impl Router {
     }
 
     pub async fn assign_with_headers(&self, v: &Value, headers: &[(&str, &str)]) {
+        let body = serde_json::to_vec(v).expect("json");
+        self.publish_with_headers(ASSIGN, body, headers).await;
+    }
+
+    pub async fn publish_with_headers(
+        &self,
+        subject: &str,
+        body: impl Into<bytes::Bytes>,
+        headers: &[(&str, &str)],
+    ) {
         let mut h = async_nats::HeaderMap::new();
         for (k, val) in headers {
             h.insert(*k, *val);
         }
         self.client
-            .publish_with_headers(
-                ASSIGN.to_owned(),
-                h,
-                serde_json::to_vec(v).expect("json").into(),
-            )
+            .publish_with_headers(subject.to_owned(), h, body.into())
             .await
             .expect("publish");
         self.client.flush().await.expect("flush");
