@@ -636,6 +636,57 @@ async fn a_deadline_that_passes_in_the_queue_ends_in_5002_without_running() {
     assert_eq!(router.result("q-hold").await["status"], "timeout");
 }
 
+/// A cancel for an assignment queued behind `--max-in-flight` answers it at once
+/// (`cancelled`, `attempts: 0`, its block not run): the answer waited for a free slot,
+/// here the 30 s of an approval holding the only one.
+#[tokio::test]
+async fn a_cancel_answers_a_queued_assignment_at_once() {
+    let (_n, worker, router) = setup("core", &["--cpu-pool-size=1", "--max-in-flight=1"]).await;
+    router.assign(&approval("cq-hold", "acme", 30_000)).await;
+    router
+        .seen
+        .wait_for(APPROVAL_REQUEST, "cq-hold", Duration::from_secs(10))
+        .await;
+    for (id, tenant) in [("cq-1", "acme"), ("cq-2", "acme"), ("cq-other", "beta")] {
+        router
+            .assign(&assignment(
+                id,
+                tenant,
+                json!({"type": "fs.put", "path": format!("/{id}.txt"), "content": "x"}),
+            ))
+            .await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(router.seen.for_id(ACK, "cq-2").is_empty(), "cq-2 is queued");
+    let sent = std::time::Instant::now();
+    router
+        .publish(
+            CANCEL,
+            r#"{"assignment_id":"cq-2","tenant_id":"acme","reason":"not needed"}"#,
+        )
+        .await;
+    let r = router.result("cq-2").await;
+    assert!(
+        sent.elapsed() < Duration::from_secs(5),
+        "answered {:?} after the cancel",
+        sent.elapsed()
+    );
+    assert_eq!(
+        (r["status"].as_str(), code(&r), r["attempts"].as_u64()),
+        (Some("cancelled"), 5001, Some(0)),
+        "{r}"
+    );
+    assert!(!worker.fs_root.join("acme/cq-2.txt").exists(), "not run");
+    // The others still wait for the slot, in their order; free it.
+    assert!(router.seen.for_id(RESULT, "cq-1").is_empty());
+    router
+        .publish(CANCEL, r#"{"assignment_id":"cq-hold","tenant_id":"acme"}"#)
+        .await;
+    for id in ["cq-1", "cq-other"] {
+        assert_eq!(router.result(id).await["status"], "success", "{id}");
+    }
+}
+
 #[tokio::test]
 async fn approvals_granted_denied_wrong_approver_and_timeout() {
     let (_n, w, router) = setup("jetstream", &[]).await;
@@ -959,7 +1010,10 @@ async fn health_names_full_pools_and_recovers() {
     assert_eq!(body["status"], "unhealthy");
     // Each check in the platform schema's shape.
     assert_eq!(body["checks"]["resource_pools"]["status"], "fail", "{body}");
-    assert!(body["checks"]["resource_pools"]["message"].is_string(), "{body}");
+    assert!(
+        body["checks"]["resource_pools"]["message"].is_string(),
+        "{body}"
+    );
     assert_eq!(body["checks"]["nats_connection"]["status"], "ok", "{body}");
     // The approvals time out, the queues drain, health comes back.
     let end = std::time::Instant::now() + Duration::from_secs(20);

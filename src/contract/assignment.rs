@@ -321,7 +321,17 @@ fn surrogate_half(hex: &[u8]) -> Option<bool> {
 /// lane before the pipeline parses the payload; escapes are left as written (a lane key,
 /// not the tenant the pipeline validates). `None` when absent, not a string, or not UTF-8.
 pub fn peek_tenant_id(raw: &[u8]) -> Option<&str> {
-    const KEY: &[u8] = b"tenant_id";
+    peek_top_level_str(raw, b"tenant_id")
+}
+
+/// The top-level `"assignment_id"` string of a raw assignment, as [`peek_tenant_id`] finds
+/// its tenant: to find a queued assignment that a cancel names.
+pub fn peek_assignment_id(raw: &[u8]) -> Option<&str> {
+    peek_top_level_str(raw, b"assignment_id")
+}
+
+/// The string value of the top-level `key`, escapes left as written.
+fn peek_top_level_str<'a>(raw: &'a [u8], key: &[u8]) -> Option<&'a str> {
     let mut i = raw.iter().take_while(|b| b.is_ascii_whitespace()).count();
     if raw.get(i) != Some(&b'{') {
         return None;
@@ -337,7 +347,7 @@ pub fn peek_tenant_id(raw: &[u8]) -> Option<&str> {
                 let is_key = depth == 1 && key_next;
                 key_next = false;
                 i = end + 1;
-                if is_key && &raw[start..end] == KEY {
+                if is_key && &raw[start..end] == key {
                     i += raw[i..]
                         .iter()
                         .take_while(|b| b.is_ascii_whitespace())

@@ -1,12 +1,18 @@
 //! Cancellation by `caf.exec.cancel.v1`: a token per queued or running assignment, keyed
 //! by (tenant, assignment_id) so that one tenant can never cancel another's work. A cancel
 //! that arrives before its assignment (still in the stream or a queue) is remembered for a
-//! while and applied on arrival.
+//! while and applied on arrival. One that arrives while its assignment waits in a CPU
+//! thread's queue wakes that thread, which starts the assignment at once, past
+//! `--max-in-flight` (it does not run, it is answered `cancelled`): before, the answer
+//! waited for a slot, as long as whatever held the slots ran.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use tokio::sync::futures::Notified;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::key::{KeyHasher, TaskKey};
@@ -45,6 +51,8 @@ impl Effect {
 #[derive(Debug, Clone, Default)]
 pub struct Cancels {
     inner: Arc<Mutex<Inner>>,
+    /// Early cancels remembered so far, and the CPU threads' wake-up for them.
+    remembered: Arc<(AtomicU64, Notify)>,
 }
 
 /// Keeps an assignment registered while it runs.
@@ -124,7 +132,42 @@ impl Cancels {
         g.early
             .insert(key.clone(), (Instant::now(), reason.to_owned()));
         g.early_order.push_back(key);
+        drop(g);
+        let (count, wake) = &*self.remembered;
+        count.fetch_add(1, Ordering::Release);
+        wake.notify_waiters();
         Effect::Remembered
+    }
+
+    /// Resolves once a cancel is remembered after this call: made before
+    /// [`Cancels::remembered_since`] is asked, so none slips between the two.
+    pub fn woken(&self) -> Notified<'_> {
+        self.remembered.1.notified()
+    }
+
+    /// How many early cancels were remembered so far (the start of `remembered_since`).
+    pub fn remembered_count(&self) -> u64 {
+        self.remembered.0.load(Ordering::Acquire)
+    }
+
+    /// The early cancels remembered since `seen` that still wait for their assignment,
+    /// oldest first, and `seen` moved on. An atomic load when there are none (each turn of
+    /// a CPU thread's start loop asks).
+    pub fn remembered_since(&self, seen: &mut u64) -> Vec<TaskKey> {
+        let now = self.remembered_count();
+        if now == *seen {
+            return Vec::new();
+        }
+        let new = usize::try_from(now - *seen).unwrap_or(usize::MAX);
+        *seen = now;
+        let g = self.lock();
+        let skip = g.early_order.len().saturating_sub(new);
+        g.early_order
+            .iter()
+            .skip(skip)
+            .filter(|k| g.early.contains_key(*k))
+            .cloned()
+            .collect()
     }
 }
 
@@ -161,6 +204,25 @@ mod tests {
         assert_eq!(running.reason(), None, "no cancel request's reason");
         let late = c.register(TaskKey::new("a", "2"), &stop);
         assert!(late.token.is_cancelled());
+    }
+
+    #[test]
+    fn early_cancels_are_listed_once_each_and_wake_a_waiter() {
+        let c = Cancels::default();
+        let mut seen = c.remembered_count();
+        assert!(c.remembered_since(&mut seen).is_empty());
+        let woken = c.woken();
+        assert_eq!(c.cancel("a", "1", "r"), Effect::Remembered);
+        assert_eq!(c.cancel("a", "2", "r"), Effect::Remembered);
+        // `woken` was made before the cancels: it is ready.
+        futures::executor::block_on(woken);
+        let keys = c.remembered_since(&mut seen);
+        assert_eq!(keys, vec![TaskKey::new("a", "1"), TaskKey::new("a", "2")]);
+        assert!(c.remembered_since(&mut seen).is_empty(), "listed once");
+        // One that arrived meanwhile (registered) is not listed again.
+        assert_eq!(c.cancel("a", "3", "r"), Effect::Remembered);
+        let _r = c.register(TaskKey::new("a", "3"), &CancellationToken::new());
+        assert!(c.remembered_since(&mut seen).is_empty());
     }
 
     #[test]

@@ -12,6 +12,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::blocks::Blocks;
+use crate::contract::assignment::peek_assignment_id;
 use crate::transport::{Delivery, JetStreamHandles, TransportError};
 
 use super::{cputime, fair, lane, pipeline, Shared};
@@ -167,6 +168,7 @@ impl CpuThread {
         // full, deliveries stay in `rx` and the transport's back-pressure applies.
         let mut waiting = fair::FairQueue::new(shared.config.queue_capacity / 2);
         let mut intake = Some(intake);
+        let mut cancels_seen = shared.cancels.remembered_count();
         loop {
             self.fill(&mut waiting);
             if waiting.is_empty() {
@@ -176,15 +178,23 @@ impl CpuThread {
                 let _ = waiting.push(d, fair::tenant_of); // empty: cannot be full
                 continue;
             }
-            let Ok(permit) = limit.clone().acquire_owned().await else {
-                break;
+            // Made before the queue is searched, so a cancel between the two wakes it.
+            let woken = shared.cancels.woken();
+            self.start_cancelled(&blocks, &mut waiting, &mut cancels_seen);
+            let permit = tokio::select! {
+                biased;
+                permit = limit.clone().acquire_owned() => match permit {
+                    Ok(permit) => permit,
+                    Err(_) => break,
+                },
+                _ = woken => continue,
             };
             // What arrived while every slot was busy takes its turn too.
             self.fill(&mut waiting);
             let d = waiting.pop();
             self.waiting.store(waiting.len(), Ordering::Relaxed);
             if let Some(d) = d {
-                self.start(&blocks, d, permit);
+                self.start(&blocks, d, Some(permit));
             }
         }
         let _ = limit.acquire_many(max as u32).await;
@@ -218,10 +228,31 @@ impl CpuThread {
         }
     }
 
-    /// Runs one assignment's pipeline as a local task holding `permit`. The delivery's
-    /// intake share is given back as the pipeline drops it; its CPU time (its polls, and
-    /// its work on the IO and GPU pools) is accounted (and limited) by `cputime`.
-    fn start(&self, blocks: &Rc<Blocks>, d: Delivery, permit: OwnedSemaphorePermit) {
+    /// Starts at once, out of turn and without a slot, each queued assignment that a cancel
+    /// remembered since `seen` names: it is answered `cancelled` without running, instead
+    /// of when a slot frees (`cancel.rs`). Found by its tenant's line and its raw
+    /// `assignment_id` (an id written with escapes is not found: it is answered when its
+    /// turn comes, as before).
+    fn start_cancelled(
+        &self,
+        blocks: &Rc<Blocks>,
+        waiting: &mut fair::FairQueue<Delivery>,
+        seen: &mut u64,
+    ) {
+        for key in self.shared.cancels.remembered_since(seen) {
+            let named = |d: &Delivery| peek_assignment_id(&d.payload) == Some(key.id());
+            if let Some(d) = waiting.take_from(key.tenant(), named) {
+                self.waiting.store(waiting.len(), Ordering::Relaxed);
+                self.start(blocks, d, None);
+            }
+        }
+    }
+
+    /// Runs one assignment's pipeline as a local task holding `permit` (none for one
+    /// cancelled while queued). The delivery's intake share is given back as the pipeline
+    /// drops it; its CPU time (its polls, and its work on the IO and GPU pools) is
+    /// accounted (and limited) by `cputime`.
+    fn start(&self, blocks: &Rc<Blocks>, d: Delivery, permit: Option<OwnedSemaphorePermit>) {
         let (shared, blocks) = (self.shared.clone(), blocks.clone());
         let in_flight = self.in_flight.clone();
         in_flight.fetch_add(1, Ordering::Relaxed);

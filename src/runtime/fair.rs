@@ -95,15 +95,34 @@ impl<T> FairQueue<T> {
         let item = line.pop_front()?;
         self.len -= 1;
         if line.is_empty() {
-            if let Some(line) = self.lines.remove(&tenant) {
-                if self.spare.len() < SPARE_LINES {
-                    self.spare.push(line);
-                }
-            }
+            self.drop_line(&tenant);
         } else {
             self.turns.push_back(tenant);
         }
         Some(item)
+    }
+
+    /// Takes the first item of `tenant`'s line that `wanted` picks, out of turn (a queued
+    /// assignment a cancel names); the tenant keeps its place in the turns.
+    pub fn take_from(&mut self, tenant: &str, wanted: impl FnMut(&T) -> bool) -> Option<T> {
+        let line = self.lines.get_mut(tenant)?;
+        let at = line.iter().position(wanted)?;
+        let item = line.remove(at)?;
+        self.len -= 1;
+        if line.is_empty() {
+            self.turns.retain(|t| &**t != tenant);
+            self.drop_line(tenant);
+        }
+        Some(item)
+    }
+
+    /// Removes an emptied line, keeping its buffer as a spare.
+    fn drop_line(&mut self, tenant: &str) {
+        if let Some(line) = self.lines.remove(tenant) {
+            if self.spare.len() < SPARE_LINES {
+                self.spare.push(line);
+            }
+        }
     }
 }
 
@@ -171,6 +190,26 @@ mod tests {
         }
         assert_eq!(drain(&mut q).len(), 10);
         assert_eq!(q.spare.len(), SPARE_LINES);
+    }
+
+    #[test]
+    fn an_item_taken_out_of_turn_leaves_the_rest_in_order() {
+        let mut q = FairQueue::new(10);
+        for (item, tenant) in [("a1", "a"), ("b1", "b"), ("a2", "a"), ("a3", "a")] {
+            q.push(item, |_| tenant).expect("room");
+        }
+        assert_eq!(q.take_from("a", |i| *i == "a2"), Some("a2"));
+        assert_eq!(
+            q.take_from("a", |i| *i == "b1"),
+            None,
+            "only that tenant's line"
+        );
+        assert_eq!(q.take_from("c", |_| true), None);
+        assert_eq!(q.len(), 3);
+        // A line emptied so loses its turn.
+        assert_eq!(q.take_from("b", |_| true), Some("b1"));
+        assert_eq!((q.len(), q.tenants()), (2, 1));
+        assert_eq!(drain(&mut q), ["a1", "a3"]);
     }
 
     #[test]
