@@ -225,6 +225,54 @@ async fn json_nested_too_deep_is_answered_and_refused() {
         .all(|a| a["assignment_id"] != "v-deep-open"));
 }
 
+/// A number the parser cannot represent (beyond 64-bit integers, beyond `f64`) is JSON all
+/// the same: the assignment is answered and refused (1001), the number cut in the DLQ's
+/// copy. (It went to the DLQ alone, as "not valid JSON: InvalidNumber", even in a field
+/// the worker ignores.)
+#[tokio::test]
+async fn numbers_beyond_what_the_parser_reads_are_answered_and_refused() {
+    let (_n, _w, router) = setup("core", &[]).await;
+    for (id, number) in [
+        ("n-big", "123456789012345678901234567890"),
+        ("n-inf", "1e400"),
+        ("n-neg", "-9223372036854775809"),
+    ] {
+        let raw = format!(
+            r#"{{"version":"1","assignment_id":"{id}","tenant_id":"t","request_id":"r-{id}","metadata":{{"x":{number}}},"job":{{"type":"fs.get","path":"x"}}}}"#
+        );
+        router.publish(ASSIGN, raw).await;
+        expect_rejected(&router, id, 1001, "number out of the range").await;
+        let r = router.result(id).await;
+        assert_eq!(r["request_id"], format!("r-{id}"), "{r}");
+        let d = router.dlq(id).await;
+        let cut = d["assignment"]["metadata"]["x"]
+            .as_str()
+            .expect("cut to a string");
+        assert_eq!(cut.len(), number.len() - 2, "{cut}");
+    }
+    // Cut, and still not JSON: the DLQ alone, with the payload as it was sent.
+    let broken = r#"{"assignment_id":"n-broken","x":1e400,}"#;
+    router.publish(ASSIGN, broken).await;
+    let end = std::time::Instant::now() + Duration::from_secs(15);
+    let kept = loop {
+        if let Some(d) = router
+            .seen
+            .on(DLQ)
+            .into_iter()
+            .find(|d| d["payload"] == broken)
+        {
+            break d;
+        }
+        assert!(
+            std::time::Instant::now() < end,
+            "no DLQ entry for the broken payload"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(kept["error"]["code"], 1003, "{}", kept["error"]);
+    assert!(router.seen.for_id(ACK, "n-broken").is_empty());
+}
+
 /// A DLQ entry holds a copy of the original message, so for a message near NATS
 /// `max_payload` it is over it: the copy is shortened to fit, and the entry says what was
 /// left out. (Such entries were refused by the client and lost; an unparseable payload's

@@ -203,6 +203,53 @@ async fn a_backoff_that_would_pass_the_deadline_returns_the_last_error() {
     assert!(started.elapsed() < Duration::from_millis(1500));
 }
 
+/// A slow query does not hold up the other work of its CPU thread: it leaves the thread
+/// after its inline budget, so the assignments behind it (and its own ack) go out at once.
+/// (It held the thread up to `--sql-time-limit-ms`: every other assignment waited that long.)
+#[tokio::test]
+async fn a_slow_query_does_not_hold_up_its_threads_other_work() {
+    let (_n, w, router) = setup("core", &["--cpu-pool-size=1", "--sql-time-limit-ms=3000"]).await;
+    let db = rusqlite::Connection::open(w.sql_root.join("db.sqlite")).expect("db");
+    db.execute_batch("CREATE TABLE t (x INTEGER);")
+        .expect("fixture");
+    drop(db);
+    let slow = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 1000000000) SELECT count(*) FROM c";
+    let sent = std::time::Instant::now();
+    router
+        .assign(&assignment(
+            "sql-slow",
+            "t",
+            json!({"type":"sql.query","connection_string":"sqlite://db.sqlite","query": slow}),
+        ))
+        .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    router
+        .assign(&assignment(
+            "after-slow",
+            "t",
+            json!({"type": "fs.get", "path": "/missing.txt"}),
+        ))
+        .await;
+    let r = router.result("after-slow").await;
+    assert_eq!(r["error"]["code"], 2002, "{r}");
+    let waited = sent.elapsed();
+    assert!(
+        waited < Duration::from_millis(1500),
+        "the next assignment was answered {waited:?} after the slow query was sent"
+    );
+    assert_eq!(router.ack("sql-slow").await["status"], "accepted");
+    let r = router.result("sql-slow").await;
+    assert_eq!(
+        (r["error"]["code"].as_u64(), r["attempts"].as_u64()),
+        (Some(2001), Some(1)),
+        "{r}"
+    );
+    assert!(
+        sent.elapsed() >= Duration::from_millis(2900),
+        "ran to its time limit"
+    );
+}
+
 #[tokio::test]
 async fn sql_queries_read_and_never_write() {
     let (_n, w, router) = setup_worker_1("jetstream").await;

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use beamline_testkit::blocks::{self, exec_ctx, Executor};
-use beamline_worker::blocks::sql::SqlBlock;
+use beamline_worker::blocks::sql::{SqlBlock, INLINE_BUDGET};
 use beamline_worker::config::{Cli, Config};
 use beamline_worker::contract::{ErrorCode, TaskError};
 use clap::Parser;
@@ -70,7 +70,7 @@ fn run_job(
     cancel: &CancellationToken,
 ) -> Result<Value, TaskError> {
     let ctx = exec_ctx("tenant-a", "a-1", deadline, cancel);
-    blocks::run_with(block, &job, &ctx, Executor::Plain).map(|out| out.result.into_value())
+    blocks::run_with(block, &job, &ctx, Executor::Tokio).map(|out| out.result.into_value())
 }
 
 fn query(sql: &str) -> Value {
@@ -469,6 +469,33 @@ fn slow_query_stops_at_the_time_limit() {
         "took {took:?}"
     );
     // The connection is still good for the next query.
+    let out = f
+        .run(query("SELECT count(*) AS n FROM users"))
+        .expect("runs");
+    assert_eq!(out["rows"], json!([{"n": 2}]));
+}
+
+/// A query that runs past its inline budget is run again, to the end, on the blocking pool
+/// (SQLite ran the statement twice), with its result; a fast one runs once, in line.
+#[test]
+fn a_query_past_its_inline_budget_finishes_on_the_blocking_pool() {
+    let f = Fixture::new(&["--sql-time-limit-ms", "5000"]);
+    let out = f
+        .run(query("SELECT count(*) AS n FROM users"))
+        .expect("runs");
+    assert_eq!(out["rows"], json!([{"n": 2}]));
+    assert_eq!(f.block.last_statement_runs(), 1, "in line, once");
+    let slow = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 200000) SELECT count(*) AS n FROM c";
+    let started = Instant::now();
+    let out = f.run(query(slow)).expect("runs");
+    assert!(started.elapsed() > INLINE_BUDGET, "{:?}", started.elapsed());
+    assert_eq!(out["rows"], json!([{"n": 200_000}]));
+    assert_eq!(
+        f.block.last_statement_runs(),
+        2,
+        "stopped in line after the budget, then run again to the end"
+    );
+    // Its connection came back: the next query still works.
     let out = f
         .run(query("SELECT count(*) AS n FROM users"))
         .expect("runs");

@@ -59,7 +59,7 @@ impl Fixture {
             tenant,
             &job,
             Duration::from_secs(5),
-            Executor::Plain,
+            Executor::Tokio,
         )
         .map(|o| o.result.into_value())
     }

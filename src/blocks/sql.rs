@@ -47,11 +47,17 @@
 //! - anything else SQLite reports while running the query → 2001.
 //!
 //! # Execution model
-//! The query runs synchronously on the CPU thread that took the assignment: `attempt`
-//! never awaits. SQLite point selects take microseconds, and a progress handler (every
-//! [`PROGRESS_OPS`] VM steps) interrupts a query once the time limit, the job's deadline
-//! or a cancel comes, so the thread is held at most that long (plus up to [`BUSY_TIMEOUT`]
-//! waiting for a lock).
+//! The query starts synchronously on the CPU thread that took the assignment: SQLite
+//! point selects take microseconds, and a hop to another thread would cost more than the
+//! query. A progress handler (every [`PROGRESS_OPS`] VM steps) interrupts it once the time
+//! limit, the job's deadline or a cancel comes, and also once it has run
+//! [`INLINE_BUDGET`] on the CPU thread: the query is then run again, from the start, on
+//! tokio's blocking pool (its connection moved there and back), and the task awaits it.
+//! Running it again is harmless (the query only reads) and costs at most the budget. So a
+//! slow query holds its CPU thread, whose other assignments, NATS intake and publishing
+//! share it, for about [`INLINE_BUDGET`] (plus up to [`BUSY_TIMEOUT`] waiting for a lock),
+//! not for up to `--sql-time-limit-ms` (5 s: every other assignment of the thread waited
+//! that long, issue 12, nineteenth round).
 //!
 //! Each block (one per CPU thread) keeps up to [`MAX_CONNECTIONS`] open connections keyed
 //! by the file they resolved to (`<tenant>/NAME` or `NAME`), least recently used evicted
@@ -77,6 +83,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
+use beamline_io::cputime;
 use beamline_io::{FsError, FsErrorKind, Locate, LocatedFile, OpenBeneath};
 use rusqlite::types::{ToSqlOutput, ValueRef};
 use rusqlite::{params_from_iter, Connection, StatementStatus, ToSql};
@@ -99,6 +106,9 @@ pub const MAX_CONNECTIONS: usize = 64;
 pub const STATEMENTS_PER_CONNECTION: usize = 32;
 /// VM steps between two checks of the time limit.
 pub const PROGRESS_OPS: i32 = 1000;
+
+/// How long a query may run on the CPU thread before it is moved to the blocking pool.
+pub const INLINE_BUDGET: Duration = Duration::from_millis(2);
 
 const CONNECTION_FIELD: &str = "job.connection_string";
 const QUERY_FIELD: &str = "job.query";
@@ -153,6 +163,19 @@ pub enum SqlParam<'a> {
     Integer(i64),
     Real(f64),
     Text(&'a str),
+}
+
+impl SqlParam<'_> {
+    /// The parameter as an owned SQLite value (for a query moved to the blocking pool).
+    fn owned_value(self) -> rusqlite::types::Value {
+        use rusqlite::types::Value as V;
+        match self {
+            SqlParam::Null => V::Null,
+            SqlParam::Integer(i) => V::Integer(i),
+            SqlParam::Real(f) => V::Real(f),
+            SqlParam::Text(t) => V::Text(t.to_owned()),
+        }
+    }
 }
 
 impl ToSql for SqlParam<'_> {
@@ -211,6 +234,8 @@ enum Stop {
     TimeLimit = 1,
     Deadline = 2,
     Cancelled = 3,
+    /// Ran its [`INLINE_BUDGET`] on the CPU thread: to be run on the blocking pool.
+    Inline = 4,
 }
 
 #[derive(Debug)]
@@ -218,6 +243,8 @@ struct Run {
     until: Instant,
     cause: Stop,
     cancel: CancellationToken,
+    /// Set on the CPU thread: when the query's [`INLINE_BUDGET`] ends.
+    inline_until: Option<Instant>,
 }
 
 /// What the progress handler of one connection checks (it must be `Send`).
@@ -233,10 +260,13 @@ impl Watch {
         let Some(run) = run.as_ref() else {
             return false;
         };
+        let now = Instant::now();
         let stop = if run.cancel.is_cancelled() {
             Stop::Cancelled
-        } else if Instant::now() >= run.until {
+        } else if now >= run.until {
             run.cause
+        } else if run.inline_until.is_some_and(|t| now >= t) {
+            Stop::Inline
         } else {
             return false;
         };
@@ -255,6 +285,7 @@ impl Watch {
             1 => Some(Stop::TimeLimit),
             2 => Some(Stop::Deadline),
             3 => Some(Stop::Cancelled),
+            4 => Some(Stop::Inline),
             _ => None,
         }
     }
@@ -279,6 +310,85 @@ enum Phase {
 enum Failure {
     Sql(rusqlite::Error, Phase),
     Task(TaskError),
+}
+
+/// How [`SqlBlock::execute`] left the query.
+enum Executed {
+    Done(Result<Value, TaskError>),
+    /// It ran its [`INLINE_BUDGET`]: to run again on the blocking pool.
+    Offload(Box<Offload>),
+}
+
+/// A query to run on the blocking pool, with the connection taken out of the cache for it.
+struct Offload {
+    key: PathBuf,
+    entry: Entry,
+    statement: String,
+    params: Vec<rusqlite::types::Value>,
+    max_rows: usize,
+    run: Run,
+}
+
+/// An error after which the cached connection is not used again.
+fn broken(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(
+            rusqlite::ErrorCode::NotADatabase
+                | rusqlite::ErrorCode::DatabaseCorrupt
+                | rusqlite::ErrorCode::CannotOpen
+                | rusqlite::ErrorCode::SystemIoFailure
+        )
+    )
+}
+
+/// Runs `statement` on `entry`'s connection under `run`: the result object and how many
+/// times SQLite ran the statement (`last_statement_runs`, for tests). Free of the block, so
+/// that the blocking pool can run it too.
+fn run_query(
+    entry: &Entry,
+    statement: &str,
+    params: impl rusqlite::Params,
+    max_rows: usize,
+    run: Run,
+) -> Result<(Value, i32), Failure> {
+    entry.denials.clear();
+    let _armed = entry.watch.arm(run);
+    let prepare = |e| Failure::Sql(e, Phase::Prepare);
+    let mut stmt = entry.conn.prepare_cached(statement).map_err(prepare)?;
+    if !stmt.readonly() {
+        return Err(Failure::Task(read_only("a statement that writes")));
+    }
+    let columns: Vec<String> = stmt.column_names().into_iter().map(str::to_owned).collect();
+    let mut out = Vec::new();
+    let mut truncated = false;
+    {
+        let mut rows = stmt.query(params).map_err(prepare)?;
+        while let Some(row) = rows.next().map_err(|e| Failure::Sql(e, Phase::Step))? {
+            if out.len() == max_rows {
+                truncated = true;
+                break;
+            }
+            let mut obj = Map::new();
+            for (i, name) in columns.iter().enumerate() {
+                let v = row.get_ref(i).map_err(|e| Failure::Sql(e, Phase::Step))?;
+                obj.insert(name.clone(), json_value(v));
+            }
+            out.push(Value::Object(obj));
+        }
+    }
+    let runs = stmt.get_status(StatementStatus::Run);
+    let mut result = Map::new();
+    result.insert("row_count".into(), Value::from(out.len()));
+    result.insert("rows".into(), Value::Array(out));
+    result.insert(
+        "columns".into(),
+        Value::Array(columns.into_iter().map(Value::String).collect()),
+    );
+    if truncated {
+        result.insert("truncated".into(), Value::Bool(true));
+    }
+    Ok((Value::Object(result), runs))
 }
 
 fn not_found(name: &str) -> TaskError {
@@ -484,7 +594,15 @@ impl SqlBlock {
         })
     }
 
-    fn execute(&self, job: &SqlJob<'_>, ctx: &ExecCtx<'_>) -> Result<Value, TaskError> {
+    /// Runs the query on this thread for at most [`INLINE_BUDGET`].
+    fn execute(&self, job: &SqlJob<'_>, ctx: &ExecCtx<'_>) -> Executed {
+        match self.execute_inline(job, ctx) {
+            Ok(executed) => executed,
+            Err(error) => Executed::Done(Err(error)),
+        }
+    }
+
+    fn execute_inline(&self, job: &SqlJob<'_>, ctx: &ExecCtx<'_>) -> Result<Executed, TaskError> {
         if ctx.cancel.is_cancelled() {
             return Err(TaskError::new(ErrorCode::CancelledByUser, "cancelled"));
         }
@@ -506,74 +624,86 @@ impl SqlBlock {
         } else {
             (limit_end, Stop::TimeLimit)
         };
-        let run = Run {
+        let run = |inline_until| Run {
             until,
             cause,
             cancel: ctx.cancel.clone(),
+            inline_until,
         };
-        match self.query(entry, job, run) {
-            Ok(v) => Ok(v),
-            Err(Failure::Task(e)) => Err(e),
-            Err(Failure::Sql(e, phase)) => {
-                let fired = entry.watch.fired();
-                let denial = entry.denials.take();
-                if matches!(
-                    e.sqlite_error_code(),
-                    Some(
-                        rusqlite::ErrorCode::NotADatabase
-                            | rusqlite::ErrorCode::DatabaseCorrupt
-                            | rusqlite::ErrorCode::CannotOpen
-                            | rusqlite::ErrorCode::SystemIoFailure
-                    )
-                ) {
-                    cache.entries.remove(&path_key);
-                }
-                Err(self.sql_error(e, phase, job, fired, denial))
+        let params = params_from_iter(job.params.iter());
+        let inline = run(Some(started + INLINE_BUDGET));
+        let (e, phase) = match run_query(entry, job.statement, params, job.max_rows, inline) {
+            Ok((value, runs)) => {
+                self.last_statement_runs.set(runs);
+                return Ok(Executed::Done(Ok(value)));
+            }
+            Err(Failure::Task(e)) => return Err(e),
+            Err(Failure::Sql(e, phase)) => (e, phase),
+        };
+        let fired = entry.watch.fired();
+        let denial = entry.denials.take();
+        if fired == Some(Stop::Inline) {
+            if let Some(entry) = cache.entries.remove(&path_key) {
+                return Ok(Executed::Offload(Box::new(Offload {
+                    key: path_key,
+                    entry,
+                    statement: job.statement.to_owned(),
+                    params: job.params.iter().map(|p| p.owned_value()).collect(),
+                    max_rows: job.max_rows,
+                    run: run(None),
+                })));
             }
         }
+        if broken(&e) {
+            cache.entries.remove(&path_key);
+        }
+        Err(self.sql_error(e, phase, job, fired, denial))
     }
 
-    fn query(&self, entry: &Entry, job: &SqlJob<'_>, run: Run) -> Result<Value, Failure> {
-        entry.denials.clear();
-        let _armed = entry.watch.arm(run);
-        let prepare = |e| Failure::Sql(e, Phase::Prepare);
-        let mut stmt = entry.conn.prepare_cached(job.statement).map_err(prepare)?;
-        if !stmt.readonly() {
-            return Err(Failure::Task(read_only("a statement that writes")));
-        }
-        let columns: Vec<String> = stmt.column_names().into_iter().map(str::to_owned).collect();
-        let mut out = Vec::new();
-        let mut truncated = false;
-        {
-            let mut rows = stmt
-                .query(params_from_iter(job.params.iter()))
-                .map_err(prepare)?;
-            while let Some(row) = rows.next().map_err(|e| Failure::Sql(e, Phase::Step))? {
-                if out.len() == job.max_rows {
-                    truncated = true;
-                    break;
-                }
-                let mut obj = Map::new();
-                for (i, name) in columns.iter().enumerate() {
-                    let v = row.get_ref(i).map_err(|e| Failure::Sql(e, Phase::Step))?;
-                    obj.insert(name.clone(), json_value(v));
-                }
-                out.push(Value::Object(obj));
+    /// The rest of a query that ran past its [`INLINE_BUDGET`]: run again, from the start,
+    /// on tokio's blocking pool (its CPU time charged to the assignment), then its
+    /// connection back into this thread's cache unless another took its place meanwhile.
+    async fn finish_offloaded(
+        &self,
+        off: Box<Offload>,
+        job: &SqlJob<'_>,
+    ) -> Result<Value, TaskError> {
+        let Offload {
+            key,
+            entry,
+            statement,
+            params,
+            max_rows,
+            run,
+        } = *off;
+        let ((result, entry), cpu_ns) = tokio::task::spawn_blocking(move || {
+            cputime::measured(|| {
+                let params = params_from_iter(params.iter());
+                let result = run_query(&entry, &statement, params, max_rows, run);
+                (result, entry)
+            })
+        })
+        .await
+        .map_err(|e| TaskError::internal(format!("the query on the blocking pool: {e}")))?;
+        cputime::charge(cpu_ns);
+        let (outcome, keep) = match result {
+            Ok((value, runs)) => {
+                self.last_statement_runs.set(runs);
+                (Ok(value), true)
+            }
+            Err(Failure::Task(e)) => (Err(e), true),
+            Err(Failure::Sql(e, phase)) => {
+                let keep = !broken(&e);
+                let (fired, denial) = (entry.watch.fired(), entry.denials.take());
+                (Err(self.sql_error(e, phase, job, fired, denial)), keep)
+            }
+        };
+        if let Ok(mut cache) = self.cache.try_borrow_mut() {
+            if keep && cache.entries.len() < MAX_CONNECTIONS {
+                cache.entries.entry(key).or_insert(entry);
             }
         }
-        self.last_statement_runs
-            .set(stmt.get_status(StatementStatus::Run));
-        let mut result = Map::new();
-        result.insert("row_count".into(), Value::from(out.len()));
-        result.insert("rows".into(), Value::Array(out));
-        result.insert(
-            "columns".into(),
-            Value::Array(columns.into_iter().map(Value::String).collect()),
-        );
-        if truncated {
-            result.insert("truncated".into(), Value::Bool(true));
-        }
-        Ok(Value::Object(result))
+        outcome
     }
 
     fn sql_error(
@@ -655,7 +785,7 @@ impl SqlBlock {
     /// SQLite stopped the query: which of the time limit, the deadline or a cancel did.
     fn interrupted(&self, fired: Option<Stop>) -> TaskError {
         match fired {
-            Some(Stop::TimeLimit) | None => TaskError::new(
+            Some(Stop::TimeLimit | Stop::Inline) | None => TaskError::new(
                 ErrorCode::ExecutionFailed,
                 format!(
                     "query exceeded the {} ms time limit",
@@ -757,8 +887,12 @@ impl Block for SqlBlock {
         decode_job(job, self.max_rows)
     }
 
-    /// Runs the query synchronously on this thread (see the module docs): it never awaits.
+    /// Starts the query on this thread, and finishes one that runs past its
+    /// [`INLINE_BUDGET`] on the blocking pool (see the module docs).
     async fn attempt(&self, job: &Self::Job<'_>, ctx: &ExecCtx<'_>) -> Result<Output, TaskError> {
-        self.execute(job, ctx).map(Output::new)
+        match self.execute(job, ctx) {
+            Executed::Done(result) => result.map(Output::new),
+            Executed::Offload(off) => self.finish_offloaded(off, job).await.map(Output::new),
+        }
     }
 }

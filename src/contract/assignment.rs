@@ -34,6 +34,10 @@ pub struct Unanswerable {
     /// The payload as it came, when parsing changed the buffer before it failed (values
     /// nested past the limit cut, [`cut_deep_values`]): the DLQ's copy is this one.
     pub sent: Option<Vec<u8>>,
+    /// The parser refused a number: one it cannot represent may be to blame, and the
+    /// payload is worth parsing again with such numbers cut
+    /// ([`cut_unrepresentable_numbers`]).
+    pub bad_number: bool,
 }
 
 /// Worker-side retry settings (`retry_config` or the Router's `options.retry`).
@@ -141,15 +145,7 @@ pub fn cut_deep_values(buf: &mut [u8], max: usize) -> Result<Option<TaskError>, 
                         ),
                     )
                 })?;
-                let cut = &mut buf[at..=end];
-                let last = cut.len() - 1;
-                for (k, byte) in cut.iter_mut().enumerate() {
-                    *byte = match k {
-                        0 => b'"',
-                        k if k == last => b'"',
-                        k => CUT_MARK.get(k - 1).copied().unwrap_or(b' '),
-                    };
-                }
+                fill_as_string(&mut buf[at..=end], CUT_MARK);
                 first.get_or_insert_with(|| {
                     TaskError::new(
                         ErrorCode::InvalidInput,
@@ -165,6 +161,87 @@ pub fn cut_deep_values(buf: &mut [u8], max: usize) -> Result<Option<TaskError>, 
         at += 1;
     }
     Ok(first)
+}
+
+/// Overwrites `region` (two bytes at least) with a JSON string of the same length: as much
+/// of `mark` as fits, then spaces.
+fn fill_as_string(region: &mut [u8], mark: &[u8]) {
+    let last = region.len().saturating_sub(1);
+    for (k, byte) in region.iter_mut().enumerate() {
+        *byte = match k {
+            0 => b'"',
+            k if k == last => b'"',
+            k => mark.get(k - 1).copied().unwrap_or(b' '),
+        };
+    }
+}
+
+/// What a number the worker cannot read reads as once cut: as much of this as its own
+/// bytes hold, in a string of the same length.
+const NUMBER_MARK: &[u8] = b"(number out of range)";
+
+/// Rewrites, in place, every number that simd-json cannot represent (an integer beyond
+/// 64 bits, `18446744073709551616`; a number beyond `f64`'s range, `1e400`) as a string of
+/// the same length, and returns the 1001 that the assignment gets for the first one. Such
+/// numbers are JSON all the same: the parser refused them ("InvalidNumber"), and the
+/// assignment went to the DLQ alone, unanswered, even for a number in a field the worker
+/// ignores (issue 12, nineteenth round). Now it is parsed again, answered and refused,
+/// its ids echoed (a number cut to a string could otherwise be read as another value).
+/// `None` when there is no such number: the parser's refusal stands. The rare path: run
+/// only after the parser refused a number, walking every byte once.
+pub fn cut_unrepresentable_numbers(buf: &mut [u8]) -> Option<TaskError> {
+    let mut first = None;
+    let mut at = 0usize;
+    while let Some(&b) = buf.get(at) {
+        match b {
+            b'"' => match string_end(buf, at + 1) {
+                Some(end) => at = end + 1,
+                None => break, // not JSON: the parser says so
+            },
+            b'-' | b'0'..=b'9' => {
+                let len = buf[at..]
+                    .iter()
+                    .take_while(|b| matches!(b, b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E'))
+                    .count();
+                let token = &mut buf[at..at + len];
+                if len >= 2 && !representable(token) {
+                    first.get_or_insert_with(|| {
+                        let shown = String::from_utf8_lossy(&token[..len.min(24)]).into_owned();
+                        TaskError::new(
+                            ErrorCode::InvalidInput,
+                            format!(
+                                "a number out of the range the worker reads (character {at}): \
+                                 {shown}{}",
+                                if len > 24 { "…" } else { "" }
+                            ),
+                        )
+                    });
+                    fill_as_string(token, NUMBER_MARK);
+                }
+                at += len;
+            }
+            _ => at += 1,
+        }
+    }
+    first
+}
+
+/// Whether simd-json reads the number `token`: an integer within `i64` (negative) or
+/// `u64`, any other number finite as an `f64`. A token that is not a number at all counts
+/// as readable: the parser refuses it, and rightly.
+fn representable(token: &[u8]) -> bool {
+    let Ok(text) = std::str::from_utf8(token) else {
+        return true;
+    };
+    let digits = text.strip_prefix('-').unwrap_or(text);
+    if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
+        return if text.starts_with('-') {
+            text.parse::<i64>().is_ok()
+        } else {
+            text.parse::<u64>().is_ok()
+        };
+    }
+    text.parse::<f64>().map_or(true, f64::is_finite)
 }
 
 /// Index of the bracket closing the array or object that opens at `from`, brackets inside
@@ -427,6 +504,7 @@ pub fn parse_value(buf: &mut [u8]) -> Result<Parsed<'_>, Unanswerable> {
                     error,
                     parsed_object: false,
                     sent: Some(sent),
+                    bad_number: false,
                 })
             }
         }
@@ -444,6 +522,7 @@ pub fn parse_value(buf: &mut [u8]) -> Result<Parsed<'_>, Unanswerable> {
                 ),
                 parsed_object: false,
                 sent,
+                bad_number: matches!(e.error(), simd_json::ErrorType::InvalidNumber),
             })
         }
     };
@@ -454,6 +533,7 @@ pub fn parse_value(buf: &mut [u8]) -> Result<Parsed<'_>, Unanswerable> {
                 error: error.clone(),
                 parsed_object: false,
                 sent: None,
+                bad_number: false,
             });
         }
     }
@@ -511,6 +591,7 @@ impl<'a> Assignment<'a> {
                 error: TaskError::new(ErrorCode::InvalidFormat, "assignment is not a JSON object"),
                 parsed_object: false,
                 sent: None,
+                bad_number: false,
             });
         }
         let top = Fields::new(value, "");
@@ -675,6 +756,7 @@ fn assignment_id_of<'a>(top: &Fields<'a, 'a>) -> Result<&'a str, Unanswerable> {
         error: problem,
         parsed_object: true,
         sent: None,
+        bad_number: false,
     })
 }
 
@@ -986,6 +1068,47 @@ mod tests {
         let why = parse_value(&mut buf).expect_err("not JSON");
         assert_eq!(why.error.code, ErrorCode::InvalidFormat);
         assert_eq!(why.sent.as_deref(), Some(broken.as_bytes()));
+    }
+
+    #[test]
+    fn numbers_the_parser_cannot_represent_are_cut() {
+        let raw = r#"{"assignment_id":"a","x":123456789012345678901234567890,"y":[1e400,-9223372036854775809,18446744073709551615,-9223372036854775808,1.5e308,"1e400"],"z":2}"#;
+        let why = parse_value(&mut raw.as_bytes().to_vec()).expect_err("refused");
+        assert!(why.bad_number, "{:?}", why.error);
+        let mut buf = raw.as_bytes().to_vec();
+        let error = cut_unrepresentable_numbers(&mut buf).expect("cut");
+        assert_eq!(error.code, ErrorCode::InvalidInput);
+        assert!(
+            error
+                .message
+                .contains("(character 25): 123456789012345678901234…"),
+            "{}",
+            error.message
+        );
+        assert_eq!(buf.len(), raw.len());
+        let parsed = parse_value(&mut buf).expect("parses once cut");
+        let v = &parsed.value;
+        let x = v.get("x").and_then(|x| x.as_str()).expect("a string");
+        assert_eq!(x.len(), 28);
+        assert!(x.starts_with("(number out of range)"), "{x}");
+        let y = v.get("y").and_then(|y| y.as_array()).expect("y");
+        assert_eq!(y[0].as_str(), Some("(nu"));
+        assert!(y[1].as_str().is_some_and(|s| s.starts_with("(number")));
+        assert_eq!(y[2].as_u64(), Some(u64::MAX));
+        assert_eq!(y[3].as_i64(), Some(i64::MIN));
+        assert_eq!(y[4].as_f64(), Some(1.5e308));
+        assert_eq!(y[5].as_str(), Some("1e400"), "a string is not a number");
+        assert_eq!(v.get("z").and_then(|z| z.as_u64()), Some(2));
+        // Nothing to cut (a malformed number is the parser's to refuse): left as it was.
+        for raw in [
+            r#"{"a":[1,-2,3.5e10,"99999999999999999999999",1e-400]}"#,
+            r#"{"a":01}"#,
+            r#"{"a":1.2.3}"#,
+        ] {
+            let mut buf = raw.as_bytes().to_vec();
+            assert!(cut_unrepresentable_numbers(&mut buf).is_none(), "{raw}");
+            assert_eq!(buf, raw.as_bytes());
+        }
     }
 
     #[test]

@@ -20,7 +20,7 @@ use simd_json::BorrowedValue;
 use tracing::Instrument;
 
 use crate::blocks::{Block, BlockKind, Blocks, ExecCtx, Output, RunBlock};
-use crate::contract::assignment::{parse_value, Parsed, Unanswerable};
+use crate::contract::assignment::{cut_unrepresentable_numbers, parse_value, Parsed, Unanswerable};
 use crate::contract::dead_letter::encode_dead_letter;
 use crate::contract::wire::{
     dlq_reason, encode_json, now_ms, Ack, DeadLetter, ExecResult, Ids, Original, Outcome,
@@ -385,19 +385,37 @@ pub(super) async fn handle(shared: Arc<Shared>, blocks: Rc<Blocks>, mut delivery
     }
     let payload = std::mem::take(&mut delivery.payload);
     let (mut buf, pristine) = own_buffer(payload);
+    // A second parse only after the parser refused a number it cannot represent.
+    let mut numbers: Option<(TaskError, Vec<u8>)> = None;
     // The error arm falls out of the match so that the buffer's borrow has ended.
-    let why = match parse_value(&mut buf) {
-        Ok(parsed) => {
-            // Boxed where it is made: the pipeline's state is ~5 KiB, and every move of an
-            // unboxed future copies all of it (into `cputime::metered`, into the local
-            // task, into tokio's own box for large tasks): 6 % of the worker's CPU went to
-            // such copies (`memmove`) in issue 12's profile.
-            let task = Box::pin(handle_parsed(
-                &shared, &blocks, &delivery, &parsed, received,
-            ));
-            return task.await;
+    let why = loop {
+        let mut why = match parse_value(&mut buf) {
+            Ok(mut parsed) => {
+                if let Some((cut, _)) = numbers.take() {
+                    parsed.mended = Some(cut);
+                }
+                // Boxed where it is made: the pipeline's state is ~5 KiB, and every move of
+                // an unboxed future copies all of it (into `cputime::metered`, into the
+                // local task, into tokio's own box for large tasks): 6 % of the worker's
+                // CPU went to such copies (`memmove`) in issue 12's profile.
+                let task = Box::pin(handle_parsed(
+                    &shared, &blocks, &delivery, &parsed, received,
+                ));
+                return task.await;
+            }
+            Err(why) => why,
+        };
+        match numbers.take() {
+            // Cut and still not JSON: the DLQ keeps the payload as sent.
+            Some((_, sent)) => {
+                why.sent = Some(sent);
+                break why;
+            }
+            None => match cut_numbers(&mut buf, pristine.as_ref(), &mut why) {
+                Some(cut) => numbers = Some(cut),
+                None => break why,
+            },
         }
-        Err(why) => why,
     };
     // Boxed too: inline, this rare path's state (~2 KiB) made every task's future that
     // much larger, and the future is copied whole into its task when it is spawned.
@@ -915,6 +933,31 @@ async fn republish(reply: &Reply<'_>, record: &Record) {
         Ok(()) => reply.delivery.ack().await,
         Err(_) => reply.delivery.nak(Duration::from_secs(1)).await,
     }
+}
+
+/// After a parse that refused a number: the buffer back as it was sent (parsing unescapes
+/// strings in place, and cuts values nested too deep), with every number the parser cannot
+/// represent cut ([`cut_unrepresentable_numbers`]); the 1001 the assignment gets and the
+/// payload as sent. `None` when no such number is there: the refusal stands.
+#[cold]
+fn cut_numbers(
+    buf: &mut BytesMut,
+    pristine: Option<&Bytes>,
+    why: &mut Unanswerable,
+) -> Option<(TaskError, Vec<u8>)> {
+    if !why.bad_number {
+        return None;
+    }
+    let sent: Vec<u8> = match (why.sent.take(), pristine) {
+        (Some(sent), _) => sent,
+        (None, Some(pristine)) => pristine.to_vec(),
+        (None, None) => buf.to_vec(),
+    };
+    let mut cut = sent.clone();
+    let error = cut_unrepresentable_numbers(&mut cut)?;
+    buf.clear();
+    buf.extend_from_slice(&cut);
+    Some((error, sent))
 }
 
 /// The message's own buffer to parse in place (copied only when it is shared), and a
