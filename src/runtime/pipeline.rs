@@ -385,14 +385,15 @@ pub(super) async fn handle(shared: Arc<Shared>, blocks: Rc<Blocks>, mut delivery
     }
     let payload = std::mem::take(&mut delivery.payload);
     let (mut buf, pristine) = own_buffer(payload);
-    // A second parse only after the parser refused a number it cannot represent.
-    let mut numbers: Option<(TaskError, Vec<u8>)> = None;
+    // A second parse only after the parser refused a number it cannot represent (boxed:
+    // this lives across the task's await, in every task's future).
+    let mut numbers: Option<Box<(TaskError, Vec<u8>)>> = None;
     // The error arm falls out of the match so that the buffer's borrow has ended.
     let why = loop {
         let mut why = match parse_value(&mut buf) {
             Ok(mut parsed) => {
-                if let Some((cut, _)) = numbers.take() {
-                    parsed.mended = Some(cut);
+                if let Some(cut) = numbers.take() {
+                    parsed.mended = Some(cut.0);
                 }
                 // Boxed where it is made: the pipeline's state is ~5 KiB, and every move of
                 // an unboxed future copies all of it (into `cputime::metered`, into the
@@ -407,8 +408,8 @@ pub(super) async fn handle(shared: Arc<Shared>, blocks: Rc<Blocks>, mut delivery
         };
         match numbers.take() {
             // Cut and still not JSON: the DLQ keeps the payload as sent.
-            Some((_, sent)) => {
-                why.sent = Some(sent);
+            Some(cut) => {
+                why.sent = Some(cut.1);
                 break why;
             }
             None => match cut_numbers(&mut buf, pristine.as_ref(), &mut why) {
@@ -944,7 +945,7 @@ fn cut_numbers(
     buf: &mut BytesMut,
     pristine: Option<&Bytes>,
     why: &mut Unanswerable,
-) -> Option<(TaskError, Vec<u8>)> {
+) -> Option<Box<(TaskError, Vec<u8>)>> {
     if !why.bad_number {
         return None;
     }
@@ -957,7 +958,7 @@ fn cut_numbers(
     let error = cut_unrepresentable_numbers(&mut cut)?;
     buf.clear();
     buf.extend_from_slice(&cut);
-    Some((error, sent))
+    Some(Box::new((error, sent)))
 }
 
 /// The message's own buffer to parse in place (copied only when it is shared), and a
