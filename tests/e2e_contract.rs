@@ -170,6 +170,22 @@ async fn unanswerable_payloads_go_to_the_dlq_only() {
         .is_some_and(|s| s.starts_with("ready-"))));
 }
 
+/// The DLQ entry that holds `payload` as sent (an unanswerable payload), within 15 s.
+async fn dlq_entry_holding(router: &Router, payload: &str) -> Value {
+    let end = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let dlq = router.seen.on(DLQ);
+        if let Some(d) = dlq.into_iter().find(|d| d["payload"] == payload) {
+            return d;
+        }
+        assert!(
+            std::time::Instant::now() < end,
+            "no DLQ entry holding the payload as sent within 15 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// JSON nested deeper than the worker parses (64 levels) is JSON all the same: one with an
 /// `assignment_id` is answered and refused (1001), the value past the limit cut in the
 /// DLQ's copy; one that is not JSON at all goes to the DLQ as it was sent. (Before, both
@@ -203,18 +219,7 @@ async fn json_nested_too_deep_is_answered_and_refused() {
         "[".repeat(1000)
     );
     router.publish(ASSIGN, open.clone()).await;
-    let end = std::time::Instant::now() + Duration::from_secs(15);
-    let kept = loop {
-        let dlq = router.seen.on(DLQ);
-        if let Some(d) = dlq.into_iter().find(|d| d["payload"] == open.as_str()) {
-            break d;
-        }
-        assert!(
-            std::time::Instant::now() < end,
-            "no DLQ entry holding the unclosed payload as sent within 15 s"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let kept = dlq_entry_holding(&router, &open).await;
     assert_eq!(kept["error"]["code"], 1003, "{}", kept["error"]);
     assert_eq!(kept["dlq_reason"], "unparseable");
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -253,22 +258,7 @@ async fn numbers_beyond_what_the_parser_reads_are_answered_and_refused() {
     // Cut, and still not JSON: the DLQ alone, with the payload as it was sent.
     let broken = r#"{"assignment_id":"n-broken","x":1e400,}"#;
     router.publish(ASSIGN, broken).await;
-    let end = std::time::Instant::now() + Duration::from_secs(15);
-    let kept = loop {
-        if let Some(d) = router
-            .seen
-            .on(DLQ)
-            .into_iter()
-            .find(|d| d["payload"] == broken)
-        {
-            break d;
-        }
-        assert!(
-            std::time::Instant::now() < end,
-            "no DLQ entry for the broken payload"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let kept = dlq_entry_holding(&router, broken).await;
     assert_eq!(kept["error"]["code"], 1003, "{}", kept["error"]);
     assert!(router.seen.for_id(ACK, "n-broken").is_empty());
 }
