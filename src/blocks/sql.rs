@@ -20,7 +20,8 @@
 //! directories back and forth between the check and SQLite's open; no job can do that.
 //! - `query`: one statement. Statements that write are 2003 `read-only: … is not allowed`
 //!   (see [`crate::policy::sql_guard`] for the layers that enforce it); more than one
-//!   statement is 1001.
+//!   statement is 1001. Schema pragmas (`PRAGMA table_info(t)` …) run, and the schema's
+//!   own numbers may be read (`PRAGMA user_version`), never set.
 //! - `parameters` (or `params`): JSON scalars bound to the `?` placeholders in order:
 //!   string → TEXT, integer → INTEGER (beyond `i64` → REAL), other number → REAL,
 //!   boolean → 0/1, null → NULL. An object or array element is 1003; a count that does

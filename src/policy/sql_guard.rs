@@ -13,7 +13,8 @@
 //!    name can carry no `?mode=rwc`), with `PRAGMA query_only = ON`, the defensive flag
 //!    on, an untrusted schema and `SQLITE_LIMIT_ATTACHED = 0` ([`open_read_only`]);
 //! 3. an authorizer that allows reads, `SELECT`, recursive CTEs, functions other than
-//!    [`DENIED_FUNCTIONS`] and the [`READ_ONLY_PRAGMAS`], and denies every other action
+//!    [`DENIED_FUNCTIONS`], the [`READ_ONLY_PRAGMAS`] and reads of the
+//!    [`READABLE_SETTINGS`], and denies every other action
 //!    while the statement is prepared ([`authorize`]), so a `WITH … INSERT` is refused too;
 //! 4. the block refuses a prepared statement that is not `stmt_readonly` as a last check.
 //!
@@ -44,6 +45,20 @@ pub const READ_ONLY_PRAGMAS: &[&str] = &[
     "index_info",
     "index_xinfo",
     "foreign_key_list",
+];
+
+/// Settings a query may read (`PRAGMA user_version`, never `PRAGMA user_version = 5`): the
+/// schema's own numbers and the file's layout. Settings of the connection itself
+/// (`query_only`, `journal_mode` …) and what names files (`database_list`) stay denied.
+pub const READABLE_SETTINGS: &[&str] = &[
+    "user_version",
+    "application_id",
+    "schema_version",
+    "data_version",
+    "page_count",
+    "page_size",
+    "freelist_count",
+    "encoding",
 ];
 
 /// SQL functions a query may not call.
@@ -284,11 +299,12 @@ pub fn authorize(action: &AuthAction<'_>) -> Result<(), String> {
                 return Ok(());
             }
         }
-        AuthAction::Pragma { pragma_name, .. } => {
-            if READ_ONLY_PRAGMAS
-                .iter()
-                .any(|p| p.eq_ignore_ascii_case(pragma_name))
-            {
+        AuthAction::Pragma {
+            pragma_name,
+            pragma_value,
+        } => {
+            let named = |list: &[&str]| list.iter().any(|p| p.eq_ignore_ascii_case(pragma_name));
+            if named(READ_ONLY_PRAGMAS) || (pragma_value.is_none() && named(READABLE_SETTINGS)) {
                 return Ok(());
             }
             format!("PRAGMA {pragma_name}")
@@ -483,6 +499,13 @@ mod tests {
             .expect("allowed pragma");
         conn.prepare("SELECT * FROM pragma_table_info('t')")
             .expect("allowed pragma function");
+        for sql in [
+            "PRAGMA user_version",
+            "PRAGMA main.application_id",
+            "SELECT * FROM pragma_user_version",
+        ] {
+            conn.prepare(sql).expect(sql);
+        }
         conn.prepare("WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c WHERE x<3) SELECT * FROM c")
             .expect("recursive");
         // Statements the keyword scan would already refuse reach the authorizer here.
@@ -500,6 +523,9 @@ mod tests {
             ("ATTACH 'other.db' AS o", "ATTACH"),
             ("DETACH main", "DETACH"),
             ("PRAGMA user_version = 5", "PRAGMA user_version"),
+            ("PRAGMA user_version(5)", "PRAGMA user_version"),
+            ("PRAGMA journal_mode", "PRAGMA journal_mode"),
+            ("PRAGMA database_list", "PRAGMA database_list"),
             ("PRAGMA journal_mode = WAL", "PRAGMA journal_mode"),
             ("PRAGMA query_only = OFF", "PRAGMA query_only"),
             ("PRAGMA writable_schema = ON", "PRAGMA writable_schema"),
