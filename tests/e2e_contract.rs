@@ -978,6 +978,52 @@ async fn results_and_acks_are_kept_in_jetstream_with_msg_ids() {
     drop(n);
 }
 
+/// A tenant id may hold `:`. Tenant `x` with id `y:msg` and tenant `x:y` with id `msg`
+/// are two assignments: both pairs of ack and result are kept in the output stream
+/// (`<tenant>:<id>` made one `Nats-Msg-Id` of both, and the stream dropped the second).
+#[tokio::test]
+async fn msg_ids_of_tenants_holding_a_colon_do_not_collide() {
+    let (_n, w, router) = setup("jetstream", &[]).await;
+    for tenant in ["x", "x:y"] {
+        std::fs::create_dir_all(w.fs_root.join(tenant)).expect("dir");
+        std::fs::write(w.fs_root.join(tenant).join("f"), tenant).expect("file");
+    }
+    let js = async_nats::jetstream::new(router.client.clone());
+    let name = js.stream_by_subject(RESULT).await.expect("output stream");
+    let mut stream = js.get_stream(&name).await.expect("stream");
+    let before = stream.info().await.expect("info").state.messages;
+    router
+        .assign(&assignment(
+            "y:msg",
+            "x",
+            json!({"type":"fs.get","path":"f"}),
+        ))
+        .await;
+    assert_eq!(router.result("y:msg").await["result"]["content"], "x");
+    router
+        .assign(&assignment(
+            "msg",
+            "x:y",
+            json!({"type":"fs.get","path":"f"}),
+        ))
+        .await;
+    assert_eq!(router.result("msg").await["result"]["content"], "x:y");
+    let ids: Vec<String> = router
+        .seen
+        .headers_for(RESULT, "y:msg")
+        .into_iter()
+        .chain(router.seen.headers_for(RESULT, "msg"))
+        .map(|h| {
+            h.and_then(|h| h.get("Nats-Msg-Id").map(|v| v.as_str().to_owned()))
+                .expect("Nats-Msg-Id")
+        })
+        .collect();
+    assert_eq!(ids.len(), 2, "{ids:?}");
+    assert_ne!(ids[0], ids[1]);
+    let after = stream.info().await.expect("info").state.messages;
+    assert_eq!(after - before, 4, "two acks and two results kept ({ids:?})");
+}
+
 #[tokio::test]
 async fn a_tenant_over_its_quota_gets_2004_and_other_tenants_still_run() {
     let (_n, _w, router) = setup("core", &["--tenant-max-in-flight=1"]).await;
@@ -1110,4 +1156,130 @@ async fn over_the_memory_budget_health_says_so_and_core_mode_refuses() {
         (Some(4002), Some(true)),
         "{r}"
     );
+}
+
+/// Publishes `payload` on `subject` with `header` as its raw header block, over a bare TCP
+/// connection (no client library sends a malformed block), and waits for the server's
+/// PONG, so the message has been taken when this returns.
+async fn raw_hpub(port: u16, subject: &str, header: &[u8], payload: &[u8]) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    let mut msg = format!(
+        "CONNECT {{\"verbose\":false,\"pedantic\":false,\"headers\":true,\"protocol\":1}}\r\nHPUB {subject} {} {}\r\n",
+        header.len(),
+        header.len() + payload.len()
+    )
+    .into_bytes();
+    msg.extend_from_slice(header);
+    msg.extend_from_slice(payload);
+    msg.extend_from_slice(b"\r\nPING\r\n");
+    s.write_all(&msg).await.expect("write");
+    let mut seen = Vec::new();
+    while !seen.windows(4).any(|w| w == b"PONG") {
+        let mut chunk = [0u8; 1024];
+        let n = s.read(&mut chunk).await.expect("read");
+        assert!(n > 0, "closed: {}", String::from_utf8_lossy(&seen));
+        seen.extend_from_slice(&chunk[..n]);
+    }
+    assert!(
+        !seen.windows(4).any(|w| w == b"-ERR"),
+        "{}",
+        String::from_utf8_lossy(&seen)
+    );
+}
+
+/// Header blocks that do not parse: a line without `:`, a name with a space, a value that
+/// is not UTF-8, a status line that is not `NATS/1.0`.
+const BAD_HEADERS: [&[u8]; 3] = [
+    b"NATS/1.0\r\nfoo\r\ntenant_id : t9\r\n\r\n",
+    b"NATS/1.0\r\nx-odd: \xff\xfe\r\n\r\n",
+    b"HTTP/1.1 200\r\ntenant_id: t\r\n\r\n",
+];
+
+/// A malformed NATS header block dropped the worker's connection (the client failed the
+/// read): the message went unanswered, the ones right behind it in the buffer were lost,
+/// and JetStream redelivered it to do it again. Now it is one more assignment, answered
+/// by what its payload says, and what follows it is answered too.
+#[tokio::test]
+async fn a_malformed_nats_header_block_loses_nothing() {
+    for mode in ["core", "jetstream"] {
+        let (n, w, router) = setup(mode, &[]).await;
+        std::fs::create_dir_all(w.fs_root.join("t")).expect("dir");
+        std::fs::write(w.fs_root.join("t/f"), "x").expect("file");
+        let get = json!({"type":"fs.get","path":"f"});
+        for (i, header) in BAD_HEADERS.iter().enumerate() {
+            let bad = format!("hdr-{mode}-{i}");
+            let body = serde_json::to_vec(&assignment(&bad, "t", get.clone())).expect("json");
+            raw_hpub(n.port, ASSIGN, header, &body).await;
+            let next = format!("hdr-{mode}-{i}-next");
+            router.assign(&assignment(&next, "t", get.clone())).await;
+            for id in [&bad, &next] {
+                let r = router.result(id).await;
+                assert_eq!(r["status"], "success", "{mode}: {r}");
+                assert_result_shape(&r);
+            }
+        }
+        // Nothing came twice (JetStream would have redelivered an unacked one).
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        for i in 0..BAD_HEADERS.len() {
+            let id = format!("hdr-{mode}-{i}");
+            assert_eq!(router.seen.for_id(RESULT, &id).len(), 1, "{mode}: {id}");
+        }
+    }
+}
+
+/// A decision with a malformed header block sat in the decision stream and dropped the
+/// control connection each time it was read: every later approval of every tenant ran to
+/// 5002, across restarts. Cancels share that connection.
+#[tokio::test]
+async fn a_malformed_header_on_a_control_subject_breaks_no_approval_or_cancel() {
+    for mode in ["jetstream", "core"] {
+        let (n, _w, router) = setup(mode, &[]).await;
+        for header in BAD_HEADERS {
+            raw_hpub(
+                n.port,
+                APPROVAL_DECISION,
+                header,
+                br#"{"assignment_id":"nobody","approver":"user1@example.com","approved":true}"#,
+            )
+            .await;
+            raw_hpub(
+                n.port,
+                CANCEL,
+                header,
+                br#"{"assignment_id":"nobody","tenant_id":"acme"}"#,
+            )
+            .await;
+        }
+        for id in ["hdr-ap", "hdr-c"] {
+            let id = format!("{id}-{mode}");
+            router.assign(&approval(&id, "acme", 20_000)).await;
+            router
+                .seen
+                .wait_for(APPROVAL_REQUEST, &id, Duration::from_secs(10))
+                .await;
+        }
+        router
+            .publish(
+                APPROVAL_DECISION,
+                format!(r#"{{"assignment_id":"hdr-ap-{mode}","approver":"user2@example.com","approved":true}}"#),
+            )
+            .await;
+        router
+            .publish(
+                CANCEL,
+                format!(r#"{{"assignment_id":"hdr-c-{mode}","tenant_id":"acme","reason":"x"}}"#),
+            )
+            .await;
+        let r = router.result(&format!("hdr-ap-{mode}")).await;
+        assert_eq!(
+            (r["status"].as_str(), &r["result"]["approved"]),
+            (Some("success"), &json!(true)),
+            "{mode}: {r}"
+        );
+        let r = router.result(&format!("hdr-c-{mode}")).await;
+        assert_eq!(r["status"], "cancelled", "{mode}: {r}");
+    }
 }

@@ -409,6 +409,14 @@ fn parse_url(url: &str) -> Result<Uri, TaskError> {
             "credentials in the URL are not supported (send an Authorization header)",
         ));
     }
+    // `Uri` takes any digits as a port; one past 65535 would fail at connect, retried.
+    let port = authority.as_str()[authority.host().len()..].trim_start_matches(':');
+    if !port.is_empty() && authority.port_u16().is_none() {
+        return Err(TaskError::invalid(
+            FIELD,
+            format!("port `{port}` is not a TCP port (0-65535)"),
+        ));
+    }
     let path = uri
         .path_and_query()
         .cloned()
@@ -781,6 +789,8 @@ mod tests {
             parse_url("http://h:8080/a?b=c").expect("valid").to_string(),
             "http://h:8080/a?b=c"
         );
+        parse_url("http://[::1]:8080/").expect("an IPv6 literal with a port");
+        parse_url("http://h:/").expect("an empty port is the scheme's");
         for bad in [
             "ftp://example.com/",
             "/relative",
@@ -788,6 +798,8 @@ mod tests {
             "http://",
             "http://user:pw@example.com/",
             "http://exa mple.com/",
+            "http://127.0.0.1:99999/",
+            "http://h:65536/",
         ] {
             let err = parse_url(bad).expect_err(bad);
             assert_eq!(err.code, ErrorCode::InvalidInput, "{bad}: {err}");

@@ -232,13 +232,17 @@ impl<'a> ExecResult<'a> {
     ) -> Self {
         let top = ids.all_three();
         let err = outcome.error;
+        // The Router's validator reads `provider_id` and `job.type` on every result: an
+        // answered assignment that named neither (no `executor`, no usable `job.type`) gets
+        // empty strings. Only the DLQ entry of an unanswerable payload leaves them out.
+        let answered = ids.assignment_id.map(|_| "");
         ExecResult {
             version: VERSION,
             assignment_id: ids.assignment_id,
             request_id: ids.request_id,
             status: outcome.status.as_str(),
-            provider_id: ids.provider_id,
-            job: block_type.map(|kind| JobRef { kind }),
+            provider_id: ids.provider_id.or(answered),
+            job: block_type.or(answered).map(|kind| JobRef { kind }),
             result: outcome.result,
             error: err.map(ErrorObject::from),
             error_code: err.map(|e| e.code.name()),
@@ -570,6 +574,49 @@ mod tests {
         );
         let got: serde_json::Value = serde_json::from_slice(&encode_json(&r)).expect("json");
         assert_eq!(got, golden("result-error.json"));
+    }
+
+    #[test]
+    fn provider_and_job_type_are_on_every_answered_result() {
+        let outcome = Outcome {
+            status: Status::Success,
+            result: None,
+            error: None,
+            attempts: 1,
+            latency_ms: 1,
+            cost: 0.0,
+            device: None,
+        };
+        let bare = Ids {
+            assignment_id: Some("a-1"),
+            tenant_id: Some("acme"),
+            ..Ids::default()
+        };
+        let v: serde_json::Value = serde_json::from_slice(&encode_json(&ExecResult::new(
+            &bare, None, &outcome, WORKER, 1,
+        )))
+        .expect("json");
+        assert_eq!(
+            (&v["provider_id"], &v["job"]),
+            (&"".into(), &serde_json::json!({"type": ""}))
+        );
+        // Named in metadata only when the assignment named them.
+        assert!(
+            v["metadata"].get("provider_id").is_none() && v["metadata"].get("block_type").is_none()
+        );
+        // The DLQ entry of an unanswerable payload supplies neither.
+        let v: serde_json::Value = serde_json::from_slice(&encode_json(&ExecResult::new(
+            &Ids::default(),
+            None,
+            &outcome,
+            WORKER,
+            1,
+        )))
+        .expect("json");
+        assert!(
+            v.get("provider_id").is_none() && v.get("job").is_none(),
+            "{v}"
+        );
     }
 
     #[test]

@@ -13,8 +13,8 @@
 //!   address that is then connected to, so a name cannot resolve to a denied address
 //!   between check and use (no DNS rebinding window).
 //!
-//! IPv4-mapped IPv6 addresses (`::ffff:a.b.c.d`) are checked as the IPv4 address they
-//! reach as well. The unspecified addresses (`0.0.0.0`, `::`) are always denied: the
+//! IPv4-mapped IPv6 addresses (`::ffff:a.b.c.d`), and the deprecated IPv4-compatible ones
+//! (`::a.b.c.d`), are checked as the IPv4 address they name as well. The unspecified addresses (`0.0.0.0`, `::`) are always denied: the
 //! kernel routes a connect to them to the local host, which would step around a denied
 //! loopback range. Loopback itself is allowed unless a CIDR denies it (tests and
 //! sidecars use it).
@@ -89,7 +89,11 @@ impl SsrfPolicy {
             return Some(format!("{ip} is the unspecified address"));
         }
         let mapped = match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4),
+            // IPv4-compatible (`::a.b.c.d`, deprecated) too, other than `::1` and `::`.
+            IpAddr::V6(v6) => v6
+                .to_ipv4_mapped()
+                .or_else(|| (!v6.is_loopback()).then(|| v6.to_ipv4()).flatten())
+                .map(IpAddr::V4),
             IpAddr::V4(_) => None,
         };
         if mapped.is_some_and(|m| m.is_unspecified()) {
@@ -275,6 +279,8 @@ mod tests {
             "100.100.100.200",
             "[::ffff:169.254.169.254]",
             "[::ffff:a9fe:a9fe]",
+            "[::169.254.169.254]",
+            "[::a9fe:a9fe]",
             "0.0.0.0",
             "[::]",
             "[::ffff:0.0.0.0]",

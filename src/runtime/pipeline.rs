@@ -137,8 +137,9 @@ struct Reply<'a> {
     job_type: Option<&'a str>,
     value: &'a BorrowedValue<'a>,
     received: Instant,
-    /// `Nats-Msg-Id` base (`<tenant>:<assignment_id>`), for JetStream only: core NATS has
-    /// no duplicate window to give it to.
+    /// `Nats-Msg-Id` base (`<tenant>/<assignment_id>`), for JetStream only: core NATS has
+    /// no duplicate window to give it to. A tenant id holds no `/` (it may hold `:`), so
+    /// no two (tenant, id) pairs share a base.
     msg_id: Option<String>,
     /// (tenant, assignment id): the key of the dedupe store and of the cancel registry.
     key: TaskKey,
@@ -162,7 +163,7 @@ impl<'a> Reply<'a> {
             received,
             msg_id: delivery
                 .is_jetstream()
-                .then(|| format!("{tenant}:{}", assignment.assignment_id)),
+                .then(|| format!("{tenant}/{}", assignment.assignment_id)),
             key: TaskKey::new(tenant, assignment.assignment_id),
         }
     }

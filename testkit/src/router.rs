@@ -241,11 +241,10 @@ pub fn assert_result_shape(r: &Value) {
         r["timestamp"].is_u64() && r["timestamp"] == r["completed_at"],
         "{r}"
     );
-    // `job` is absent only when the assignment had none to echo.
-    assert!(
-        r.get("job").is_none() || r["job"]["type"].is_string(),
-        "{r}"
-    );
+    // The Router's validator reads both on every result: empty when the assignment named
+    // no provider or no usable `job.type`.
+    assert!(r["job"]["type"].is_string(), "{r}");
+    assert!(r["provider_id"].is_string(), "{r}");
     assert!(r["metadata"]["worker_id"].is_string(), "{r}");
     if status != "success" {
         assert!(r["error"]["code"].is_u64(), "{r}");
