@@ -120,7 +120,7 @@ async fn unanswerable_payloads_go_to_the_dlq_only() {
     router
         .publish(
             ASSIGN,
-            r#"{"assignment_id": 42, "note": "a \"quoted\" \\ escape"}"#,
+            r#"{"assignment_id": 42, "request_id": "r-42", "executor": {"provider_id": "p"}, "note": "a \"quoted\" \\ escape"}"#,
         )
         .await;
     // An id with a lone surrogate escape cannot be echoed as it was sent.
@@ -145,6 +145,16 @@ async fn unanswerable_payloads_go_to_the_dlq_only() {
         .find(|d| d["assignment"]["tenant_id"] == "t")
         .expect("object kept");
     assert_eq!(no_id["error"]["code"], 1002, "{no_id}");
+    // An object still supplies its other ids and its job type to the entry.
+    assert_eq!(
+        (&no_id["tenant_id"], &no_id["job"]["type"]),
+        (&json!("t"), &json!("fs.get")),
+        "{no_id}"
+    );
+    assert!(
+        no_id.get("assignment_id").is_none() && no_id.get("provider_id").is_none(),
+        "{no_id}"
+    );
     let bin = dlq
         .iter()
         .find(|d| d.get("payload_base64").is_some())
@@ -159,6 +169,12 @@ async fn unanswerable_payloads_go_to_the_dlq_only() {
         "{wrong}"
     );
     assert_eq!(wrong["error"]["code"], 1003);
+    assert_eq!(
+        (&wrong["request_id"], &wrong["provider_id"]),
+        (&json!("r-42"), &json!("p")),
+        "{wrong}"
+    );
+    assert!(wrong.get("tenant_id").is_none(), "{wrong}");
     let surrogate = dlq
         .iter()
         .find(|d| d["payload"] == lone)

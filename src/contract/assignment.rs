@@ -10,6 +10,7 @@ use simd_json::BorrowedValue;
 use super::codes::ErrorCode;
 use super::error::TaskError;
 use super::fields::{id_string, Fields};
+use super::wire::Ids;
 
 /// Longest `assignment_id` the worker answers (CONTRACT.md).
 pub const MAX_ASSIGNMENT_ID_LEN: usize = 128;
@@ -825,6 +826,29 @@ pub fn echoed_job_type(t: &str) -> &str {
         end -= 1;
     }
     &t[..end]
+}
+
+/// What a JSON object without a usable `assignment_id` still says about itself, for its DLQ
+/// entry: its string ids (top level, or `correlation` for the trace id), its provider and
+/// its `job.type`. Values over 128 bytes are left out: nothing here was validated, and the
+/// entry must fit the broker.
+pub fn unanswered_ids<'v>(value: &'v BorrowedValue<'v>) -> (Ids<'v>, Option<&'v str>) {
+    let short = |v: Option<&'v BorrowedValue<'v>>| {
+        v.and_then(|v| v.as_str())
+            .filter(|s| !s.is_empty() && s.len() <= 128)
+    };
+    let at = |obj: &str, key: &str| value.get(obj).and_then(|o| o.get(key));
+    let ids = Ids {
+        assignment_id: None,
+        request_id: short(value.get("request_id")),
+        tenant_id: short(value.get("tenant_id")),
+        trace_id: short(value.get("trace_id")).or_else(|| short(at("correlation", "trace_id"))),
+        run_id: short(value.get("run_id")).or_else(|| short(at("correlation", "run_id"))),
+        flow_id: short(value.get("flow_id")).or_else(|| short(at("correlation", "flow_id"))),
+        step_id: short(value.get("step_id")).or_else(|| short(at("correlation", "step_id"))),
+        provider_id: short(at("executor", "provider_id")),
+    };
+    (ids, short(at("job", "type")))
 }
 
 /// A tenant id becomes a directory name and a key part: it must be one safe path segment.

@@ -20,7 +20,9 @@ use simd_json::BorrowedValue;
 use tracing::Instrument;
 
 use crate::blocks::{Block, BlockKind, Blocks, ExecCtx, Output, RunBlock};
-use crate::contract::assignment::{cut_unrepresentable_numbers, parse_value, Parsed, Unanswerable};
+use crate::contract::assignment::{
+    cut_unrepresentable_numbers, parse_value, unanswered_ids, Parsed, Unanswerable,
+};
 use crate::contract::dead_letter::encode_dead_letter;
 use crate::contract::wire::{
     dlq_reason, encode_json, now_ms, Ack, DeadLetter, ExecResult, Ids, Original, Outcome,
@@ -985,7 +987,8 @@ async fn unparseable(
         Some(sent) => Bytes::from(sent),
         None => pristine.unwrap_or_else(|| buf.freeze()),
     };
-    unanswerable(shared, delivery, why, raw_original(&raw)).await
+    let none = (Ids::default(), None);
+    unanswerable(shared, delivery, why, raw_original(&raw), none).await
 }
 
 async fn no_id(
@@ -1001,7 +1004,12 @@ async fn no_id(
         Some(raw) => Original::Text(raw.get()),
         None => Original::Text(""),
     };
-    unanswerable(shared, delivery, why, original).await
+    let said = if why.parsed_object {
+        unanswered_ids(value)
+    } else {
+        (Ids::default(), None)
+    };
+    unanswerable(shared, delivery, why, original, said).await
 }
 
 /// Core mode with every queue full: the assignment is answered 4002 (rejected ack, error
@@ -1058,12 +1066,14 @@ fn body_limit(publisher: &Publisher) -> usize {
     publisher.max_payload().saturating_sub(1024)
 }
 
-/// Not answerable (not JSON, not an object, no usable id): a DLQ entry, nothing else.
+/// Not answerable (not JSON, not an object, no usable id): a DLQ entry, nothing else. It
+/// carries the ids and `job.type` an object still gave (`said`).
 async fn unanswerable(
     shared: &Arc<Shared>,
     delivery: &Delivery,
     why: Unanswerable,
     original: Original<'_>,
+    said: (Ids<'_>, Option<&str>),
 ) {
     shared.metrics.intake(Intake::Unparseable);
     let now = now_ms();
@@ -1081,7 +1091,7 @@ async fn unanswerable(
         sandbox: shared.config.sandbox,
     };
     let entry = DeadLetter {
-        result: ExecResult::new(&Ids::default(), None, &outcome, worker, now),
+        result: ExecResult::new(&said.0, said.1, &outcome, worker, now),
         dlq_reason: dlq_reason::UNPARSEABLE,
         worker_id: &shared.config.worker_id,
         failed_at: now,
