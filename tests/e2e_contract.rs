@@ -208,9 +208,9 @@ async fn dlq_entry_holding(router: &Router, payload: &str) -> Value {
 /// went to the DLQ alone, unanswered.)
 #[tokio::test]
 async fn json_nested_too_deep_is_answered_and_refused() {
-    let (_n, _w, router) = setup("jetstream", &[]).await;
+    let (_n, w, router) = setup("jetstream", &[]).await;
     let deep = format!(
-        r#"{{"version":"1","assignment_id":"v-deep","tenant_id":"t","request_id":"r-deep","metadata":{{"x":{}{}}},"job":{{"type":"fs.get","path":"x"}}}}"#,
+        r#"{{"version":"1","assignment_id":"v-deep","tenant_id":"t","request_id":"r-deep","options":{{"x":{}{}}},"job":{{"type":"fs.get","path":"x"}}}}"#,
         "[".repeat(100_000),
         "]".repeat(100_000)
     );
@@ -221,14 +221,31 @@ async fn json_nested_too_deep_is_answered_and_refused() {
     assert_eq!(r["tenant_id"], "t", "{r}");
     let d = router.dlq("v-deep").await;
     assert_eq!(d["assignment"]["job"]["path"], "x", "{d}");
-    // The copy keeps 64 levels (the assignment, `metadata`, 62 arrays), then the cut.
-    let mut x = &d["assignment"]["metadata"]["x"];
+    // The copy keeps 64 levels (the assignment, `options`, 62 arrays), then the cut.
+    let mut x = &d["assignment"]["options"]["x"];
     for _ in 0..61 {
         x = &x[0];
     }
     let cut = x[0].as_str().expect("the cut value, a string");
     assert!(cut.starts_with("(nested too deep)"), "{:.40}", cut);
     assert_eq!(cut.len(), (100_000 - 62) * 2 - 2);
+
+    // In a member the worker ignores ("Unknown fields are ignored"), the cut harms
+    // nothing: the assignment runs.
+    std::fs::create_dir_all(w.fs_root.join("t")).expect("dir");
+    std::fs::write(w.fs_root.join("t/x"), "ok").expect("file");
+    let ignored = format!(
+        r#"{{"version":"1","assignment_id":"v-deep-ignored","tenant_id":"t","metadata":{{"x":{}{}}},"job":{{"type":"fs.get","path":"x"}}}}"#,
+        "[".repeat(100_000),
+        "]".repeat(100_000)
+    );
+    router.publish(ASSIGN, ignored).await;
+    let r = router.result("v-deep-ignored").await;
+    assert_eq!(
+        (r["status"].as_str(), &r["result"]["content"]),
+        (Some("success"), &json!("ok")),
+        "{r}"
+    );
 
     let open = format!(
         r#"{{"assignment_id":"v-deep-open","x":{}"#,
@@ -252,25 +269,37 @@ async fn json_nested_too_deep_is_answered_and_refused() {
 /// the worker ignores.)
 #[tokio::test]
 async fn numbers_beyond_what_the_parser_reads_are_answered_and_refused() {
-    let (_n, _w, router) = setup("core", &[]).await;
+    let (_n, w, router) = setup("core", &[]).await;
     for (id, number) in [
         ("n-big", "123456789012345678901234567890"),
         ("n-inf", "1e400"),
         ("n-neg", "-9223372036854775809"),
     ] {
         let raw = format!(
-            r#"{{"version":"1","assignment_id":"{id}","tenant_id":"t","request_id":"r-{id}","metadata":{{"x":{number}}},"job":{{"type":"fs.get","path":"x"}}}}"#
+            r#"{{"version":"1","assignment_id":"{id}","tenant_id":"t","request_id":"r-{id}","job":{{"type":"fs.get","path":"x","x":{number}}}}}"#
         );
         router.publish(ASSIGN, raw).await;
         expect_rejected(&router, id, 1001, "number out of the range").await;
         let r = router.result(id).await;
         assert_eq!(r["request_id"], format!("r-{id}"), "{r}");
         let d = router.dlq(id).await;
-        let cut = d["assignment"]["metadata"]["x"]
+        let cut = d["assignment"]["job"]["x"]
             .as_str()
             .expect("cut to a string");
         assert_eq!(cut.len(), number.len() - 2, "{cut}");
     }
+    // In members the worker ignores (the Router's `decision` and `metadata`), such numbers
+    // harm nothing: the assignment runs.
+    std::fs::create_dir_all(w.fs_root.join("t")).expect("dir");
+    std::fs::write(w.fs_root.join("t/x"), "ok").expect("file");
+    let ignored = r#"{"version":"1","assignment_id":"n-ignored","tenant_id":"t","decision":{"expected_cost":1e400},"metadata":{"x":18446744073709551616},"job":{"type":"fs.get","path":"x"}}"#;
+    router.publish(ASSIGN, ignored).await;
+    let r = router.result("n-ignored").await;
+    assert_eq!(
+        (r["status"].as_str(), &r["result"]["content"]),
+        (Some("success"), &json!("ok")),
+        "{r}"
+    );
     // Cut, and still not JSON: the DLQ alone, with the payload as it was sent.
     let broken = r#"{"assignment_id":"n-broken","x":1e400,}"#;
     router.publish(ASSIGN, broken).await;

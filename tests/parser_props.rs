@@ -59,8 +59,9 @@ proptest! {
     }
 
     /// A value nested `depth` levels inside an otherwise valid assignment (one level for the
-    /// assignment, one for `extra`): valid up to 64 levels in all, refused with 1001 past
-    /// them, whatever brackets of either kind and whatever strings hold brackets.
+    /// assignment, one for the member): valid up to 64 levels in all; past them refused with
+    /// 1001 in a member the worker reads (`correlation`), cut and harmless in one it ignores
+    /// (`extra`), whatever brackets of either kind and whatever strings hold brackets.
     #[test]
     fn nesting_past_64_levels_is_answered_and_refused(
         kinds in prop::collection::vec(any::<bool>(), 1..200),
@@ -78,11 +79,13 @@ proptest! {
                 close.insert(0, ']');
             }
         }
-        let raw = format!(
-            r#"{{"version":"1","assignment_id":"a","tenant_id":"t","extra":{open}0{close},"job":{{"type":"fs.get"}}}}"#
-        );
-        let want = if kinds.len() + 1 > 64 { 1001 } else { 0 };
-        prop_assert_eq!(classify(raw.as_bytes()), Some(want));
+        for (member, past) in [("correlation", 1001), ("extra", 0)] {
+            let raw = format!(
+                r#"{{"version":"1","assignment_id":"a","tenant_id":"t","{member}":{open}0{close},"job":{{"type":"fs.get"}}}}"#
+            );
+            let want = if kinds.len() + 1 > 64 { past } else { 0 };
+            prop_assert_eq!(classify(raw.as_bytes()), Some(want), "{}", member);
+        }
     }
 
     #[test]

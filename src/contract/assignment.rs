@@ -121,15 +121,18 @@ const CUT_MARK: &[u8] = b"(nested too deep)";
 
 /// Rewrites, in place, every array or object that opens deeper than `max` as a string of
 /// the same length (`"(nested too deep)"`, or as much of it as fits, padded with spaces),
-/// and returns the 1001 that the assignment gets for the first one: the payload is then
+/// and returns the 1001 that the assignment gets for the first one (`Some(None)` when
+/// every cut is in a member the worker ignores, [`only_in_ignored_members`]; `None` when
+/// nothing was cut): the payload is then
 /// parsed with no recursion past the limit and answered, refused, with its ids echoed, as
 /// the contract asks of JSON that has an `assignment_id` (issue 12, nineteenth round;
 /// before, such a payload went to the DLQ alone). No recursion here either: the walk
 /// counts brackets outside strings, byte by byte (the caller runs it only past
 /// [`more_brackets_than`]). The value cut is not checked for JSON grammar: the assignment
 /// is refused either way. `Err` (1003) when a value to cut never closes: not JSON.
-pub fn cut_deep_values(buf: &mut [u8], max: usize) -> Result<Option<TaskError>, TaskError> {
+pub fn cut_deep_values(buf: &mut [u8], max: usize) -> Result<Option<Option<TaskError>>, TaskError> {
     let (mut first, mut depth, mut at) = (None, 0usize, 0usize);
+    let mut cuts = Vec::new();
     while let Some(&b) = buf.get(at) {
         match b {
             b'"' => match string_end(buf, at + 1) {
@@ -147,6 +150,7 @@ pub fn cut_deep_values(buf: &mut [u8], max: usize) -> Result<Option<TaskError>, 
                     )
                 })?;
                 fill_as_string(&mut buf[at..=end], CUT_MARK);
+                cuts.push(at);
                 first.get_or_insert_with(|| {
                     TaskError::new(
                         ErrorCode::InvalidInput,
@@ -161,7 +165,7 @@ pub fn cut_deep_values(buf: &mut [u8], max: usize) -> Result<Option<TaskError>, 
         }
         at += 1;
     }
-    Ok(first)
+    Ok(first.map(|error| (!only_in_ignored_members(buf, &cuts)).then_some(error)))
 }
 
 /// Overwrites `region` (two bytes at least) with a JSON string of the same length: as much
@@ -187,12 +191,15 @@ const NUMBER_MARK: &[u8] = b"(number out of range)";
 /// numbers are JSON all the same: the parser refused them ("InvalidNumber"), and the
 /// assignment went to the DLQ alone, unanswered, even for a number in a field the worker
 /// ignores (issue 12, nineteenth round). Now it is parsed again, answered and refused,
-/// its ids echoed (a number cut to a string could otherwise be read as another value).
-/// `None` when there is no such number: the parser's refusal stands. The rare path: run
-/// only after the parser refused a number, walking every byte once.
-pub fn cut_unrepresentable_numbers(buf: &mut [u8]) -> Option<TaskError> {
+/// its ids echoed (a number cut to a string could otherwise be read as another value),
+/// unless every such number is in a member the worker ignores (`Some(None)`: then it runs
+/// as sent, [`only_in_ignored_members`]). `None` when there is no such number: the
+/// parser's refusal stands. The rare path: run only after the parser refused a number,
+/// walking every byte once.
+pub fn cut_unrepresentable_numbers(buf: &mut [u8]) -> Option<Option<TaskError>> {
     let mut first = None;
     let mut at = 0usize;
+    let mut cuts = Vec::new();
     while let Some(&b) = buf.get(at) {
         match b {
             b'"' => match string_end(buf, at + 1) {
@@ -218,13 +225,15 @@ pub fn cut_unrepresentable_numbers(buf: &mut [u8]) -> Option<TaskError> {
                         )
                     });
                     fill_as_string(token, NUMBER_MARK);
+                    cuts.push(at);
                 }
                 at += len;
             }
             _ => at += 1,
         }
     }
-    first
+    let error = first?;
+    Some((!only_in_ignored_members(buf, &cuts)).then_some(error))
 }
 
 /// Whether simd-json reads the number `token`: an integer within `i64` (negative) or
@@ -268,7 +277,8 @@ fn value_end(raw: &[u8], from: usize) -> Option<usize> {
 
 /// Rewrites, in place, every surrogate escape that is not half of a pair (`\ud800` with no
 /// `\udc00`–`\udfff` escape right after it, or a low one alone) as `\ufffd`, the same six
-/// bytes, and returns the 1003 that the assignment gets for the first one. simd-json would
+/// bytes, and returns the 1003 that the assignment gets for the first one (none when each
+/// is in a member the worker ignores, [`only_in_ignored_members`]). simd-json would
 /// decode a lone high surrogate as U+0000 instead of refusing it
 /// (simd-lite/simd-json#481, 0.15 to at least 0.18), so an id would be echoed changed and
 /// a path, query parameter or body used changed; a lone low one it refuses, which would
@@ -280,6 +290,7 @@ pub fn mend_lone_surrogates(buf: &mut [u8]) -> Option<TaskError> {
     }
     let mut first = None;
     let mut from = 0;
+    let mut mended = Vec::new();
     while let Some(at) = buf
         .get(from..)
         .and_then(|rest| memchr::memchr(b'\\', rest))
@@ -296,13 +307,14 @@ pub fn mend_lone_surrogates(buf: &mut [u8]) -> Option<TaskError> {
                 if let Some(digits) = buf.get_mut(at + 2..at + 6) {
                     digits.copy_from_slice(b"fffd");
                 }
+                mended.push(at);
                 at + 6
             }
             None if buf.get(at + 1) == Some(&b'u') => at + 6,
             None => at + 2,
         };
     }
-    first
+    first.filter(|_| !only_in_ignored_members(buf, &mended))
 }
 
 /// Whether `\ud` or `\uD` occurs anywhere. Thirty-two places at a time with no branch
@@ -479,6 +491,72 @@ fn string_end(raw: &[u8], from: usize) -> Option<usize> {
     None
 }
 
+/// The top-level members the worker reads (`Assignment::read`). A value mended or cut
+/// anywhere else is in a member the contract says to ignore ("Unknown fields are ignored";
+/// `decision`, `metadata`), and does not refuse the assignment.
+const READ_MEMBERS: [&str; 14] = [
+    "version",
+    "assignment_id",
+    "request_id",
+    "tenant_id",
+    "trace_id",
+    "run_id",
+    "flow_id",
+    "step_id",
+    "correlation",
+    "executor",
+    "job",
+    "options",
+    "retry_config",
+    "priority",
+];
+
+/// Whether every place in `changed` (ascending offsets into `buf`, a JSON object) lies
+/// inside the value of a top-level member the worker does not read. A place in a key, at
+/// the top level itself, or under a key written with an escape (compared as written, it
+/// might read as `job`) counts as read. One walk, strings skipped whole; the rare path.
+pub fn only_in_ignored_members(buf: &[u8], changed: &[usize]) -> bool {
+    let mut changed = changed.iter().copied().peekable();
+    let (mut depth, mut at) = (0usize, 0usize);
+    let mut key: Option<&[u8]> = None;
+    while changed.peek().is_some() {
+        let Some(&b) = buf.get(at) else {
+            return false;
+        };
+        let end = match b {
+            b'"' => match string_end(buf, at + 1) {
+                Some(end) => end,
+                None => return false,
+            },
+            _ => at,
+        };
+        let is_key = b == b'"'
+            && depth == 1
+            && buf[end + 1..]
+                .iter()
+                .find(|c| !c.is_ascii_whitespace())
+                .is_some_and(|&c| c == b':');
+        let ignored = depth >= 1
+            && !is_key
+            && key.is_some_and(|k| {
+                !k.contains(&b'\\') && !READ_MEMBERS.iter().any(|m| m.as_bytes() == k)
+            });
+        while changed.next_if(|&o| o <= end).is_some() {
+            if !ignored {
+                return false;
+            }
+        }
+        match b {
+            b'"' if is_key => key = Some(&buf[at + 1..end]),
+            b'{' | b'[' => depth += 1,
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        at = end + 1;
+    }
+    true
+}
+
 /// A payload parsed in place, with what was mended before parsing it.
 #[derive(Debug)]
 pub struct Parsed<'a> {
@@ -498,7 +576,7 @@ pub fn parse_value(buf: &mut [u8]) -> Result<Parsed<'_>, Unanswerable> {
         match cut_deep_values(buf, MAX_JSON_DEPTH) {
             Ok(cut) => {
                 let changed = cut.is_some();
-                (cut, changed.then_some(sent))
+                (cut.flatten(), changed.then_some(sent))
             }
             Err(error) => {
                 return Err(Unanswerable {
@@ -1064,13 +1142,16 @@ mod tests {
         // Not an object once cut: unanswerable, as any array is.
         let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
         assert_eq!(code(&deep), 9003);
-        // An assignment with a value nested too deep is answered and refused (1001).
-        let in_a_field = format!(
-            r#"{{"version":"1","assignment_id":"a","tenant_id":"t","x":{}{},"job":{{"type":"fs.get"}}}}"#,
-            "[{\"k\":".repeat(50_000),
-            "}]".repeat(50_000)
-        );
-        assert_eq!(code(&in_a_field), 1001);
+        // An assignment with a value nested too deep in a member the worker reads is
+        // answered and refused (1001); in a member it ignores, the cut value harms nothing.
+        for (member, want) in [("correlation", 1001), ("x", 0)] {
+            let in_a_field = format!(
+                r#"{{"version":"1","assignment_id":"a","tenant_id":"t","{member}":{}{},"job":{{"type":"fs.get"}}}}"#,
+                "[{\"k\":".repeat(50_000),
+                "}]".repeat(50_000)
+            );
+            assert_eq!(code(&in_a_field), want, "{member}");
+        }
         // A value that never closes is not JSON: unanswerable, the payload kept as sent.
         let open = format!(r#"{{"assignment_id":"a","x":{}"#, "[".repeat(1000));
         let mut buf = open.as_bytes().to_vec();
@@ -1095,19 +1176,53 @@ mod tests {
     }
 
     #[test]
+    fn changes_count_as_ignored_only_inside_members_the_worker_does_not_read() {
+        let judge = |raw: &str| {
+            let at: Vec<usize> = raw.match_indices('#').map(|(k, _)| k).collect();
+            only_in_ignored_members(raw.as_bytes(), &at)
+        };
+        for raw in [
+            r##"{"assignment_id":"a","metadata":{"a":[1,"#"]}}"##,
+            r##"{"decision":"#","job":{"type":"fs.get"}}"##,
+            r##"{"x" : [{"job":"#"}], "y": "#"}"##,
+        ] {
+            assert!(judge(raw), "{raw}");
+        }
+        for raw in [
+            r##"{"assignment_id":"a","job":{"a":"#"}}"##,
+            r##"{"metadata":"#","options":{"deadline_ms":"#"}}"##,
+            r##"{"\u006aob":{"a":"#"}}"##,
+            r##"{"#":1}"##,
+            r##"["#"]"##,
+        ] {
+            assert!(!judge(raw), "{raw}");
+        }
+    }
+
+    #[test]
     fn numbers_the_parser_cannot_represent_are_cut() {
         let raw = r#"{"assignment_id":"a","x":123456789012345678901234567890,"y":[1e400,-9223372036854775809,18446744073709551615,-9223372036854775808,1.5e308,"1e400"],"z":2}"#;
         let why = parse_value(&mut raw.as_bytes().to_vec()).expect_err("refused");
         assert!(why.bad_number, "{:?}", why.error);
-        let mut buf = raw.as_bytes().to_vec();
-        let error = cut_unrepresentable_numbers(&mut buf).expect("cut");
+        // In a member the worker reads, a cut number refuses the assignment.
+        let in_job = raw.replace(r#""x":"#, r#""job":"#);
+        let mut buf = in_job.as_bytes().to_vec();
+        let error = cut_unrepresentable_numbers(&mut buf)
+            .expect("cut")
+            .expect("refused");
         assert_eq!(error.code, ErrorCode::InvalidInput);
         assert!(
             error
                 .message
-                .contains("(character 25): 123456789012345678901234…"),
+                .contains("(character 27): 123456789012345678901234…"),
             "{}",
             error.message
+        );
+        // In members it ignores, the numbers are cut and nothing is refused.
+        let mut buf = raw.as_bytes().to_vec();
+        assert_eq!(
+            cut_unrepresentable_numbers(&mut buf).map(|e| e.is_none()),
+            Some(true)
         );
         assert_eq!(buf.len(), raw.len());
         let parsed = parse_value(&mut buf).expect("parses once cut");
@@ -1142,7 +1257,7 @@ mod tests {
         const INNER: &str = r#""]}[{\"""#;
         let kept = MAX_JSON_DEPTH - 1;
         let raw = format!(
-            r#"{{"version":"1","assignment_id":"a","request_id":"r","tenant_id":"t","x":{}{}{},"job":{{"type":"fs.get"}}}}"#,
+            r#"{{"version":"1","assignment_id":"a","request_id":"r","tenant_id":"t","correlation":{}{}{},"job":{{"type":"fs.get"}}}}"#,
             "[".repeat(70),
             INNER,
             "]".repeat(70)
@@ -1160,7 +1275,7 @@ mod tests {
         assert_eq!(a.job_type, Some("fs.get"));
         // The innermost kept array holds the cut value: a string the length of what it
         // replaced, the mark then spaces (the string with brackets inside was cut whole).
-        let mut x = parsed.value.get("x").expect("x");
+        let mut x = parsed.value.get("correlation").expect("correlation");
         for _ in 0..kept - 1 {
             x = x.as_array().and_then(|a| a.first()).expect("kept level");
         }
@@ -1251,12 +1366,15 @@ mod tests {
         ) {
             // Escaped as JSON text, so that `\` and `"` are escapes of their own.
             let text = |t: &str| t.replace('\\', "\\\\").replace('"', "\\\"");
-            let json = format!(
-                r#"{{"version":"1","assignment_id":"a","tenant_id":"t","note":"{}\u{half:04x}{}","job":{{"type":"fs.get"}}}}"#,
-                text(&before),
-                text(&after)
-            );
-            proptest::prop_assert_eq!(code(&json), 1003);
+            // In a member the worker reads; in one it ignores, it harms nothing.
+            for (member, want) in [("run_id", 1003), ("note", 0)] {
+                let json = format!(
+                    r#"{{"version":"1","assignment_id":"a","tenant_id":"t","{member}":"{}\u{half:04x}{}","job":{{"type":"fs.get"}}}}"#,
+                    text(&before),
+                    text(&after)
+                );
+                proptest::prop_assert_eq!(code(&json), want, "{}", member);
+            }
         }
     }
 

@@ -390,13 +390,13 @@ pub(super) async fn handle(shared: Arc<Shared>, blocks: Rc<Blocks>, mut delivery
     let (mut buf, pristine) = own_buffer(payload);
     // A second parse only after the parser refused a number it cannot represent (boxed:
     // this lives across the task's await, in every task's future).
-    let mut numbers: Option<Box<(TaskError, Vec<u8>)>> = None;
+    let mut numbers: Option<Box<NumberCut>> = None;
     // The error arm falls out of the match so that the buffer's borrow has ended.
     let why = loop {
         let mut why = match parse_value(&mut buf) {
             Ok(mut parsed) => {
-                if let Some(cut) = numbers.take() {
-                    parsed.mended = Some(cut.0);
+                if let Some(refusal) = numbers.take().and_then(|cut| cut.0) {
+                    parsed.mended = Some(refusal);
                 }
                 // Boxed where it is made: the pipeline's state is ~5 KiB, and every move of
                 // an unboxed future copies all of it (into `cputime::metered`, into the
@@ -939,16 +939,20 @@ async fn republish(reply: &Reply<'_>, record: &Record) {
     }
 }
 
+/// The 1001 an assignment gets for a number cut in a member the worker reads (`None`: all
+/// were in members it ignores), and the payload as sent.
+type NumberCut = (Option<TaskError>, Vec<u8>);
+
 /// After a parse that refused a number: the buffer back as it was sent (parsing unescapes
 /// strings in place, and cuts values nested too deep), with every number the parser cannot
-/// represent cut ([`cut_unrepresentable_numbers`]); the 1001 the assignment gets and the
-/// payload as sent. `None` when no such number is there: the refusal stands.
+/// represent cut ([`cut_unrepresentable_numbers`]). `None` when no such number is there:
+/// the refusal stands.
 #[cold]
 fn cut_numbers(
     buf: &mut BytesMut,
     pristine: Option<&Bytes>,
     why: &mut Unanswerable,
-) -> Option<Box<(TaskError, Vec<u8>)>> {
+) -> Option<Box<NumberCut>> {
     if !why.bad_number {
         return None;
     }
