@@ -31,15 +31,17 @@ fn main() -> std::process::ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("beamline_worker: starting the transport runtime: {e}");
+            tracing::error!(error = %e, "starting the transport runtime failed");
+            drop(logs);
             return std::process::ExitCode::FAILURE;
         }
     };
     let code = match rt.block_on(beamline_worker::app::run(cfg)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
+        // Logged only: a plain line beside the JSON ones would break a reader of the log
+        // stream (both go to stderr).
         Err(e) => {
             tracing::error!(error = %e, "worker failed");
-            eprintln!("beamline_worker: {e}");
             std::process::ExitCode::FAILURE
         }
     };

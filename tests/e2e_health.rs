@@ -532,3 +532,53 @@ async fn transparent_huge_pages_are_off_unless_the_allocator_is_told_otherwise()
         "left to the allocator when MIMALLOC_ALLOW_THP is set"
     );
 }
+
+/// A 4002 refusal says the pools are overloaded ("Resource pools are not overloaded" is a
+/// health indicator of the guide): health fails, naming `resource_pools`, for 10 s after
+/// one, though a queue is full only for a moment at a time. (It answered 200 "healthy"
+/// while refusing 7 of 10 assignments.)
+#[tokio::test]
+async fn a_refusal_for_overload_fails_health_for_a_while() {
+    let nats = Nats::start();
+    let worker = Worker::builder(&nats.url())
+        .args(&[
+            "--consumer=core",
+            "--cpu-pool-size=1",
+            "--max-in-flight=1",
+            "--queue-capacity=2",
+        ])
+        .start();
+    let router = Router::connect(&nats.url()).await;
+    ready(&router).await;
+    let n = 10;
+    for i in 0..n {
+        let approval =
+            json!({"type":"human.approval","prompt":"p","approvers":["a"],"timeout_ms":1000});
+        router
+            .assign(&assignment(&format!("ov-{i}"), "t", approval))
+            .await;
+    }
+    // All answered: refused, or timed out (queued ones as soon as they start).
+    let results = router
+        .seen
+        .wait_count(RESULT, n + 1, Duration::from_secs(30))
+        .await;
+    let refused = results
+        .iter()
+        .filter(|r| r["error"]["code"] == 4002)
+        .count();
+    assert!(refused > 0, "{results:?}");
+    let (status, _, body) = http_get(worker.health_port, "/_health").await;
+    assert_eq!(status, 503, "{body}");
+    let v: Value = serde_json::from_str(&body).expect("json");
+    assert!(
+        v["failing"]
+            .as_array()
+            .is_some_and(|f| f.contains(&json!("resource_pools"))),
+        "{v}"
+    );
+    assert!(body.contains("refused as overloaded"), "{body}");
+    // And healthy again once the window has passed.
+    let (status, body) = wait_health(worker.health_port, 200, Duration::from_secs(20)).await;
+    assert_eq!(status, 200, "{body}");
+}

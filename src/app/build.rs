@@ -9,7 +9,6 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use super::probe::WorkerProbe;
-use super::signal::shutdown_signal;
 use super::{setup, AppError};
 use crate::config::{Config, ConsumerMode, FsBackend};
 use crate::contract::ParseLimits;
@@ -38,7 +37,10 @@ pub(super) struct Worker {
 impl Worker {
     /// Builds every component; `None` when a stop signal came while JetStream was being
     /// bound (NATS not up yet).
-    pub(super) async fn build(cfg: Config) -> Result<Option<Worker>, AppError> {
+    pub(super) async fn build(
+        cfg: Config,
+        stop_requested: &CancellationToken,
+    ) -> Result<Option<Worker>, AppError> {
         let cfg = Arc::new(cfg);
         let metrics = Arc::new(Metrics::new());
         crate::telemetry::trace::bind_metrics(&metrics);
@@ -66,7 +68,7 @@ impl Worker {
 
         // JetStream objects: NATS may still be coming up, so retry until bound or stopped.
         let js = if cfg.consumer == ConsumerMode::Jetstream {
-            let Some(h) = bind_until_stopped(&cfg, js_ctx).await else {
+            let Some(h) = bind_until_stopped(&cfg, js_ctx, stop_requested).await else {
                 return Ok(None);
             };
             Some(h)
@@ -190,15 +192,20 @@ async fn serve_http(
 async fn bind_until_stopped(
     cfg: &Config,
     js_ctx: transport::JetStreamContext,
+    stop_requested: &CancellationToken,
 ) -> Option<JetStreamHandles> {
     let mut delay = Duration::from_millis(100);
     loop {
-        match transport::bind_jetstream(cfg, js_ctx.clone()).await {
+        let bound = tokio::select! {
+            r = transport::bind_jetstream(cfg, js_ctx.clone()) => r,
+            _ = stop_requested.cancelled() => return None,
+        };
+        match bound {
             Ok(h) => return Some(h),
             Err(e) => {
                 tracing::warn!(error = %e, "binding JetStream failed; retrying");
                 tokio::select! {
-                    _ = shutdown_signal() => return None,
+                    _ = stop_requested.cancelled() => return None,
                     _ = tokio::time::sleep(delay) => {}
                 }
                 delay = (delay * 2).min(Duration::from_secs(2));

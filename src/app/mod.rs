@@ -48,12 +48,13 @@ fn setup<E: Into<Box<dyn std::error::Error + Send + Sync>>>(
 
 /// Runs the worker until a stop signal; returns when it has drained.
 pub async fn run(cfg: Config) -> Result<(), AppError> {
-    let Some(worker) = Worker::build(cfg).await? else {
+    let stop_requested = signal::watch_stop_signal();
+    let Some(worker) = Worker::build(cfg, &stop_requested).await? else {
         return Ok(());
     };
     worker.log_started();
     let tasks = worker.spawn_tasks();
-    signal::shutdown_signal().await;
+    stop_requested.cancelled().await;
     worker.drain(tasks).await;
     Ok(())
 }

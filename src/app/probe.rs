@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use crate::runtime::Runtime;
 use crate::telemetry::http::{Indicator, Probe, RecentErrors};
+use crate::telemetry::metrics::Intake;
 use crate::telemetry::Metrics;
 use crate::transport::Publisher;
 
@@ -26,6 +27,8 @@ pub(super) struct WorkerProbe {
     critical: RecentErrors,
     /// (intake drops seen, when the count last grew)
     intake_drops: RecentErrors,
+    /// (assignments refused as overloaded, 4002, when the count last grew)
+    refusals: RecentErrors,
 }
 
 impl WorkerProbe {
@@ -37,6 +40,7 @@ impl WorkerProbe {
             max_memory_mb,
             critical: RecentErrors::new(CRITICAL_WINDOW),
             intake_drops: RecentErrors::new(INTAKE_WINDOW),
+            refusals: RecentErrors::new(INTAKE_WINDOW),
         }
     }
 
@@ -68,10 +72,20 @@ fn connections_indicator(publisher: &Publisher, metrics: &Metrics) -> (bool, Str
 impl Probe for WorkerProbe {
     fn indicators(&self) -> Vec<Indicator> {
         let (nats, nats_detail) = connections_indicator(&self.publisher, &self.metrics);
-        let (pools_ok, pools_detail) = match self.runtime.get() {
+        let (mut pools_ok, mut pools_detail) = match self.runtime.get() {
             None => (false, "starting".to_owned()),
             Some(rt) => rt.pools_indicator(),
         };
+        // A queue is full only for a moment at a time; a 4002 refusal says the pools were
+        // overloaded, and health says so for a while after one.
+        let refused = self.metrics.intake_count(Intake::Overloaded);
+        if !self.refusals.ok(refused) {
+            pools_ok = false;
+            pools_detail = format!(
+                "assignments refused as overloaded (4002) in the last {} s ({refused} since start); {pools_detail}",
+                INTAKE_WINDOW.as_secs()
+            );
+        }
         let rss_mb = crate::telemetry::metrics::process_usage().map_or(0, |(_, rss)| rss >> 20);
         let mem_ok = rss_mb <= self.max_memory_mb;
         let panics = self.metrics.panics.get();

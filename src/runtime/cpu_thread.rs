@@ -6,6 +6,7 @@ use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
@@ -16,6 +17,10 @@ use crate::contract::assignment::peek_assignment_id;
 use crate::transport::{Delivery, JetStreamHandles, TransportError};
 
 use super::{cputime, fair, lane, pipeline, Shared};
+
+/// The longest a lane's last flush at stop waits for the server (the grace period's own
+/// end, `abandon`, bounds it as well).
+const STOP_FLUSH_LIMIT: Duration = Duration::from_secs(2);
 
 /// Why the CPU pool could not start.
 #[derive(Debug, thiserror::Error)]
@@ -153,14 +158,15 @@ impl CpuThread {
             }
         };
         let waiting = self.waiting.clone();
-        let intake = match lane::open(shared, self.index, js.as_ref(), &queues, waiting).await {
-            Ok(h) => h,
-            Err(source) => {
-                let index = self.index;
-                let _ = ready.send(Err(StartError::Lane { index, source }));
-                return;
-            }
-        };
+        let (intake, publisher) =
+            match lane::open(shared, self.index, js.as_ref(), &queues, waiting).await {
+                Ok(h) => h,
+                Err(source) => {
+                    let index = self.index;
+                    let _ = ready.send(Err(StartError::Lane { index, source }));
+                    return;
+                }
+            };
         let _ = ready.send(Ok(()));
         let max = shared.config.max_in_flight;
         let limit = Arc::new(Semaphore::new(max));
@@ -171,6 +177,18 @@ impl CpuThread {
         let mut cancels_seen = shared.cancels.remembered_count();
         loop {
             self.fill(&mut waiting);
+            if shared.stopping.is_cancelled() {
+                // Stopping: what waits is started at once, without a slot, to be handed
+                // back unstarted (`pipeline`: JetStream nak, core 4002), not run into a grace
+                // period that may end before it does. Once every lane has stopped pulling:
+                // a nak while this lane's pull is still open came straight back to it.
+                self.end_intake(&mut intake).await;
+                self.fill(&mut waiting);
+                while let Some(d) = waiting.pop() {
+                    self.start(&blocks, d, None);
+                }
+                self.waiting.store(0, Ordering::Relaxed);
+            }
             if waiting.is_empty() {
                 let Some(d) = self.next(&mut intake).await else {
                     break;
@@ -188,6 +206,7 @@ impl CpuThread {
                     Err(_) => break,
                 },
                 _ = woken => continue,
+                _ = shared.stopping.cancelled() => continue,
             };
             // What arrived while every slot was busy takes its turn too.
             self.fill(&mut waiting);
@@ -198,6 +217,15 @@ impl CpuThread {
             }
         }
         let _ = limit.acquire_many(max as u32).await;
+        // Tasks started without a slot (cancelled while queued, handed back at stop).
+        while self.in_flight.load(Ordering::Relaxed) > 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // Then what they published reaches the server before the runtime (and with it the
+        // client's writer task) ends.
+        if !publisher.flush(STOP_FLUSH_LIMIT).await {
+            tracing::warn!(lane = self.index, "lane flush at stop failed or timed out");
+        }
     }
 
     /// Moves what the queue holds into the fair queue, while it has room.
@@ -217,14 +245,20 @@ impl CpuThread {
             biased;
             d = self.rx.recv_async() => d.ok(),
             _ = self.shared.stopping.cancelled() => {
-                if let Some(h) = intake.take() {
-                    let _ = h.await;
-                    // A core lane hands to other threads' queues when its own is full: until
-                    // every lane has stopped, one may still arrive here.
-                    self.shared.lanes.every_intake_ended().await;
-                }
+                self.end_intake(intake).await;
                 self.rx.try_recv().ok()
             }
+        }
+    }
+
+    /// Stopping: waits until this thread's lane, and then every lane, has stopped taking
+    /// (once; later calls return at once).
+    async fn end_intake(&self, intake: &mut Option<JoinHandle<()>>) {
+        if let Some(h) = intake.take() {
+            let _ = h.await;
+            // A core lane hands to other threads' queues when its own is full: until
+            // every lane has stopped, one may still arrive here.
+            self.shared.lanes.every_intake_ended().await;
         }
     }
 

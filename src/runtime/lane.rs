@@ -64,14 +64,15 @@ impl Sink for LaneSink {
 /// Connects lane `index` and starts its intake on the current thread's runtime
 /// ([`transport::open_lane`]), handing what it receives to this thread's queue,
 /// `queues[index]` (core mode: to another of `queues` when it is full); the lane's results
-/// bucket becomes this thread's for dedupe ([`dedupe::use_lane_bucket`]).
+/// bucket becomes this thread's for dedupe ([`dedupe::use_lane_bucket`]). Returns the
+/// intake and the lane's publisher.
 pub(super) async fn open(
     shared: &Arc<Shared>,
     index: usize,
     js: Option<&JetStreamHandles>,
     queues: &Arc<[flume::Sender<Delivery>]>,
     waiting: Arc<AtomicUsize>,
-) -> Result<JoinHandle<()>, transport::TransportError> {
+) -> Result<(JoinHandle<()>, Arc<transport::Publisher>), transport::TransportError> {
     let queues = match shared.config.consumer {
         ConsumerMode::Core => queues.clone(),
         ConsumerMode::Jetstream => Arc::from([queues[index].clone()]),
@@ -99,8 +100,9 @@ pub(super) async fn open(
     // Its end is counted, so that no thread takes its queue's last delivery at stop while
     // another lane may still hand it one (`CpuThread::next`).
     let (lanes, intake) = (shared.lanes.clone(), lane.intake);
-    Ok(tokio::spawn(async move {
+    let intake = tokio::spawn(async move {
         let _ = intake.await;
         lanes.intake_ended();
-    }))
+    });
+    Ok((intake, lane.publisher))
 }

@@ -478,6 +478,11 @@ async fn run(
             return Box::pin(reject(reply, None, Some(kind), error)).await;
         }
     };
+    // Stopping: not started by now, so handed back rather than started into a grace
+    // period that may end before it does (and then run again elsewhere).
+    if shared.stopping.is_cancelled() {
+        return Box::pin(hand_back_at_stop(reply, guard, kind)).await;
+    }
     let cancel = shared
         .cancels
         .register(reply.key.clone(), &shared.hard_stop);
@@ -915,6 +920,33 @@ async fn reject(
     reply
         .finish(guard, ack, kind, Finished::Rejected(error))
         .await;
+}
+
+/// How long an assignment handed back at a stop waits before JetStream redelivers it.
+const HAND_BACK_DELAY: Duration = Duration::from_secs(1);
+
+/// An assignment the worker did not start before its stop began: JetStream gets it back
+/// (nak'ed, for another instance or this one after a restart); core answers it refused,
+/// 4002 retryable, so the Router's retry runs it elsewhere. Not remembered for dedupe.
+async fn hand_back_at_stop(reply: &Reply<'_>, guard: Guard, kind: BlockKind) {
+    tracing::info!(
+        assignment_id = reply.ids.assignment_id,
+        tenant_id = reply.ids.tenant_id,
+        "not started before the stop: handed back"
+    );
+    drop(guard); // forgets the running mark: a redelivery runs it
+    if reply.delivery.is_jetstream() {
+        // Not at once: nats-server 2.9 may still route a redelivery to this lane's pull
+        // request (open until it expires or the connection closes), where nothing reads
+        // it any more, and it would wait out the ack wait. An idle worker is gone within
+        // the second (tests/e2e_stop.rs).
+        return reply.delivery.nak(HAND_BACK_DELAY).await;
+    }
+    let error = TaskError::retryable(
+        ErrorCode::SystemOverload,
+        "worker stopping: the assignment was not started; retry it",
+    );
+    reject(reply, None, Some(kind), error).await
 }
 
 /// A duplicate: the stored ack and result again, byte for byte.

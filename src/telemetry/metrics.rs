@@ -361,6 +361,11 @@ impl Metrics {
         self.intake[what as usize].inc();
     }
 
+    /// How many assignments went `what` way since start.
+    pub fn intake_count(&self, what: Intake) -> u64 {
+        self.intake[what as usize].get()
+    }
+
     pub fn retry(&self, code: ErrorCode) {
         if let Some(i) = ErrorCode::ALL.iter().position(|c| *c == code) {
             self.retries[i].inc();

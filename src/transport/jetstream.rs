@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream::consumer::pull::{MessagesErrorKind, Stream};
 use async_nats::jetstream::consumer::PullConsumer;
-use async_nats::jetstream::Message;
+use async_nats::jetstream::{AckKind, Message};
 use futures::stream::FuturesUnordered;
 use futures::StreamExt;
 use tokio::sync::SemaphorePermit;
@@ -33,7 +33,7 @@ pub(super) async fn consume_jetstream(intake: Intake, js: JetStreamHandles) {
     while let Some(mut messages) = pull(&intake, &js, &mut failures).await {
         tracing::info!(stream = %js.stream_name, durable = %intake.cfg.js.durable, "consuming (JetStream durable pull consumer)");
         match take(&intake, &mut messages, &mut failures).await {
-            Ended::Stop => return,
+            Ended::Stop => return hand_back_buffered(&mut messages).await,
             Ended::Lost => intake.metrics.js_consumer_recreated.inc(),
         }
     }
@@ -105,6 +105,27 @@ async fn bind(intake: &Intake, js: &JetStreamHandles, failures: &mut u32) -> Opt
     }
 }
 
+/// At stop: what the server already delivered to this pull and the client holds goes
+/// back at once (nak'ed), for another instance or the next start; dropped with the pull,
+/// it would wait out the ack wait (30 s) first.
+async fn hand_back_buffered(messages: &mut Stream) {
+    let mut n = 0usize;
+    // The stream may answer `Pending` while it holds messages (its pull bookkeeping is
+    // polled first): a short wait per message, not a single poll.
+    while let Ok(Some(Ok(msg))) =
+        tokio::time::timeout(Duration::from_millis(50), messages.next()).await
+    {
+        let _ = msg.ack_with(AckKind::Nak(None)).await;
+        n += 1;
+    }
+    if n > 0 {
+        tracing::info!(
+            handed_back = n,
+            "stop: pulled assignments not taken yet handed back"
+        );
+    }
+}
+
 /// Sleeps `d`; `None` when the worker stops first.
 async fn pause(intake: &Intake, d: Duration) -> Option<()> {
     tokio::select! {
@@ -173,7 +194,10 @@ async fn hand_over(intake: &Intake, msg: Message, slot: SemaphorePermit<'_>) -> 
     let budget = &intake.budget;
     let kib = msg.payload.len().div_ceil(1024).clamp(1, budget.kib_total);
     let bytes = tokio::select! {
-        _ = intake.stop.cancelled() => return None,
+        _ = intake.stop.cancelled() => {
+            let _ = msg.ack_with(AckKind::Nak(None)).await;
+            return None;
+        }
         p = budget.kib.acquire_many(kib as u32) => p.ok()?,
     };
     slot.forget();

@@ -34,6 +34,8 @@ pub struct Lane {
     /// and back (two thread hops and wake-ups per call). `None` in core mode, without a
     /// bucket, or when binding it through the lane failed (the shared one is used then).
     pub results: Option<Bucket>,
+    /// The lane's publisher (acks, results, refusals), for the last flush at stop.
+    pub publisher: Arc<Publisher>,
 }
 
 /// Connects lane `index` and starts its intake on the current thread's runtime, handing
@@ -80,12 +82,13 @@ pub async fn open_lane(
         cfg.subjects.clone(),
         metrics.clone(),
     );
+    let publisher = Arc::new(publisher);
     let intake = Intake {
         cfg,
         sink,
         budget,
         metrics,
-        publisher: Arc::new(publisher),
+        publisher: publisher.clone(),
         stop,
     };
     let intake = match js {
@@ -115,5 +118,9 @@ pub async fn open_lane(
             tokio::spawn(core::consume_core(intake, lane))
         }
     };
-    Ok(Lane { intake, results })
+    Ok(Lane {
+        intake,
+        results,
+        publisher,
+    })
 }

@@ -138,6 +138,19 @@ impl Publisher {
         self.client.connection_state() == async_nats::connection::State::Connected
     }
 
+    /// Waits until what the client holds has reached the server (its PONG), at most
+    /// `limit`; whether it did. The client's writer is a task of the runtime that made the
+    /// connection: a lane's thread ends its runtime at stop, and a core publish not yet
+    /// written then was lost (a result finished during the stop, the 4002 answers of what
+    /// was queued).
+    pub async fn flush(&self, limit: Duration) -> bool {
+        self.is_connected()
+            && matches!(
+                tokio::time::timeout(limit, self.client.flush()).await,
+                Ok(Ok(()))
+            )
+    }
+
     /// The largest message (bytes) the client lets through: the server's `max_payload`
     /// from its last INFO, NATS's default (1 MiB) before the first. The very value the
     /// client checks each publish against, so a result sized against it is never refused
