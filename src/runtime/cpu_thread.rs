@@ -178,16 +178,8 @@ impl CpuThread {
         loop {
             self.fill(&mut waiting);
             if shared.stopping.is_cancelled() {
-                // Stopping: what waits is started at once, without a slot, to be handed
-                // back unstarted (`pipeline`: JetStream nak, core 4002), not run into a grace
-                // period that may end before it does. Once every lane has stopped pulling:
-                // a nak while this lane's pull is still open came straight back to it.
-                self.end_intake(&mut intake).await;
-                self.fill(&mut waiting);
-                while let Some(d) = waiting.pop() {
-                    self.start(&blocks, d, None);
-                }
-                self.waiting.store(0, Ordering::Relaxed);
+                self.hand_back_waiting(&blocks, &mut waiting, &mut intake)
+                    .await;
             }
             if waiting.is_empty() {
                 let Some(d) = self.next(&mut intake).await else {
@@ -226,6 +218,24 @@ impl CpuThread {
         if !publisher.flush(STOP_FLUSH_LIMIT).await {
             tracing::warn!(lane = self.index, "lane flush at stop failed or timed out");
         }
+    }
+
+    /// Stopping: what waits is started at once, without a slot, to be handed back
+    /// unstarted (`pipeline`: JetStream nak, core 4002), not run into a grace period that
+    /// may end before it does. Once every lane has stopped pulling: a nak while this
+    /// lane's pull was still open came straight back to it.
+    async fn hand_back_waiting(
+        &self,
+        blocks: &Rc<Blocks>,
+        waiting: &mut fair::FairQueue<Delivery>,
+        intake: &mut Option<JoinHandle<()>>,
+    ) {
+        self.end_intake(intake).await;
+        self.fill(waiting);
+        while let Some(d) = waiting.pop() {
+            self.start(blocks, d, None);
+        }
+        self.waiting.store(0, Ordering::Relaxed);
     }
 
     /// Moves what the queue holds into the fair queue, while it has room.

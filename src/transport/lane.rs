@@ -76,13 +76,12 @@ pub async fn open_lane(
         .as_ref()
         .filter(|h| h.outputs_durable)
         .map(|h| h.ctx.clone());
-    let publisher = Publisher::new(
+    let publisher = Arc::new(Publisher::new(
         client.clone(),
         publish_js,
         cfg.subjects.clone(),
         metrics.clone(),
-    );
-    let publisher = Arc::new(publisher);
+    ));
     let intake = Intake {
         cfg,
         sink,
