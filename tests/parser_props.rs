@@ -119,13 +119,17 @@ proptest! {
 
 #[test]
 fn regression_deeply_nested_arrays_do_not_overflow_the_stack() {
-    let raw = format!(
-        "{{\"assignment_id\":\"a\",\"x\":{}{}}}",
-        "[".repeat(200_000),
-        "]".repeat(200_000)
-    );
-    // Answered and refused: the value past the limit is cut, not parsed.
-    assert_eq!(classify(raw.as_bytes()), Some(1001));
+    // Answered: the value past the limit is cut, not parsed. In a member the worker reads
+    // that refuses the assignment (1001); in one it ignores (`x`), the assignment is judged
+    // on the rest (here: no `version`, 1002).
+    for (member, want) in [("correlation", 1001), ("x", 1002)] {
+        let raw = format!(
+            "{{\"assignment_id\":\"a\",\"{member}\":{}{}}}",
+            "[".repeat(200_000),
+            "]".repeat(200_000)
+        );
+        assert_eq!(classify(raw.as_bytes()), Some(want), "{member}");
+    }
 }
 
 #[test]
